@@ -1,0 +1,74 @@
+//! cogward's Temporal activities: every side effect of a workflow lives here, one file per
+//! family, plus [`spec`], the home of the types that cross crates.
+//!
+//! Activities run at least once. Each one here is written so that a retry of the same run
+//! attempt observes the first attempt's effect instead of repeating it.
+
+pub mod admission;
+pub mod runner;
+pub mod spec;
+
+use cogward_runner::protocol::SandboxProfile;
+use spec::{Admission, RunLimits, RunSpec, RunnerEvidence};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+
+/// What the activities need from the engine's configuration.
+#[derive(Debug, Clone)]
+pub struct ActivitiesConfig {
+    /// Run directories live under `<state_dir>/runs/<run id>`.
+    pub state_dir: PathBuf,
+    /// The `cogward-runner` binary.
+    pub runner_bin: PathBuf,
+    pub sandbox: SandboxProfile,
+    /// The highest limits a run may ask for.
+    pub max_limits: RunLimits,
+    /// Output cap per stream, in bytes.
+    pub max_output_bytes: u64,
+    /// How often the runner's events are read and the activity heartbeats.
+    pub poll_interval: Duration,
+}
+
+/// The activities of the `AgentRun` workflow, registered on the worker as one set.
+#[derive(Debug, Clone)]
+pub struct RunActivities {
+    pub(crate) config: Arc<ActivitiesConfig>,
+}
+
+impl RunActivities {
+    pub fn new(config: ActivitiesConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+        }
+    }
+}
+
+#[activities]
+impl RunActivities {
+    /// Record the run's admission: the decision, its reasons and the spec digest go into the
+    /// activity result, and from workflow history into the audit ledger.
+    #[activity]
+    pub async fn admit(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        spec: RunSpec,
+    ) -> Result<Admission, ActivityError> {
+        let admission = admission::decide(&spec, &self.config.max_limits);
+        tracing::info!(agent = %spec.agent, tenant = %spec.tenant, verdict = ?admission.verdict, "admission decided");
+        Ok(admission)
+    }
+
+    /// Start the run's sandboxed runner (or find the one already started) and return its
+    /// evidence. See [`crate::runner`].
+    #[activity]
+    pub async fn start_runner(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: crate::runner::StartRunnerInput,
+    ) -> Result<RunnerEvidence, ActivityError> {
+        crate::runner::start_runner(&self.config, &ctx, input).await
+    }
+}

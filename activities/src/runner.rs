@@ -1,0 +1,353 @@
+//! `StartRunner`: start the run's sandboxed runner and return its evidence, exactly once.
+//!
+//! The runner is started in its own session so it outlives the worker. A retried attempt for the
+//! same run finds the run directory and, instead of starting the agent again:
+//! - returns `result.json` if the runner finished;
+//! - waits (heartbeating) while the runner holds the directory's lock;
+//! - reports the run [`RunnerEvidence::Lost`] if the agent started but its runner died without
+//!   a result. It is never silently re-run.
+
+use crate::ActivitiesConfig;
+use crate::spec::{RunId, RunLimits, RunnerEvidence};
+use cogward_runner::protocol::{
+    EVENTS_FILE, LOCK_FILE, Limits, PROTOCOL_VERSION, REQUEST_FILE, RESULT_FILE, RunnerEvent,
+    RunnerRequest, RunnerResult, STARTED_FILE,
+};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+
+/// The file the activity creates (`O_EXCL`) before it starts a runner: its presence means a
+/// runner was started for this run directory, so no attempt ever starts a second one.
+pub const SPAWNED_FILE: &str = "spawned";
+
+/// How long a freshly started runner may take to lock its directory before it counts as lost.
+const RUNNER_START_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartRunnerInput {
+    pub run_id: RunId,
+    pub argv: Vec<String>,
+    pub inputs: BTreeMap<String, String>,
+    pub limits: RunLimits,
+}
+
+/// Heartbeat details: the runner's latest progress.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunnerProgress {
+    pub events: u64,
+    pub last_event: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartRunnerError {
+    #[error("run directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting {bin}: {source}")]
+    Spawn {
+        bin: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("result.json in {0} is unreadable: {1}")]
+    BadResult(PathBuf, serde_json::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StartRunnerError + '_ {
+    move |source| StartRunnerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn run_dir(config: &ActivitiesConfig, run_id: &RunId) -> PathBuf {
+    config.state_dir.join("runs").join(run_id.as_str())
+}
+
+/// Build the runner's request from the run's input: the agent's environment is exactly its run
+/// id and inputs, nothing from the worker.
+pub fn runner_request(config: &ActivitiesConfig, input: &StartRunnerInput) -> RunnerRequest {
+    let mut env = BTreeMap::new();
+    env.insert(
+        "COGWARD_INPUTS".to_string(),
+        serde_json::to_string(&input.inputs).unwrap_or_else(|_| "{}".into()),
+    );
+    let l = input.limits;
+    RunnerRequest {
+        protocol: PROTOCOL_VERSION,
+        run_id: input.run_id.to_string(),
+        argv: input.argv.clone(),
+        env,
+        limits: Limits {
+            cpu_seconds: l.cpu_seconds,
+            memory_bytes: l.memory_mb.saturating_mul(1024 * 1024),
+            max_processes: l.max_processes,
+            wall_clock_seconds: l.wall_clock_seconds,
+            grace_seconds: l.grace_seconds,
+            max_output_bytes: config.max_output_bytes,
+        },
+        sandbox: config.sandbox.clone(),
+    }
+}
+
+fn read_result(dir: &Path) -> Result<Option<RunnerResult>, StartRunnerError> {
+    let path = dir.join(RESULT_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StartRunnerError::BadResult(path, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Write `bytes` to `path` atomically: a reader sees the old file or the whole new one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// Is some process holding the run directory's lock (i.e. is its runner alive)?
+fn runner_alive(dir: &Path) -> Result<bool, StartRunnerError> {
+    let path = dir.join(LOCK_FILE);
+    let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(_released_on_drop) => Ok(false),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(true),
+        Err((_, errno)) => Err(io_err(&path)(errno.into())),
+    }
+}
+
+/// Start `cogward-runner exec --dir DIR` in a new session, detached from the worker: killing
+/// the worker does not kill the runner.
+fn spawn_runner(config: &ActivitiesConfig, dir: &Path) -> Result<u32, StartRunnerError> {
+    let mut cmd = Command::new(&config.runner_bin);
+    cmd.arg("exec")
+        .arg("--dir")
+        .arg(dir)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| StartRunnerError::Spawn {
+        bin: config.runner_bin.clone(),
+        source,
+    })?;
+    let pid = child.id();
+    // Reap it when it exits, so no zombie stays behind while this worker lives.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// How long ago `path` was last modified (zero if unknown: treat as fresh).
+fn age(path: &Path) -> Duration {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default()
+}
+
+/// Ask the runner to stop the agent (it sends SIGTERM, then SIGKILL after the grace).
+fn signal_runner(dir: &Path) {
+    let pid = fs::read_to_string(dir.join(SPAWNED_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(pid) = pid {
+        // Only our runner: its command line names this run directory.
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let needle = dir.as_os_str().as_encoded_bytes();
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+}
+
+/// Reads new lines of `events.jsonl` as the runner appends them.
+struct EventTail {
+    path: PathBuf,
+    offset: u64,
+    progress: RunnerProgress,
+}
+
+impl EventTail {
+    fn poll(&mut self) {
+        let Ok(mut f) = File::open(&self.path) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = String::new();
+        if f.read_to_string(&mut buf).is_err() {
+            return;
+        }
+        // Only whole lines; a partial last line is read again next time.
+        let complete = buf.rfind('\n').map_or(0, |i| i + 1);
+        for line in buf[..complete].lines() {
+            self.progress.events += 1;
+            if let Ok(ev) = serde_json::from_str::<RunnerEvent>(line) {
+                tracing::debug!(event = ?ev, "runner event");
+                self.progress.last_event = Some(line.to_string());
+            }
+        }
+        self.offset += complete as u64;
+    }
+}
+
+pub(crate) async fn start_runner(
+    config: &ActivitiesConfig,
+    ctx: &ActivityContext,
+    input: StartRunnerInput,
+) -> Result<RunnerEvidence, ActivityError> {
+    let dir = run_dir(config, &input.run_id);
+    let span =
+        tracing::info_span!("start_runner", run_id = %input.run_id, attempt = ctx.info().attempt);
+    let _enter = span.enter();
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    if let Some(result) = read_result(&dir)? {
+        return Ok(RunnerEvidence::Finished(result));
+    }
+
+    let spawned_path = dir.join(SPAWNED_FILE);
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&spawned_path)
+    {
+        Ok(mut claim) => {
+            let request = runner_request(config, &input);
+            let bytes = serde_json::to_vec_pretty(&request).map_err(anyhow::Error::from)?;
+            write_atomic(&dir.join(REQUEST_FILE), &bytes).map_err(io_err(&dir))?;
+            let pid = match spawn_runner(config, &dir) {
+                Ok(pid) => pid,
+                Err(e) => {
+                    // Nothing started: release the claim so a retry may start the runner.
+                    let _ = fs::remove_file(&spawned_path);
+                    return Err(e.into());
+                }
+            };
+            claim
+                .write_all(pid.to_string().as_bytes())
+                .and_then(|_| claim.sync_all())
+                .map_err(io_err(&spawned_path))?;
+            tracing::info!(pid, dir = %dir.display(), "runner started");
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            tracing::info!(dir = %dir.display(), "runner already started by an earlier attempt; following it");
+        }
+        Err(e) => return Err(io_err(&spawned_path)(e).into()),
+    }
+
+    let mut tail = EventTail {
+        path: dir.join(EVENTS_FILE),
+        offset: 0,
+        progress: RunnerProgress::default(),
+    };
+    let mut cancel_sent = false;
+    loop {
+        if let Some(result) = read_result(&dir)? {
+            return Ok(RunnerEvidence::Finished(result));
+        }
+        if ctx.is_cancelled() && !cancel_sent {
+            tracing::info!("run cancelled: asking the runner to stop the agent");
+            signal_runner(&dir);
+            cancel_sent = true;
+        }
+        tail.poll();
+        ctx.record_heartbeat(tail.progress.clone())
+            .await
+            .map_err(anyhow::Error::from)?;
+
+        // Probing the lock while a fresh runner may still be taking it could make that runner
+        // think its directory is busy; so probe only once it started the agent, or is overdue.
+        let started = dir.join(STARTED_FILE).exists();
+        let overdue = age(&spawned_path) >= RUNNER_START_GRACE;
+        if (started || overdue) && !runner_alive(&dir)? {
+            // The result may have landed just now; if not, the runner is gone.
+            if let Some(result) = read_result(&dir)? {
+                return Ok(RunnerEvidence::Finished(result));
+            }
+            let detail = if started {
+                "the agent started but its runner exited without a result; not re-run"
+            } else {
+                "the runner exited before starting the agent"
+            };
+            tracing::warn!(detail, "runner lost");
+            return Ok(RunnerEvidence::Lost {
+                detail: detail.to_string(),
+            });
+        }
+        tokio::time::sleep(config.poll_interval).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_has_only_run_inputs_in_env() {
+        let config = ActivitiesConfig {
+            state_dir: "/tmp/x".into(),
+            runner_bin: "/bin/false".into(),
+            sandbox: Default::default(),
+            max_limits: RunLimits::default(),
+            max_output_bytes: 1024,
+            poll_interval: Duration::from_millis(100),
+        };
+        let input = StartRunnerInput {
+            run_id: RunId("run-1".into()),
+            argv: vec!["true".into()],
+            inputs: BTreeMap::from([("k".to_string(), "v".to_string())]),
+            limits: RunLimits::default(),
+        };
+        let req = runner_request(&config, &input);
+        assert_eq!(req.env.len(), 1);
+        assert_eq!(req.env["COGWARD_INPUTS"], r#"{"k":"v"}"#);
+        assert_eq!(req.limits.memory_bytes, 1024 * 1024 * 1024);
+        assert_eq!(req.limits.max_output_bytes, 1024);
+    }
+
+    #[test]
+    fn a_free_lock_is_not_a_live_runner() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!runner_alive(dir.path()).unwrap());
+        let f = File::create(dir.path().join(LOCK_FILE)).unwrap();
+        let held = Flock::lock(f, FlockArg::LockExclusiveNonblock).unwrap();
+        assert!(runner_alive(dir.path()).unwrap());
+        drop(held);
+        assert!(!runner_alive(dir.path()).unwrap());
+    }
+}

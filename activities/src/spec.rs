@@ -1,0 +1,406 @@
+//! The types that cross crates: the run spec a pipeline submits, the workflow's input, status and
+//! outcome, and the evidence an activity returns. Defined once here, serde-versioned.
+//!
+//! Everything here travels through Temporal history, so it carries ids, digests and evidence
+//! references, never transcripts or artifacts themselves.
+
+use cogward_runner::protocol::RunnerResult;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The only run spec version this build accepts.
+pub const RUN_SPEC_VERSION: u32 = 1;
+
+/// What a CI/CD pipeline submits (`POST /v1/runs`). Unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    pub spec_version: u32,
+    /// Registered agent name.
+    pub agent: String,
+    pub tenant: String,
+    pub runtime: RuntimeSpec,
+    /// Passed to the agent as the JSON document in `COGWARD_INPUTS`.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: RunLimits,
+    #[serde(default)]
+    pub requires_approval: bool,
+    /// How long the approval gate waits before the run ends `expired`.
+    #[serde(default = "default_approval_timeout")]
+    pub approval_timeout_seconds: u64,
+    /// Same tenant + key → the same run, never a second one.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+fn default_approval_timeout() -> u64 {
+    3600
+}
+
+/// The agent runtime. Claude Code and Codex CLI arrive as further variants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuntimeSpec {
+    /// Any program with arguments.
+    Command { command: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunLimits {
+    pub cpu_seconds: u64,
+    pub memory_mb: u64,
+    pub max_processes: u64,
+    pub wall_clock_seconds: u64,
+    pub grace_seconds: u64,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        Self {
+            cpu_seconds: 60,
+            memory_mb: 1024,
+            max_processes: 64,
+            wall_clock_seconds: 600,
+            grace_seconds: 5,
+        }
+    }
+}
+
+/// A spec error a submitter can fix; `field` names the offending part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn check_name(field: &'static str, value: &str) -> Result<(), SpecError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError {
+            field,
+            message: "must be 1-64 characters of [A-Za-z0-9._-]".into(),
+        })
+    }
+}
+
+impl RunSpec {
+    /// Structural checks that need no configuration (the admission activity applies the
+    /// configured ceilings on top).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.spec_version != RUN_SPEC_VERSION {
+            return Err(SpecError {
+                field: "spec_version",
+                message: format!(
+                    "unsupported version {}, expected {RUN_SPEC_VERSION}",
+                    self.spec_version
+                ),
+            });
+        }
+        check_name("agent", &self.agent)?;
+        check_name("tenant", &self.tenant)?;
+        let RuntimeSpec::Command { command } = &self.runtime;
+        if command.is_empty() || command[0].is_empty() {
+            return Err(SpecError {
+                field: "runtime.command",
+                message: "must name a program".into(),
+            });
+        }
+        if command
+            .iter()
+            .chain(self.inputs.values())
+            .any(|s| s.contains('\0'))
+        {
+            return Err(SpecError {
+                field: "runtime.command",
+                message: "must not contain NUL bytes".into(),
+            });
+        }
+        for key in self.inputs.keys() {
+            check_name("inputs", key)?;
+        }
+        let l = &self.limits;
+        for (field, v) in [
+            ("limits.cpu_seconds", l.cpu_seconds),
+            ("limits.memory_mb", l.memory_mb),
+            ("limits.max_processes", l.max_processes),
+            ("limits.wall_clock_seconds", l.wall_clock_seconds),
+        ] {
+            if v == 0 {
+                return Err(SpecError {
+                    field,
+                    message: "must be greater than zero".into(),
+                });
+            }
+        }
+        if self.requires_approval && self.approval_timeout_seconds == 0 {
+            return Err(SpecError {
+                field: "approval_timeout_seconds",
+                message: "must be greater than zero".into(),
+            });
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > 200)
+        {
+            return Err(SpecError {
+                field: "idempotency_key",
+                message: "must be 1-200 characters".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// sha256 of the spec's canonical JSON (serde field order, no whitespace).
+    pub fn digest(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(bytes))
+    }
+}
+
+/// A run's id: the Temporal workflow id of its `AgentRun`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub String);
+
+impl RunId {
+    /// With an idempotency key the id is derived from (tenant, key), so a resubmission lands on
+    /// the same workflow id and Temporal itself refuses a second run.
+    pub fn for_submission(tenant: &str, idempotency_key: Option<&str>, fresh: &str) -> Self {
+        match idempotency_key {
+            Some(key) => {
+                let mut h = Sha256::new();
+                h.update(tenant.as_bytes());
+                h.update([0]);
+                h.update(key.as_bytes());
+                RunId(format!("run-{}", &hex::encode(h.finalize())[..26]))
+            }
+            None => RunId(format!("run-{fresh}")),
+        }
+    }
+
+    /// Ids we hand out are `run-` + lowercase hex or uuid characters; anything else is refused
+    /// before it reaches Temporal or a file path.
+    pub fn parse(s: &str) -> Option<Self> {
+        let rest = s.strip_prefix("run-")?;
+        let ok = !rest.is_empty()
+            && rest.len() <= 64
+            && rest.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        ok.then(|| RunId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The `AgentRun` workflow's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInput {
+    pub run_id: RunId,
+    pub spec: RunSpec,
+    /// The authenticated principal that submitted the run.
+    pub submitted_by: String,
+}
+
+/// Where a run is, and how it ended. Terminal states never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Pending,
+    AwaitingApproval,
+    Running,
+    Succeeded,
+    Failed,
+    Rejected,
+    Expired,
+    Cancelled,
+    Denied,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 9] = [
+        RunStatus::Pending,
+        RunStatus::AwaitingApproval,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Rejected,
+        RunStatus::Expired,
+        RunStatus::Cancelled,
+        RunStatus::Denied,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::AwaitingApproval => "awaiting_approval",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Rejected => "rejected",
+            RunStatus::Expired => "expired",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Denied => "denied",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            RunStatus::Pending | RunStatus::AwaitingApproval | RunStatus::Running
+        )
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The payload of the `approve` and `reject` signals: who decided, bound to this run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalSignal {
+    pub approver: String,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalVerdict {
+    Approved,
+    Rejected,
+}
+
+/// The approval decision the workflow acted on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalDecision {
+    pub verdict: ApprovalVerdict,
+    pub approver: String,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionVerdict {
+    Admit,
+    Deny,
+}
+
+/// What the admission activity decided, with the limits the run gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Admission {
+    pub verdict: AdmissionVerdict,
+    pub reasons: Vec<String>,
+    pub spec_sha256: String,
+    pub limits: RunLimits,
+}
+
+/// What `StartRunner` returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RunnerEvidence {
+    /// The runner wrote its result.
+    Finished(RunnerResult),
+    /// The agent was started once, but its runner died without a result. Never re-run.
+    Lost { detail: String },
+}
+
+/// The workflow's result, and the summary its `status` query returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: RunId,
+    pub agent: String,
+    pub tenant: String,
+    pub status: RunStatus,
+    /// Why the run is where it is (denial reasons, cancellation reason, failure detail).
+    pub reason: Option<String>,
+    pub admission: Option<Admission>,
+    pub approval: Option<ApprovalDecision>,
+    pub evidence: Option<RunnerEvidence>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RunSpec {
+        serde_json::from_str(
+            r#"{"spec_version":1,"agent":"a","tenant":"t","runtime":{"type":"command","command":["true"]}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn minimal_spec_parses_with_defaults() {
+        let s = spec();
+        assert_eq!(s.limits, RunLimits::default());
+        assert!(!s.requires_approval);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<RunSpec>(
+            r#"{"spec_version":1,"agent":"a","tenant":"t","runtime":{"type":"command","command":["true"]},"sudo":true}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let err = serde_json::from_str::<RunSpec>(
+            r#"{"spec_version":1,"agent":"a","tenant":"t","runtime":{"type":"command","command":["true"],"x":1}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut s = spec();
+        s.agent = "../etc".into();
+        assert_eq!(s.validate().unwrap_err().field, "agent");
+        let mut s = spec();
+        s.spec_version = 2;
+        assert_eq!(s.validate().unwrap_err().field, "spec_version");
+        let mut s = spec();
+        s.runtime = RuntimeSpec::Command { command: vec![] };
+        assert_eq!(s.validate().unwrap_err().field, "runtime.command");
+        let mut s = spec();
+        s.limits.cpu_seconds = 0;
+        assert_eq!(s.validate().unwrap_err().field, "limits.cpu_seconds");
+    }
+
+    #[test]
+    fn idempotent_ids_depend_on_tenant_and_key_only() {
+        let a = RunId::for_submission("t", Some("k"), "x");
+        let b = RunId::for_submission("t", Some("k"), "y");
+        let c = RunId::for_submission("u", Some("k"), "x");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(RunId::parse(a.as_str()).is_some());
+        assert!(RunId::parse("run-../../x").is_none());
+        assert!(RunId::parse("wf-1").is_none());
+    }
+}

@@ -1,0 +1,50 @@
+//! The HTTP API (axum): one router per feature, one error type, tests call [`app`] without a
+//! socket.
+
+pub mod auth;
+pub mod error;
+pub mod runs;
+
+use crate::db::Db;
+use crate::ledger::Ledger;
+use auth::Tokens;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::Arc;
+use temporalio_client::Client;
+use tokio::sync::Notify;
+
+/// Largest request body accepted, in bytes (documented in docs/api.md).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub client: Client,
+    pub db: Db,
+    pub ledger: Ledger,
+    pub tokens: Arc<Tokens>,
+    pub mirror_wake: Arc<Notify>,
+}
+
+impl FromRef<AppState> for Arc<Tokens> {
+    fn from_ref(state: &AppState) -> Self {
+        state.tokens.clone()
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
+        .merge(runs::router())
+        .fallback(|| async {
+            error::problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

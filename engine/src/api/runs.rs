@@ -1,0 +1,410 @@
+//! `/v1/runs`: submit, read, list, approve, reject, cancel, history.
+
+use super::AppState;
+use super::auth::{Principal, Role};
+use super::error::{ApiError, ApiJson, ApiQuery, optional_json, problem};
+use crate::ledger::LedgerEntry;
+use crate::runs::{RunFilter, RunRecord, Runs};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cogward_activities::spec::{ApprovalSignal, RunId, RunInput, RunSpec, RunStatus, RunSummary};
+use cogward_workflows::{AgentRun, TASK_QUEUE};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use temporalio_client::errors::WorkflowStartError;
+use temporalio_client::{
+    WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowIdReusePolicy, WorkflowQueryOptions,
+    WorkflowSignalOptions, WorkflowStartOptions,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/runs", post(submit).get(list))
+        .route("/v1/runs/{id}", get(show))
+        .route("/v1/runs/{id}/approve", post(approve))
+        .route("/v1/runs/{id}/reject", post(reject))
+        .route("/v1/runs/{id}/cancel", post(cancel))
+        .route("/v1/runs/{id}/history", get(history))
+}
+
+/// A run as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunView {
+    pub run_id: RunId,
+    pub tenant: String,
+    pub agent: String,
+    pub status: RunStatus,
+    pub reason: Option<String>,
+    pub submitted_by: String,
+    pub idempotency_key: Option<String>,
+    pub spec_sha256: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub summary: Option<RunSummary>,
+}
+
+impl From<RunRecord> for RunView {
+    fn from(r: RunRecord) -> Self {
+        Self {
+            run_id: r.run_id,
+            tenant: r.tenant,
+            agent: r.agent,
+            status: r.status,
+            reason: r.reason,
+            submitted_by: r.submitted_by,
+            idempotency_key: r.idempotency_key,
+            spec_sha256: r.spec_sha256,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            summary: r.summary,
+        }
+    }
+}
+
+fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
+    RunId::parse(id).ok_or_else(|| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_run_id",
+            format!("{id:?} is not a run id"),
+        )
+    })
+}
+
+async fn load(state: &AppState, id: &str) -> Result<RunRecord, ApiError> {
+    let run_id = parse_run_id(id)?;
+    Runs(&state.db).get(&run_id).await?.ok_or_else(|| {
+        problem(
+            StatusCode::NOT_FOUND,
+            "run_not_found",
+            format!("no run {run_id}"),
+        )
+    })
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(spec): ApiJson<RunSpec>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    principal.require(Role::Submit)?;
+    spec.validate().map_err(|e| {
+        problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_spec",
+            e.to_string(),
+        )
+    })?;
+    let fresh = uuid::Uuid::new_v4().simple().to_string();
+    let run_id = RunId::for_submission(&spec.tenant, spec.idempotency_key.as_deref(), &fresh);
+    let now = crate::now_rfc3339();
+    let record = RunRecord {
+        run_id: run_id.clone(),
+        tenant: spec.tenant.clone(),
+        agent: spec.agent.clone(),
+        idempotency_key: spec.idempotency_key.clone(),
+        spec_sha256: spec.digest(),
+        spec: spec.clone(),
+        submitted_by: principal.name.clone(),
+        status: RunStatus::Pending,
+        reason: None,
+        summary: None,
+        temporal_run_id: None,
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    let (stored, created) = Runs(&state.db).insert_or_get(&record).await?;
+    if !created && stored.spec_sha256 != record.spec_sha256 {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            format!(
+                "idempotency key already used by run {} with a different spec",
+                stored.run_id
+            ),
+        ));
+    }
+    // Start (or find) the workflow. Safe to repeat: the workflow id is the run id, and Temporal
+    // refuses a second execution with it.
+    let input = RunInput {
+        run_id: run_id.clone(),
+        spec: stored.spec.clone(),
+        submitted_by: stored.submitted_by.clone(),
+    };
+    let options = WorkflowStartOptions::new(TASK_QUEUE, run_id.to_string())
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .build();
+    match state
+        .client
+        .start_workflow(AgentRun::run, input, options)
+        .await
+    {
+        Ok(handle) => {
+            if let Some(temporal_run_id) = handle.run_id() {
+                Runs(&state.db)
+                    .set_temporal_run_id(&run_id, temporal_run_id)
+                    .await?;
+            }
+        }
+        Err(WorkflowStartError::AlreadyStarted { .. }) => {}
+        Err(e) => {
+            return Err(anyhow::Error::from(e)
+                .context("starting the AgentRun workflow")
+                .into());
+        }
+    }
+    state.mirror_wake.notify_one();
+    tracing::info!(run_id = %run_id, agent = %spec.agent, tenant = %spec.tenant, created, "run submitted");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(stored.into())))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShowParams {
+    /// Long-poll: wait up to this many seconds for the run to finish.
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<ShowParams>,
+) -> Result<Json<RunView>, ApiError> {
+    principal.require(Role::Read)?;
+    let record = load(&state, &id).await?;
+    let wait = params.wait.unwrap_or(0).min(300);
+    if wait == 0 || record.status.is_terminal() {
+        return Ok(Json(record.into()));
+    }
+    let handle = state
+        .client
+        .get_workflow_handle::<AgentRun>(record.run_id.as_str());
+    let result = tokio::time::timeout(
+        Duration::from_secs(wait),
+        handle.get_result(WorkflowGetResultOptions::default()),
+    )
+    .await;
+    let mut view: RunView = record.into();
+    if let Ok(Ok(summary)) = result {
+        // The workflow's own verdict; the mirror records the same from history right after.
+        view.status = summary.status;
+        view.reason = summary.reason.clone();
+        view.summary = Some(summary);
+        state.mirror_wake.notify_one();
+    }
+    Ok(Json(view))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    status: Option<String>,
+    agent: Option<String>,
+    tenant: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Vec<RunView>>, ApiError> {
+    principal.require(Role::Read)?;
+    let status = params
+        .status
+        .as_deref()
+        .map(|s| {
+            RunStatus::parse(s).ok_or_else(|| {
+                problem(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("unknown status {s:?}"),
+                )
+            })
+        })
+        .transpose()?;
+    let filter = RunFilter {
+        status,
+        agent: params.agent,
+        tenant: params.tenant,
+        limit: params.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let runs = Runs(&state.db).list(&filter).await?;
+    Ok(Json(runs.into_iter().map(RunView::from).collect()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn decide(
+    state: AppState,
+    principal: Principal,
+    id: String,
+    body: DecisionBody,
+    approve: bool,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    principal.require(Role::Approve)?;
+    let record = load(&state, &id).await?;
+    if record.submitted_by == principal.name {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "self_approval",
+            "the submitter of a run cannot approve or reject it",
+        ));
+    }
+    let handle = state
+        .client
+        .get_workflow_handle::<AgentRun>(record.run_id.as_str());
+    // Ask the workflow itself: the index may lag the gate by a mirror interval.
+    let live = if record.status.is_terminal() {
+        None
+    } else {
+        handle
+            .query(AgentRun::status, (), WorkflowQueryOptions::default())
+            .await
+            .ok()
+            .flatten()
+    };
+    let current = live.as_ref().map_or(record.status, |s| s.status);
+    if current != RunStatus::AwaitingApproval {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            "not_awaiting_approval",
+            format!("run {} is {current}, not awaiting approval", record.run_id),
+        ));
+    }
+    let signal = ApprovalSignal {
+        approver: principal.name.clone(),
+        comment: body.comment,
+    };
+    let sent = if approve {
+        handle
+            .signal(AgentRun::approve, signal, WorkflowSignalOptions::default())
+            .await
+    } else {
+        handle
+            .signal(AgentRun::reject, signal, WorkflowSignalOptions::default())
+            .await
+    };
+    sent.map_err(|e| {
+        problem(
+            StatusCode::CONFLICT,
+            "not_awaiting_approval",
+            format!("run {} no longer accepts decisions: {e}", record.run_id),
+        )
+    })?;
+    tracing::info!(run_id = %record.run_id, approver = %principal.name, approve, "approval decision sent");
+    state.mirror_wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(record.into())))
+}
+
+async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    decide(state, principal, id, optional_json(&body)?, true).await
+}
+
+async fn reject(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    decide(state, principal, id, optional_json(&body)?, false).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    principal.require(Role::Operate)?;
+    let body: CancelBody = optional_json(&body)?;
+    let record = load(&state, &id).await?;
+    if record.status.is_terminal() {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            "run_finished",
+            format!("run {} already ended {}", record.run_id, record.status),
+        ));
+    }
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "cancelled by operator".into());
+    let reason = format!("{reason} (by {})", principal.name);
+    let handle = state
+        .client
+        .get_workflow_handle::<AgentRun>(record.run_id.as_str());
+    handle
+        .cancel(
+            WorkflowCancelOptions::builder()
+                .reason(reason.clone())
+                .build(),
+        )
+        .await
+        .map_err(|e| {
+            problem(
+                StatusCode::CONFLICT,
+                "run_finished",
+                format!("run {} cannot be cancelled: {e}", record.run_id),
+            )
+        })?;
+    tracing::info!(run_id = %record.run_id, %reason, "cancellation requested");
+    Ok((StatusCode::ACCEPTED, Json(record.into())))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HistoryView {
+    pub run_id: RunId,
+    pub status: RunStatus,
+    /// True once the run's closing event is in the ledger.
+    pub complete: bool,
+    pub entries: Vec<LedgerEntry>,
+}
+
+async fn history(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<HistoryView>, ApiError> {
+    principal.require(Role::Read)?;
+    let record = load(&state, &id).await?;
+    let entries = state
+        .ledger
+        .entries_for_workflow(record.run_id.as_str())
+        .await?;
+    let complete = entries
+        .iter()
+        .any(|e| e.kind == "app" && e.event_type == "run.finished");
+    Ok(Json(HistoryView {
+        run_id: record.run_id,
+        status: record.status,
+        complete,
+        entries,
+    }))
+}

@@ -1,0 +1,485 @@
+//! The `cogward` command line: the engine's processes, and the client commands CI/CD and
+//! operators use against the API.
+
+use crate::api::auth::Role;
+use crate::api::error::Problem;
+use crate::api::runs::{HistoryView, RunView};
+use crate::config::EngineConfig;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use cogward_activities::spec::RunStatus;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cogward",
+    version,
+    about = "Governance runtime for AI coding agents"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub engine: EngineConfig,
+    /// API base URL for client commands.
+    #[arg(
+        long,
+        env = "COGWARD_API",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub api: String,
+    /// Bearer token for client commands (default: the development credentials of `cogward dev`).
+    #[arg(long, env = "COGWARD_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Which development principal to act as when no token is given.
+    #[arg(long = "as", global = true)]
+    pub as_principal: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The whole stack locally: a Temporal dev server (unless one answers), API, mirror, worker.
+    Dev,
+    /// API and history mirror (add --worker to run the worker in the same process).
+    Serve {
+        #[arg(long)]
+        worker: bool,
+    },
+    /// A Temporal worker for cogward's task queue.
+    Worker,
+    /// Submit and manage agent runs.
+    #[command(subcommand)]
+    Run(RunCommand),
+    /// The audit ledger.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// API principals.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Submit a run spec (JSON file, or - for stdin).
+    Submit {
+        spec: PathBuf,
+        /// Wait for the verdict; the exit code tells it (see docs/api.md).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit 2).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run.
+    Status {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List runs.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a run waiting at its approval gate.
+    Approve {
+        run_id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a run waiting at its approval gate.
+    Reject {
+        run_id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Cancel a run (the agent gets SIGTERM, then SIGKILL after its grace period).
+    Cancel {
+        run_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The run's ledger entries (history events and application events).
+    History {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the whole hash chain offline, from the database alone.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Add a principal and print its token (shown once).
+    Add {
+        name: String,
+        /// Comma-separated: submit, read, approve, operate.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+}
+
+/// Exit codes of `run submit --wait` (and `run status`).
+pub fn exit_code_for(status: RunStatus) -> u8 {
+    match status {
+        RunStatus::Succeeded => 0,
+        RunStatus::Failed => 10,
+        RunStatus::Rejected => 11,
+        RunStatus::Expired => 12,
+        RunStatus::Cancelled => 13,
+        RunStatus::Denied => 14,
+        RunStatus::Pending | RunStatus::AwaitingApproval | RunStatus::Running => 15,
+    }
+}
+
+/// Exit code for errors the API reported (bad input, not found, conflicts, auth).
+const EXIT_API_ERROR: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,temporalio_sdk_core=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let Some(p) = e.downcast_ref::<ApiProblem>() {
+                eprintln!("error: {} ({}): {}", p.0.title, p.0.code, p.0.detail);
+                return ExitCode::from(EXIT_API_ERROR);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8> {
+    match &cli.command {
+        Command::Dev => crate::dev::dev(&cli.engine).await.map(|_| 0),
+        Command::Serve { worker } => crate::dev::serve(&cli.engine, *worker).await.map(|_| 0),
+        Command::Worker => crate::worker::run(&cli.engine).await.map(|_| 0),
+        Command::Audit(AuditCommand::Verify { json }) => audit_verify(&cli.engine, *json).await,
+        Command::Tokens(TokensCommand::Add { name, roles }) => {
+            let roles = roles
+                .iter()
+                .map(|r| {
+                    serde_json::from_value::<Role>(serde_json::Value::String(r.clone()))
+                        .map_err(|_| anyhow::anyhow!("unknown role {r:?}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            std::fs::create_dir_all(&cli.engine.state_dir)?;
+            let token = crate::dev::add_principal(&cli.engine.tokens_file(), name, roles)?;
+            println!("{token}");
+            Ok(0)
+        }
+        Command::Run(cmd) => {
+            let api = ApiClient::new(&cli, cmd)?;
+            run_command(&api, cmd).await
+        }
+    }
+}
+
+async fn audit_verify(config: &EngineConfig, json: bool) -> Result<u8> {
+    let db = crate::db::Db::connect(&config.database_url()).await?;
+    let report = crate::ledger::verify(&db).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if let Some(bad) = &report.first_bad {
+        println!(
+            "FAILED: ledger entry {} is bad: {} ({} entries verified before it)",
+            bad.seq, bad.reason, report.entries
+        );
+    } else {
+        println!(
+            "OK: {} entries, chain head seq {} hash {}",
+            report.entries, report.head_seq, report.head_hash
+        );
+    }
+    Ok(if report.ok { 0 } else { 1 })
+}
+
+/// A problem document the API returned.
+#[derive(Debug)]
+struct ApiProblem(Problem);
+
+impl std::fmt::Display for ApiProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.0.title, self.0.code, self.0.detail)
+    }
+}
+
+impl std::error::Error for ApiProblem {}
+
+struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl ApiClient {
+    fn new(cli: &Cli, cmd: &RunCommand) -> Result<Self> {
+        let token = match &cli.token {
+            Some(t) => t.clone(),
+            None => {
+                let path = cli.engine.state_dir.join(crate::dev::DEV_CREDENTIALS);
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "no --token / COGWARD_TOKEN, and no development credentials at {}",
+                        path.display()
+                    )
+                })?;
+                let creds: BTreeMap<String, String> = serde_json::from_str(&text)?;
+                let default = match cmd {
+                    RunCommand::Approve { .. } | RunCommand::Reject { .. } => "approver",
+                    _ => "ci",
+                };
+                let who = cli.as_principal.as_deref().unwrap_or(default);
+                creds.get(who).cloned().with_context(|| {
+                    format!("no development principal {who:?} in {}", path.display())
+                })?
+            }
+        };
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(330))
+                .build()?,
+            base: cli.api.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling the cogward API at {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            let problem: Problem = serde_json::from_slice(&bytes).with_context(|| {
+                format!("API answered {status}: {}", String::from_utf8_lossy(&bytes))
+            })?;
+            return Err(ApiProblem(problem).into());
+        }
+        serde_json::from_slice(&bytes).context("decoding the API's answer")
+    }
+}
+
+fn print_run(run: &RunView, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(run)?);
+    } else {
+        println!(
+            "{}  {}  agent={} tenant={}{}",
+            run.run_id,
+            run.status,
+            run.agent,
+            run.tenant,
+            run.reason
+                .as_ref()
+                .map(|r| format!("  reason: {r}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn run_command(api: &ApiClient, cmd: &RunCommand) -> Result<u8> {
+    use reqwest::Method;
+    match cmd {
+        RunCommand::Submit {
+            spec,
+            wait,
+            timeout,
+            json,
+        } => {
+            let text = if spec.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                std::fs::read_to_string(spec)
+                    .with_context(|| format!("reading {}", spec.display()))?
+            };
+            // Sent as the file says: the API is the one judge of the spec.
+            let body: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", spec.display()))?;
+            let mut run: RunView = api.call(Method::POST, "/v1/runs", Some(body)).await?;
+            if !json {
+                eprintln!("submitted {}", run.run_id);
+            }
+            if *wait {
+                let deadline = Instant::now() + Duration::from_secs(*timeout);
+                while !run.status.is_terminal() {
+                    if Instant::now() >= deadline {
+                        print_run(&run, *json)?;
+                        eprintln!("gave up waiting after {timeout}s");
+                        return Ok(EXIT_API_ERROR);
+                    }
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .as_secs()
+                        .clamp(1, 60);
+                    run = api
+                        .call(
+                            Method::GET,
+                            &format!("/v1/runs/{}?wait={left}", run.run_id),
+                            None,
+                        )
+                        .await?;
+                }
+                print_run(&run, *json)?;
+                return Ok(exit_code_for(run.status));
+            }
+            print_run(&run, *json)?;
+            Ok(0)
+        }
+        RunCommand::Status { run_id, json } => {
+            let run: RunView = api
+                .call(Method::GET, &format!("/v1/runs/{run_id}"), None)
+                .await?;
+            print_run(&run, *json)?;
+            Ok(0)
+        }
+        RunCommand::List {
+            status,
+            agent,
+            tenant,
+            json,
+        } => {
+            let mut query = Vec::new();
+            for (k, v) in [("status", status), ("agent", agent), ("tenant", tenant)] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={}", urlencode(v)));
+                }
+            }
+            let runs: Vec<RunView> = api
+                .call(Method::GET, &format!("/v1/runs?{}", query.join("&")), None)
+                .await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                for run in &runs {
+                    print_run(run, false)?;
+                }
+            }
+            Ok(0)
+        }
+        RunCommand::Approve { run_id, comment } | RunCommand::Reject { run_id, comment } => {
+            let verb = if matches!(cmd, RunCommand::Approve { .. }) {
+                "approve"
+            } else {
+                "reject"
+            };
+            let _: RunView = api
+                .call(
+                    Method::POST,
+                    &format!("/v1/runs/{run_id}/{verb}"),
+                    Some(serde_json::json!({ "comment": comment })),
+                )
+                .await?;
+            println!("{verb} sent for {run_id}");
+            Ok(0)
+        }
+        RunCommand::Cancel { run_id, reason } => {
+            let _: RunView = api
+                .call(
+                    Method::POST,
+                    &format!("/v1/runs/{run_id}/cancel"),
+                    Some(serde_json::json!({ "reason": reason })),
+                )
+                .await?;
+            println!("cancellation requested for {run_id}");
+            Ok(0)
+        }
+        RunCommand::History { run_id, json } => {
+            let h: HistoryView = api
+                .call(Method::GET, &format!("/v1/runs/{run_id}/history"), None)
+                .await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&h)?);
+            } else {
+                println!(
+                    "{}  {}  ({} ledger entries{})",
+                    h.run_id,
+                    h.status,
+                    h.entries.len(),
+                    if h.complete {
+                        ""
+                    } else {
+                        ", mirror still catching up"
+                    }
+                );
+                for e in &h.entries {
+                    let id = e.event_id.map(|i| i.to_string()).unwrap_or_default();
+                    println!(
+                        "  #{:<6} {:<8} {:>4} {:<48} {}",
+                        e.seq,
+                        e.kind,
+                        id,
+                        e.event_type,
+                        &e.hash[..16]
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,85 @@
+//! Flags and environment → one typed configuration.
+
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct EngineConfig {
+    /// Where cogward keeps its state: run directories, the SQLite ledger, the dev server's data.
+    #[arg(
+        long,
+        env = "COGWARD_STATE_DIR",
+        default_value = ".cogward",
+        global = true
+    )]
+    pub state_dir: PathBuf,
+    /// sqlite://FILE or postgres://... (default: sqlite://<state-dir>/cogward.db).
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Temporal frontend address.
+    #[arg(
+        long,
+        env = "COGWARD_TEMPORAL_ADDRESS",
+        default_value = "http://127.0.0.1:7233",
+        global = true
+    )]
+    pub temporal: String,
+    #[arg(
+        long,
+        env = "COGWARD_NAMESPACE",
+        default_value = "default",
+        global = true
+    )]
+    pub namespace: String,
+    /// Address the API listens on.
+    #[arg(
+        long,
+        env = "COGWARD_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+    /// JSON file of API principals (default: <state-dir>/tokens.json).
+    #[arg(long, env = "COGWARD_TOKENS_FILE", global = true)]
+    pub tokens_file: Option<PathBuf>,
+    /// The cogward-runner binary (default: next to this executable).
+    #[arg(long, env = "COGWARD_RUNNER_BIN", global = true)]
+    pub runner_bin: Option<PathBuf>,
+    /// How often the history mirror looks for new events, in milliseconds.
+    #[arg(
+        long,
+        env = "COGWARD_MIRROR_INTERVAL_MS",
+        default_value_t = 250,
+        global = true
+    )]
+    pub mirror_interval_ms: u64,
+}
+
+impl EngineConfig {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.state_dir.join("cogward.db").display()))
+    }
+
+    pub fn tokens_file(&self) -> PathBuf {
+        self.tokens_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("tokens.json"))
+    }
+
+    pub fn runner_bin(&self) -> PathBuf {
+        self.runner_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("cogward-runner")))
+                .unwrap_or_else(|| PathBuf::from("cogward-runner"))
+        })
+    }
+
+    pub fn mirror_interval(&self) -> Duration {
+        Duration::from_millis(self.mirror_interval_ms.max(10))
+    }
+}

@@ -1,0 +1,107 @@
+//! The database: SQLite by default, PostgreSQL when the URL says so. One set of portable
+//! migrations, plus PostgreSQL-only ones (`*.postgres.sql`) for what SQLite cannot express.
+
+use anyhow::{Context, Result, bail};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Migrations in order: (version, file name, SQL). Files ending `.postgres.sql` run only there.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "0001_init.sql",
+        include_str!("../../migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_append_only.postgres.sql",
+        include_str!("../../migrations/0002_append_only.postgres.sql"),
+    ),
+];
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Db {
+    /// Connect and bring the schema up to date.
+    pub async fn connect(url: &str) -> Result<Self> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            bail!("unsupported database URL {url:?}: use sqlite://FILE or postgres://...");
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        if backend == Backend::Sqlite {
+            pool.execute("PRAGMA journal_mode = WAL").await?;
+        }
+        let db = Self { pool, backend };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS cogward_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        for (version, name, sql) in MIGRATIONS {
+            if name.ends_with(".postgres.sql") && self.backend != Backend::Postgres {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM cogward_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if done.is_some() {
+                continue;
+            }
+            sqlx::raw_sql(*sql)
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("migration {name}"))?;
+            sqlx::query("INSERT INTO cogward_migrations (version, name) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(*name)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(name, "migration applied");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! `cogward serve` (API + history mirror, optionally the worker) and `cogward dev` (the same,
+//! plus an embedded Temporal dev server and development credentials).
+
+use crate::api::auth::{PrincipalEntry, Role, Tokens, TokensFile, token_digest};
+use crate::api::{self, AppState};
+use crate::config::EngineConfig;
+use crate::db::Db;
+use crate::ledger::Ledger;
+use crate::mirror::Mirror;
+use crate::temporal;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// File `cogward dev` writes the development tokens to (name → token), read by the CLI.
+pub const DEV_CREDENTIALS: &str = "dev-credentials.json";
+
+pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let tokens_file = config.tokens_file();
+    let tokens = Tokens::load(&tokens_file).with_context(|| {
+        format!(
+            "no API principals: create {} with `cogward tokens add`",
+            tokens_file.display()
+        )
+    })?;
+    let db = Db::connect(&config.database_url()).await?;
+    let ledger = Ledger::start(db.clone());
+    let client = temporal::connect(&config.temporal, &config.namespace).await?;
+    let wake = Arc::new(Notify::new());
+    tokio::spawn(
+        Mirror {
+            client: client.clone(),
+            ledger: ledger.clone(),
+            namespace: config.namespace.clone(),
+            interval: config.mirror_interval(),
+            wake: wake.clone(),
+        }
+        .run(),
+    );
+    let app = api::app(AppState {
+        client,
+        db,
+        ledger,
+        tokens: Arc::new(tokens),
+        mirror_wake: wake,
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(listen = %config.listen, "cogward API listening");
+    eprintln!("cogward: API on http://{}", config.listen);
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    if with_worker {
+        // The SDK's worker future is not Send: run it beside the server in this task.
+        tokio::select! {
+            r = server => r?,
+            r = crate::worker::run(config) => r?,
+        }
+    } else {
+        server.await?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn random_token() -> String {
+    format!(
+        "cgw_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Write `text` to `path` readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Add a principal to the tokens file (created if missing) and return its new token.
+pub fn add_principal(tokens_file: &Path, name: &str, roles: Vec<Role>) -> Result<String> {
+    let mut file: TokensFile = match std::fs::read_to_string(tokens_file) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", tokens_file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokensFile::default(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", tokens_file.display())),
+    };
+    anyhow::ensure!(
+        !file.principals.iter().any(|p| p.name == name),
+        "principal {name:?} already exists in {}",
+        tokens_file.display()
+    );
+    let token = random_token();
+    file.principals.push(PrincipalEntry {
+        name: name.to_string(),
+        token_sha256: token_digest(&token),
+        roles,
+    });
+    write_private(tokens_file, &serde_json::to_string_pretty(&file)?)?;
+    Ok(token)
+}
+
+/// Development principals: `ci` submits, reads and cancels; `approver` approves.
+fn ensure_dev_credentials(config: &EngineConfig) -> Result<()> {
+    let creds = config.state_dir.join(DEV_CREDENTIALS);
+    if creds.exists() {
+        return Ok(());
+    }
+    let tokens_file = config.tokens_file();
+    let mut out = BTreeMap::new();
+    for (name, roles) in [
+        ("ci", vec![Role::Submit, Role::Read, Role::Operate]),
+        ("approver", vec![Role::Approve, Role::Read]),
+    ] {
+        out.insert(name, add_principal(&tokens_file, name, roles)?);
+    }
+    write_private(&creds, &serde_json::to_string_pretty(&out)?)?;
+    eprintln!("cogward: development tokens written to {}", creds.display());
+    Ok(())
+}
+
+pub async fn dev(config: &EngineConfig) -> Result<()> {
+    std::fs::create_dir_all(&config.state_dir)?;
+    let addr = temporal::socket_addr(&config.temporal)?;
+    let _server = if temporal::reachable(addr) {
+        eprintln!("cogward: using the Temporal server at {addr}");
+        None
+    } else {
+        eprintln!("cogward: starting a Temporal dev server on {addr}");
+        Some(temporal::start_dev_server(
+            addr,
+            &config.state_dir.join("temporal"),
+        )?)
+    };
+    ensure_dev_credentials(config)?;
+    serve(config, true).await
+}

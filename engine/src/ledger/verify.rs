@@ -1,0 +1,112 @@
+//! Offline verification: walk the whole chain from the database alone and name the first entry
+//! that does not hold.
+
+use super::writer::{entry_from_row, ledger_columns};
+use super::{GENESIS_HASH, canonical_string};
+use crate::db::Db;
+use anyhow::Result;
+use serde::Serialize;
+use sqlx::Row;
+
+const PAGE: i64 = 5000;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BadEntry {
+    pub seq: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub head_seq: i64,
+    pub head_hash: String,
+    pub ok: bool,
+    pub first_bad: Option<BadEntry>,
+}
+
+pub async fn verify(db: &Db) -> Result<VerifyReport> {
+    let head = sqlx::query("SELECT seq, hash FROM ledger_head WHERE id = 1")
+        .fetch_one(&db.pool)
+        .await?;
+    let head_seq: i64 = head.try_get("seq")?;
+    let head_hash: String = head.try_get("hash")?;
+    let mut expected_seq = 1i64;
+    let mut prev = GENESIS_HASH.to_string();
+    let mut count = 0u64;
+    let bad = |seq: i64, reason: String, count: u64| VerifyReport {
+        entries: count,
+        head_seq,
+        head_hash: head_hash.clone(),
+        ok: false,
+        first_bad: Some(BadEntry { seq, reason }),
+    };
+    loop {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            ledger_columns!(),
+            " FROM ledger_entries WHERE seq >= $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(expected_seq)
+        .bind(PAGE)
+        .fetch_all(&db.pool)
+        .await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            let e = entry_from_row(row)?;
+            if e.seq != expected_seq {
+                return Ok(bad(
+                    expected_seq,
+                    format!("entry missing (next present is {})", e.seq),
+                    count,
+                ));
+            }
+            if e.prev_hash != prev {
+                return Ok(bad(
+                    e.seq,
+                    "prev_hash does not link to the entry before".into(),
+                    count,
+                ));
+            }
+            match serde_json::from_str::<serde_json::Value>(&e.body) {
+                Ok(v) if canonical_string(&v) == e.body => {}
+                Ok(_) => return Ok(bad(e.seq, "body is not in canonical form".into(), count)),
+                Err(err) => return Ok(bad(e.seq, format!("body is not JSON: {err}"), count)),
+            }
+            match e.compute_hash() {
+                Ok(h) if h == e.hash => {}
+                Ok(_) => {
+                    return Ok(bad(
+                        e.seq,
+                        "hash does not match the entry's content".into(),
+                        count,
+                    ));
+                }
+                Err(err) => return Ok(bad(e.seq, err.to_string(), count)),
+            }
+            prev = e.hash;
+            expected_seq += 1;
+            count += 1;
+        }
+    }
+    // The head must point at the last entry: a truncated tail or a rewound head shows here.
+    if head_seq != expected_seq - 1 || head_hash != prev {
+        return Ok(bad(
+            expected_seq - 1,
+            format!(
+                "chain head (seq {head_seq}) does not match the last entry (seq {})",
+                expected_seq - 1
+            ),
+            count,
+        ));
+    }
+    Ok(VerifyReport {
+        entries: count,
+        head_seq,
+        head_hash,
+        ok: true,
+        first_bad: None,
+    })
+}

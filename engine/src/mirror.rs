@@ -1,0 +1,317 @@
+//! The history mirror: copies every Temporal history event of every cogward run into the audit
+//! ledger exactly once, with the application entries derived from them (submission, admission,
+//! approval, runner evidence, verdict), and keeps the `runs` index current.
+//!
+//! Workflows never write their own history. The mirror resumes from the database after a
+//! restart (`runs.mirrored_event_id`), and the ledger's unique key on (namespace, workflow id,
+//! run id, event id) refuses a duplicate whichever engine tries to append it.
+
+use crate::ledger::{EntryKind, Ledger, NewEntry};
+use crate::runs::{MirrorUpdate, Runs};
+use anyhow::{Context, Result};
+use base64::Engine;
+use cogward_activities::RunActivities;
+use cogward_activities::spec::{
+    Admission, ApprovalSignal, RunInput, RunStatus, RunSummary, RunnerEvidence,
+};
+use cogward_workflows::AgentRun;
+use futures::TryStreamExt;
+use prost::Message;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use temporalio_client::{Client, WorkflowFetchHistoryOptions};
+use temporalio_common::protos::temporal::api::common::v1::Payloads;
+use temporalio_common::protos::temporal::api::enums::v1::EventType;
+use temporalio_common::protos::temporal::api::history::v1::HistoryEvent;
+use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
+use tokio::sync::Notify;
+
+pub struct Mirror {
+    pub client: Client,
+    pub ledger: Ledger,
+    pub namespace: String,
+    pub interval: Duration,
+    /// Wakes the mirror before its interval (e.g. a run just finished).
+    pub wake: Arc<Notify>,
+}
+
+impl Mirror {
+    pub async fn run(self) {
+        loop {
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %format!("{e:#}"), "history mirror sweep failed; retrying");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// One pass over every run not yet fully mirrored.
+    pub async fn sweep(&self) -> Result<()> {
+        let runs = Runs(self.ledger.db());
+        for cursor in runs.mirror_pending().await? {
+            let run_id = cursor.run_id.clone();
+            if let Err(e) = self
+                .mirror_run(&cursor.run_id, cursor.mirrored_event_id)
+                .await
+            {
+                tracing::warn!(run_id = %run_id, error = %format!("{e:#}"), "mirroring run failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn mirror_run(&self, run_id: &cogward_activities::spec::RunId, after: i64) -> Result<()> {
+        let handle = self.client.get_workflow_handle::<AgentRun>(run_id.as_str());
+        let events: Vec<HistoryEvent> = match handle
+            .fetch_history(WorkflowFetchHistoryOptions::default())
+            .try_collect()
+            .await
+        {
+            Ok(events) => events,
+            Err(e) if e.to_string().to_lowercase().contains("not found") => {
+                // Submitted but not (yet) started: nothing to mirror.
+                return Ok(());
+            }
+            Err(e) => return Err(e).context("fetching history"),
+        };
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let temporal_run_id = match &first.attributes {
+            Some(Attributes::WorkflowExecutionStartedEventAttributes(a)) => {
+                a.original_execution_run_id.clone()
+            }
+            _ => String::new(),
+        };
+        let derived = Derivation::new(&events);
+        let mut entries = Vec::new();
+        for ev in events.iter().filter(|e| e.event_id > after) {
+            let base = NewEntry {
+                kind: EntryKind::History,
+                namespace: self.namespace.clone(),
+                workflow_id: run_id.to_string(),
+                temporal_run_id: temporal_run_id.clone(),
+                event_id: Some(ev.event_id),
+                event_type: event_type_name(ev),
+                body: history_body(ev),
+            };
+            entries.push(base.clone());
+            if let Some((event_type, body)) = derived.app_entry(ev) {
+                entries.push(NewEntry {
+                    kind: EntryKind::App,
+                    event_type: event_type.to_string(),
+                    body,
+                    ..base
+                });
+            }
+        }
+        let last = events.last().map_or(after, |e| e.event_id);
+        if !entries.is_empty() {
+            self.ledger.append(entries).await?;
+        }
+        let (status, reason, summary, done) = derived.status();
+        Runs(self.ledger.db())
+            .apply_mirror(
+                run_id,
+                &MirrorUpdate {
+                    temporal_run_id,
+                    mirrored_event_id: last,
+                    status,
+                    reason,
+                    summary,
+                    done,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+pub fn event_type_name(ev: &HistoryEvent) -> String {
+    EventType::try_from(ev.event_type)
+        .map(|t| t.as_str_name().to_string())
+        .unwrap_or_else(|_| format!("EVENT_TYPE_{}", ev.event_type))
+}
+
+/// A history entry's body: id, type, time and the event's exact protobuf bytes.
+fn history_body(ev: &HistoryEvent) -> Value {
+    let time = ev.event_time.as_ref().map(|t| {
+        chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+            .unwrap_or_default()
+    });
+    let proto = ev.encode_to_vec();
+    json!({
+        "event_id": ev.event_id,
+        "event_type": event_type_name(ev),
+        "event_time": time,
+        "proto_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&proto)),
+        "proto": base64::engine::general_purpose::STANDARD.encode(&proto),
+    })
+}
+
+fn first_payload<T: serde::de::DeserializeOwned>(p: &Option<Payloads>) -> Option<T> {
+    let payload = p.as_ref()?.payloads.first()?;
+    serde_json::from_slice(&payload.data).ok()
+}
+
+/// What a run's history says, read once per mirror pass.
+struct Derivation<'a> {
+    events: &'a [HistoryEvent],
+    /// scheduled event id → activity type name
+    activity_types: HashMap<i64, String>,
+}
+
+impl<'a> Derivation<'a> {
+    fn new(events: &'a [HistoryEvent]) -> Self {
+        let activity_types = events
+            .iter()
+            .filter_map(|e| match &e.attributes {
+                Some(Attributes::ActivityTaskScheduledEventAttributes(a)) => a
+                    .activity_type
+                    .as_ref()
+                    .map(|t| (e.event_id, t.name.clone())),
+                _ => None,
+            })
+            .collect();
+        Self {
+            events,
+            activity_types,
+        }
+    }
+
+    fn is(&self, scheduled_event_id: i64, activity: &str) -> bool {
+        self.activity_types
+            .get(&scheduled_event_id)
+            .map(String::as_str)
+            == Some(activity)
+    }
+
+    /// The application entry an event implies, if any.
+    fn app_entry(&self, ev: &HistoryEvent) -> Option<(&'static str, Value)> {
+        match ev.attributes.as_ref()? {
+            Attributes::WorkflowExecutionStartedEventAttributes(a) => {
+                let input: RunInput = first_payload(&a.input)?;
+                Some((
+                    "run.submitted",
+                    json!({
+                        "run_id": input.run_id,
+                        "agent": input.spec.agent,
+                        "tenant": input.spec.tenant,
+                        "submitted_by": input.submitted_by,
+                        "spec_sha256": input.spec.digest(),
+                        "requires_approval": input.spec.requires_approval,
+                    }),
+                ))
+            }
+            Attributes::ActivityTaskCompletedEventAttributes(a)
+                if self.is(a.scheduled_event_id, RunActivities::admit.name()) =>
+            {
+                let admission: Admission = first_payload(&a.result)?;
+                Some(("run.admission", serde_json::to_value(admission).ok()?))
+            }
+            Attributes::ActivityTaskCompletedEventAttributes(a)
+                if self.is(a.scheduled_event_id, RunActivities::start_runner.name()) =>
+            {
+                let evidence: RunnerEvidence = first_payload(&a.result)?;
+                Some(("run.evidence", serde_json::to_value(evidence).ok()?))
+            }
+            Attributes::WorkflowExecutionSignaledEventAttributes(a)
+                if a.signal_name == "approve" || a.signal_name == "reject" =>
+            {
+                let signal: ApprovalSignal = first_payload(&a.input)?;
+                Some((
+                    "run.approval",
+                    json!({
+                        "signal": a.signal_name,
+                        "approver": signal.approver,
+                        "comment": signal.comment,
+                    }),
+                ))
+            }
+            Attributes::WorkflowExecutionCompletedEventAttributes(a) => {
+                let summary: RunSummary = first_payload(&a.result)?;
+                Some((
+                    "run.finished",
+                    json!({"status": summary.status, "reason": summary.reason}),
+                ))
+            }
+            Attributes::WorkflowExecutionFailedEventAttributes(a) => Some((
+                "run.finished",
+                json!({"status": RunStatus::Failed, "reason": a.failure.as_ref().map(|f| f.message.clone())}),
+            )),
+            Attributes::WorkflowExecutionTerminatedEventAttributes(a) => Some((
+                "run.finished",
+                json!({"status": RunStatus::Failed, "reason": format!("terminated: {}", a.reason)}),
+            )),
+            Attributes::WorkflowExecutionTimedOutEventAttributes(_) => Some((
+                "run.finished",
+                json!({"status": RunStatus::Failed, "reason": "workflow timed out"}),
+            )),
+            Attributes::WorkflowExecutionCanceledEventAttributes(_) => Some((
+                "run.finished",
+                json!({"status": RunStatus::Cancelled, "reason": null}),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The run's status as its history shows it: (status, reason, final summary, closed).
+    fn status(&self) -> (RunStatus, Option<String>, Option<RunSummary>, bool) {
+        let mut status = RunStatus::Pending;
+        for ev in self.events {
+            match ev.attributes.as_ref() {
+                Some(Attributes::TimerStartedEventAttributes(_)) => {
+                    status = RunStatus::AwaitingApproval
+                }
+                Some(Attributes::ActivityTaskScheduledEventAttributes(_))
+                    if self.is(ev.event_id, RunActivities::start_runner.name()) =>
+                {
+                    status = RunStatus::Running
+                }
+                Some(Attributes::WorkflowExecutionCompletedEventAttributes(a)) => {
+                    let summary: Option<RunSummary> = first_payload(&a.result);
+                    return match summary {
+                        Some(s) => (s.status, s.reason.clone(), Some(s), true),
+                        None => (
+                            RunStatus::Failed,
+                            Some("unreadable result".into()),
+                            None,
+                            true,
+                        ),
+                    };
+                }
+                Some(Attributes::WorkflowExecutionFailedEventAttributes(a)) => {
+                    let reason = a.failure.as_ref().map(|f| f.message.clone());
+                    return (RunStatus::Failed, reason, None, true);
+                }
+                Some(Attributes::WorkflowExecutionTerminatedEventAttributes(a)) => {
+                    return (
+                        RunStatus::Failed,
+                        Some(format!("terminated: {}", a.reason)),
+                        None,
+                        true,
+                    );
+                }
+                Some(Attributes::WorkflowExecutionTimedOutEventAttributes(_)) => {
+                    return (
+                        RunStatus::Failed,
+                        Some("workflow timed out".into()),
+                        None,
+                        true,
+                    );
+                }
+                Some(Attributes::WorkflowExecutionCanceledEventAttributes(_)) => {
+                    return (RunStatus::Cancelled, None, None, true);
+                }
+                _ => {}
+            }
+        }
+        (status, None, None, false)
+    }
+}

@@ -1,0 +1,52 @@
+//! The Temporal worker: polls cogward's task queue and runs workflows and activities.
+
+use crate::config::EngineConfig;
+use anyhow::{Context, Result};
+use cogward_activities::spec::RunLimits;
+use cogward_activities::{ActivitiesConfig, RunActivities};
+use cogward_workflows::{AgentRun, TASK_QUEUE};
+use std::time::Duration;
+use temporalio_sdk::runtime::RuntimeOptions;
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+
+pub fn activities_config(config: &EngineConfig) -> ActivitiesConfig {
+    ActivitiesConfig {
+        state_dir: config.state_dir.clone(),
+        runner_bin: config.runner_bin(),
+        sandbox: Default::default(),
+        max_limits: RunLimits {
+            cpu_seconds: 3600,
+            memory_mb: 8192,
+            max_processes: 512,
+            wall_clock_seconds: 4 * 3600,
+            grace_seconds: 60,
+        },
+        max_output_bytes: 16 * 1024 * 1024,
+        poll_interval: Duration::from_millis(100),
+    }
+}
+
+pub async fn run(config: &EngineConfig) -> Result<()> {
+    let runtime = Runtime::from_current_tokio(RuntimeOptions::default())
+        .context("starting the Temporal SDK runtime")?;
+    let client = crate::temporal::connect(&config.temporal, &config.namespace).await?;
+    let runner_bin = config.runner_bin();
+    anyhow::ensure!(
+        runner_bin.is_file(),
+        "runner binary {} not found (set COGWARD_RUNNER_BIN)",
+        runner_bin.display()
+    );
+    let options = WorkerOptions::new(TASK_QUEUE)
+        .register_workflow::<AgentRun>()
+        .context("registering AgentRun")?
+        .register_activities(RunActivities::new(activities_config(config)))
+        // A worker that dies leaves tasks on its sticky queue; hand them on quickly.
+        .sticky_queue_schedule_to_start_timeout(Duration::from_secs(3))
+        // Cancellation reaches an activity on a heartbeat response: keep that prompt.
+        .max_heartbeat_throttle_interval(Duration::from_secs(1))
+        .build();
+    let mut worker = Worker::new(&runtime, client, options).context("creating the worker")?;
+    tracing::info!(task_queue = TASK_QUEUE, "worker started");
+    worker.run().await.context("worker stopped")?;
+    Ok(())
+}

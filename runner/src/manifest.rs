@@ -1,0 +1,151 @@
+//! The artifact manifest: every regular file the agent left in `work/`.
+//!
+//! Built after every process of the sandbox is gone, so nothing changes underneath. Symlinks
+//! are never followed (not even for directories): an agent cannot make the runner, which is
+//! root, read a host file by linking to it.
+
+use crate::protocol::Artifact;
+use sha2::{Digest, Sha256};
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Manifest {
+    /// Sorted by path.
+    pub artifacts: Vec<Artifact>,
+    /// Entries left out because their path is not UTF-8 (the protocol's paths are strings).
+    pub skipped: Vec<PathBuf>,
+}
+
+/// Walk `work` and hash every regular file in it.
+pub fn build(work: &Path) -> io::Result<Manifest> {
+    let mut manifest = Manifest::default();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel_dir) = pending.pop() {
+        for entry in std::fs::read_dir(work.join(&rel_dir))? {
+            let entry = entry?;
+            let rel = rel_dir.join(entry.file_name());
+            // `DirEntry::file_type` does not follow symlinks.
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(rel);
+            } else if kind.is_file() {
+                match artifact_path(&rel) {
+                    Some(path) => {
+                        let (sha256, bytes) = hash_file(&work.join(&rel))?;
+                        manifest.artifacts.push(Artifact {
+                            path,
+                            sha256,
+                            bytes,
+                        });
+                    }
+                    None => manifest.skipped.push(rel),
+                }
+            }
+        }
+    }
+    sort(&mut manifest.artifacts);
+    Ok(manifest)
+}
+
+/// The manifest's order: by path, byte-wise (as `str` compares), so it is stable whatever order
+/// the filesystem lists entries in.
+pub fn sort(artifacts: &mut [Artifact]) {
+    artifacts.sort_by(|a, b| a.path.cmp(&b.path));
+}
+
+/// `rel` as the protocol spells it: components joined by `/`. `None` if not UTF-8.
+pub fn artifact_path(rel: &Path) -> Option<String> {
+    let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+    parts.map(|p| p.join("/"))
+}
+
+fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    // O_NOFOLLOW: the entry was a regular file when listed; never open a link in its place.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let mut hasher = Sha256::new();
+    let bytes = io::copy(&mut file, &mut hasher)?;
+    Ok((hex::encode(hasher.finalize()), bytes))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn sha(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    #[test]
+    fn manifest_lists_regular_files_sorted_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path();
+        fs::create_dir_all(w.join("b/c")).unwrap();
+        fs::write(w.join("z.txt"), b"z").unwrap();
+        fs::write(w.join("b/c/deep.txt"), b"deep").unwrap();
+        fs::write(w.join("a.txt"), b"").unwrap();
+        fs::write(w.join("b.txt"), b"bb").unwrap();
+        let m = build(w).unwrap();
+        let got: Vec<(&str, u64)> = m
+            .artifacts
+            .iter()
+            .map(|a| (a.path.as_str(), a.bytes))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a.txt", 0),
+                ("b.txt", 2),
+                ("b/c/deep.txt", 4),
+                ("z.txt", 1)
+            ]
+        );
+        assert_eq!(m.artifacts[2].sha256, sha(b"deep"));
+        assert!(m.skipped.is_empty());
+    }
+
+    #[test]
+    fn symlinks_are_never_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"host secret").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path();
+        std::os::unix::fs::symlink(outside.path().join("secret"), w.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), w.join("dirlink")).unwrap();
+        fs::write(w.join("real"), b"r").unwrap();
+        let m = build(w).unwrap();
+        let paths: Vec<&str> = m.artifacts.iter().map(|a| a.path.as_str()).collect();
+        assert_eq!(paths, ["real"]);
+    }
+
+    #[test]
+    fn sort_is_bytewise_by_path() {
+        let art = |p: &str| Artifact {
+            path: p.into(),
+            sha256: String::new(),
+            bytes: 0,
+        };
+        let mut v = vec![art("b"), art("a/z"), art("B"), art("a")];
+        sort(&mut v);
+        let paths: Vec<&str> = v.iter().map(|a| a.path.as_str()).collect();
+        assert_eq!(paths, ["B", "a", "a/z", "b"]);
+    }
+
+    #[test]
+    fn non_utf8_names_are_skipped_not_mangled() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"bad\xff");
+        fs::write(dir.path().join(name), b"x").unwrap();
+        let m = build(dir.path()).unwrap();
+        assert!(m.artifacts.is_empty());
+        assert_eq!(m.skipped, [PathBuf::from(name)]);
+    }
+}

@@ -1,0 +1,163 @@
+//! The contract between the `StartRunner` activity and the `cogward-runner` binary.
+//!
+//! The activity creates a run directory, writes [`RunnerRequest`] to `request.json` in it and
+//! starts `cogward-runner exec --dir <run dir>` in its own session, so the runner outlives the
+//! worker that started it. Everything the runner says goes to files in the run directory, never to
+//! a pipe that dies with the worker:
+//!
+//! | file            | written by | meaning                                                         |
+//! |-----------------|------------|-----------------------------------------------------------------|
+//! | `request.json`  | activity   | what to run ([`RunnerRequest`])                                 |
+//! | `lock`          | runner     | held (`flock`, exclusive) for the runner's whole life           |
+//! | `started`       | runner     | created with `O_EXCL` just before the agent starts: at most once |
+//! | `events.jsonl`  | runner     | one [`RunnerEvent`] per line, appended and flushed as they occur |
+//! | `stdout.log`, `stderr.log` | runner | the agent's output (capped at `limits.max_output_bytes`) |
+//! | `result.json`   | runner     | [`RunnerResult`], written atomically (tmp + rename) before the lock is released |
+//! | `work/`         | runner     | the agent's working directory; every file left there is an artifact |
+//! | `runner.log`    | runner     | the runner's own diagnostics                                    |
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version of this protocol; the runner refuses a request with another one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub const REQUEST_FILE: &str = "request.json";
+pub const LOCK_FILE: &str = "lock";
+pub const STARTED_FILE: &str = "started";
+pub const EVENTS_FILE: &str = "events.jsonl";
+pub const STDOUT_FILE: &str = "stdout.log";
+pub const STDERR_FILE: &str = "stderr.log";
+pub const RESULT_FILE: &str = "result.json";
+pub const WORK_DIR: &str = "work";
+pub const RUNNER_LOG_FILE: &str = "runner.log";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerRequest {
+    pub protocol: u32,
+    pub run_id: String,
+    /// Program and arguments; `argv[0]` is resolved against `PATH` from `env` (or the default).
+    pub argv: Vec<String>,
+    /// The agent's whole environment besides the runner's defaults (`PATH`, `HOME`, `LANG`,
+    /// `COGWARD_RUN_ID`); nothing is inherited from the runner's own environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub limits: Limits,
+    pub sandbox: SandboxProfile,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// RLIMIT_CPU, seconds of CPU time.
+    pub cpu_seconds: u64,
+    /// RLIMIT_AS, bytes of address space.
+    pub memory_bytes: u64,
+    /// RLIMIT_NPROC for the sandbox user.
+    pub max_processes: u64,
+    /// Wall-clock deadline from the agent's start; then SIGTERM, then SIGKILL after the grace.
+    pub wall_clock_seconds: u64,
+    /// Grace between SIGTERM and SIGKILL, on deadline and on cancellation.
+    pub grace_seconds: u64,
+    /// Output past this many bytes per stream is dropped (and counted as truncated).
+    pub max_output_bytes: u64,
+}
+
+/// How the agent is isolated. Hardening (landlock, seccomp, cgroups, mediated egress) arrives as
+/// new fields here and new stages in the runner, never as a silent downgrade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxProfile {
+    /// Host uid/gid the sandbox user maps to (an unprivileged id with no files of its own).
+    pub host_uid: u32,
+    pub host_gid: u32,
+}
+
+impl Default for SandboxProfile {
+    fn default() -> Self {
+        Self {
+            host_uid: 100_000,
+            host_gid: 100_000,
+        }
+    }
+}
+
+/// One line of `events.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunnerEvent {
+    /// The sandbox is set up and the agent process exists.
+    Started { at_ms: u64, pid: i32 },
+    /// Periodic progress while the agent runs (about once a second).
+    Progress {
+        at_ms: u64,
+        elapsed_ms: u64,
+        stdout_bytes: u64,
+        stderr_bytes: u64,
+    },
+    /// The runner was asked to stop the agent (SIGTERM received, or deadline reached).
+    Stopping { at_ms: u64, reason: StopReason },
+    /// The agent's process is gone.
+    Exited {
+        at_ms: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// `result.json` has been written.
+    Finished { at_ms: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Cancelled,
+    Deadline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The agent exited by itself; see `exit_code`.
+    Exited,
+    /// The agent was killed by a signal it did not ask for (e.g. RLIMIT_CPU's SIGXCPU/SIGKILL).
+    Signaled,
+    /// The wall-clock deadline passed.
+    TimedOut,
+    /// The runner received SIGTERM (run cancelled) and stopped the agent.
+    Cancelled,
+    /// The sandbox could not be set up; the agent never started.
+    SandboxFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamDigest {
+    pub sha256: String,
+    pub bytes: u64,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Path relative to `work/`, with `/` separators.
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunnerResult {
+    pub protocol: u32,
+    pub run_id: String,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Human-readable detail for `sandbox_failed` and signals.
+    pub detail: Option<String>,
+    pub stdout: StreamDigest,
+    pub stderr: StreamDigest,
+    /// Sorted by path.
+    pub artifacts: Vec<Artifact>,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+}

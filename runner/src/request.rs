@@ -1,0 +1,228 @@
+//! Reading and validating `request.json`: everything that can be refused is refused here,
+//! before the runner claims the run directory (`started`), so a bad request never starts anything.
+
+use crate::protocol::{PROTOCOL_VERSION, RunnerRequest};
+use crate::sandbox::env::RUNNER_OWNED_VARS;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("protocol version {got} is not supported (this runner speaks {PROTOCOL_VERSION})")]
+    Protocol { got: u32 },
+    #[error("run_id is empty")]
+    EmptyRunId,
+    #[error("argv is empty")]
+    EmptyArgv,
+    #[error("argv[0] is empty")]
+    EmptyProgram,
+    #[error("{what} contains a NUL byte")]
+    Nul { what: String },
+    #[error("env name {0:?} is invalid (empty, or contains '=')")]
+    InvalidEnvName(String),
+    #[error("env may not set {0}: the runner owns it")]
+    ReservedEnv(String),
+    #[error("limits.{0} must be greater than zero")]
+    ZeroLimit(&'static str),
+    #[error(
+        "sandbox.{0} is 0: the sandbox user must map to an unprivileged host id, never to root"
+    )]
+    RootMapping(&'static str),
+}
+
+/// Read and validate `path`.
+pub fn load(path: &Path) -> Result<RunnerRequest, RequestError> {
+    let bytes = std::fs::read(path).map_err(|source| RequestError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let request: RunnerRequest =
+        serde_json::from_slice(&bytes).map_err(|source| RequestError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    validate(&request)?;
+    Ok(request)
+}
+
+/// Refuse anything the sandbox could not apply faithfully. Checked up front because the child
+/// side of the sandbox cannot report rich errors, and a request must never half-start.
+pub fn validate(request: &RunnerRequest) -> Result<(), RequestError> {
+    if request.protocol != PROTOCOL_VERSION {
+        return Err(RequestError::Protocol {
+            got: request.protocol,
+        });
+    }
+    if request.run_id.is_empty() {
+        return Err(RequestError::EmptyRunId);
+    }
+    check_no_nul("run_id", &request.run_id)?;
+    let Some(program) = request.argv.first() else {
+        return Err(RequestError::EmptyArgv);
+    };
+    if program.is_empty() {
+        return Err(RequestError::EmptyProgram);
+    }
+    for (i, arg) in request.argv.iter().enumerate() {
+        check_no_nul(&format!("argv[{i}]"), arg)?;
+    }
+    for (name, value) in &request.env {
+        if name.is_empty() || name.contains('=') {
+            return Err(RequestError::InvalidEnvName(name.clone()));
+        }
+        if RUNNER_OWNED_VARS.contains(&name.as_str()) {
+            return Err(RequestError::ReservedEnv(name.clone()));
+        }
+        check_no_nul(&format!("env name {name:?}"), name)?;
+        check_no_nul(&format!("env {name}"), value)?;
+    }
+    let limits = &request.limits;
+    for (name, value) in [
+        ("cpu_seconds", limits.cpu_seconds),
+        ("memory_bytes", limits.memory_bytes),
+        ("max_processes", limits.max_processes),
+        ("wall_clock_seconds", limits.wall_clock_seconds),
+    ] {
+        if value == 0 {
+            return Err(RequestError::ZeroLimit(name));
+        }
+    }
+    if request.sandbox.host_uid == 0 {
+        return Err(RequestError::RootMapping("host_uid"));
+    }
+    if request.sandbox.host_gid == 0 {
+        return Err(RequestError::RootMapping("host_gid"));
+    }
+    Ok(())
+}
+
+fn check_no_nul(what: &str, s: &str) -> Result<(), RequestError> {
+    if s.contains('\0') {
+        return Err(RequestError::Nul {
+            what: what.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Limits, SandboxProfile};
+    use std::collections::BTreeMap;
+
+    fn request() -> RunnerRequest {
+        RunnerRequest {
+            protocol: PROTOCOL_VERSION,
+            run_id: "run-1".into(),
+            argv: vec!["true".into()],
+            env: BTreeMap::new(),
+            limits: Limits {
+                cpu_seconds: 10,
+                memory_bytes: 1 << 30,
+                max_processes: 64,
+                wall_clock_seconds: 60,
+                grace_seconds: 2,
+                max_output_bytes: 1 << 20,
+            },
+            sandbox: SandboxProfile::default(),
+        }
+    }
+
+    #[test]
+    fn a_plain_request_is_valid() {
+        validate(&request()).unwrap();
+    }
+
+    #[test]
+    fn wrong_protocol_is_refused() {
+        let mut r = request();
+        r.protocol = PROTOCOL_VERSION + 1;
+        assert!(matches!(validate(&r), Err(RequestError::Protocol { .. })));
+    }
+
+    #[test]
+    fn empty_argv_and_empty_program_are_refused() {
+        let mut r = request();
+        r.argv.clear();
+        assert!(matches!(validate(&r), Err(RequestError::EmptyArgv)));
+        r.argv = vec![String::new()];
+        assert!(matches!(validate(&r), Err(RequestError::EmptyProgram)));
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_everywhere() {
+        let mut r = request();
+        r.argv.push("a\0b".into());
+        assert!(matches!(validate(&r), Err(RequestError::Nul { .. })));
+        let mut r = request();
+        r.env.insert("X".into(), "a\0b".into());
+        assert!(matches!(validate(&r), Err(RequestError::Nul { .. })));
+    }
+
+    #[test]
+    fn runner_owned_and_malformed_env_names_are_refused() {
+        for name in ["HOME", "COGWARD_RUN_ID"] {
+            let mut r = request();
+            r.env.insert(name.into(), "x".into());
+            assert!(matches!(validate(&r), Err(RequestError::ReservedEnv(_))));
+        }
+        for name in ["", "A=B"] {
+            let mut r = request();
+            r.env.insert(name.into(), "x".into());
+            assert!(matches!(validate(&r), Err(RequestError::InvalidEnvName(_))));
+        }
+        // PATH and LANG are defaults the request may override.
+        let mut r = request();
+        r.env.insert("PATH".into(), "/bin".into());
+        r.env.insert("LANG".into(), "C".into());
+        validate(&r).unwrap();
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let mut r = request();
+        r.limits.cpu_seconds = 0;
+        assert!(matches!(
+            validate(&r),
+            Err(RequestError::ZeroLimit("cpu_seconds"))
+        ));
+        // A zero grace (SIGKILL right after SIGTERM) and zero output cap are legitimate.
+        let mut r = request();
+        r.limits.grace_seconds = 0;
+        r.limits.max_output_bytes = 0;
+        validate(&r).unwrap();
+    }
+
+    #[test]
+    fn mapping_to_host_root_is_refused() {
+        let mut r = request();
+        r.sandbox.host_uid = 0;
+        assert!(matches!(
+            validate(&r),
+            Err(RequestError::RootMapping("host_uid"))
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("request.json");
+        let mut value = serde_json::to_value(request()).unwrap();
+        value["surprise"] = serde_json::json!(1);
+        std::fs::write(&path, serde_json::to_vec(&value).unwrap()).unwrap();
+        assert!(matches!(load(&path), Err(RequestError::Parse { .. })));
+    }
+}

@@ -1,0 +1,403 @@
+//! `cogward-runner exec --dir DIR`: one run directory, one sandbox, the agent at most once.
+
+use crate::capture::StreamCapture;
+use crate::exit_code;
+use crate::outcome::{self, AgentStatus, Decision};
+use crate::protocol::{
+    Outcome, PROTOCOL_VERSION, REQUEST_FILE, RunnerEvent, RunnerRequest, RunnerResult, STDERR_FILE,
+    STDOUT_FILE, StreamDigest,
+};
+use crate::request::{self, RequestError};
+use crate::rundir::{ClaimError, EventLog, LockError, RunDir, StartedClaim, now_ms};
+use crate::{manifest, sandbox};
+use sha2::{Digest, Sha256};
+use std::fmt::Display;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// How a run directory was handled, when it went well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// `result.json` was already there: nothing was done.
+    AlreadyFinished,
+    /// The run ended and `result.json` was written.
+    Finished(Outcome),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("run directory {path}: {source}")]
+    RunDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("bad request: {0}")]
+    BadRequest(#[from] RequestError),
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    /// `result.json` records `sandbox_failed`; the agent never ran.
+    #[error("sandbox failed: {0}")]
+    SandboxFailed(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Supervise(#[from] crate::supervise::SuperviseError),
+}
+
+impl RunError {
+    /// The process exit code for this error (see [`crate::exit_code`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Lock(LockError::Busy(_)) => exit_code::LOCK_BUSY,
+            RunError::BadRequest(_) => exit_code::BAD_REQUEST,
+            RunError::Claim(ClaimError::AlreadyStarted(_)) => exit_code::ALREADY_STARTED,
+            RunError::SandboxFailed(_) => exit_code::SANDBOX_FAILED,
+            RunError::RunDir { .. }
+            | RunError::Lock(LockError::Io { .. })
+            | RunError::Claim(ClaimError::Io { .. })
+            | RunError::Io { .. }
+            | RunError::Supervise(_) => exit_code::INTERNAL,
+        }
+    }
+}
+
+fn io_ctx(context: impl Display) -> impl FnOnce(io::Error) -> RunError {
+    move |source| RunError::Io {
+        context: context.to_string(),
+        source,
+    }
+}
+
+/// A line in `runner.log` (the runner's stderr once redirected).
+fn log(msg: impl Display) {
+    eprintln!("{} cogward-runner[{}]: {msg}", now_ms(), std::process::id());
+}
+
+/// SHA-256 and size of nothing: the output of an agent that never ran.
+fn empty_digest() -> StreamDigest {
+    StreamDigest {
+        sha256: hex::encode(Sha256::digest([])),
+        bytes: 0,
+        truncated: false,
+    }
+}
+
+/// Handle the run directory `dir`. See the crate documentation for the sequence.
+#[cfg(target_os = "linux")]
+pub fn exec(dir: &Path) -> Result<Completion, RunError> {
+    // Before anything else: from here on SIGTERM is a cancellation to record, never a death
+    // between claiming the directory and writing its result.
+    let signals = linux::runner_signals().map_err(io_ctx("setting up the runner's signals"))?;
+    let run_dir = RunDir::open(dir).map_err(|source| RunError::RunDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let _lock = run_dir.lock()?;
+    if run_dir.has_result() {
+        return Ok(Completion::AlreadyFinished);
+    }
+    run_dir
+        .redirect_stdio()
+        .map_err(io_ctx("redirecting output to runner.log"))?;
+    log(format_args!(
+        "cogward-runner {} exec --dir {}",
+        env!("CARGO_PKG_VERSION"),
+        run_dir.root().display()
+    ));
+    let request = request::load(&run_dir.file(REQUEST_FILE)).inspect_err(|e| log(e))?;
+    let events = run_dir
+        .open_events()
+        .map_err(io_ctx("opening events.jsonl"))?;
+    let mut run = Run {
+        dir: &run_dir,
+        request: &request,
+        events,
+        started_at_ms: now_ms(),
+    };
+    linux::sandboxed_run(&mut run, &signals)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn exec(_dir: &Path) -> Result<Completion, RunError> {
+    Err(RunError::SandboxFailed(
+        "the sandbox needs Linux namespaces; this platform has none".into(),
+    ))
+}
+
+/// One run in progress: whatever happens once the request is valid ends in `result.json`.
+struct Run<'a> {
+    dir: &'a RunDir,
+    request: &'a RunnerRequest,
+    events: EventLog,
+    started_at_ms: u64,
+}
+
+impl Run<'_> {
+    fn emit(&mut self, event: RunnerEvent) -> Result<(), RunError> {
+        self.events
+            .emit(&event)
+            .map_err(io_ctx("appending to events.jsonl"))
+    }
+
+    /// Record the run's end: manifest, `result.json`, then the `finished` event.
+    fn finish(
+        &mut self,
+        decision: Decision,
+        status: Option<AgentStatus>,
+        stdout: StreamDigest,
+        stderr: StreamDigest,
+    ) -> Result<Outcome, RunError> {
+        let mut detail = decision.detail;
+        let work = self.dir.work_dir();
+        let artifacts = if work.is_dir() {
+            match manifest::build(&work) {
+                Ok(m) => {
+                    for skipped in &m.skipped {
+                        log(format_args!(
+                            "artifact {} left out: its path is not UTF-8",
+                            skipped.display()
+                        ));
+                    }
+                    m.artifacts
+                }
+                Err(e) => {
+                    log(format_args!("building the artifact manifest: {e}"));
+                    let note = format!("artifact manifest unavailable: {e}");
+                    detail = Some(match detail {
+                        Some(d) => format!("{d}; {note}"),
+                        None => note,
+                    });
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let result = RunnerResult {
+            protocol: PROTOCOL_VERSION,
+            run_id: self.request.run_id.clone(),
+            outcome: decision.outcome,
+            exit_code: status.and_then(AgentStatus::exit_code),
+            signal: status.and_then(AgentStatus::signal),
+            detail,
+            stdout,
+            stderr,
+            artifacts,
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: now_ms(),
+        };
+        self.dir
+            .write_result(&result)
+            .map_err(io_ctx("writing result.json"))?;
+        self.emit(RunnerEvent::Finished { at_ms: now_ms() })?;
+        log(format_args!("finished: {:?}", result.outcome));
+        Ok(result.outcome)
+    }
+
+    /// The sandbox could not be built: record `sandbox_failed` and fail the process. Never a
+    /// fallback to running the agent without it.
+    fn sandbox_failed(
+        &mut self,
+        detail: String,
+        stdout: StreamDigest,
+        stderr: StreamDigest,
+    ) -> Result<Completion, RunError> {
+        log(format_args!("sandbox failed: {detail}"));
+        let decision = Decision {
+            outcome: Outcome::SandboxFailed,
+            detail: Some(detail.clone()),
+        };
+        self.finish(decision, None, stdout, stderr)?;
+        Err(RunError::SandboxFailed(detail))
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::*;
+    use crate::protocol::StopReason;
+    use crate::supervise::{self, Supervision};
+    use nix::sys::signal::{SigHandler, SigSet, Signal, signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use std::time::Instant;
+
+    /// Block SIGTERM, SIGINT and SIGCHLD and receive them through a signalfd instead; ignore
+    /// SIGPIPE (a reader of ours going away is an error to handle, not a death) and SIGHUP.
+    pub(super) fn runner_signals() -> io::Result<SignalFd> {
+        let mut mask = SigSet::empty();
+        for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+            mask.add(sig);
+        }
+        mask.thread_block()?;
+        for sig in [Signal::SIGPIPE, Signal::SIGHUP] {
+            // SAFETY: SIG_IGN installs no handler code.
+            unsafe { signal(sig, SigHandler::SigIgn) }?;
+        }
+        Ok(SignalFd::with_flags(
+            &mask,
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )?)
+    }
+
+    /// Drain pending signals; true if one of them asks the runner to stop.
+    fn cancel_pending(signals: &SignalFd) -> io::Result<bool> {
+        let mut cancel = false;
+        while let Some(info) = signals.read_signal()? {
+            let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
+            cancel |= signo == libc::SIGTERM || signo == libc::SIGINT;
+        }
+        Ok(cancel)
+    }
+
+    /// The sandbox's processes must not carry the runner's supplementary groups (the sandbox
+    /// cannot drop them itself: `setgroups` is denied inside).
+    fn drop_supplementary_groups() -> Result<(), String> {
+        let groups = nix::unistd::getgroups().map_err(|e| format!("reading groups: {e}"))?;
+        if groups.is_empty() {
+            return Ok(());
+        }
+        nix::unistd::setgroups(&[])
+            .map_err(|e| format!("dropping the runner's supplementary groups {groups:?}: {e}"))
+    }
+
+    pub(super) fn sandboxed_run(
+        run: &mut Run<'_>,
+        signals: &SignalFd,
+    ) -> Result<Completion, RunError> {
+        let request = run.request;
+        let limits = request.limits;
+        let plan = match sandbox::plan(request, &run.dir.work_dir()) {
+            Ok(p) => p,
+            Err(e) => return run.sandbox_failed(e.to_string(), empty_digest(), empty_digest()),
+        };
+        if cancel_pending(signals).map_err(io_ctx("reading the runner's signals"))? {
+            log("cancelled before the agent started");
+            run.emit(RunnerEvent::Stopping {
+                at_ms: now_ms(),
+                reason: StopReason::Cancelled,
+            })?;
+            let decision = Decision {
+                outcome: Outcome::Cancelled,
+                detail: Some("the run was cancelled before the agent started".into()),
+            };
+            let outcome = run.finish(decision, None, empty_digest(), empty_digest())?;
+            return Ok(Completion::Finished(outcome));
+        }
+        run.dir
+            .allow_traverse_only()
+            .map_err(io_ctx("setting the run directory's mode"))?;
+
+        // The point of no return: from here the agent counts as started, forever.
+        run.started_at_ms = now_ms();
+        run.dir
+            .claim_started(&StartedClaim {
+                runner_pid: std::process::id(),
+                started_at_ms: run.started_at_ms,
+            })
+            .inspect_err(|e| log(e))?;
+        let stdout_file = run
+            .dir
+            .create_output(STDOUT_FILE)
+            .map_err(io_ctx("creating stdout.log"))?;
+        let stderr_file = run
+            .dir
+            .create_output(STDERR_FILE)
+            .map_err(io_ctx("creating stderr.log"))?;
+        let cap = limits.max_output_bytes;
+        let stdout = StreamCapture::new(stdout_file, cap);
+        let stderr = StreamCapture::new(stderr_file, cap);
+
+        let host = &request.sandbox;
+        if let Err(e) = run.dir.prepare_work_dir(host.host_uid, host.host_gid) {
+            let detail = format!("preparing the work directory: {e}");
+            return finish_unstarted(run, detail, stdout, stderr);
+        }
+        if let Err(detail) = drop_supplementary_groups() {
+            return finish_unstarted(run, detail, stdout, stderr);
+        }
+        let sandbox = match sandbox::launch(&plan) {
+            Ok(s) => s,
+            Err(e) if e.is_sandbox_failure() => {
+                return finish_unstarted(run, e.to_string(), stdout, stderr);
+            }
+            Err(e) => {
+                // The sandbox worked; the program did not exist or could not be executed.
+                // Reported like a shell does (127), with the reason.
+                log(&e);
+                let code = e.agent_exit_code().unwrap_or(127);
+                let status = AgentStatus::Exited(code);
+                run.emit(RunnerEvent::Exited {
+                    at_ms: now_ms(),
+                    code: Some(code),
+                    signal: None,
+                })?;
+                let decision = Decision {
+                    outcome: Outcome::Exited,
+                    detail: Some(e.to_string()),
+                };
+                let (out, err) = finish_streams(stdout, stderr)?;
+                let outcome = run.finish(decision, Some(status), out, err)?;
+                return Ok(Completion::Finished(outcome));
+            }
+        };
+        let init_pid = sandbox.init_pid;
+        let started = Instant::now();
+        run.emit(RunnerEvent::Started {
+            at_ms: now_ms(),
+            pid: init_pid.as_raw(),
+        })?;
+        log(format_args!(
+            "agent started; sandbox init is pid {init_pid}"
+        ));
+
+        let supervised = supervise::supervise(Supervision {
+            sandbox,
+            signals,
+            limits: &limits,
+            events: &mut run.events,
+            stdout,
+            stderr,
+            started,
+        })
+        .inspect_err(|e| log(e))?;
+        let decision = outcome::decide(
+            supervised.stop,
+            supervised.status,
+            limits.wall_clock_seconds,
+        );
+        let outcome = run.finish(
+            decision,
+            Some(supervised.status),
+            supervised.stdout,
+            supervised.stderr,
+        )?;
+        Ok(Completion::Finished(outcome))
+    }
+
+    fn finish_streams(
+        stdout: StreamCapture,
+        stderr: StreamCapture,
+    ) -> Result<(StreamDigest, StreamDigest), RunError> {
+        Ok((
+            stdout.finish().map_err(io_ctx("syncing stdout.log"))?,
+            stderr.finish().map_err(io_ctx("syncing stderr.log"))?,
+        ))
+    }
+
+    fn finish_unstarted(
+        run: &mut Run<'_>,
+        detail: String,
+        stdout: StreamCapture,
+        stderr: StreamCapture,
+    ) -> Result<Completion, RunError> {
+        let (out, err) = finish_streams(stdout, stderr)?;
+        run.sandbox_failed(detail, out, err)
+    }
+}

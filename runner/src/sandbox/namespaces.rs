@@ -1,0 +1,153 @@
+//! Namespaces: which ones the sandbox gets, the id mapping, and the steps that set them up.
+//!
+//! The parent (the runner, root in the initial user namespace) writes the id maps; the child
+//! (the sandbox's init, holding every capability in its *new* user namespace only) makes its
+//! mounts private, mounts a `/proc` for its PID namespace, brings up its own loopback and names
+//! its host. Nothing here gives the sandbox a route out: its network namespace is empty.
+
+/// The uid/gid the agent runs as inside the sandbox.
+pub const SANDBOX_UID: u32 = 1000;
+pub const SANDBOX_GID: u32 = 1000;
+/// The sandbox's hostname (its own UTS namespace), so the host's name does not leak in.
+pub const SANDBOX_HOSTNAME: &str = "cogward";
+
+/// One line of `/proc/<pid>/uid_map` or `gid_map`: exactly one id inside maps to one id
+/// outside; every other host id (root included) stays unmapped, i.e. `nobody`, inside.
+pub fn id_map_line(inside: u32, outside: u32) -> String {
+    format!("{inside} {outside} 1\n")
+}
+
+/// Written to `/proc/<pid>/setgroups` before `gid_map`: the sandbox can never call
+/// `setgroups`, so it cannot drop a group to slip past a deny-by-group permission.
+pub const SETGROUPS_POLICY: &str = "deny";
+
+#[cfg(target_os = "linux")]
+pub use linux::*;
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::SETGROUPS_POLICY;
+    use nix::errno::Errno;
+    use nix::sched::CloneFlags;
+    use nix::unistd::Pid;
+    use std::ffi::CStr;
+    use std::path::PathBuf;
+
+    /// New user, PID, mount, network, UTS and IPC namespaces: one of each per sandbox.
+    pub const CLONE_FLAGS: CloneFlags = CloneFlags::CLONE_NEWUSER
+        .union(CloneFlags::CLONE_NEWPID)
+        .union(CloneFlags::CLONE_NEWNS)
+        .union(CloneFlags::CLONE_NEWNET)
+        .union(CloneFlags::CLONE_NEWUTS)
+        .union(CloneFlags::CLONE_NEWIPC);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("writing {path}: {source}")]
+    pub struct IdMapError {
+        pub path: PathBuf,
+        #[source]
+        pub source: std::io::Error,
+    }
+
+    /// Parent side: map the child's user namespace. Each file takes exactly one write.
+    pub fn write_id_maps(child: Pid, uid_map: &str, gid_map: &str) -> Result<(), IdMapError> {
+        let proc_dir = PathBuf::from(format!("/proc/{child}"));
+        for (file, content) in [
+            ("uid_map", uid_map),
+            ("setgroups", SETGROUPS_POLICY),
+            ("gid_map", gid_map),
+        ] {
+            let path = proc_dir.join(file);
+            std::fs::write(&path, content).map_err(|source| IdMapError { path, source })?;
+        }
+        Ok(())
+    }
+
+    // Child side below: called between `clone` and `execve`, so each is a thin, allocation-free
+    // system call wrapper.
+
+    /// Stop mount events propagating back to the host (and from it).
+    pub fn make_mounts_private() -> Result<(), Errno> {
+        // SAFETY: plain system call with static, NUL-terminated strings.
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
+
+    /// A `/proc` that shows only the sandbox's PID namespace (over the host's, in this mount
+    /// namespace only).
+    pub fn mount_proc() -> Result<(), Errno> {
+        // SAFETY: plain system call with static, NUL-terminated strings.
+        let rc = unsafe {
+            libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
+
+    /// Bring up the namespace's own `lo` so agents can talk to themselves (test servers on
+    /// localhost); it reaches nothing of the host's.
+    pub fn loopback_up() -> Result<(), Errno> {
+        // SAFETY: a datagram socket used only for interface ioctls, closed before returning.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        let sock = Errno::result(sock)?;
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read/write the `ifr_flags` member of our ifreq.
+        let result = unsafe {
+            Errno::result(libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr)).and_then(|_| {
+                ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                Errno::result(libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr))
+            })
+        };
+        // SAFETY: `sock` is ours.
+        unsafe { libc::close(sock) };
+        result.map(drop)
+    }
+
+    pub fn set_hostname(name: &CStr) -> Result<(), Errno> {
+        // SAFETY: `name` is a valid C string of the given length.
+        let rc = unsafe { libc::sethostname(name.as_ptr(), name.to_bytes().len()) };
+        Errno::result(rc).map(drop)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_map_maps_exactly_one_id() {
+        assert_eq!(id_map_line(1000, 100_000), "1000 100000 1\n");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn every_namespace_is_new() {
+        use nix::sched::CloneFlags;
+        for flag in [
+            CloneFlags::CLONE_NEWUSER,
+            CloneFlags::CLONE_NEWPID,
+            CloneFlags::CLONE_NEWNS,
+            CloneFlags::CLONE_NEWNET,
+        ] {
+            assert!(CLONE_FLAGS.contains(flag), "{flag:?}");
+        }
+    }
+}

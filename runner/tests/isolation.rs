@@ -1,0 +1,204 @@
+//! The sandbox's isolation, checked by running the real binary and asserting the forbidden
+//! thing fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fixture;
+
+use cogward_runner::protocol::Outcome;
+use fixture::{RunDir, SANDBOX_HOST_UID, python3, request};
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+#[test]
+fn no_network_route_out_and_host_loopback_unreachable() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = format!(
+        "echo ROUTES; tail -n +2 /proc/net/route; echo END; \
+         if echo hi > /dev/tcp/127.0.0.1/{port}; then echo HOST_LOOPBACK_CONNECTED; \
+         else echo HOST_LOOPBACK_FAILED; fi; \
+         if echo hi > /dev/tcp/1.1.1.1/53; then echo OUTSIDE_CONNECTED; \
+         else echo OUTSIDE_FAILED; fi"
+    );
+    let run = RunDir::new(&["bash", "-c", &script]);
+    let result = run.run_ok();
+    assert_eq!(result.outcome, Outcome::Exited);
+    let out = run.stdout();
+    assert!(out.contains("ROUTES\nEND\n"), "routes inside: {out}");
+    assert!(out.contains("HOST_LOOPBACK_FAILED"), "{out}");
+    assert!(out.contains("OUTSIDE_FAILED"), "{out}");
+    assert!(
+        listener.accept().is_err(),
+        "the host listener got a connection from the sandbox"
+    );
+}
+
+#[test]
+fn pid_namespace_hides_host_processes() {
+    let mut host_sleep = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let host_pid = host_sleep.id();
+    let script = format!(
+        "echo PID=$$; echo PROCS=$(ls /proc | grep -c '^[0-9]'); \
+         if kill -0 {host_pid}; then echo KILL_ALLOWED; else echo KILL_DENIED; fi"
+    );
+    let run = RunDir::new(&["sh", "-c", &script]);
+    run.run_ok();
+    host_sleep.kill().unwrap();
+    host_sleep.wait().unwrap();
+    let out = run.stdout();
+    let pid: u32 = field(&out, "PID=").parse().unwrap();
+    assert!(pid <= 2, "agent shell pid inside is {pid}: {out}");
+    let procs: u32 = field(&out, "PROCS=").parse().unwrap();
+    assert!(procs <= 6, "{procs} pids visible in /proc: {out}");
+    assert!(out.contains("KILL_DENIED"), "{out}");
+}
+
+#[test]
+fn user_namespace_maps_agent_to_unprivileged_host_uid() {
+    let host_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(host_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let forbidden = host_dir.path().join("written-by-agent");
+    let script = format!(
+        "echo UID=$(id -u); touch mine; \
+         if echo x > {}; then echo HOST_WRITE_ALLOWED; else echo HOST_WRITE_DENIED; fi",
+        forbidden.display()
+    );
+    let run = RunDir::new(&["sh", "-c", &script]);
+    run.run_ok();
+    let out = run.stdout();
+    assert_eq!(field(&out, "UID="), "1000", "{out}");
+    assert!(out.contains("HOST_WRITE_DENIED"), "{out}");
+    assert!(!forbidden.exists());
+    let meta = std::fs::metadata(run.work().join("mine")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (SANDBOX_HOST_UID, SANDBOX_HOST_UID)
+    );
+}
+
+#[test]
+fn environment_is_exactly_the_request_env_plus_defaults() {
+    let mut req = request(&["env"]);
+    req.env.insert("FOO".into(), "bar".into());
+    let run = RunDir::with_request(&req);
+    let out = run
+        .command()
+        .env("COGWARD_TEST_SECRET", "leak")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", run.runner_log());
+    let env = run.stdout();
+    assert!(!env.contains("COGWARD_TEST_SECRET"), "{env}");
+    assert!(!env.contains("leak"), "{env}");
+    let mut lines: Vec<&str> = env.lines().collect();
+    lines.sort();
+    let home = format!("HOME={}", run.work().canonicalize().unwrap().display());
+    let mut expected = vec![
+        "COGWARD_RUN_ID=test-run",
+        "FOO=bar",
+        home.as_str(),
+        "LANG=C.UTF-8",
+        "PATH=/usr/local/bin:/usr/bin:/bin",
+    ];
+    expected.sort();
+    assert_eq!(lines, expected);
+}
+
+#[test]
+fn cpu_limit_kills_a_busy_loop_before_the_deadline() {
+    let mut req = request(&["sh", "-c", "while :; do :; done"]);
+    req.limits.cpu_seconds = 1;
+    req.limits.wall_clock_seconds = 20;
+    let run = RunDir::with_request(&req);
+    let t0 = Instant::now();
+    let result = run.run_ok();
+    assert!(t0.elapsed() < Duration::from_secs(12), "{:?}", t0.elapsed());
+    assert_eq!(result.outcome, Outcome::Signaled, "{result:?}");
+    let sig = result.signal.unwrap();
+    assert!(sig == libc::SIGXCPU || sig == libc::SIGKILL, "signal {sig}");
+}
+
+#[test]
+fn process_limit_bounds_forks() {
+    let script = "import os, time\n\
+                  n = 0\n\
+                  for i in range(50):\n\
+                  \x20   try:\n\
+                  \x20       pid = os.fork()\n\
+                  \x20   except OSError:\n\
+                  \x20       break\n\
+                  \x20   if pid == 0:\n\
+                  \x20       time.sleep(5)\n\
+                  \x20       os._exit(0)\n\
+                  \x20   n += 1\n\
+                  print('FORKED', n)\n";
+    let mut req = request(&[python3(), "-c", script]);
+    req.limits.max_processes = 10;
+    let run = RunDir::with_request(&req);
+    let result = run.run_ok();
+    assert_eq!(result.exit_code, Some(0), "{}", run.stderr());
+    let forked: u32 = field(&run.stdout(), "FORKED ").parse().unwrap();
+    assert!(
+        forked < 10,
+        "{forked} forks succeeded with max_processes=10"
+    );
+}
+
+#[test]
+fn memory_limit_makes_large_allocations_fail() {
+    let script = "small = bytearray(16 * 1024 * 1024)\n\
+                  print('SMALL_OK', flush=True)\n\
+                  big = bytearray(512 * 1024 * 1024)\n\
+                  print('BIG_OK')\n";
+    let mut req = request(&[python3(), "-c", script]);
+    req.limits.memory_bytes = 256 << 20;
+    let run = RunDir::with_request(&req);
+    let result = run.run_ok();
+    let out = run.stdout();
+    assert!(out.contains("SMALL_OK"), "{out} / {}", run.stderr());
+    assert!(!out.contains("BIG_OK"), "{out}");
+    assert!(run.stderr().contains("MemoryError"), "{}", run.stderr());
+    assert_ne!(result.exit_code, Some(0));
+}
+
+#[test]
+fn unreachable_work_dir_is_sandbox_failed_never_unsandboxed() {
+    // The run directory sits in a root-only (0700) directory: the sandbox user cannot reach its
+    // work dir, so the sandbox cannot be built — and the agent must not run some other way.
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = parent.path().join("run");
+    std::fs::create_dir(&dir).unwrap();
+    let req = request(&["sh", "-c", "echo ran > side_effect"]);
+    std::fs::write(dir.join("request.json"), serde_json::to_vec(&req).unwrap()).unwrap();
+    let out = std::process::Command::new(fixture::BIN)
+        .args(["exec", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(cogward_runner::exit_code::SANDBOX_FAILED))
+    );
+    let result: cogward_runner::protocol::RunnerResult =
+        serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result.outcome, Outcome::SandboxFailed);
+    let detail = result.detail.unwrap();
+    assert!(detail.contains("work directory"), "{detail}");
+    assert_eq!(result.exit_code, None);
+    assert!(!dir.join("work/side_effect").exists());
+    assert!(!result.artifacts.iter().any(|a| a.path == "side_effect"));
+}
+
+fn field<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {out:?}"))
+        .trim()
+}
