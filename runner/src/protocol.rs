@@ -88,6 +88,9 @@ impl Default for SandboxProfile {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunnerEvent {
     /// The sandbox is set up and the agent process exists.
+    ///
+    /// `pid` is the host pid of the sandbox's init (PID 1 of its PID namespace, the agent's
+    /// parent): SIGTERM to it reaches every process in the sandbox, SIGKILL kills them all.
     Started { at_ms: u64, pid: i32 },
     /// Periodic progress while the agent runs (about once a second).
     Progress {

@@ -291,8 +291,8 @@ mod linux {
             return Ok(Completion::Finished(outcome));
         }
         run.dir
-            .allow_traverse_only()
-            .map_err(io_ctx("setting the run directory's mode"))?;
+            .restrict_access()
+            .map_err(io_ctx("restricting access to the run directory"))?;
 
         // The point of no return: from here the agent counts as started, forever.
         run.started_at_ms = now_ms();

@@ -5,8 +5,8 @@
 //! worker that created the directory can read them and the sandbox user cannot.
 
 use crate::protocol::{
-    EVENTS_FILE, LOCK_FILE, RESULT_FILE, RUNNER_LOG_FILE, RunnerEvent, RunnerResult, STARTED_FILE,
-    WORK_DIR,
+    EVENTS_FILE, LOCK_FILE, REQUEST_FILE, RESULT_FILE, RUNNER_LOG_FILE, RunnerEvent, RunnerResult,
+    STARTED_FILE, WORK_DIR,
 };
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions, Permissions};
@@ -139,9 +139,11 @@ impl RunDir {
     }
 
     /// Let the sandbox user traverse the run directory to reach `work/` (its `HOME`), but not
-    /// list it.
-    pub fn allow_traverse_only(&self) -> io::Result<()> {
-        std::fs::set_permissions(&self.root, Permissions::from_mode(0o711))
+    /// list it; and keep `request.json` (the agent's environment, possibly secrets) from every
+    /// other sandbox, since they may all share the same host uid.
+    pub fn restrict_access(&self) -> io::Result<()> {
+        std::fs::set_permissions(&self.root, Permissions::from_mode(0o711))?;
+        std::fs::set_permissions(self.file(REQUEST_FILE), Permissions::from_mode(0o600))
     }
 
     /// Create `started` with `O_EXCL`, durably: its existence is what guarantees the agent

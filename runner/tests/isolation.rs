@@ -66,7 +66,9 @@ fn user_namespace_maps_agent_to_unprivileged_host_uid() {
     let forbidden = host_dir.path().join("written-by-agent");
     let script = format!(
         "echo UID=$(id -u); touch mine; \
-         if echo x > {}; then echo HOST_WRITE_ALLOWED; else echo HOST_WRITE_DENIED; fi",
+         if echo x > {}; then echo HOST_WRITE_ALLOWED; else echo HOST_WRITE_DENIED; fi; \
+         if cat ../request.json; then echo REQUEST_READABLE; else echo REQUEST_DENIED; fi; \
+         if ls ..; then echo RUNDIR_LISTABLE; else echo RUNDIR_UNLISTABLE; fi",
         forbidden.display()
     );
     let run = RunDir::new(&["sh", "-c", &script]);
@@ -75,6 +77,8 @@ fn user_namespace_maps_agent_to_unprivileged_host_uid() {
     assert_eq!(field(&out, "UID="), "1000", "{out}");
     assert!(out.contains("HOST_WRITE_DENIED"), "{out}");
     assert!(!forbidden.exists());
+    assert!(out.contains("REQUEST_DENIED"), "{out}");
+    assert!(out.contains("RUNDIR_UNLISTABLE"), "{out}");
     let meta = std::fs::metadata(run.work().join("mine")).unwrap();
     assert_eq!(
         (meta.uid(), meta.gid()),

@@ -118,6 +118,14 @@ fn deadline_kills_an_agent_that_ignores_sigterm_after_the_grace() {
     assert!(took < Duration::from_secs(6), "{took:?}");
     assert_eq!(result.outcome, Outcome::TimedOut);
     assert_eq!(result.signal, Some(libc::SIGKILL));
+    // It ran for about two seconds: progress was reported meanwhile.
+    assert!(
+        run.events()
+            .iter()
+            .any(|e| matches!(e, RunnerEvent::Progress { elapsed_ms, .. } if *elapsed_ms >= 1000)),
+        "{:?}",
+        run.events()
+    );
 }
 
 #[test]
@@ -147,6 +155,35 @@ fn cancellation_stops_the_agent_and_nothing_survives() {
         }
     )));
     assert_eq!(pids_with_cmdline(&marker), Vec::<i32>::new());
+}
+
+#[test]
+fn runner_death_kills_the_sandbox_and_the_agent_is_never_rerun() {
+    let marker = format!("778{}.25", std::process::id());
+    let script = format!("sleep {marker} & sleep {marker}; wait");
+    let run = RunDir::new(&["sh", "-c", &script]);
+    let mut child = run.command().spawn().unwrap();
+    run.wait_for_started(Duration::from_secs(10));
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while pids_with_cmdline(&marker).len() < 2 {
+        assert!(Instant::now() < give_up, "sandbox processes never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL: the runner gets no chance to clean up; the sandbox must die with it anyway.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while !pids_with_cmdline(&marker).is_empty() {
+        assert!(
+            Instant::now() < give_up,
+            "sandbox processes outlived their runner: {:?}",
+            pids_with_cmdline(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!run.has_result());
+    assert_eq!(run.run(), i32::from(exit_code::ALREADY_STARTED));
+    assert!(!run.has_result());
 }
 
 #[test]

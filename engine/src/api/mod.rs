@@ -44,6 +44,13 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async {
             error::problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .method_not_allowed_fallback(|| async {
+            error::problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

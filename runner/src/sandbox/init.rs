@@ -22,7 +22,8 @@ pub const EXEC_FAILED: i32 = 127;
 /// The descriptors the child uses. Every other inherited descriptor is closed.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ChildFds {
-    /// The runner writes one byte here once the id maps are in place (EOF: give up).
+    /// The runner writes one byte here once the id maps are in place (EOF before it: give
+    /// up), then keeps its end open for as long as it supervises us: a hang-up means it died.
     pub sync_read: RawFd,
     /// A [`ChildFailure`] for the first failed step; close-on-exec, so EOF means the agent's
     /// program is running.
@@ -69,11 +70,7 @@ pub(super) fn sandbox_init(args: &ExecArgs<'_>, fds: ChildFds) -> ! {
 
     // If the runner dies, so does the sandbox: nothing may run unsupervised. (A runner that died
     // before this point is caught by the sync read below returning EOF.)
-    // SAFETY: prctl with integer arguments.
-    check(
-        Step::ParentDeathSignal,
-        rc(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }),
-    );
+    check(Step::ParentDeathSignal, kill_me_when_the_runner_dies());
     let mut keep = [
         fds.sync_read,
         fds.setup_write,
@@ -99,8 +96,6 @@ pub(super) fn sandbox_init(args: &ExecArgs<'_>, fds: ChildFds) -> ! {
         // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(INIT_FAILED) };
     }
-    // SAFETY: plain system call.
-    unsafe { libc::close(fds.sync_read) };
 
     // SAFETY: plain system call.
     check(Step::SetSession, rc(unsafe { libc::setsid() }));
@@ -116,6 +111,22 @@ pub(super) fn sandbox_init(args: &ExecArgs<'_>, fds: ChildFds) -> ! {
     check(Step::SetGid, rc(unsafe { libc::setresgid(gid, gid, gid) }));
     // SAFETY: plain system call.
     check(Step::SetUid, rc(unsafe { libc::setresuid(uid, uid, uid) }));
+    // Changing credentials cleared the parent-death signal: set it again, then make sure the
+    // runner did not die in between (its end of the sync pipe would have hung up).
+    check(Step::ParentDeathSignal, kill_me_when_the_runner_dies());
+    let mut lifeline = libc::pollfd {
+        fd: fds.sync_read,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one initialised pollfd, without waiting.
+    let polled = unsafe { libc::poll(&mut lifeline, 1, 0) };
+    if polled != 0 && lifeline.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(INIT_FAILED) };
+    }
+    // SAFETY: plain system call.
+    unsafe { libc::close(fds.sync_read) };
 
     // A PID namespace's init only receives the signals it has a handler for, even from the
     // runner; so SIGTERM gets a (no-op) handler, and stays blocked (inherited from the runner)
@@ -192,6 +203,11 @@ pub(super) fn sandbox_init(args: &ExecArgs<'_>, fds: ChildFds) -> ! {
             }
         }
     }
+}
+
+fn kill_me_when_the_runner_dies() -> Result<(), Errno> {
+    // SAFETY: prctl with integer arguments.
+    rc(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })
 }
 
 extern "C" fn noop_handler(_: libc::c_int) {}

@@ -29,6 +29,9 @@ pub struct Sandbox {
     pub stderr: OwnedFd,
     /// The init writes the agent's raw wait status here just before it exits.
     pub status: OwnedFd,
+    /// Our end of the sync pipe, open while we supervise: the init checks it did not hang up
+    /// (that we did not die) after re-arming its parent-death signal.
+    _lifeline: OwnedFd,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +140,6 @@ pub fn launch(plan: &SandboxPlan) -> Result<Sandbox, LaunchError> {
 
     namespaces::write_id_maps(init_pid, &plan.uid_map, &plan.gid_map)?;
     write(&sync_write, &[1]).map_err(os("releasing the sandbox init"))?;
-    drop(sync_write);
     wait_for_exec(&setup_read, SETUP_TIMEOUT)?;
     guard.disarm();
 
@@ -149,6 +151,7 @@ pub fn launch(plan: &SandboxPlan) -> Result<Sandbox, LaunchError> {
         stdout: stdout_read,
         stderr: stderr_read,
         status: status_read,
+        _lifeline: sync_write,
     })
 }
 

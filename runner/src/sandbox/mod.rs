@@ -10,7 +10,7 @@
 //! running unsandboxed.
 //!
 //! Each isolation mechanism is its own module with a pure "decide" part and a child-side
-//! "apply" part ([`namespaces`], [`rlimits`], [`env`]); later stages (landlock, seccomp,
+//! "apply" part ([`namespaces`], [`rlimits`], [`env`](mod@env)); later stages (landlock, seccomp,
 //! cgroups, mediated egress) slot in the same way: a field in [`SandboxPlan`], a [`Step`] and a
 //! call in the child's sequence.
 

