@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The whole stack locally, and one example agent run through it: a Temporal dev server, the cogward
+# API + history mirror + worker, a sandboxed run that waits at its approval gate, an approval by a
+# second principal, and the run's verified, hash-chained ledger printed at the end.
+#   scripts/demo.sh          run the example, then stop the stack
+#   scripts/demo.sh --keep   leave the stack running (stop it with: kill $(cat .cogward/dev.pid))
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+log "building cogward"
+cargo build --workspace --bins --locked
+export PATH="$PWD/target/debug:$PATH"
+export COGWARD_STATE_DIR="$PWD/.cogward"
+export COGWARD_TEMPORAL_ADDRESS="${COGWARD_TEMPORAL_ADDRESS:-http://127.0.0.1:7233}"
+export COGWARD_LISTEN="${COGWARD_LISTEN:-127.0.0.1:8080}"
+export COGWARD_API="http://$COGWARD_LISTEN"
+mkdir -p "$COGWARD_STATE_DIR"
+
+if (exec 3<>"/dev/tcp/${COGWARD_LISTEN%:*}/${COGWARD_LISTEN##*:}") 2>/dev/null; then
+    echo "something already listens on $COGWARD_LISTEN (a running cogward dev?); stop it or set COGWARD_LISTEN" >&2
+    exit 1
+fi
+log "starting the stack: cogward dev (log: .cogward/dev.log)"
+cogward dev >"$COGWARD_STATE_DIR/dev.log" 2>&1 &
+echo $! >"$COGWARD_STATE_DIR/dev.pid"
+if [ "${1:-}" != "--keep" ]; then
+    trap 'kill "$(cat "$COGWARD_STATE_DIR/dev.pid")" 2>/dev/null; wait 2>/dev/null || true' EXIT
+fi
+for _ in $(seq 1 100); do
+    curl -fsS "$COGWARD_API/healthz" >/dev/null 2>&1 && break
+    sleep 0.3
+done
+curl -fsS "$COGWARD_API/healthz" >/dev/null || { tail -30 "$COGWARD_STATE_DIR/dev.log"; exit 1; }
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "CI submits a run that needs approval (as principal 'ci')"
+run_id=$(cogward run submit examples/review-run.json --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
+echo "run id: $run_id"
+for _ in $(seq 1 100); do
+    status=$(cogward run status "$run_id" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
+    [ "$status" = awaiting_approval ] && break
+    sleep 0.2
+done
+cogward run status "$run_id"
+
+step "the submitter cannot approve its own run"
+cogward run approve "$run_id" --as ci || true
+
+step "a human approves (as principal 'approver')"
+cogward run approve "$run_id" --comment "reviewed in the demo"
+
+step "the verdict"
+for _ in $(seq 1 200); do
+    status=$(cogward run status "$run_id" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
+    case "$status" in succeeded|failed|rejected|expired|cancelled|denied) break ;; esac
+    sleep 0.2
+done
+cogward run status "$run_id" --json
+echo "agent stdout:"; cat "$COGWARD_STATE_DIR/runs/$run_id/stdout.log"
+
+step "the run's ledger: every Temporal history event plus admission, approval, evidence, verdict"
+for _ in $(seq 1 100); do
+    cogward run history "$run_id" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["complete"] else 1)' && break
+    sleep 0.2
+done
+cogward run history "$run_id"
+
+step "temporal workflow show (the real CLI) for the same run"
+"$COGWARD_TEMPORAL_BIN" workflow show -w "$run_id" --address "${COGWARD_TEMPORAL_ADDRESS#http://}" | tail -n 5
+
+step "cogward audit verify: the whole chain, offline, from the database alone"
+cogward audit verify
+[ "$status" = succeeded ]
