@@ -92,13 +92,18 @@ pub async fn verify(db: &Db) -> Result<VerifyReport> {
         }
     }
     // The head must point at the last entry: a truncated tail or a rewound head shows here.
-    if head_seq != expected_seq - 1 || head_hash != prev {
+    let last = expected_seq - 1;
+    if head_seq > last {
         return Ok(bad(
-            expected_seq - 1,
-            format!(
-                "chain head (seq {head_seq}) does not match the last entry (seq {})",
-                expected_seq - 1
-            ),
+            last + 1,
+            format!("entry missing: the chain head says the chain ends at seq {head_seq}"),
+            count,
+        ));
+    }
+    if head_seq < last || head_hash != prev {
+        return Ok(bad(
+            head_seq + 1,
+            format!("the chain head (seq {head_seq}) does not match the last entry (seq {last})"),
             count,
         ));
     }
