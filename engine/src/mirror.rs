@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use cogward_activities::RunActivities;
 use cogward_activities::spec::{
-    Admission, ApprovalSignal, RunInput, RunStatus, RunSummary, RunnerEvidence,
+    Admission, ApprovalSignal, RunId, RunInput, RunStatus, RunSummary, RunnerEvidence,
 };
 use cogward_workflows::AgentRun;
 use futures::TryStreamExt;
@@ -20,7 +20,7 @@ use prost::Message;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use temporalio_client::{Client, WorkflowFetchHistoryOptions};
 use temporalio_common::protos::temporal::api::common::v1::Payloads;
 use temporalio_common::protos::temporal::api::enums::v1::EventType;
@@ -37,35 +37,59 @@ pub struct Mirror {
     pub wake: Arc<Notify>,
 }
 
+/// A run whose history showed nothing new is looked at again after a growing pause (up to this),
+/// so many long-waiting runs cost little; any wake-up (a submission, a decision, a finished
+/// long poll) looks at every run at once.
+const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(5);
+
 impl Mirror {
     pub async fn run(self) {
+        let mut idle: HashMap<RunId, (Instant, Duration)> = HashMap::new();
         loop {
-            if let Err(e) = self.sweep().await {
+            if let Err(e) = self.sweep(&mut idle).await {
                 tracing::warn!(error = %format!("{e:#}"), "history mirror sweep failed; retrying");
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => idle.clear(),
             }
         }
     }
 
-    /// One pass over every run not yet fully mirrored.
-    pub async fn sweep(&self) -> Result<()> {
+    /// One pass over the runs not yet fully mirrored (skipping those backing off).
+    async fn sweep(&self, idle: &mut HashMap<RunId, (Instant, Duration)>) -> Result<()> {
         let runs = Runs(self.ledger.db());
+        let now = Instant::now();
         for cursor in runs.mirror_pending().await? {
-            let run_id = cursor.run_id.clone();
-            if let Err(e) = self
+            if idle
+                .get(&cursor.run_id)
+                .is_some_and(|(next, _)| *next > now)
+            {
+                continue;
+            }
+            match self
                 .mirror_run(&cursor.run_id, cursor.mirrored_event_id)
                 .await
             {
-                tracing::warn!(run_id = %run_id, error = %format!("{e:#}"), "mirroring run failed");
+                Ok(true) => {
+                    idle.remove(&cursor.run_id);
+                }
+                Ok(false) => {
+                    let pause = idle
+                        .get(&cursor.run_id)
+                        .map_or(self.interval, |(_, p)| (*p * 2).min(MAX_IDLE_BACKOFF));
+                    idle.insert(cursor.run_id.clone(), (now + pause, pause));
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %cursor.run_id, error = %format!("{e:#}"), "mirroring run failed");
+                }
             }
         }
         Ok(())
     }
 
-    async fn mirror_run(&self, run_id: &cogward_activities::spec::RunId, after: i64) -> Result<()> {
+    /// Mirror the run's events after `after`; true if there were any.
+    async fn mirror_run(&self, run_id: &RunId, after: i64) -> Result<bool> {
         let handle = self.client.get_workflow_handle::<AgentRun>(run_id.as_str());
         let events: Vec<HistoryEvent> = match handle
             .fetch_history(WorkflowFetchHistoryOptions::default())
@@ -75,12 +99,12 @@ impl Mirror {
             Ok(events) => events,
             Err(e) if e.to_string().to_lowercase().contains("not found") => {
                 // Submitted but not (yet) started: nothing to mirror.
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => return Err(e).context("fetching history"),
         };
         let Some(first) = events.first() else {
-            return Ok(());
+            return Ok(false);
         };
         let temporal_run_id = match &first.attributes {
             Some(Attributes::WorkflowExecutionStartedEventAttributes(a)) => {
@@ -111,9 +135,10 @@ impl Mirror {
             }
         }
         let last = events.last().map_or(after, |e| e.event_id);
-        if !entries.is_empty() {
-            self.ledger.append(entries).await?;
+        if last <= after {
+            return Ok(false);
         }
+        self.ledger.append(entries).await?;
         let (status, reason, summary, done) = derived.status();
         Runs(self.ledger.db())
             .apply_mirror(
@@ -128,7 +153,7 @@ impl Mirror {
                 },
             )
             .await?;
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -22,7 +22,7 @@ pub fn activities_config(config: &EngineConfig) -> ActivitiesConfig {
             grace_seconds: 60,
         },
         max_output_bytes: 16 * 1024 * 1024,
-        poll_interval: Duration::from_millis(100),
+        poll_interval: Duration::from_millis(25),
     }
 }
 
