@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tracing::Instrument;
 
 /// What the activities need from the engine's configuration.
 #[derive(Debug, Clone)]
@@ -69,6 +70,9 @@ impl RunActivities {
         ctx: ActivityContext,
         input: crate::runner::StartRunnerInput,
     ) -> Result<RunnerEvidence, ActivityError> {
-        crate::runner::start_runner(&self.config, &ctx, input).await
+        let span = tracing::info_span!("start_runner", run_id = %input.run_id, attempt = ctx.info().attempt);
+        crate::runner::start_runner(&self.config, &ctx, input)
+            .instrument(span)
+            .await
     }
 }

@@ -231,9 +231,6 @@ pub(crate) async fn start_runner(
     input: StartRunnerInput,
 ) -> Result<RunnerEvidence, ActivityError> {
     let dir = run_dir(config, &input.run_id);
-    let span =
-        tracing::info_span!("start_runner", run_id = %input.run_id, attempt = ctx.info().attempt);
-    let _enter = span.enter();
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     if let Some(result) = read_result(&dir)? {
         return Ok(RunnerEvidence::Finished(result));
