@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tokio::sync::oneshot;
 
 /// The file the activity creates (`O_EXCL`) before it starts a runner: its presence means a
 /// runner was started for this run directory, so no attempt ever starts a second one.
@@ -138,35 +138,34 @@ fn runner_alive(dir: &Path) -> Result<bool, StartRunnerError> {
     }
 }
 
-/// Start `cogward-runner exec --dir DIR` in a new session, detached from the worker: killing
-/// the worker does not kill the runner.
-fn spawn_runner(config: &ActivitiesConfig, dir: &Path) -> Result<u32, StartRunnerError> {
-    let mut cmd = Command::new(&config.runner_bin);
-    cmd.arg("exec")
+/// Start `cogward-runner exec --dir DIR` (which puts itself in a new session, so killing the
+/// worker does not kill it). The receiver fires when it exits.
+fn spawn_runner(
+    config: &ActivitiesConfig,
+    dir: &Path,
+) -> Result<(u32, oneshot::Receiver<()>), StartRunnerError> {
+    let mut child = Command::new(&config.runner_bin)
+        .arg("exec")
         .arg("--dir")
         .arg(dir)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(io::Error::from)?;
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|source| StartRunnerError::Spawn {
-        bin: config.runner_bin.clone(),
-        source,
-    })?;
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| StartRunnerError::Spawn {
+            bin: config.runner_bin.clone(),
+            source,
+        })?;
     let pid = child.id();
-    // Reap it when it exits, so no zombie stays behind while this worker lives.
+    let (exited, rx) = oneshot::channel();
+    // Reap it when it exits, so no zombie stays behind while this worker lives, and wake the
+    // activity at once instead of at its next poll.
     std::thread::spawn(move || {
-        let mut child = child;
         let _ = child.wait();
+        let _ = exited.send(());
     });
-    Ok(pid)
+    Ok((pid, rx))
 }
 
 /// How long ago `path` was last modified (zero if unknown: treat as fresh).
@@ -237,6 +236,7 @@ pub(crate) async fn start_runner(
     }
 
     let spawned_path = dir.join(SPAWNED_FILE);
+    let mut runner_exit = None;
     match OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -247,7 +247,10 @@ pub(crate) async fn start_runner(
             let bytes = serde_json::to_vec_pretty(&request).map_err(anyhow::Error::from)?;
             write_atomic(&dir.join(REQUEST_FILE), &bytes).map_err(io_err(&dir))?;
             let pid = match spawn_runner(config, &dir) {
-                Ok(pid) => pid,
+                Ok((pid, rx)) => {
+                    runner_exit = Some(rx);
+                    pid
+                }
                 Err(e) => {
                     // Nothing started: release the claim so a retry may start the runner.
                     let _ = fs::remove_file(&spawned_path);
@@ -305,7 +308,15 @@ pub(crate) async fn start_runner(
                 detail: detail.to_string(),
             });
         }
-        tokio::time::sleep(config.poll_interval).await;
+        match runner_exit.as_mut() {
+            Some(exit) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(config.poll_interval) => {}
+                    _ = exit => runner_exit = None,
+                }
+            }
+            None => tokio::time::sleep(config.poll_interval).await,
+        }
     }
 }
 

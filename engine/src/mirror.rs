@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 use temporalio_client::{Client, WorkflowFetchHistoryOptions};
 use temporalio_common::protos::temporal::api::common::v1::Payloads;
 use temporalio_common::protos::temporal::api::enums::v1::EventType;
-use temporalio_common::protos::temporal::api::history::v1::HistoryEvent;
 use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
+use temporalio_common::protos::temporal::api::history::v1::{
+    HistoryEvent, MarkerRecordedEventAttributes,
+};
 use tokio::sync::Notify;
 
 pub struct Mirror {
@@ -180,6 +182,22 @@ fn history_body(ev: &HistoryEvent) -> Value {
     })
 }
 
+/// The activity type of a local activity's marker (`core_local_activity`, whose `data` detail
+/// is JSON naming it).
+fn local_activity_type(a: &MarkerRecordedEventAttributes) -> Option<&'static str> {
+    if a.marker_name != "core_local_activity" {
+        return None;
+    }
+    let data: Value = first_payload(&a.details.get("data").cloned())?;
+    let name = data
+        .get("activity_type")
+        .or_else(|| data.get("activityType"))?
+        .as_str()?;
+    [RunActivities::admit.name()]
+        .into_iter()
+        .find(|known| *known == name)
+}
+
 fn first_payload<T: serde::de::DeserializeOwned>(p: &Option<Payloads>) -> Option<T> {
     let payload = p.as_ref()?.payloads.first()?;
     serde_json::from_slice(&payload.data).ok()
@@ -234,10 +252,10 @@ impl<'a> Derivation<'a> {
                     }),
                 ))
             }
-            Attributes::ActivityTaskCompletedEventAttributes(a)
-                if self.is(a.scheduled_event_id, RunActivities::admit.name()) =>
+            Attributes::MarkerRecordedEventAttributes(a)
+                if local_activity_type(a) == Some(RunActivities::admit.name()) =>
             {
-                let admission: Admission = first_payload(&a.result)?;
+                let admission: Admission = first_payload(&a.details.get("result").cloned())?;
                 Some(("run.admission", serde_json::to_value(admission).ok()?))
             }
             Attributes::ActivityTaskCompletedEventAttributes(a)

@@ -34,6 +34,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Our own session: the runner outlives the worker that started it and is in none of its
+    // process groups. (Done here rather than by the parent, so the parent can posix_spawn us
+    // instead of forking its whole process.) Fails only if we already lead a session.
+    let _ = nix::unistd::setsid();
     match cli.command {
         Command::Exec { dir } => match run::exec(&dir) {
             Ok(_) => ExitCode::from(exit_code::OK),

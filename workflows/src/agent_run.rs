@@ -1,6 +1,6 @@
 //! `AgentRun`: one agent run, from admission to verdict.
 //!
-//! admit (activity) → optional approval gate (`approve` / `reject` signals, deadline timer) →
+//! admit (local activity) → optional approval gate (`approve` / `reject` signals, deadline timer) →
 //! `StartRunner` (activity) → summary. A cancellation request stops the run wherever it is: at the
 //! gate the run ends `cancelled`; while the runner works, the activity asks the runner to SIGTERM
 //! the agent (SIGKILL after the grace) and the workflow waits for its evidence before ending.
@@ -16,8 +16,8 @@ use std::time::Duration;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityCancellationType, ActivityExecutionError, ActivityOptions, ApplicationFailure,
-    SyncWorkflowContext, WorkflowCancellationToken, WorkflowContext, WorkflowContextView,
-    WorkflowResult,
+    LocalActivityOptions, SyncWorkflowContext, WorkflowCancellationToken, WorkflowContext,
+    WorkflowContextView, WorkflowResult,
 };
 
 /// Time the activities get on top of the run's own limits before Temporal times them out.
@@ -128,12 +128,15 @@ impl AgentRun {
             })
         });
 
-        // 1. Admission.
+        // 1. Admission: a local activity, so the decision costs no extra workflow task; it is
+        // recorded in history as a marker with its result.
         let admission: Admission = ctx
-            .execute_activity(
+            .execute_local_activity(
                 RunActivities::admit,
                 spec.clone(),
-                ActivityOptions::start_to_close_timeout(Duration::from_secs(30)),
+                LocalActivityOptions::builder()
+                    .start_to_close_timeout(Duration::from_secs(10))
+                    .build(),
             )
             .await?;
         let denied = admission.verdict == AdmissionVerdict::Deny;
