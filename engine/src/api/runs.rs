@@ -156,7 +156,6 @@ async fn submit(
                 .into());
         }
     }
-    state.mirror_wake.notify_one();
     tracing::info!(run_id = %run_id, agent = %spec.agent, tenant = %spec.tenant, created, "run submitted");
     let status = if created {
         StatusCode::CREATED
