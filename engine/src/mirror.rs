@@ -7,7 +7,7 @@
 //! run id, event id) refuses a duplicate whichever engine tries to append it.
 
 use crate::ledger::{EntryKind, Ledger, NewEntry};
-use crate::runs::{MirrorUpdate, Runs};
+use crate::runs::{MirrorCursor, MirrorUpdate, Runs};
 use anyhow::{Context, Result};
 use base64::Engine;
 use cogward_activities::RunActivities;
@@ -15,7 +15,7 @@ use cogward_activities::spec::{
     Admission, ApprovalSignal, RunId, RunInput, RunStatus, RunSummary, RunnerEvidence,
 };
 use cogward_workflows::AgentRun;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -58,40 +58,57 @@ impl Mirror {
         }
     }
 
-    /// One pass over the runs not yet fully mirrored (skipping those backing off).
+    /// One pass over the runs not yet fully mirrored (skipping those backing off): read their
+    /// histories concurrently, then append everything new in one ledger batch and update the
+    /// index in one transaction, so a pass costs two commits however many runs moved.
     async fn sweep(&self, idle: &mut HashMap<RunId, (Instant, Duration)>) -> Result<()> {
         let runs = Runs(self.ledger.db());
         let now = Instant::now();
-        for cursor in runs.mirror_pending().await? {
-            if idle
-                .get(&cursor.run_id)
-                .is_some_and(|(next, _)| *next > now)
-            {
-                continue;
-            }
-            match self
-                .mirror_run(&cursor.run_id, cursor.mirrored_event_id)
-                .await
-            {
-                Ok(true) => {
+        let due: Vec<MirrorCursor> = runs
+            .mirror_pending()
+            .await?
+            .into_iter()
+            .filter(|c| idle.get(&c.run_id).is_none_or(|(next, _)| *next <= now))
+            .collect();
+        let read: Vec<(MirrorCursor, Result<Option<RunDelta>>)> = futures::stream::iter(due)
+            .map(|c| async move {
+                let delta = self.read_run(&c.run_id, c.mirrored_event_id).await;
+                (c, delta)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut entries = Vec::new();
+        let mut updates = Vec::new();
+        for (cursor, delta) in read {
+            match delta {
+                Ok(Some(delta)) => {
                     idle.remove(&cursor.run_id);
+                    entries.extend(delta.entries);
+                    updates.push((cursor.run_id, delta.update));
                 }
-                Ok(false) => {
+                Ok(None) => {
                     let pause = idle
                         .get(&cursor.run_id)
                         .map_or(self.interval, |(_, p)| (*p * 2).min(MAX_IDLE_BACKOFF));
-                    idle.insert(cursor.run_id.clone(), (now + pause, pause));
+                    idle.insert(cursor.run_id, (now + pause, pause));
                 }
                 Err(e) => {
-                    tracing::warn!(run_id = %cursor.run_id, error = %format!("{e:#}"), "mirroring run failed");
+                    tracing::warn!(run_id = %cursor.run_id, error = %format!("{e:#}"), "reading run history failed");
                 }
             }
         }
-        Ok(())
+        if updates.is_empty() {
+            return Ok(());
+        }
+        // The ledger first: the index's cursor never runs ahead of what is durable there.
+        self.ledger.append(entries).await?;
+        runs.apply_mirror(&updates).await
     }
 
-    /// Mirror the run's events after `after`; true if there were any.
-    async fn mirror_run(&self, run_id: &RunId, after: i64) -> Result<bool> {
+    /// The ledger entries for the run's events after `after`, and what they say of the run;
+    /// None if there are none.
+    async fn read_run(&self, run_id: &RunId, after: i64) -> Result<Option<RunDelta>> {
         let handle = self.client.get_workflow_handle::<AgentRun>(run_id.as_str());
         let events: Vec<HistoryEvent> = match handle
             .fetch_history(WorkflowFetchHistoryOptions::default())
@@ -101,12 +118,13 @@ impl Mirror {
             Ok(events) => events,
             Err(e) if e.to_string().to_lowercase().contains("not found") => {
                 // Submitted but not (yet) started: nothing to mirror.
-                return Ok(false);
+                return Ok(None);
             }
             Err(e) => return Err(e).context("fetching history"),
         };
-        let Some(first) = events.first() else {
-            return Ok(false);
+        let last = events.last().map_or(after, |e| e.event_id);
+        let Some(first) = events.first().filter(|_| last > after) else {
+            return Ok(None);
         };
         let temporal_run_id = match &first.attributes {
             Some(Attributes::WorkflowExecutionStartedEventAttributes(a)) => {
@@ -136,27 +154,25 @@ impl Mirror {
                 });
             }
         }
-        let last = events.last().map_or(after, |e| e.event_id);
-        if last <= after {
-            return Ok(false);
-        }
-        self.ledger.append(entries).await?;
         let (status, reason, summary, done) = derived.status();
-        Runs(self.ledger.db())
-            .apply_mirror(
-                run_id,
-                &MirrorUpdate {
-                    temporal_run_id,
-                    mirrored_event_id: last,
-                    status,
-                    reason,
-                    summary,
-                    done,
-                },
-            )
-            .await?;
-        Ok(true)
+        Ok(Some(RunDelta {
+            entries,
+            update: MirrorUpdate {
+                temporal_run_id,
+                mirrored_event_id: last,
+                status,
+                reason,
+                summary,
+                done,
+            },
+        }))
     }
+}
+
+/// What one read of a run's history adds.
+struct RunDelta {
+    entries: Vec<NewEntry>,
+    update: MirrorUpdate,
 }
 
 pub fn event_type_name(ev: &HistoryEvent) -> String {

@@ -170,23 +170,29 @@ impl Runs<'_> {
             .collect()
     }
 
-    pub async fn apply_mirror(&self, run_id: &RunId, u: &MirrorUpdate) -> Result<()> {
-        let summary = u.summary.as_ref().map(serde_json::to_string).transpose()?;
-        sqlx::query(
-            "UPDATE runs SET temporal_run_id = $1, mirrored_event_id = $2, status = $3, \
-             reason = COALESCE($4, reason), summary = COALESCE($5, summary), mirror_done = $6, \
-             updated_at = $7 WHERE run_id = $8",
-        )
-        .bind(&u.temporal_run_id)
-        .bind(u.mirrored_event_id)
-        .bind(u.status.as_str())
-        .bind(&u.reason)
-        .bind(summary)
-        .bind(i64::from(u.done))
-        .bind(crate::now_rfc3339())
-        .bind(run_id.as_str())
-        .execute(&self.0.pool)
-        .await?;
+    /// Record what the mirror learned of several runs, in one transaction.
+    pub async fn apply_mirror(&self, updates: &[(RunId, MirrorUpdate)]) -> Result<()> {
+        let now = crate::now_rfc3339();
+        let mut tx = self.0.pool.begin().await?;
+        for (run_id, u) in updates {
+            let summary = u.summary.as_ref().map(serde_json::to_string).transpose()?;
+            sqlx::query(
+                "UPDATE runs SET temporal_run_id = $1, mirrored_event_id = $2, status = $3, \
+                 reason = COALESCE($4, reason), summary = COALESCE($5, summary), mirror_done = $6, \
+                 updated_at = $7 WHERE run_id = $8",
+            )
+            .bind(&u.temporal_run_id)
+            .bind(u.mirrored_event_id)
+            .bind(u.status.as_str())
+            .bind(&u.reason)
+            .bind(summary)
+            .bind(i64::from(u.done))
+            .bind(&now)
+            .bind(run_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }
