@@ -6,14 +6,13 @@ use crate::api::{self, AppState};
 use crate::config::EngineConfig;
 use crate::db::Db;
 use crate::ledger::Ledger;
-use crate::mirror::Mirror;
+use crate::mirror::{Mirror, MirrorWake};
 use crate::temporal;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::Notify;
 
 /// File `cogward dev` writes the development tokens to (name → token), read by the CLI.
 pub const DEV_CREDENTIALS: &str = "dev-credentials.json";
@@ -31,14 +30,14 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
     let db = Db::connect(&config.database_url()).await?;
     let ledger = Ledger::start(db.clone());
     let client = temporal::connect(&config.temporal, &config.namespace).await?;
-    let wake = Arc::new(Notify::new());
+    let (mirror_wake, wake) = MirrorWake::channel();
     tokio::spawn(
         Mirror {
             client: client.clone(),
             ledger: ledger.clone(),
             namespace: config.namespace.clone(),
             interval: config.mirror_interval(),
-            wake: wake.clone(),
+            wake,
         }
         .run(),
     );
@@ -47,7 +46,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         db,
         ledger,
         tokens: Arc::new(tokens),
-        mirror_wake: wake,
+        mirror_wake,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -18,8 +18,7 @@ use cogward_workflows::AgentRun;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use temporalio_client::{Client, WorkflowFetchHistoryOptions};
 use temporalio_common::protos::temporal::api::common::v1::Payloads;
@@ -28,47 +27,77 @@ use temporalio_common::protos::temporal::api::history::v1::history_event::Attrib
 use temporalio_common::protos::temporal::api::history::v1::{
     HistoryEvent, MarkerRecordedEventAttributes,
 };
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
 pub struct Mirror {
     pub client: Client,
     pub ledger: Ledger,
     pub namespace: String,
     pub interval: Duration,
-    /// Wakes the mirror before its interval (e.g. a run just finished).
-    pub wake: Arc<Notify>,
+    /// Runs to look at now rather than at their next scheduled look.
+    pub wake: mpsc::UnboundedReceiver<RunId>,
 }
 
-/// A run whose history showed nothing new is looked at again after a growing pause (up to this),
-/// so many long-waiting runs cost little; any wake-up (a submission, a decision, a finished
-/// long poll) looks at every run at once.
+/// Asks the mirror to look at a run now (it finished, or a decision reached it).
+#[derive(Clone)]
+pub struct MirrorWake(mpsc::UnboundedSender<RunId>);
+
+impl MirrorWake {
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<RunId>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+
+    pub fn wake(&self, run_id: &RunId) {
+        let _ = self.0.send(run_id.clone());
+    }
+}
+
+/// When the mirror looks at a run: one interval after it first sees it, then every interval while
+/// its history grows, backing off (up to this) while it does not, so many long-waiting runs cost
+/// little. A wake-up for a run (it finished, a decision reached it) looks at it at once.
 const MAX_IDLE_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Per run: (next look, current pause).
+type Schedule = HashMap<RunId, (Instant, Duration)>;
+
 impl Mirror {
-    pub async fn run(self) {
-        let mut idle: HashMap<RunId, (Instant, Duration)> = HashMap::new();
+    pub async fn run(mut self) {
+        let mut schedule = Schedule::new();
         loop {
-            if let Err(e) = self.sweep(&mut idle).await {
+            if let Err(e) = self.sweep(&mut schedule).await {
                 tracing::warn!(error = %format!("{e:#}"), "history mirror sweep failed; retrying");
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
-                _ = self.wake.notified() => idle.clear(),
+                Some(run_id) = self.wake.recv() => {
+                    let now = Instant::now();
+                    schedule.insert(run_id, (now, self.interval));
+                    while let Ok(run_id) = self.wake.try_recv() {
+                        schedule.insert(run_id, (now, self.interval));
+                    }
+                }
             }
         }
     }
 
-    /// One pass over the runs not yet fully mirrored (skipping those backing off): read their
-    /// histories concurrently, then append everything new in one ledger batch and update the
-    /// index in one transaction, so a pass costs two commits however many runs moved.
-    async fn sweep(&self, idle: &mut HashMap<RunId, (Instant, Duration)>) -> Result<()> {
+    /// One pass over the runs not yet fully mirrored whose look is due: read their histories
+    /// concurrently, then append everything new in one ledger batch and update the index in one
+    /// transaction, so a pass costs two commits however many runs moved.
+    async fn sweep(&self, schedule: &mut Schedule) -> Result<()> {
         let runs = Runs(self.ledger.db());
         let now = Instant::now();
-        let due: Vec<MirrorCursor> = runs
-            .mirror_pending()
-            .await?
+        let pending = runs.mirror_pending().await?;
+        let open: HashSet<&RunId> = pending.iter().map(|c| &c.run_id).collect();
+        schedule.retain(|id, _| open.contains(id));
+        let due: Vec<MirrorCursor> = pending
             .into_iter()
-            .filter(|c| idle.get(&c.run_id).is_none_or(|(next, _)| *next <= now))
+            .filter(|c| {
+                let (next, _) = schedule
+                    .entry(c.run_id.clone())
+                    .or_insert((now + self.interval, self.interval));
+                *next <= now
+            })
             .collect();
         let read: Vec<(MirrorCursor, Result<Option<RunDelta>>)> = futures::stream::iter(due)
             .map(|c| async move {
@@ -81,18 +110,19 @@ impl Mirror {
         let mut entries = Vec::new();
         let mut updates = Vec::new();
         for (cursor, delta) in read {
+            let pause = match &delta {
+                Ok(Some(_)) => self.interval,
+                _ => schedule
+                    .get(&cursor.run_id)
+                    .map_or(self.interval, |(_, p)| (*p * 2).min(MAX_IDLE_BACKOFF)),
+            };
+            schedule.insert(cursor.run_id.clone(), (now + pause, pause));
             match delta {
                 Ok(Some(delta)) => {
-                    idle.remove(&cursor.run_id);
                     entries.extend(delta.entries);
                     updates.push((cursor.run_id, delta.update));
                 }
-                Ok(None) => {
-                    let pause = idle
-                        .get(&cursor.run_id)
-                        .map_or(self.interval, |(_, p)| (*p * 2).min(MAX_IDLE_BACKOFF));
-                    idle.insert(cursor.run_id, (now + pause, pause));
-                }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(run_id = %cursor.run_id, error = %format!("{e:#}"), "reading run history failed");
                 }

@@ -7,6 +7,7 @@ pub mod runs;
 
 use crate::db::Db;
 use crate::ledger::Ledger;
+use crate::mirror::MirrorWake;
 use auth::Tokens;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::StatusCode;
@@ -14,7 +15,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use std::sync::Arc;
 use temporalio_client::Client;
-use tokio::sync::Notify;
 
 /// Largest request body accepted, in bytes (documented in docs/api.md).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -25,7 +25,7 @@ pub struct AppState {
     pub db: Db,
     pub ledger: Ledger,
     pub tokens: Arc<Tokens>,
-    pub mirror_wake: Arc<Notify>,
+    pub mirror_wake: MirrorWake,
 }
 
 impl FromRef<AppState> for Arc<Tokens> {

@@ -199,7 +199,7 @@ async fn show(
         view.status = summary.status;
         view.reason = summary.reason.clone();
         view.summary = Some(summary);
-        state.mirror_wake.notify_one();
+        state.mirror_wake.wake(&view.run_id);
     }
     Ok(Json(view))
 }
@@ -307,7 +307,7 @@ async fn decide(
         )
     })?;
     tracing::info!(run_id = %record.run_id, approver = %principal.name, approve, "approval decision sent");
-    state.mirror_wake.notify_one();
+    state.mirror_wake.wake(&record.run_id);
     Ok((StatusCode::ACCEPTED, Json(record.into())))
 }
 
