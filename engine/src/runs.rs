@@ -154,6 +154,15 @@ impl Runs<'_> {
         Ok(())
     }
 
+    /// Remove a run whose workflow could not be started (it has no history to mirror).
+    pub async fn forget_unstarted(&self, run_id: &RunId) -> Result<()> {
+        sqlx::query("DELETE FROM runs WHERE run_id = $1 AND temporal_run_id IS NULL")
+            .bind(run_id.as_str())
+            .execute(&self.0.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn mirror_pending(&self) -> Result<Vec<MirrorCursor>> {
         let rows = sqlx::query(
             "SELECT run_id, mirrored_event_id FROM runs WHERE mirror_done = 0 ORDER BY created_at",

@@ -151,6 +151,10 @@ async fn submit(
         }
         Err(WorkflowStartError::AlreadyStarted { .. }) => {}
         Err(e) => {
+            // Temporal refused or is unreachable: leave no run behind that never started.
+            if created {
+                Runs(&state.db).forget_unstarted(&run_id).await?;
+            }
             return Err(anyhow::Error::from(e)
                 .context("starting the AgentRun workflow")
                 .into());
