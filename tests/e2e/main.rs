@@ -227,20 +227,15 @@ async fn rejected_expired_and_cancelled_runs_end_as_such() {
         "{v}"
     );
     // Deciding after the fact is refused.
-    let (status, p) = stack
-        .call(
+    stack
+        .expect_problem(
             Method::POST,
             &format!("/v1/runs/{id}/approve"),
-            Some(&stack.tokens.approver),
-            None,
+            &stack.tokens.approver,
+            409,
+            "not_awaiting_approval",
         )
-        .await
-        .unwrap();
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (409, Some("not_awaiting_approval")),
-        "{p}"
-    );
+        .await;
 
     // Cancelled while the agent runs: it gets SIGTERM (and traps it), the run ends cancelled
     // with the operator's reason.
@@ -254,12 +249,7 @@ async fn rejected_expired_and_cancelled_runs_end_as_such() {
     );
     let (_, run) = stack.submit(&s).await.unwrap();
     let id = run_id(&run);
-    let up = stack.run_dir(&id).join("work").join("up.txt");
-    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
-    while !up.exists() {
-        assert!(std::time::Instant::now() < deadline, "agent never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack::wait_file(&stack.run_dir(&id).join("work").join("up.txt")).await;
     let (code, _, err) = stack
         .cli(
             &stack.tokens.ci,
@@ -283,20 +273,15 @@ async fn rejected_expired_and_cancelled_runs_end_as_such() {
     assert_eq!(v["summary"]["evidence"]["outcome"], "cancelled", "{v}");
     stack.assert_history_mirrored(&id).await.unwrap();
     // Cancelling again: the run is over.
-    let (status, p) = stack
-        .call(
+    stack
+        .expect_problem(
             Method::POST,
             &format!("/v1/runs/{id}/cancel"),
-            Some(&stack.tokens.ci),
-            None,
+            &stack.tokens.ci,
+            409,
+            "run_finished",
         )
-        .await
-        .unwrap();
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (409, Some("run_finished")),
-        "{p}"
-    );
+        .await;
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
 }
@@ -604,20 +589,6 @@ async fn flipped_byte_in_a_ledger_row_is_named_by_verify() {
     );
 }
 
-/// Wait until the agent of `id` is running (its `started` marker exists).
-async fn wait_agent_started(stack: &Stack, id: &str) {
-    let started = stack.run_dir(id).join("started");
-    let deadline = std::time::Instant::now() + RUN_TIMEOUT;
-    while !started.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "agent never started\n{}",
-            stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// An agent whose side effect shows how often it ran.
 fn counted_agent(tenant: &str, seconds: u32) -> Value {
     let script = format!("echo ran >> effects.txt; sleep {seconds}; echo done");
@@ -653,7 +624,7 @@ async fn worker_killed_mid_run_finishes_once() {
     .unwrap();
     let (_, run) = stack.submit(&counted_agent("crash", 4)).await.unwrap();
     let id = run_id(&run);
-    wait_agent_started(&stack, &id).await;
+    stack::wait_file(&stack.run_dir(&id).join("started")).await;
     stack.kill9_worker();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.start_worker().unwrap();
@@ -665,7 +636,7 @@ async fn temporal_server_restarted_mid_run_finishes_once() {
     let mut stack = Stack::start(StackOptions::default()).unwrap();
     let (_, run) = stack.submit(&counted_agent("restart", 4)).await.unwrap();
     let id = run_id(&run);
-    wait_agent_started(&stack, &id).await;
+    stack::wait_file(&stack.run_dir(&id).join("started")).await;
     stack.temporal.kill9_and_restart().unwrap();
     assert_ran_once(&stack, &id).await;
 }

@@ -370,6 +370,23 @@ impl Stack {
         Ok((status, v))
     }
 
+    /// Call, and assert the answer is a problem document with this status and code.
+    pub async fn expect_problem(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        status: u16,
+        code: &str,
+    ) {
+        let (got, problem) = self.call(method, path, Some(token), None).await.unwrap();
+        assert_eq!(
+            (got, problem["code"].as_str()),
+            (status, Some(code)),
+            "{problem}"
+        );
+    }
+
     pub async fn submit(&self, spec: &Value) -> Result<(u16, Value)> {
         self.submit_as(&self.tokens.ci, spec).await
     }
@@ -510,6 +527,19 @@ impl Drop for Stack {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
+    }
+}
+
+/// Wait until `path` exists.
+pub async fn wait_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
