@@ -127,6 +127,9 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild a run's workflow history from the ledger alone and replay it against this build's
+    /// workflow code (exit 1 on nondeterminism).
+    Replay { run_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +197,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Serve { worker } => crate::dev::serve(&cli.engine, *worker).await.map(|_| 0),
         Command::Worker => crate::worker::run(&cli.engine).await.map(|_| 0),
         Command::Audit(AuditCommand::Verify { json }) => audit_verify(&cli.engine, *json).await,
+        Command::Audit(AuditCommand::Replay { run_id }) => audit_replay(&cli.engine, run_id).await,
         Command::Tokens(TokensCommand::Add { name, roles }) => {
             let roles = roles
                 .iter()
@@ -231,6 +235,25 @@ async fn audit_verify(config: &EngineConfig, json: bool) -> Result<u8> {
         );
     }
     Ok(if report.ok { 0 } else { 1 })
+}
+
+async fn audit_replay(config: &EngineConfig, run_id: &str) -> Result<u8> {
+    let db = crate::db::Db::connect(&config.database_url()).await?;
+    let ledger = crate::ledger::Ledger::start(db);
+    let events = crate::ledger::replay::history_from_ledger(&ledger, run_id).await?;
+    let n = events.len();
+    match crate::ledger::replay::replay_events(events).await {
+        Ok(()) => {
+            println!(
+                "OK: {n} history events of {run_id}, rebuilt from the ledger, replay against this build"
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            println!("FAILED: {run_id} does not replay against this build: {e:#}");
+            Ok(1)
+        }
+    }
 }
 
 /// A problem document the API returned.

@@ -109,6 +109,42 @@ async fn approval_run_end_to_end(stack: &Stack) {
         report["entries"],
         ledger["entries"].as_array().unwrap().len()
     );
+
+    // The ledger alone holds the exact history: rebuilt from it, it replays against AgentRun...
+    let n = stack.temporal.history(&id).unwrap().len();
+    let out = stack
+        .command()
+        .args(["audit", "replay", &id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with(&format!("OK: {n} history events")),
+        "{text}"
+    );
+    // ...and one whose approval is turned into a rejection does not: the workflow would have
+    // ended `rejected` where the history goes on to start the runner.
+    use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
+    let db = cogward::db::Db::connect(&stack.database_url).await.unwrap();
+    let ledger = cogward::ledger::Ledger::start(db);
+    let mut events = cogward::ledger::replay::history_from_ledger(&ledger, &id)
+        .await
+        .unwrap();
+    let mut forged = 0;
+    for e in &mut events {
+        if let Some(Attributes::WorkflowExecutionSignaledEventAttributes(a)) = &mut e.attributes {
+            a.signal_name = "reject".into();
+            forged += 1;
+        }
+    }
+    assert_eq!(forged, 1);
+    let err = cogward::ledger::replay::replay_events(events)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").to_lowercase().contains("nondetermin"),
+        "{err:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
