@@ -45,7 +45,7 @@ for _ in $(seq 1 100); do
 done
 cogward run status "$run_id"
 
-step "the submitter cannot approve its own run"
+step "the submitting pipeline cannot approve it (no approve role; nobody may approve their own run)"
 cogward run approve "$run_id" --as ci || true
 
 step "a human approves (as principal 'approver')"
@@ -69,6 +69,9 @@ cogward run history "$run_id"
 
 step "temporal workflow show (the real CLI) for the same run"
 "$COGWARD_TEMPORAL_BIN" workflow show -w "$run_id" --address "${COGWARD_TEMPORAL_ADDRESS#http://}" | tail -n 5
+
+step "cogward audit replay: the run's history, rebuilt from the ledger alone, replays against this build"
+cogward audit replay "$run_id"
 
 step "cogward audit verify: the whole chain, offline, from the database alone"
 cogward audit verify
