@@ -32,8 +32,6 @@ pub enum EntryKind {
     History,
     /// An application event (admission, approval, evidence, verdict) derived from one.
     App,
-    /// A security event (e.g. a refused request that reached the engine's core).
-    Security,
 }
 
 impl EntryKind {
@@ -41,7 +39,6 @@ impl EntryKind {
         match self {
             EntryKind::History => "history",
             EntryKind::App => "app",
-            EntryKind::Security => "security",
         }
     }
 }
