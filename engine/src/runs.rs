@@ -143,20 +143,9 @@ impl Runs<'_> {
         rows.iter().map(from_row).collect()
     }
 
-    pub async fn set_temporal_run_id(&self, run_id: &RunId, temporal_run_id: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE runs SET temporal_run_id = $1 WHERE run_id = $2 AND temporal_run_id IS NULL",
-        )
-        .bind(temporal_run_id)
-        .bind(run_id.as_str())
-        .execute(&self.0.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Remove a run whose workflow could not be started (it has no history to mirror).
-    pub async fn forget_unstarted(&self, run_id: &RunId) -> Result<()> {
-        sqlx::query("DELETE FROM runs WHERE run_id = $1 AND temporal_run_id IS NULL")
+    /// Remove a run whose workflow Temporal never started (it has no history to mirror).
+    pub async fn forget(&self, run_id: &RunId) -> Result<()> {
+        sqlx::query("DELETE FROM runs WHERE run_id = $1")
             .bind(run_id.as_str())
             .execute(&self.0.pool)
             .await?;

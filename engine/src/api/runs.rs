@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use temporalio_client::errors::WorkflowStartError;
 use temporalio_client::{
-    WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowIdReusePolicy, WorkflowQueryOptions,
-    WorkflowSignalOptions, WorkflowStartOptions,
+    WorkflowCancelOptions, WorkflowDescribeOptions, WorkflowGetResultOptions,
+    WorkflowIdReusePolicy, WorkflowQueryOptions, WorkflowSignalOptions, WorkflowStartOptions,
 };
 
 pub fn router() -> Router<AppState> {
@@ -142,18 +142,19 @@ async fn submit(
         .start_workflow(AgentRun::run, input, options)
         .await
     {
-        Ok(handle) => {
-            if let Some(temporal_run_id) = handle.run_id() {
-                Runs(&state.db)
-                    .set_temporal_run_id(&run_id, temporal_run_id)
-                    .await?;
-            }
-        }
+        Ok(_) => {}
         Err(WorkflowStartError::AlreadyStarted { .. }) => {}
         Err(e) => {
-            // Temporal refused or is unreachable: leave no run behind that never started.
-            if created {
-                Runs(&state.db).forget_unstarted(&run_id).await?;
+            // Leave no run behind that never started, but only when Temporal says so: a start
+            // that timed out may have happened, and then the mirror must still follow it.
+            let never_started = state
+                .client
+                .get_workflow_handle::<AgentRun>(run_id.as_str())
+                .describe(WorkflowDescribeOptions::default())
+                .await
+                .is_err_and(|e| e.to_string().to_lowercase().contains("not found"));
+            if created && never_started {
+                Runs(&state.db).forget(&run_id).await?;
             }
             return Err(anyhow::Error::from(e)
                 .context("starting the AgentRun workflow")
