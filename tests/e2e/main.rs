@@ -676,3 +676,28 @@ async fn temporal_server_restarted_mid_run_finishes_once() {
     stack.temporal.kill9_and_restart().unwrap();
     assert_ran_once(&stack, &id).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submission_while_temporal_is_down_is_a_503_and_records_nothing() {
+    let mut stack = Stack::start(StackOptions::default()).unwrap();
+    stack.temporal.kill9();
+    let (status, problem) = stack.submit(&spec("down", &["true"])).await.unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (503, Some("temporal_unavailable")),
+        "{problem}"
+    );
+    let (_, list) = stack
+        .call(Method::GET, "/v1/runs", Some(&stack.tokens.ci), None)
+        .await
+        .unwrap();
+    assert_eq!(list, json!([]), "a run that never started was recorded");
+    // Back up: the same submission goes through.
+    stack.temporal.kill9_and_restart().unwrap();
+    let (status, run) = stack.submit(&spec("down", &["true"])).await.unwrap();
+    assert_eq!(status, 201, "{run}");
+    stack
+        .wait_status(&run_id(&run), &["succeeded"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+}

@@ -90,11 +90,16 @@ impl Temporal {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `kill -9` the server, then start it again on the same database file and port.
-    pub fn kill9_and_restart(&mut self) -> Result<()> {
+    /// `kill -9` the server.
+    pub fn kill9(&mut self) {
         if let Some(server) = self.server.take() {
             server.kill9();
         }
+    }
+
+    /// `kill -9` the server, then start it again on the same database file and port.
+    pub fn kill9_and_restart(&mut self) -> Result<()> {
+        self.kill9();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !port_free(self.port) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));

@@ -145,20 +145,30 @@ async fn submit(
         Ok(_) => {}
         Err(WorkflowStartError::AlreadyStarted { .. }) => {}
         Err(e) => {
-            // Leave no run behind that never started, but only when Temporal says so: a start
-            // that timed out may have happened, and then the mirror must still follow it.
-            let never_started = state
-                .client
-                .get_workflow_handle::<AgentRun>(run_id.as_str())
-                .describe(WorkflowDescribeOptions::default())
-                .await
-                .is_err_and(|e| e.to_string().to_lowercase().contains("not found"));
+            // Leave no run behind that never started, but only when that is certain: Temporal
+            // unreachable (the request never got there), or Temporal saying the workflow does
+            // not exist. A start that timed out may have happened; the mirror must follow it.
+            let unreachable = matches!(&e, WorkflowStartError::Rpc(status) if status.code() == tonic::Code::Unavailable);
+            let never_started = unreachable
+                || state
+                    .client
+                    .get_workflow_handle::<AgentRun>(run_id.as_str())
+                    .describe(WorkflowDescribeOptions::default())
+                    .await
+                    .is_err_and(|e| e.to_string().to_lowercase().contains("not found"));
             if created && never_started {
                 Runs(&state.db).forget(&run_id).await?;
             }
-            return Err(anyhow::Error::from(e)
-                .context("starting the AgentRun workflow")
-                .into());
+            tracing::error!(run_id = %run_id, error = %e, "starting the AgentRun workflow failed");
+            return Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporal_unavailable",
+                if never_started {
+                    "Temporal did not accept the run; nothing was recorded, submit again"
+                } else {
+                    "Temporal did not confirm the run; submit again with the same idempotency key to find it"
+                },
+            ));
         }
     }
     tracing::info!(run_id = %run_id, agent = %spec.agent, tenant = %spec.tenant, created, "run submitted");
