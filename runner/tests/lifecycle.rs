@@ -128,19 +128,25 @@ fn deadline_kills_an_agent_that_ignores_sigterm_after_the_grace() {
     );
 }
 
-#[test]
-fn cancellation_stops_the_agent_and_nothing_survives() {
-    let marker = format!("777{}.25", std::process::id());
+/// A runner whose agent is two `sleep`s named by a unique marker, both seen running (so a check
+/// that they are gone means something). Returns the run, the runner process and the marker.
+fn two_sleepers(prefix: &str) -> (RunDir, std::process::Child, String) {
+    let marker = format!("{prefix}{}.25", std::process::id());
     let script = format!("sleep {marker} & sleep {marker}; wait");
     let run = RunDir::new(&["sh", "-c", &script]);
-    let mut child = run.command().spawn().unwrap();
+    let child = run.command().spawn().unwrap();
     run.wait_for_started(Duration::from_secs(10));
-    // Both sleepers exist before the cancellation (so the check below means something).
     let give_up = Instant::now() + Duration::from_secs(5);
     while pids_with_cmdline(&marker).len() < 2 {
         assert!(Instant::now() < give_up, "sandbox processes never appeared");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (run, child, marker)
+}
+
+#[test]
+fn cancellation_stops_the_agent_and_nothing_survives() {
+    let (run, mut child, marker) = two_sleepers("777");
     let runner_pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(runner_pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
@@ -159,16 +165,7 @@ fn cancellation_stops_the_agent_and_nothing_survives() {
 
 #[test]
 fn runner_death_kills_the_sandbox_and_the_agent_is_never_rerun() {
-    let marker = format!("778{}.25", std::process::id());
-    let script = format!("sleep {marker} & sleep {marker}; wait");
-    let run = RunDir::new(&["sh", "-c", &script]);
-    let mut child = run.command().spawn().unwrap();
-    run.wait_for_started(Duration::from_secs(10));
-    let give_up = Instant::now() + Duration::from_secs(5);
-    while pids_with_cmdline(&marker).len() < 2 {
-        assert!(Instant::now() < give_up, "sandbox processes never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (run, mut child, marker) = two_sleepers("778");
     // SIGKILL: the runner gets no chance to clean up; the sandbox must die with it anyway.
     child.kill().unwrap();
     child.wait().unwrap();
