@@ -146,7 +146,7 @@ impl Mirror {
             .await
         {
             Ok(events) => events,
-            Err(e) if e.to_string().to_lowercase().contains("not found") => {
+            Err(e) if crate::temporal::is_not_found(&e) => {
                 // Submitted but not (yet) started: nothing to mirror.
                 return Ok(None);
             }

@@ -30,6 +30,12 @@ pub async fn connect(address: &str, namespace: &str) -> Result<Client> {
     }
 }
 
+/// Whether a Temporal client error says the workflow does not exist. (The client's error types
+/// do not expose the gRPC code for every call, so the message is what is shared.)
+pub fn is_not_found(e: &impl std::fmt::Display) -> bool {
+    e.to_string().to_lowercase().contains("not found")
+}
+
 /// `host:port` of an `http://host:port` address.
 pub fn socket_addr(address: &str) -> Result<SocketAddr> {
     let hostport = address

@@ -155,7 +155,7 @@ async fn submit(
                     .get_workflow_handle::<AgentRun>(run_id.as_str())
                     .describe(WorkflowDescribeOptions::default())
                     .await
-                    .is_err_and(|e| e.to_string().to_lowercase().contains("not found"));
+                    .is_err_and(|e| crate::temporal::is_not_found(&e));
             if created && never_started {
                 Runs(&state.db).forget(&run_id).await?;
             }
