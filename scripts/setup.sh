@@ -14,6 +14,11 @@ apt_install() {
 }
 
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
+# Policies are compiled to WebAssembly as part of the build.
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip1; then
+    log "adding the wasm32-wasip1 Rust target"
+    rustup target add wasm32-wasip1 >&2
+fi
 # Python 3 for the Temporal CLI's package; /usr/bin/python3 also serves the runner's limit tests.
 command -v python3 >/dev/null && [ -x /usr/bin/python3 ] || apt_install python3 python3-pip
 

@@ -1,41 +1,98 @@
-//! `Admit`: the run's admission decision. Deterministic over (spec, configured ceilings); the
-//! policy engine takes this place when it arrives.
+//! `Admit`: the run's admission, decided by the run-admission policy (a WebAssembly module the
+//! engine evaluates; see `wasm-policies/`). This file builds the decision request from the run
+//! and turns the decision into the run's verdict.
 
-use crate::spec::{Admission, AdmissionVerdict, RunLimits, RunSpec};
+use crate::spec::{Admission, AdmissionVerdict, DecisionRecord, RunId, RunSpec, RuntimeSpec};
+use cogward_policy_abi::{Effect, Obligation, Request, kinds};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
 
-/// Compare the requested limits with the ceilings and name every one that is exceeded.
-pub fn decide(spec: &RunSpec, max: &RunLimits) -> Admission {
+/// The `admit` activity's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdmitInput {
+    pub run_id: RunId,
+    pub spec: RunSpec,
+    pub submitted_by: String,
+}
+
+/// Decides policy requests: finds the bundle bound to the request's (tenant, agent, kind),
+/// evaluates it and returns the record. Implemented by the engine; an `Err` is an
+/// infrastructure failure (the activity retries), never a decision.
+pub trait PolicyDecider: Debug + Send + Sync + 'static {
+    fn decide(
+        &self,
+        request: Request,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<DecisionRecord>> + Send + '_>>;
+}
+
+/// The sandbox profile every run gets in this build.
+pub const SANDBOX_PROFILE: &str = "default";
+
+/// The `run.admission` request for a run (fields documented in the run-admission policy).
+pub fn request(input: &AdmitInput) -> Request {
+    let spec = &input.spec;
+    let RuntimeSpec::Command { command } = &spec.runtime;
     let l = &spec.limits;
-    let mut reasons = Vec::new();
-    for (name, asked, ceiling) in [
-        ("cpu_seconds", l.cpu_seconds, max.cpu_seconds),
-        ("memory_mb", l.memory_mb, max.memory_mb),
-        ("max_processes", l.max_processes, max.max_processes),
-        (
-            "wall_clock_seconds",
-            l.wall_clock_seconds,
-            max.wall_clock_seconds,
-        ),
-        ("grace_seconds", l.grace_seconds, max.grace_seconds),
-    ] {
-        if asked > ceiling {
-            reasons.push(format!(
-                "limits.{name} {asked} exceeds the ceiling {ceiling}"
-            ));
+    Request {
+        kind: kinds::RUN_ADMISSION.into(),
+        tenant: spec.tenant.clone(),
+        principal: input.submitted_by.clone(),
+        agent: spec.agent.clone(),
+        action: "run.start".into(),
+        resource: json!({
+            "run_id": input.run_id,
+            "runtime": "command",
+            "program": command.first().cloned().unwrap_or_default(),
+            "sandbox_profile": SANDBOX_PROFILE,
+        }),
+        context: json!({
+            "spec_sha256": spec.digest(),
+            "requires_approval": spec.requires_approval,
+            "limits": {
+                "cpu_seconds": l.cpu_seconds,
+                "memory_mb": l.memory_mb,
+                "max_processes": l.max_processes,
+                "wall_clock_seconds": l.wall_clock_seconds,
+                "grace_seconds": l.grace_seconds,
+            },
+        }),
+    }
+}
+
+/// The run's verdict from the policy's decision. An obligation admission cannot honour (only
+/// `require_approval` applies to a run start) turns the decision into a deny: fail closed.
+pub fn verdict(spec: &RunSpec, decision: DecisionRecord) -> Admission {
+    let d = &decision.decision;
+    let mut reasons = d.reasons.clone();
+    let mut approval_group = None;
+    let mut unsupported = false;
+    for o in &d.obligations {
+        match o {
+            Obligation::RequireApproval { group } => approval_group = Some(group.clone()),
+            other => {
+                unsupported = true;
+                reasons.push(format!(
+                    "obligation {other:?} cannot be honoured at admission"
+                ));
+            }
         }
     }
-    if let Err(e) = spec.validate() {
-        reasons.push(e.to_string());
-    }
+    let verdict = match d.effect {
+        _ if unsupported => AdmissionVerdict::Deny,
+        Effect::Permit => AdmissionVerdict::Admit,
+        Effect::Escalate => AdmissionVerdict::Escalate,
+        Effect::Deny => AdmissionVerdict::Deny,
+    };
     Admission {
-        verdict: if reasons.is_empty() {
-            AdmissionVerdict::Admit
-        } else {
-            AdmissionVerdict::Deny
-        },
+        verdict,
         reasons,
         spec_sha256: spec.digest(),
-        limits: *l,
+        limits: spec.limits,
+        approval_group,
+        decision,
     }
 }
 
@@ -43,20 +100,43 @@ pub fn decide(spec: &RunSpec, max: &RunLimits) -> Admission {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use cogward_policy_abi::Decision;
+
+    fn record(decision: Decision) -> DecisionRecord {
+        DecisionRecord {
+            kind: kinds::RUN_ADMISSION.into(),
+            policy: None,
+            request: json!({}),
+            request_sha256: String::new(),
+            decision,
+            fault: None,
+            latency_us: 1,
+        }
+    }
 
     #[test]
-    fn limits_above_ceiling_are_denied_with_each_reason() {
-        let mut spec: RunSpec = serde_json::from_str(
-            r#"{"spec_version":1,"agent":"a","tenant":"t","runtime":{"type":"command","command":["true"]}}"#,
+    fn effects_map_to_verdicts_and_unknown_obligations_deny() {
+        let spec: RunSpec = serde_json::from_str(
+            r#"{"spec_version":1,"agent":"a","tenant":"t","runtime":{"type":"command","command":["/bin/sh"]}}"#,
         )
         .unwrap();
-        let max = RunLimits::default();
-        assert_eq!(decide(&spec, &max).verdict, AdmissionVerdict::Admit);
-        spec.limits.cpu_seconds = max.cpu_seconds + 1;
-        spec.limits.memory_mb = max.memory_mb * 2;
-        let a = decide(&spec, &max);
+        let a = verdict(&spec, record(Decision::permit()));
+        assert_eq!(a.verdict, AdmissionVerdict::Admit);
+        let a = verdict(&spec, record(Decision::escalate("sec", "why")));
+        assert_eq!(a.verdict, AdmissionVerdict::Escalate);
+        assert_eq!(a.approval_group.as_deref(), Some("sec"));
+        let a = verdict(
+            &spec,
+            record(Decision::permit().with_obligation(Obligation::Throttle { delay_ms: 5 })),
+        );
         assert_eq!(a.verdict, AdmissionVerdict::Deny);
-        assert_eq!(a.reasons.len(), 2, "{:?}", a.reasons);
-        assert!(a.reasons[0].contains("cpu_seconds"));
+        let input = AdmitInput {
+            run_id: RunId("run-1".into()),
+            spec,
+            submitted_by: "ci".into(),
+        };
+        let r = request(&input);
+        assert_eq!(r.resource["program"], "/bin/sh");
+        assert_eq!(r.context["limits"]["cpu_seconds"], 60);
     }
 }

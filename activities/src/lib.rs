@@ -8,8 +8,9 @@ pub mod admission;
 pub mod runner;
 pub mod spec;
 
+use admission::{AdmitInput, PolicyDecider};
 use cogward_runner::protocol::SandboxProfile;
-use spec::{Admission, RunLimits, RunSpec, RunnerEvidence};
+use spec::{Admission, RunnerEvidence};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +26,6 @@ pub struct ActivitiesConfig {
     /// The `cogward-runner` binary.
     pub runner_bin: PathBuf,
     pub sandbox: SandboxProfile,
-    /// The highest limits a run may ask for.
-    pub max_limits: RunLimits,
     /// Output cap per stream, in bytes.
     pub max_output_bytes: u64,
     /// How often the runner's events are read and the activity heartbeats.
@@ -37,28 +36,36 @@ pub struct ActivitiesConfig {
 #[derive(Debug, Clone)]
 pub struct RunActivities {
     pub(crate) config: Arc<ActivitiesConfig>,
+    policies: Arc<dyn PolicyDecider>,
 }
 
 impl RunActivities {
-    pub fn new(config: ActivitiesConfig) -> Self {
+    pub fn new(config: ActivitiesConfig, policies: Arc<dyn PolicyDecider>) -> Self {
         Self {
             config: Arc::new(config),
+            policies,
         }
     }
 }
 
 #[activities]
 impl RunActivities {
-    /// Record the run's admission: the decision, its reasons and the spec digest go into the
-    /// activity result, and from workflow history into the audit ledger.
+    /// Ask the run-admission policy whether the run may start. The decision record (policy,
+    /// module and data digests, request, decision, latency) goes into the activity result, and
+    /// from workflow history into the audit ledger.
     #[activity]
     pub async fn admit(
         self: Arc<Self>,
         _ctx: ActivityContext,
-        spec: RunSpec,
+        input: AdmitInput,
     ) -> Result<Admission, ActivityError> {
-        let admission = admission::decide(&spec, &self.config.max_limits);
-        tracing::info!(agent = %spec.agent, tenant = %spec.tenant, verdict = ?admission.verdict, "admission decided");
+        let record = self
+            .policies
+            .decide(admission::request(&input))
+            .await
+            .map_err(|e| ActivityError::from(e.context("deciding admission")))?;
+        let admission = admission::verdict(&input.spec, record);
+        tracing::info!(run_id = %input.run_id, verdict = ?admission.verdict, "admission decided");
         Ok(admission)
     }
 

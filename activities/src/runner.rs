@@ -339,7 +339,6 @@ mod tests {
             state_dir: "/tmp/x".into(),
             runner_bin: "/bin/false".into(),
             sandbox: Default::default(),
-            max_limits: RunLimits::default(),
             max_output_bytes: 1024,
             poll_interval: Duration::from_millis(100),
         };

@@ -4,6 +4,7 @@
 //! Everything here travels through Temporal history, so it carries ids, digests and evidence
 //! references, never transcripts or artifacts themselves.
 
+use cogward_policy_abi::Decision;
 use cogward_runner::protocol::RunnerResult;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -306,6 +307,8 @@ pub struct ApprovalDecision {
 #[serde(rename_all = "snake_case")]
 pub enum AdmissionVerdict {
     Admit,
+    /// Admitted once a human approves (the policy escalated).
+    Escalate,
     Deny,
 }
 
@@ -316,6 +319,39 @@ pub struct Admission {
     pub reasons: Vec<String>,
     pub spec_sha256: String,
     pub limits: RunLimits,
+    /// The group whose approval the policy requires (`escalate` with `require_approval`).
+    #[serde(default)]
+    pub approval_group: Option<String>,
+    /// The policy decision behind the verdict, as recorded in the ledger.
+    pub decision: DecisionRecord,
+}
+
+/// Which stored policy made a decision: enough to fetch the exact module and data again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    pub name: String,
+    pub version: i64,
+    pub module_sha256: String,
+    pub data_sha256: String,
+}
+
+/// One policy decision, as it travels through history into the ledger (`policy.decision`) and
+/// as `cogward policy replay` re-evaluates it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// The request kind (`cogward_policy_abi::kinds`).
+    pub kind: String,
+    /// `None` when no policy is bound for the request (the decision is then `deny`).
+    pub policy: Option<PolicyRef>,
+    /// The request exactly as evaluated; its sha256 is `request_sha256`.
+    pub request: serde_json::Value,
+    pub request_sha256: String,
+    pub decision: Decision,
+    /// Set when the module failed (trap, fuel, deadline, memory, malformed output): the host's
+    /// fault, and the decision is `deny`.
+    #[serde(default)]
+    pub fault: Option<serde_json::Value>,
+    pub latency_us: u64,
 }
 
 /// What `StartRunner` returns.

@@ -61,6 +61,9 @@ pub enum Command {
     /// API principals.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Policy bundles: push, list, bind, test, replay.
+    #[command(subcommand)]
+    Policy(crate::policy::cli::PolicyCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +143,9 @@ pub enum TokensCommand {
         /// Comma-separated: submit, read, approve, operate.
         #[arg(long, value_delimiter = ',')]
         roles: Vec<String>,
+        /// Comma-separated approval groups the principal belongs to.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
     },
 }
 
@@ -198,7 +204,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Worker => crate::worker::run(&cli.engine).await.map(|_| 0),
         Command::Audit(AuditCommand::Verify { json }) => audit_verify(&cli.engine, *json).await,
         Command::Audit(AuditCommand::Replay { run_id }) => audit_replay(&cli.engine, run_id).await,
-        Command::Tokens(TokensCommand::Add { name, roles }) => {
+        Command::Tokens(TokensCommand::Add {
+            name,
+            roles,
+            groups,
+        }) => {
             let roles = roles
                 .iter()
                 .map(|r| {
@@ -207,14 +217,20 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             std::fs::create_dir_all(&cli.engine.state_dir)?;
-            let token = crate::dev::add_principal(&cli.engine.tokens_file(), name, roles)?;
+            let token =
+                crate::dev::add_principal(&cli.engine.tokens_file(), name, roles, groups.clone())?;
             println!("{token}");
             Ok(0)
         }
         Command::Run(cmd) => {
-            let api = ApiClient::new(&cli, cmd)?;
+            let principal = match cmd {
+                RunCommand::Approve { .. } | RunCommand::Reject { .. } => "approver",
+                _ => "ci",
+            };
+            let api = ApiClient::new(&cli, principal)?;
             run_command(&api, cmd).await
         }
+        Command::Policy(cmd) => crate::policy::cli::run(&cli, cmd).await,
     }
 }
 
@@ -258,7 +274,7 @@ async fn audit_replay(config: &EngineConfig, run_id: &str) -> Result<u8> {
 
 /// A problem document the API returned.
 #[derive(Debug)]
-struct ApiProblem(Problem);
+pub struct ApiProblem(Problem);
 
 impl std::fmt::Display for ApiProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -268,14 +284,16 @@ impl std::fmt::Display for ApiProblem {
 
 impl std::error::Error for ApiProblem {}
 
-struct ApiClient {
+pub struct ApiClient {
     http: reqwest::Client,
     base: String,
     token: String,
 }
 
 impl ApiClient {
-    fn new(cli: &Cli, cmd: &RunCommand) -> Result<Self> {
+    /// A client acting as `--token`, or else as the development principal `--as` (default
+    /// `default_principal`).
+    pub fn new(cli: &Cli, default_principal: &str) -> Result<Self> {
         let token = match &cli.token {
             Some(t) => t.clone(),
             None => {
@@ -287,11 +305,7 @@ impl ApiClient {
                     )
                 })?;
                 let creds: BTreeMap<String, String> = serde_json::from_str(&text)?;
-                let default = match cmd {
-                    RunCommand::Approve { .. } | RunCommand::Reject { .. } => "approver",
-                    _ => "ci",
-                };
-                let who = cli.as_principal.as_deref().unwrap_or(default);
+                let who = cli.as_principal.as_deref().unwrap_or(default_principal);
                 creds.get(who).cloned().with_context(|| {
                     format!("no development principal {who:?} in {}", path.display())
                 })?
@@ -306,7 +320,7 @@ impl ApiClient {
         })
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(
+    pub async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -55,6 +55,30 @@ pub struct EngineConfig {
         global = true
     )]
     pub mirror_interval_ms: u64,
+    /// Fuel per policy decision (a deterministic step budget; 0 turns metering off).
+    #[arg(
+        long,
+        env = "COGWARD_POLICY_FUEL",
+        default_value_t = 10_000_000,
+        global = true
+    )]
+    pub policy_fuel: u64,
+    /// Wall-clock deadline per policy call, in milliseconds.
+    #[arg(
+        long,
+        env = "COGWARD_POLICY_DEADLINE_MS",
+        default_value_t = 100,
+        global = true
+    )]
+    pub policy_deadline_ms: u64,
+    /// Linear memory cap per policy instance, in MiB.
+    #[arg(
+        long,
+        env = "COGWARD_POLICY_MEMORY_MB",
+        default_value_t = 64,
+        global = true
+    )]
+    pub policy_memory_mb: usize,
 }
 
 impl EngineConfig {
@@ -77,6 +101,15 @@ impl EngineConfig {
                 .and_then(|p| p.parent().map(|d| d.join("cogward-runner")))
                 .unwrap_or_else(|| PathBuf::from("cogward-runner"))
         })
+    }
+
+    pub fn policy_limits(&self) -> cogward_policy_host::Limits {
+        cogward_policy_host::Limits {
+            fuel: (self.policy_fuel > 0).then_some(self.policy_fuel),
+            deadline: Duration::from_millis(self.policy_deadline_ms.max(1)),
+            memory_bytes: self.policy_memory_mb.max(1) << 20,
+            ..Default::default()
+        }
     }
 
     pub fn mirror_interval(&self) -> Duration {

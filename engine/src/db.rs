@@ -23,6 +23,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0002_append_only.postgres.sql",
         include_str!("../../migrations/0002_append_only.postgres.sql"),
     ),
+    (
+        3,
+        "0003_policies.sql",
+        include_str!("../../migrations/0003_policies.sql"),
+    ),
+    (
+        4,
+        "0004_policies_immutable.postgres.sql",
+        include_str!("../../migrations/0004_policies_immutable.postgres.sql"),
+    ),
 ];
 
 #[derive(Clone)]

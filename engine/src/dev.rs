@@ -7,6 +7,7 @@ use crate::config::EngineConfig;
 use crate::db::Db;
 use crate::ledger::Ledger;
 use crate::mirror::{Mirror, MirrorWake};
+use crate::policy::Policies;
 use crate::temporal;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -29,6 +30,8 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
     })?;
     let db = Db::connect(&config.database_url()).await?;
     let ledger = Ledger::start(db.clone());
+    let policies = Arc::new(Policies::new(db.clone(), config.policy_limits())?);
+    policies.bootstrap(&ledger).await?;
     let client = temporal::connect(&config.temporal, &config.namespace).await?;
     let (mirror_wake, wake) = MirrorWake::channel();
     tokio::spawn(
@@ -47,6 +50,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         ledger,
         tokens: Arc::new(tokens),
         mirror_wake,
+        policies,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -100,7 +104,12 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Add a principal to the tokens file (created if missing) and return its new token.
-pub fn add_principal(tokens_file: &Path, name: &str, roles: Vec<Role>) -> Result<String> {
+pub fn add_principal(
+    tokens_file: &Path,
+    name: &str,
+    roles: Vec<Role>,
+    groups: Vec<String>,
+) -> Result<String> {
     let mut file: TokensFile = match std::fs::read_to_string(tokens_file) {
         Ok(text) => serde_json::from_str(&text)
             .with_context(|| format!("parsing {}", tokens_file.display()))?,
@@ -117,12 +126,14 @@ pub fn add_principal(tokens_file: &Path, name: &str, roles: Vec<Role>) -> Result
         name: name.to_string(),
         token_sha256: token_digest(&token),
         roles,
+        groups,
     });
     write_private(tokens_file, &serde_json::to_string_pretty(&file)?)?;
     Ok(token)
 }
 
-/// Development principals: `ci` submits, reads and cancels; `approver` approves.
+/// Development principals: `ci` submits, reads, cancels and manages policies; `approver`
+/// approves, and is in the `release-managers` and `security` approval groups.
 fn ensure_dev_credentials(config: &EngineConfig) -> Result<()> {
     let creds = config.state_dir.join(DEV_CREDENTIALS);
     if creds.exists() {
@@ -130,11 +141,15 @@ fn ensure_dev_credentials(config: &EngineConfig) -> Result<()> {
     }
     let tokens_file = config.tokens_file();
     let mut out = BTreeMap::new();
-    for (name, roles) in [
-        ("ci", vec![Role::Submit, Role::Read, Role::Operate]),
-        ("approver", vec![Role::Approve, Role::Read]),
+    for (name, roles, groups) in [
+        ("ci", vec![Role::Submit, Role::Read, Role::Operate], vec![]),
+        (
+            "approver",
+            vec![Role::Approve, Role::Read],
+            vec!["release-managers".to_string(), "security".to_string()],
+        ),
     ] {
-        out.insert(name, add_principal(&tokens_file, name, roles)?);
+        out.insert(name, add_principal(&tokens_file, name, roles, groups)?);
     }
     write_private(&creds, &serde_json::to_string_pretty(&out)?)?;
     eprintln!("cogward: development tokens written to {}", creds.display());

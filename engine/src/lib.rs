@@ -12,6 +12,7 @@ pub mod db;
 pub mod dev;
 pub mod ledger;
 pub mod mirror;
+pub mod policy;
 pub mod runs;
 pub mod temporal;
 pub mod worker;

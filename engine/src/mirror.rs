@@ -175,12 +175,12 @@ impl Mirror {
                 body: history_body(ev),
             };
             entries.push(base.clone());
-            if let Some((event_type, body)) = derived.app_entry(ev) {
+            for (event_type, body) in derived.app_entries(ev) {
                 entries.push(NewEntry {
                     kind: EntryKind::App,
                     event_type: event_type.to_string(),
                     body,
-                    ..base
+                    ..base.clone()
                 });
             }
         }
@@ -281,7 +281,36 @@ impl<'a> Derivation<'a> {
             == Some(activity)
     }
 
-    /// The application entry an event implies, if any.
+    /// The application entries an event implies: usually none or one; an admission marker
+    /// implies the admission, its policy decision and, if the policy faulted, a security event.
+    fn app_entries(&self, ev: &HistoryEvent) -> Vec<(&'static str, Value)> {
+        if let Some(Attributes::MarkerRecordedEventAttributes(a)) = ev.attributes.as_ref()
+            && local_activity_type(a) == Some(RunActivities::admit.name())
+        {
+            let Some(admission) = first_payload::<Admission>(&a.details.get("result").cloned())
+            else {
+                return Vec::new();
+            };
+            let mut entries = vec![(
+                "policy.decision",
+                serde_json::to_value(&admission.decision).unwrap_or_default(),
+            )];
+            if let Some(fault) = &admission.decision.fault {
+                entries.push((
+                    "security.policy_fault",
+                    json!({"kind": admission.decision.kind, "policy": admission.decision.policy,
+                           "request_sha256": admission.decision.request_sha256, "fault": fault}),
+                ));
+            }
+            let summary = json!({"verdict": admission.verdict, "reasons": admission.reasons,
+                                 "approval_group": admission.approval_group,
+                                 "spec_sha256": admission.spec_sha256, "limits": admission.limits});
+            entries.insert(0, ("run.admission", summary));
+            return entries;
+        }
+        self.app_entry(ev).into_iter().collect()
+    }
+
     fn app_entry(&self, ev: &HistoryEvent) -> Option<(&'static str, Value)> {
         match ev.attributes.as_ref()? {
             Attributes::WorkflowExecutionStartedEventAttributes(a) => {
@@ -297,12 +326,6 @@ impl<'a> Derivation<'a> {
                         "requires_approval": input.spec.requires_approval,
                     }),
                 ))
-            }
-            Attributes::MarkerRecordedEventAttributes(a)
-                if local_activity_type(a) == Some(RunActivities::admit.name()) =>
-            {
-                let admission: Admission = first_payload(&a.details.get("result").cloned())?;
-                Some(("run.admission", serde_json::to_value(admission).ok()?))
             }
             Attributes::ActivityTaskCompletedEventAttributes(a)
                 if self.is(a.scheduled_event_id, RunActivities::start_runner.name()) =>
@@ -353,8 +376,23 @@ impl<'a> Derivation<'a> {
     /// The run's status as its history shows it: (status, reason, final summary, closed).
     fn status(&self) -> (RunStatus, Option<String>, Option<RunSummary>, bool) {
         let mut status = RunStatus::Pending;
+        // While the gate is open, say whose approval a policy escalation asks for.
+        let mut gate_reason = None;
         for ev in self.events {
             match ev.attributes.as_ref() {
+                Some(Attributes::MarkerRecordedEventAttributes(a))
+                    if local_activity_type(a) == Some(RunActivities::admit.name()) =>
+                {
+                    let admission: Option<Admission> =
+                        first_payload(&a.details.get("result").cloned());
+                    gate_reason = admission.and_then(|a| {
+                        let group = a.approval_group?;
+                        Some(format!(
+                            "needs approval from group {group}: {}",
+                            a.reasons.join("; ")
+                        ))
+                    });
+                }
                 Some(Attributes::TimerStartedEventAttributes(_)) => {
                     status = RunStatus::AwaitingApproval
                 }
@@ -401,6 +439,7 @@ impl<'a> Derivation<'a> {
                 _ => {}
             }
         }
-        (status, None, None, false)
+        let reason = gate_reason.filter(|_| status == RunStatus::AwaitingApproval);
+        (status, reason, None, false)
     }
 }

@@ -2,9 +2,9 @@
 
 use crate::config::EngineConfig;
 use anyhow::{Context, Result};
-use cogward_activities::spec::RunLimits;
 use cogward_activities::{ActivitiesConfig, RunActivities};
 use cogward_workflows::{AgentRun, TASK_QUEUE};
+use std::sync::Arc;
 use std::time::Duration;
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
@@ -14,13 +14,6 @@ pub fn activities_config(config: &EngineConfig) -> ActivitiesConfig {
         state_dir: config.state_dir.clone(),
         runner_bin: config.runner_bin(),
         sandbox: Default::default(),
-        max_limits: RunLimits {
-            cpu_seconds: 3600,
-            memory_mb: 8192,
-            max_processes: 512,
-            wall_clock_seconds: 4 * 3600,
-            grace_seconds: 60,
-        },
         max_output_bytes: 16 * 1024 * 1024,
         poll_interval: Duration::from_millis(25),
     }
@@ -36,10 +29,13 @@ pub async fn run(config: &EngineConfig) -> Result<()> {
         "runner binary {} not found (set COGWARD_RUNNER_BIN)",
         runner_bin.display()
     );
+    // Admission decisions need the policy store (the same database the API uses).
+    let db = crate::db::Db::connect(&config.database_url()).await?;
+    let policies = Arc::new(crate::policy::Policies::new(db, config.policy_limits())?);
     let options = WorkerOptions::new(TASK_QUEUE)
         .register_workflow::<AgentRun>()
         .context("registering AgentRun")?
-        .register_activities(RunActivities::new(activities_config(config)))
+        .register_activities(RunActivities::new(activities_config(config), policies))
         // A worker that dies leaves tasks on its sticky queue; hand them on quickly.
         .sticky_queue_schedule_to_start_timeout(Duration::from_secs(3))
         // Cancellation reaches an activity on a heartbeat response: keep that prompt.

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod ledger;
+mod policies;
 mod stack;
 
 use reqwest::Method;
@@ -11,9 +12,9 @@ use serde_json::{Value, json};
 use stack::{Stack, StackOptions, spec};
 use std::time::Duration;
 
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn run_id(v: &Value) -> String {
+pub(crate) fn run_id(v: &Value) -> String {
     v["run_id"].as_str().expect("run_id").to_string()
 }
 
@@ -91,12 +92,17 @@ async fn approval_run_end_to_end(stack: &Stack) {
         [
             "run.submitted",
             "run.admission",
+            "policy.decision",
             "run.approval",
             "run.evidence",
             "run.finished"
         ]
     );
-    let approval: Value = serde_json::from_str(app[2]["body"].as_str().unwrap()).unwrap();
+    let decision: Value = serde_json::from_str(app[2]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(decision["decision"]["effect"], "permit", "{decision}");
+    assert_eq!(decision["policy"]["name"], "run-admission");
+    assert_eq!(decision["request"]["agent"], "e2e-agent");
+    let approval: Value = serde_json::from_str(app[3]["body"].as_str().unwrap()).unwrap();
     assert_eq!(approval["approver"], "approver");
     assert_eq!(approval["comment"], "looks fine");
     let submitted: Value = serde_json::from_str(app[0]["body"].as_str().unwrap()).unwrap();
@@ -105,9 +111,10 @@ async fn approval_run_end_to_end(stack: &Stack) {
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["ok"], true);
+    // The run's entries, plus the two of the policy bootstrap (push and bind).
     assert_eq!(
         report["entries"],
-        ledger["entries"].as_array().unwrap().len()
+        ledger["entries"].as_array().unwrap().len() + 2
     );
 
     // The ledger alone holds the exact history: rebuilt from it, it replays against AgentRun...

@@ -151,7 +151,7 @@ impl Drop for Temporal {
 pub struct Tokens {
     /// submit, read, operate
     pub ci: String,
-    /// approve, read
+    /// approve, read; in approval group `release-managers`
     pub approver: String,
     /// submit, approve, read: may approve others' runs, never its own
     pub lead: String,
@@ -200,9 +200,10 @@ impl Stack {
             http: reqwest::Client::new(),
             dir,
         };
-        stack.tokens.ci = stack.add_principal("ci", "submit,read,operate")?;
-        stack.tokens.approver = stack.add_principal("approver", "approve,read")?;
-        stack.tokens.lead = stack.add_principal("lead", "submit,approve,read")?;
+        stack.tokens.ci = stack.add_principal("ci", "submit,read,operate", &[])?;
+        stack.tokens.approver =
+            stack.add_principal("approver", "approve,read", &["release-managers"])?;
+        stack.tokens.lead = stack.add_principal("lead", "submit,approve,read", &[])?;
         let serve_args: &[&str] = if opts.separate_worker {
             &["serve"]
         } else {
@@ -252,12 +253,15 @@ impl Stack {
             .spawn()?)
     }
 
-    fn add_principal(&self, name: &str, roles: &str) -> Result<String> {
+    /// Add a principal to the tokens file (the API reads it at start) and return its token.
+    pub fn add_principal(&self, name: &str, roles: &str, groups: &[&str]) -> Result<String> {
         std::fs::create_dir_all(self.state_dir())?;
-        let out = self
-            .command()
-            .args(["tokens", "add", name, "--roles", roles])
-            .output()?;
+        let mut cmd = self.command();
+        cmd.args(["tokens", "add", name, "--roles", roles]);
+        if !groups.is_empty() {
+            cmd.args(["--groups", &groups.join(",")]);
+        }
+        let out = cmd.output()?;
         if !out.status.success() {
             bail!("tokens add: {}", String::from_utf8_lossy(&out.stderr));
         }

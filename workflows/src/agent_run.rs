@@ -6,6 +6,7 @@
 //! the agent (SIGKILL after the grace) and the workflow waits for its evidence before ending.
 
 use cogward_activities::RunActivities;
+use cogward_activities::admission::AdmitInput;
 use cogward_activities::runner::StartRunnerInput;
 use cogward_activities::spec::{
     Admission, AdmissionVerdict, ApprovalDecision, ApprovalSignal, ApprovalVerdict, RunInput,
@@ -128,18 +129,23 @@ impl AgentRun {
             })
         });
 
-        // 1. Admission: a local activity, so the decision costs no extra workflow task; it is
-        // recorded in history as a marker with its result.
+        // 1. Admission, decided by the run-admission policy: a local activity, so the decision
+        // costs no extra workflow task; it is recorded in history as a marker with its result.
         let admission: Admission = ctx
             .execute_local_activity(
                 RunActivities::admit,
-                spec.clone(),
+                AdmitInput {
+                    run_id: input.run_id.clone(),
+                    spec: spec.clone(),
+                    submitted_by: input.submitted_by.clone(),
+                },
                 LocalActivityOptions::builder()
                     .start_to_close_timeout(Duration::from_secs(10))
                     .build(),
             )
             .await?;
         let denied = admission.verdict == AdmissionVerdict::Deny;
+        let escalated = admission.verdict == AdmissionVerdict::Escalate;
         let reasons = admission.reasons.join("; ");
         ctx.state_mut(|s| {
             if let Some(summary) = s.summary.as_mut() {
@@ -150,8 +156,8 @@ impl AgentRun {
             return Self::finish(ctx, RunStatus::Denied, Some(reasons));
         }
 
-        // 2. Approval gate.
-        if spec.requires_approval {
+        // 2. Approval gate: asked for by the spec, or required by the policy (`escalate`).
+        if spec.requires_approval || escalated {
             Self::set_status(ctx, RunStatus::AwaitingApproval);
             let deadline = Duration::from_secs(spec.approval_timeout_seconds);
             temporalio_sdk::workflows::select! {

@@ -31,6 +31,9 @@ pub struct PrincipalEntry {
     pub name: String,
     pub token_sha256: String,
     pub roles: Vec<Role>,
+    /// Approval groups (a policy's `require_approval` obligation names one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,6 +46,7 @@ pub struct TokensFile {
 pub struct Principal {
     pub name: String,
     pub roles: Vec<Role>,
+    pub groups: Vec<String>,
 }
 
 impl Principal {
@@ -79,6 +83,7 @@ impl Tokens {
                     Principal {
                         name: p.name,
                         roles: p.roles,
+                        groups: p.groups,
                     },
                 )
             })
@@ -145,6 +150,7 @@ mod tests {
                 name: "ci".into(),
                 token_sha256: token_digest("s3cret"),
                 roles: vec![Role::Submit],
+                groups: vec![],
             }],
         });
         let p = tokens.authenticate(Some("Bearer s3cret")).unwrap();

@@ -90,10 +90,7 @@ fn json_problem(rejection: JsonRejection) -> ApiError {
         _ if status == StatusCode::PAYLOAD_TOO_LARGE => problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!(
-                "request body exceeds the limit of {} bytes",
-                crate::api::BODY_LIMIT
-            ),
+            "request body exceeds this endpoint's limit (see docs/api.md)",
         ),
         _ => problem(StatusCode::BAD_REQUEST, "bad_request", detail),
     }

@@ -3,11 +3,13 @@
 
 pub mod auth;
 pub mod error;
+pub mod policies;
 pub mod runs;
 
 use crate::db::Db;
 use crate::ledger::Ledger;
 use crate::mirror::MirrorWake;
+use crate::policy::Policies;
 use auth::Tokens;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::StatusCode;
@@ -26,6 +28,7 @@ pub struct AppState {
     pub ledger: Ledger,
     pub tokens: Arc<Tokens>,
     pub mirror_wake: MirrorWake,
+    pub policies: Arc<Policies>,
 }
 
 impl FromRef<AppState> for Arc<Tokens> {
@@ -41,6 +44,7 @@ pub fn app(state: AppState) -> Router {
             get(|| async { Json(serde_json::json!({"ok": true})) }),
         )
         .merge(runs::router())
+        .merge(policies::router())
         .fallback(|| async {
             error::problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

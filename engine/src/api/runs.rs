@@ -294,6 +294,24 @@ async fn decide(
             .flatten()
     };
     let current = live.as_ref().map_or(record.status, |s| s.status);
+    // An `escalate` decision names the group whose member must decide.
+    let group = live
+        .as_ref()
+        .or(record.summary.as_ref())
+        .and_then(|s| s.admission.as_ref())
+        .and_then(|a| a.approval_group.clone());
+    if let Some(group) = group
+        && !principal.groups.contains(&group)
+    {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "not_in_approval_group",
+            format!(
+                "run {} needs a decision from group {group:?}, and {:?} is not in it",
+                record.run_id, principal.name
+            ),
+        ));
+    }
     if current != RunStatus::AwaitingApproval {
         return Err(problem(
             StatusCode::CONFLICT,

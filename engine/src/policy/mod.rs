@@ -1,0 +1,473 @@
+//! Policies in the engine: pushing bundles (validated, content-addressed, versioned), binding
+//! them, deciding requests with the bound bundle (the [`PolicyDecider`] the activities use), and
+//! replaying a run's recorded decisions.
+
+pub mod cli;
+pub mod store;
+
+use crate::db::Db;
+use crate::ledger::{EntryKind, Ledger, NewEntry};
+use anyhow::{Context, Result};
+use cogward_activities::admission::PolicyDecider;
+use cogward_activities::spec::{DecisionRecord, PolicyRef};
+use cogward_policy_abi::{Decision, Request, kinds};
+use cogward_policy_host::builtins::{TestCase, builtin};
+use cogward_policy_host::{
+    Evaluation, Fault, Limits, LoadedModule, PolicyHost, Prepared, sha256_hex,
+};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use store::{Binding, Bundle, PolicyStore};
+
+/// The kinds a binding may name.
+pub const KINDS: &[&str] = &[
+    kinds::RUN_ADMISSION,
+    kinds::TOOL_CALL,
+    kinds::MODEL_CALL,
+    kinds::BUDGET,
+    kinds::PROMOTION,
+];
+
+/// The data the built-in run-admission policy is bound with on a fresh installation: every
+/// agent of every tenant, the `command` runtime, the default sandbox, and these ceilings.
+pub const DEFAULT_ADMISSION_DATA: &str = r#"{"tenants":{"*":{"agents":["*"],"runtimes":["command"],"sandbox_profiles":["default"],"max_limits":{"cpu_seconds":3600,"memory_mb":8192,"max_processes":512,"wall_clock_seconds":14400,"grace_seconds":60}}}}"#;
+
+/// The request every pushed module must answer with a well-formed decision.
+fn probe_request() -> Value {
+    json!({"kind": "cogward.probe", "tenant": "probe", "principal": "probe", "agent": "probe",
+           "action": "probe", "resource": {}, "context": {}})
+}
+
+/// Ledger namespace of entries that belong to no workflow.
+const POLICY_NAMESPACE: &str = "cogward";
+
+pub fn policy_entry(name: &str, event_type: &str, body: Value) -> NewEntry {
+    NewEntry {
+        kind: EntryKind::App,
+        namespace: POLICY_NAMESPACE.into(),
+        workflow_id: format!("policy/{name}"),
+        temporal_run_id: String::new(),
+        event_id: None,
+        event_type: event_type.into(),
+        body,
+    }
+}
+
+/// A bundle to push.
+#[derive(Debug)]
+pub struct PushRequest {
+    pub name: String,
+    pub wasm: Vec<u8>,
+    pub data: Value,
+    pub tests: Vec<TestCase>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Pushed {
+    #[serde(flatten)]
+    pub bundle: Bundle,
+    /// False when the same module was already stored (modules are stored once).
+    pub module_stored: bool,
+    /// False when the latest version already was this (module, data) pair.
+    pub created: bool,
+    pub tests_passed: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The module, its data or its tests are not acceptable; recorded as a security event.
+    #[error("{0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+pub fn check_policy_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err("name must be 1-64 characters of [A-Za-z0-9._-]".into())
+    }
+}
+
+/// The store, the wasmtime host and the prepared (module, data) pairs in use.
+pub struct Policies {
+    store: PolicyStore,
+    host: Arc<PolicyHost>,
+    prepared: Mutex<HashMap<(String, String), Arc<Prepared>>>,
+}
+
+impl std::fmt::Debug for Policies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policies").finish_non_exhaustive()
+    }
+}
+
+/// Run blocking (compiling, instantiating) policy work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("policy task panicked")
+}
+
+/// Outcome of loading and preparing a stored or pushed bundle.
+enum PrepareError {
+    /// The module or data is unusable: a decision with it is a deny with this fault.
+    Policy(String, Value),
+    Internal(anyhow::Error),
+}
+
+impl Policies {
+    pub fn new(db: Db, limits: Limits) -> Result<Self> {
+        Ok(Self {
+            store: PolicyStore::new(db),
+            host: Arc::new(PolicyHost::new(limits).map_err(anyhow::Error::msg)?),
+            prepared: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &PolicyStore {
+        &self.store
+    }
+
+    async fn prepare(&self, wasm: Vec<u8>, data: String) -> Result<Arc<Prepared>, PrepareError> {
+        let host = self.host.clone();
+        let loaded: Result<Arc<LoadedModule>, _> = {
+            let host = host.clone();
+            blocking(move || host.load(&wasm))
+                .await
+                .map_err(PrepareError::Internal)?
+        };
+        let module = loaded.map_err(|e| {
+            PrepareError::Policy(
+                e.to_string(),
+                json!({"fault": "load", "message": e.to_string()}),
+            )
+        })?;
+        let key = (module.sha256.clone(), sha256_hex(data.as_bytes()));
+        if let Some(p) = self.cached(&key) {
+            return Ok(p);
+        }
+        let prepared = blocking(move || host.prepare(module, data.as_bytes()))
+            .await
+            .map_err(PrepareError::Internal)?
+            .map_err(|f: Fault| PrepareError::Policy(f.to_string(), fault_json(&f)))?;
+        if let Ok(mut cache) = self.prepared.lock() {
+            cache.insert(key, prepared.clone());
+        }
+        Ok(prepared)
+    }
+
+    fn cached(&self, key: &(String, String)) -> Option<Arc<Prepared>> {
+        self.prepared.lock().ok()?.get(key).cloned()
+    }
+
+    /// The prepared policy for a stored bundle.
+    async fn prepared_bundle(&self, bundle: &Bundle) -> Result<Arc<Prepared>, PrepareError> {
+        let key = (bundle.module_sha256.clone(), bundle.data_sha256.clone());
+        if let Some(p) = self.cached(&key) {
+            return Ok(p);
+        }
+        let missing = |what: &str| {
+            PrepareError::Internal(anyhow::anyhow!(
+                "{what} of policy {} v{} is not in the store",
+                bundle.name,
+                bundle.version
+            ))
+        };
+        let wasm = self
+            .store
+            .module(&bundle.module_sha256)
+            .await
+            .map_err(PrepareError::Internal)?
+            .ok_or_else(|| missing("module"))?;
+        let data = self
+            .store
+            .data(&bundle.data_sha256)
+            .await
+            .map_err(PrepareError::Internal)?
+            .ok_or_else(|| missing("data"))?;
+        self.prepare(wasm, data).await
+    }
+
+    /// Validate a bundle (module loads, data accepted, probe and test requests decided as
+    /// expected, no fault) and store it. A rejection is recorded in the ledger as
+    /// `security.policy_rejected`; a push as `policy.pushed`.
+    pub async fn push(
+        &self,
+        req: PushRequest,
+        by: &str,
+        ledger: &Ledger,
+    ) -> Result<Pushed, PushError> {
+        let module_sha256 = sha256_hex(&req.wasm);
+        let size = req.wasm.len();
+        match self.validate(&req).await {
+            Ok(tests_passed) => {
+                let data = req.data.to_string();
+                let data_sha256 = sha256_hex(data.as_bytes());
+                let module_stored = self
+                    .store
+                    .put_module(&module_sha256, cogward_policy_abi::ABI_VERSION, &req.wasm)
+                    .await?;
+                self.store.put_data(&data_sha256, &data).await?;
+                let (bundle, created) = self
+                    .store
+                    .create_bundle(&req.name, &module_sha256, &data_sha256, by)
+                    .await?;
+                if created {
+                    ledger
+                        .append(vec![policy_entry(
+                            &req.name,
+                            "policy.pushed",
+                            json!({"name": bundle.name, "version": bundle.version,
+                                   "module_sha256": module_sha256, "data_sha256": data_sha256,
+                                   "module_stored": module_stored, "tests_passed": tests_passed,
+                                   "by": by}),
+                        )])
+                        .await?;
+                }
+                Ok(Pushed {
+                    bundle,
+                    module_stored,
+                    created,
+                    tests_passed,
+                })
+            }
+            Err(PushError::Rejected(reason)) => {
+                ledger
+                    .append(vec![policy_entry(
+                        &req.name,
+                        "security.policy_rejected",
+                        json!({"name": req.name, "module_sha256": module_sha256,
+                               "size_bytes": size, "reason": reason, "by": by}),
+                    )])
+                    .await?;
+                tracing::warn!(name = %req.name, %module_sha256, %reason, "policy push rejected");
+                Err(PushError::Rejected(reason))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn validate(&self, req: &PushRequest) -> Result<usize, PushError> {
+        check_policy_name(&req.name).map_err(PushError::Rejected)?;
+        let prepared = match self.prepare(req.wasm.clone(), req.data.to_string()).await {
+            Ok(p) => p,
+            Err(PrepareError::Policy(reason, _)) => return Err(PushError::Rejected(reason)),
+            Err(PrepareError::Internal(e)) => return Err(PushError::Internal(e)),
+        };
+        let probe = self.evaluate_value(&prepared, &probe_request()).await?;
+        if let Some(f) = probe.fault {
+            return Err(PushError::Rejected(format!("dry evaluation: {f}")));
+        }
+        for (i, case) in req.tests.iter().enumerate() {
+            let eval = self.evaluate_value(&prepared, &case.request).await?;
+            let name = if case.name.is_empty() {
+                format!("#{}", i + 1)
+            } else {
+                case.name.clone()
+            };
+            if let Some(f) = eval.fault {
+                return Err(PushError::Rejected(format!("test {name}: {f}")));
+            }
+            if eval.decision.effect != case.expect {
+                return Err(PushError::Rejected(format!(
+                    "test {name}: expected {}, got {} ({})",
+                    case.expect.as_str(),
+                    eval.decision.effect.as_str(),
+                    eval.decision.reasons.join("; ")
+                )));
+            }
+        }
+        Ok(req.tests.len())
+    }
+
+    async fn evaluate_value(
+        &self,
+        prepared: &Arc<Prepared>,
+        request: &Value,
+    ) -> Result<Evaluation> {
+        let bytes = serde_json::to_vec(request)?;
+        let prepared = prepared.clone();
+        blocking(move || prepared.evaluate(&bytes)).await
+    }
+
+    /// Bind (tenant, agent, kind) to a stored bundle version; recorded as `policy.bound`.
+    pub async fn bind(&self, binding: Binding, ledger: &Ledger) -> Result<(), String> {
+        if !KINDS.contains(&binding.kind.as_str()) {
+            return Err(format!(
+                "unknown kind {:?}; kinds are {}",
+                binding.kind,
+                KINDS.join(", ")
+            ));
+        }
+        for (field, v) in [("tenant", &binding.tenant), ("agent", &binding.agent)] {
+            if v != "*" {
+                check_policy_name(v).map_err(|e| format!("{field}: {e}"))?;
+            }
+        }
+        if binding.tenant == "*" && binding.agent != "*" {
+            return Err("an agent-specific binding needs a tenant".into());
+        }
+        match self.store.bundle(&binding.name, binding.version).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(format!(
+                    "no policy {} version {}",
+                    binding.name, binding.version
+                ));
+            }
+            Err(e) => return Err(format!("{e:#}")),
+        }
+        self.store
+            .bind(&binding)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        ledger
+            .append(vec![policy_entry(
+                &binding.name,
+                "policy.bound",
+                serde_json::to_value(&binding).map_err(|e| e.to_string())?,
+            )])
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(())
+    }
+
+    /// On a fresh installation, bind the built-in run-admission policy with
+    /// [`DEFAULT_ADMISSION_DATA`] for every tenant, so runs are admitted by policy from the start.
+    pub async fn bootstrap(&self, ledger: &Ledger) -> Result<()> {
+        if self
+            .store
+            .resolve("*", "*", kinds::RUN_ADMISSION)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let b = builtin("run-admission").context("built-in run-admission policy missing")?;
+        let pushed = self
+            .push(
+                PushRequest {
+                    name: b.name.into(),
+                    wasm: b.wasm.to_vec(),
+                    data: serde_json::from_str(DEFAULT_ADMISSION_DATA)?,
+                    tests: Vec::new(),
+                },
+                "system",
+                ledger,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("bootstrapping run-admission: {e}"))?;
+        self.bind(
+            Binding {
+                tenant: "*".into(),
+                agent: "*".into(),
+                kind: kinds::RUN_ADMISSION.into(),
+                name: pushed.bundle.name.clone(),
+                version: pushed.bundle.version,
+                bound_by: "system".into(),
+                bound_at: crate::now_rfc3339(),
+            },
+            ledger,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            version = pushed.bundle.version,
+            "bound the built-in run-admission policy for every tenant"
+        );
+        Ok(())
+    }
+
+    /// Decide one request with the bundle bound for it.
+    pub async fn decide_request(&self, request: Request) -> Result<DecisionRecord> {
+        let value = serde_json::to_value(&request)?;
+        let bytes = serde_json::to_vec(&value)?;
+        let mut record = DecisionRecord {
+            kind: request.kind.clone(),
+            policy: None,
+            request_sha256: sha256_hex(&bytes),
+            request: value,
+            decision: Decision::deny(format!(
+                "no {} policy is bound for tenant {} (agent {})",
+                request.kind, request.tenant, request.agent
+            )),
+            fault: None,
+            latency_us: 0,
+        };
+        let Some(bundle) = self
+            .store
+            .resolve(&request.tenant, &request.agent, &request.kind)
+            .await?
+        else {
+            return Ok(record);
+        };
+        record.policy = Some(bundle.policy_ref());
+        match self.prepared_bundle(&bundle).await {
+            Ok(prepared) => {
+                let eval = blocking(move || prepared.evaluate(&bytes)).await?;
+                record.decision = eval.decision;
+                record.fault = eval.fault.as_ref().map(fault_json);
+                record.latency_us = eval.elapsed.as_micros() as u64;
+            }
+            Err(PrepareError::Policy(reason, fault)) => {
+                record.decision = Decision::deny(reason);
+                record.fault = Some(fault);
+            }
+            Err(PrepareError::Internal(e)) => return Err(e),
+        }
+        Ok(record)
+    }
+
+    /// Re-evaluate a recorded decision with the exact module and data it names.
+    pub async fn reevaluate(&self, record: &DecisionRecord) -> Result<Evaluation> {
+        let policy: &PolicyRef = record
+            .policy
+            .as_ref()
+            .context("the decision was made without a bound policy")?;
+        let bytes = serde_json::to_vec(&record.request)?;
+        anyhow::ensure!(
+            sha256_hex(&bytes) == record.request_sha256,
+            "recorded request does not match its digest"
+        );
+        let bundle = Bundle {
+            name: policy.name.clone(),
+            version: policy.version,
+            module_sha256: policy.module_sha256.clone(),
+            data_sha256: policy.data_sha256.clone(),
+            created_by: String::new(),
+            created_at: String::new(),
+        };
+        match self.prepared_bundle(&bundle).await {
+            Ok(prepared) => blocking(move || prepared.evaluate(&bytes)).await,
+            Err(PrepareError::Policy(reason, _)) => Ok(Evaluation {
+                decision: Decision::deny(reason),
+                fault: None,
+                elapsed: Default::default(),
+            }),
+            Err(PrepareError::Internal(e)) => Err(e),
+        }
+    }
+}
+
+fn fault_json(f: &Fault) -> Value {
+    serde_json::to_value(f).unwrap_or_else(|_| json!({"fault": "unknown"}))
+}
+
+impl PolicyDecider for Policies {
+    fn decide(
+        &self,
+        request: Request,
+    ) -> Pin<Box<dyn Future<Output = Result<DecisionRecord>> + Send + '_>> {
+        Box::pin(self.decide_request(request))
+    }
+}

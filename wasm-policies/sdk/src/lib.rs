@@ -1,0 +1,233 @@
+//! The guest SDK: a cogward policy in Rust is a type implementing [`Policy`] — built once from
+//! its data document, then a plain function from a typed request to a [`Decision`] — and one
+//! [`export_policy!`] line that generates the ABI exports.
+//!
+//! ```text
+//! use cogward_policy_sdk::{Decision, Policy, export_policy};
+//!
+//! pub struct OnlyAlice;
+//! #[derive(serde::Deserialize)]
+//! pub struct Req { principal: String }
+//! impl Policy for OnlyAlice {
+//!     type Data = serde_json::Value;
+//!     type Request = Req;
+//!     fn new(_: Self::Data) -> Result<Self, String> { Ok(OnlyAlice) }
+//!     fn evaluate(&self, r: &Req) -> Decision {
+//!         if r.principal == "alice" { Decision::permit() } else { Decision::deny("not alice") }
+//!     }
+//! }
+//! export_policy!(OnlyAlice);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip1` (crate type `cdylib`). Use
+//! `BTreeMap` rather than `HashMap`: the standard hasher's random seed would import
+//! `random_get`, and the host grants no capabilities. The same crate, built natively, is an
+//! ordinary library: test the policy with `cargo test`.
+
+pub use cogward_policy_abi::{
+    ABI_VERSION, Decision, Effect, InitResult, Obligation, Request, kinds, pack, unpack,
+};
+use serde::de::DeserializeOwned;
+
+/// A policy: built once per instance from its data document, then asked for decisions.
+pub trait Policy: Sized + 'static {
+    /// The data document (configuration), parsed once at instance start.
+    type Data: DeserializeOwned;
+    /// The request as this policy reads it. Extra fields are ignored unless the type says
+    /// otherwise.
+    type Request: DeserializeOwned;
+
+    /// Build the policy from its data (precompute indexes here: it runs once, not per decision).
+    fn new(data: Self::Data) -> Result<Self, String>;
+
+    fn evaluate(&self, request: &Self::Request) -> Decision;
+}
+
+/// Parse the data document and build the policy.
+pub fn init_json<P: Policy>(data: &[u8]) -> Result<P, String> {
+    let data: P::Data =
+        serde_json::from_slice(data).map_err(|e| format!("malformed data document: {e}"))?;
+    P::new(data)
+}
+
+/// One decision, JSON in and JSON out — what the `cogward_evaluate` export does, callable
+/// natively too. A request the policy cannot parse is denied.
+pub fn evaluate_json<P: Policy>(policy: &P, request: &[u8], out: &mut Vec<u8>) {
+    let decision = match serde_json::from_slice::<P::Request>(request) {
+        Ok(req) => policy.evaluate(&req),
+        Err(e) => Decision::deny(format!("malformed request: {e}")),
+    };
+    out.clear();
+    // Serialising these types cannot fail; an empty output would be denied by the host anyway.
+    let _ = serde_json::to_writer(&mut *out, &decision);
+}
+
+/// `*` matches any run of characters (including none), `?` exactly one; everything else is
+/// literal. `mcp.github.*` matches `mcp.github.create_issue`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// The guest side of the ABI, used by [`export_policy!`]. Not for direct use.
+#[doc(hidden)]
+pub mod rt {
+    use super::*;
+    use std::cell::RefCell;
+
+    pub struct State<P> {
+        policy: Option<P>,
+        out: Vec<u8>,
+    }
+
+    impl<P: Policy> State<P> {
+        pub const fn new() -> Self {
+            Self {
+                policy: None,
+                out: Vec::new(),
+            }
+        }
+
+        fn packed_out(&self) -> u64 {
+            pack(self.out.as_ptr() as usize as u32, self.out.len() as u32)
+        }
+    }
+
+    impl<P: Policy> Default for State<P> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    /// A zeroed buffer of `len` bytes, owned by the host until passed back.
+    pub fn alloc(len: u32) -> *mut u8 {
+        let buf = vec![0u8; len as usize].into_boxed_slice();
+        Box::into_raw(buf) as *mut u8
+    }
+
+    /// Take back a buffer handed out by [`alloc`].
+    ///
+    /// # Safety
+    /// `ptr`/`len` must come from one [`alloc`] call and be passed back once.
+    pub unsafe fn take(ptr: *mut u8, len: u32) -> Box<[u8]> {
+        // SAFETY: the caller guarantees (ptr, len) is one allocation from `alloc`.
+        unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len as usize)) }
+    }
+
+    pub fn init<P: Policy>(state: &RefCell<State<P>>, data: &[u8]) -> u64 {
+        let mut s = state.borrow_mut();
+        let result = match init_json::<P>(data) {
+            Ok(p) => {
+                s.policy = Some(p);
+                InitResult { error: None }
+            }
+            Err(e) => InitResult { error: Some(e) },
+        };
+        s.out.clear();
+        let _ = serde_json::to_writer(&mut s.out, &result);
+        s.packed_out()
+    }
+
+    pub fn evaluate<P: Policy>(state: &RefCell<State<P>>, request: &[u8]) -> u64 {
+        let mut guard = state.borrow_mut();
+        let s = &mut *guard;
+        match &s.policy {
+            Some(p) => evaluate_json(p, request, &mut s.out),
+            None => {
+                s.out.clear();
+                let _ = serde_json::to_writer(
+                    &mut s.out,
+                    &Decision::deny("policy not initialised with its data"),
+                );
+            }
+        }
+        s.packed_out()
+    }
+}
+
+/// Generate the ABI exports for a [`Policy`] type. Only on WebAssembly targets: natively the
+/// crate stays an ordinary library (and several policies can link into one binary).
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        #[cfg(target_family = "wasm")]
+        mod __cogward_policy_exports {
+            use super::*;
+            use $crate::rt;
+
+            thread_local! {
+                static STATE: ::std::cell::RefCell<rt::State<$policy>> =
+                    const { ::std::cell::RefCell::new(rt::State::new()) };
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn cogward_abi_version() -> u32 {
+                $crate::ABI_VERSION
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn cogward_alloc(len: u32) -> *mut u8 {
+                rt::alloc(len)
+            }
+
+            /// # Safety
+            /// Called by the host with a buffer from `cogward_alloc`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn cogward_init(ptr: *mut u8, len: u32) -> u64 {
+                // SAFETY: the ABI passes back exactly one `cogward_alloc` buffer.
+                let data = unsafe { rt::take(ptr, len) };
+                STATE.with(|s| rt::init::<$policy>(s, &data))
+            }
+
+            /// # Safety
+            /// Called by the host with a buffer from `cogward_alloc`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn cogward_evaluate(ptr: *mut u8, len: u32) -> u64 {
+                // SAFETY: the ABI passes back exactly one `cogward_alloc` buffer.
+                let request = unsafe { rt::take(ptr, len) };
+                STATE.with(|s| rt::evaluate::<$policy>(s, &request))
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        for (p, t, m) in [
+            ("*", "", true),
+            ("*", "anything", true),
+            ("mcp.github.*", "mcp.github.create_issue", true),
+            ("mcp.github.*", "mcp.gitlab.x", false),
+            ("*.delete_*", "fs.delete_file", true),
+            ("*.delete_*", "fs.read_file", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("**x", "yyx", true),
+        ] {
+            assert_eq!(glob_match(p, t), m, "{p} vs {t}");
+        }
+    }
+}
