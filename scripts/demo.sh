@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole stack locally, and one example agent run through it: a Temporal dev server, the cogward
-# API + history mirror + worker, a sandboxed run that waits at its approval gate, an approval by a
-# second principal, and the run's verified, hash-chained ledger printed at the end.
+# The whole stack locally, and example agent runs through it: a Temporal dev server, the cogward
+# API + history mirror + worker; an admission policy (WebAssembly, in wasmtime) tested, pushed and
+# bound for tenant acme; a run the policy denies, with its decision replayed; a sandboxed run that
+# waits at its approval gate, an approval by a second principal, and the run's verified,
+# hash-chained ledger printed at the end.
 #   scripts/demo.sh          run the example, then stop the stack
 #   scripts/demo.sh --keep   leave the stack running (stop it with: kill $(cat .cogward/dev.pid))
 set -euo pipefail
@@ -35,6 +37,33 @@ curl -fsS "$COGWARD_API/healthz" >/dev/null || { tail -30 "$COGWARD_STATE_DIR/de
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+step "a policy author tests acme's admission policy locally (built-in run-admission module + acme's data)"
+cogward policy test builtin:run-admission examples/policies/acme-admission.tests.jsonl \
+    --data examples/policies/acme-admission.json
+
+step "an operator pushes it (validated, content-addressed, versioned) and binds it for tenant acme"
+pushed=$(cogward policy push builtin:run-admission --name acme-admission \
+    --data examples/policies/acme-admission.json --tests examples/policies/acme-admission.tests.jsonl)
+echo "$pushed"
+version=$(echo "$pushed" | grep -o 'version [0-9]*' | head -1 | cut -d' ' -f2)
+cogward policy bind --tenant acme --kind run.admission --name acme-admission --version "$version"
+cogward policy list
+
+step "a run the policy denies: unknown agent, too much memory"
+denied_id=$(cogward run submit examples/denied-run.json --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
+for _ in $(seq 1 100); do
+    status=$(cogward run status "$denied_id" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
+    [ "$status" = denied ] && break
+    sleep 0.2
+done
+cogward run status "$denied_id"
+for _ in $(seq 1 100); do
+    cogward run history "$denied_id" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["complete"] else 1)' && break
+    sleep 0.2
+done
+echo "the decision, re-evaluated with the exact module and data recorded in the ledger:"
+cogward policy replay "$denied_id"
+
 step "CI submits a run that needs approval (as principal 'ci')"
 run_id=$(cogward run submit examples/review-run.json --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
 echo "run id: $run_id"
@@ -60,7 +89,7 @@ done
 cogward run status "$run_id" --json
 echo "agent stdout:"; cat "$COGWARD_STATE_DIR/runs/$run_id/stdout.log"
 
-step "the run's ledger: every Temporal history event plus admission, approval, evidence, verdict"
+step "the run's ledger: every Temporal history event plus admission, policy decision, approval, evidence, verdict"
 for _ in $(seq 1 100); do
     cogward run history "$run_id" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["complete"] else 1)' && break
     sleep 0.2
