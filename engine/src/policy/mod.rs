@@ -156,14 +156,21 @@ impl Policies {
         if let Some(p) = self.cached(&key) {
             return Ok(p);
         }
-        let prepared = blocking(move || host.prepare(module, data.as_bytes()))
+        blocking(move || host.prepare(module, data.as_bytes()))
             .await
             .map_err(PrepareError::Internal)?
-            .map_err(|f: Fault| PrepareError::Policy(f.to_string(), fault_json(&f)))?;
+            .map_err(|f: Fault| PrepareError::Policy(f.to_string(), fault_json(&f)))
+    }
+
+    /// Keep a prepared policy for later decisions (only stored bundles are kept).
+    fn keep(&self, prepared: &Arc<Prepared>) {
+        let key = (
+            prepared.module_sha256().to_string(),
+            prepared.data_sha256().to_string(),
+        );
         if let Ok(mut cache) = self.prepared.lock() {
             cache.insert(key, prepared.clone());
         }
-        Ok(prepared)
     }
 
     fn cached(&self, key: &(String, String)) -> Option<Arc<Prepared>> {
@@ -195,7 +202,9 @@ impl Policies {
             .await
             .map_err(PrepareError::Internal)?
             .ok_or_else(|| missing("data"))?;
-        self.prepare(wasm, data).await
+        let prepared = self.prepare(wasm, data).await?;
+        self.keep(&prepared);
+        Ok(prepared)
     }
 
     /// Validate a bundle (module loads, data accepted, probe and test requests decided as
@@ -210,7 +219,7 @@ impl Policies {
         let module_sha256 = sha256_hex(&req.wasm);
         let size = req.wasm.len();
         match self.validate(&req).await {
-            Ok(tests_passed) => {
+            Ok((prepared, tests_passed)) => {
                 let data = req.data.to_string();
                 let data_sha256 = sha256_hex(data.as_bytes());
                 let module_stored = self
@@ -222,6 +231,7 @@ impl Policies {
                     .store
                     .create_bundle(&req.name, &module_sha256, &data_sha256, by)
                     .await?;
+                self.keep(&prepared);
                 if created {
                     ledger
                         .append(vec![policy_entry(
@@ -242,6 +252,7 @@ impl Policies {
                 })
             }
             Err(PushError::Rejected(reason)) => {
+                self.host.evict(&module_sha256);
                 ledger
                     .append(vec![policy_entry(
                         &req.name,
@@ -257,7 +268,7 @@ impl Policies {
         }
     }
 
-    async fn validate(&self, req: &PushRequest) -> Result<usize, PushError> {
+    async fn validate(&self, req: &PushRequest) -> Result<(Arc<Prepared>, usize), PushError> {
         check_policy_name(&req.name).map_err(PushError::Rejected)?;
         let prepared = match self.prepare(req.wasm.clone(), req.data.to_string()).await {
             Ok(p) => p,
@@ -287,7 +298,7 @@ impl Policies {
                 )));
             }
         }
-        Ok(req.tests.len())
+        Ok((prepared, req.tests.len()))
     }
 
     async fn evaluate_value(

@@ -55,7 +55,7 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             max_module_bytes: 8 << 20,
             max_output_bytes: 64 << 10,
-            max_instances: 128,
+            max_instances: 256,
         }
     }
 }
@@ -299,6 +299,13 @@ impl PolicyHost {
             cache.insert(sha256, loaded.clone());
         }
         Ok(loaded)
+    }
+
+    /// Drop a module from the cache (a refused push must not keep its compiled code alive).
+    pub fn evict(&self, sha256: &str) {
+        if let Ok(mut cache) = self.modules.lock() {
+            cache.remove(sha256);
+        }
     }
 
     fn cached(&self, sha256: &str) -> Option<Arc<LoadedModule>> {
