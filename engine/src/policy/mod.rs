@@ -482,3 +482,103 @@ impl PolicyDecider for Policies {
         Box::pin(self.decide_request(request))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use cogward_policy_abi::Effect;
+
+    fn request(tenant: &str, agent: &str) -> Request {
+        Request {
+            kind: kinds::RUN_ADMISSION.into(),
+            tenant: tenant.into(),
+            principal: "ci".into(),
+            agent: agent.into(),
+            action: "run.start".into(),
+            resource: json!({"runtime": "command", "program": "/bin/sh", "sandbox_profile": "default"}),
+            context: json!({"limits": {"cpu_seconds": 1}}),
+        }
+    }
+
+    fn binding(tenant: &str, agent: &str, name: &str) -> Binding {
+        Binding {
+            tenant: tenant.into(),
+            agent: agent.into(),
+            kind: kinds::RUN_ADMISSION.into(),
+            name: name.into(),
+            version: 1,
+            bound_by: "test".into(),
+            bound_at: crate::now_rfc3339(),
+        }
+    }
+
+    /// A bundle of the built-in admission module whose data allows exactly `agents` everywhere.
+    async fn push_allowing(p: &Policies, ledger: &Ledger, name: &str, agents: &[&str]) {
+        let data = json!({"tenants": {"*": {"agents": agents, "runtimes": ["command"],
+            "sandbox_profiles": ["default"], "max_limits": {"cpu_seconds": 10}}}});
+        let wasm = builtin("run-admission").unwrap().wasm.to_vec();
+        let req = PushRequest {
+            name: name.into(),
+            wasm,
+            data,
+            tests: Vec::new(),
+        };
+        p.push(req, "test", ledger).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_most_specific_binding_decides_and_no_binding_denies() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        let ledger = Ledger::start(db.clone());
+        let p = Policies::new(db, Limits::default()).unwrap();
+
+        let r = p.decide_request(request("acme", "bot")).await.unwrap();
+        assert_eq!(r.decision.effect, Effect::Deny);
+        assert!(r.policy.is_none());
+        assert!(r.decision.reasons[0].contains("no run.admission policy is bound"));
+
+        push_allowing(&p, &ledger, "everyone", &["*"]).await;
+        push_allowing(&p, &ledger, "nobody", &[]).await;
+        push_allowing(&p, &ledger, "only-bot", &["bot"]).await;
+        p.bind(binding("*", "*", "everyone"), &ledger)
+            .await
+            .unwrap();
+        p.bind(binding("acme", "*", "nobody"), &ledger)
+            .await
+            .unwrap();
+        p.bind(binding("acme", "bot", "only-bot"), &ledger)
+            .await
+            .unwrap();
+        for (tenant, agent, policy, effect) in [
+            ("globex", "bot", "everyone", Effect::Permit),
+            ("acme", "other", "nobody", Effect::Deny),
+            ("acme", "bot", "only-bot", Effect::Permit),
+        ] {
+            let r = p.decide_request(request(tenant, agent)).await.unwrap();
+            assert_eq!(r.policy.as_ref().unwrap().name, policy, "{tenant}/{agent}");
+            assert_eq!(r.decision.effect, effect, "{tenant}/{agent}");
+            assert_eq!(p.reevaluate(&r).await.unwrap().decision, r.decision);
+        }
+        // Rebinding takes effect on the next decision.
+        p.bind(binding("acme", "bot", "nobody"), &ledger)
+            .await
+            .unwrap();
+        let r = p.decide_request(request("acme", "bot")).await.unwrap();
+        assert_eq!(r.decision.effect, Effect::Deny);
+        // Three bundles of one module: stored once.
+        assert_eq!(p.store().module_count().await.unwrap(), 1);
+        // Bindings to nothing, or of an unknown kind, are refused.
+        assert!(
+            p.bind(binding("acme", "*", "missing"), &ledger)
+                .await
+                .is_err()
+        );
+        let mut b = binding("acme", "*", "everyone");
+        b.kind = "launch.missiles".into();
+        assert!(p.bind(b, &ledger).await.is_err());
+    }
+}

@@ -151,7 +151,10 @@ impl Cedar {
         let mut tenants = HashMap::new();
         for (t, rules) in &data.tenants {
             let ten = if t == "*" {
-                format!("!{}.contains(principal.tenant)", set_lit(named.iter().copied()))
+                format!(
+                    "!{}.contains(principal.tenant)",
+                    set_lit(named.iter().copied())
+                )
             } else {
                 format!("principal.tenant == {}", lit(t))
             };
@@ -306,7 +309,10 @@ impl Cedar {
                     "tenant".to_string(),
                     RestrictedExpression::new_string(r.tenant),
                 ),
-                ("name".to_string(), RestrictedExpression::new_string(r.agent)),
+                (
+                    "name".to_string(),
+                    RestrictedExpression::new_string(r.agent),
+                ),
             ]),
             parents,
         )
@@ -319,8 +325,9 @@ impl Cedar {
         .map_err(|e| e.to_string())?;
         let entities =
             Entities::from_entities([agent, tool_entity], None).map_err(|e| e.to_string())?;
-        let request = CedarRequest::new(principal, action.clone(), resource, Context::empty(), None)
-            .map_err(|e| e.to_string())?;
+        let request =
+            CedarRequest::new(principal, action.clone(), resource, Context::empty(), None)
+                .map_err(|e| e.to_string())?;
 
         let response = self
             .authorizer
@@ -507,7 +514,9 @@ fn main() {
         let loaded = host.load(module.wasm).expect("load tool-access");
         let compile = t.elapsed();
         let t = Instant::now();
-        let prepared = host.prepare(loaded, &data_bytes).expect("prepare tool-access");
+        let prepared = host
+            .prepare(loaded, &data_bytes)
+            .expect("prepare tool-access");
         (prepared, compile, t.elapsed())
     };
     let (wasm_fuel, compile_ms, prepare_ms) = wasm(fuel_limits.clone());
@@ -592,7 +601,11 @@ fn main() {
         eprintln!(
             "{} pass {} ...",
             if timed { "timed" } else { "warm-up" },
-            if timed { pass - WARMUP_PASSES + 1 } else { pass + 1 }
+            if timed {
+                pass - WARMUP_PASSES + 1
+            } else {
+                pass + 1
+            }
         );
         let n = evals.len();
         for k in 0..n {
@@ -692,7 +705,9 @@ fn main() {
             s.per_sec / base.per_sec
         );
     }
-    println!("   (× = this evaluator / native: latency ratios above 1 and throughput below 1 are slower)");
+    println!(
+        "   (× = this evaluator / native: latency ratios above 1 and throughput below 1 are slower)"
+    );
     println!();
     println!("   per pass, p50 / p99 µs:");
     for e in &evals {
