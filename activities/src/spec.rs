@@ -80,7 +80,8 @@ pub struct SpecError {
     pub message: String,
 }
 
-fn check_name(field: &'static str, value: &str) -> Result<(), SpecError> {
+/// Names (agents, tenants, inputs, policies): 1-64 characters of `[A-Za-z0-9._-]`.
+pub fn check_name(field: &'static str, value: &str) -> Result<(), SpecError> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && value

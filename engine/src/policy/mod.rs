@@ -85,17 +85,8 @@ pub enum PushError {
     Internal(#[from] anyhow::Error),
 }
 
-pub fn check_policy_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err("name must be 1-64 characters of [A-Za-z0-9._-]".into())
-    }
+fn check_name(field: &'static str, value: &str) -> Result<(), String> {
+    cogward_activities::spec::check_name(field, value).map_err(|e| e.to_string())
 }
 
 /// The store, the wasmtime host and the prepared (module, data) pairs in use.
@@ -269,7 +260,7 @@ impl Policies {
     }
 
     async fn validate(&self, req: &PushRequest) -> Result<(Arc<Prepared>, usize), PushError> {
-        check_policy_name(&req.name).map_err(PushError::Rejected)?;
+        check_name("name", &req.name).map_err(PushError::Rejected)?;
         let prepared = match self.prepare(req.wasm.clone(), req.data.to_string()).await {
             Ok(p) => p,
             Err(PrepareError::Policy(reason, _)) => return Err(PushError::Rejected(reason)),
@@ -322,7 +313,7 @@ impl Policies {
         }
         for (field, v) in [("tenant", &binding.tenant), ("agent", &binding.agent)] {
             if v != "*" {
-                check_policy_name(v).map_err(|e| format!("{field}: {e}"))?;
+                check_name(field, v)?;
             }
         }
         if binding.tenant == "*" && binding.agent != "*" {

@@ -62,6 +62,47 @@ pub fn evaluate_json<P: Policy>(policy: &P, request: &[u8], out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, &decision);
 }
 
+/// The entry for `tenant`, else the `"*"` entry: how every built-in finds a tenant's rules.
+pub fn for_tenant<'a, T>(
+    by_tenant: &'a std::collections::BTreeMap<String, T>,
+    tenant: &str,
+) -> Option<&'a T> {
+    by_tenant.get(tenant).or_else(|| by_tenant.get("*"))
+}
+
+/// Native helpers for a policy crate's unit tests: the same JSON path as the wasm export.
+pub mod testing {
+    use super::*;
+
+    /// Build the policy from a data document; panics with the reason if it is refused.
+    pub fn policy<P: Policy>(data: &[u8]) -> P {
+        init_json(data).unwrap_or_else(|e| panic!("data refused: {e}"))
+    }
+
+    /// One decision for a JSON request.
+    pub fn decide<P: Policy>(policy: &P, request: &str) -> Decision {
+        let mut out = Vec::new();
+        evaluate_json(policy, request.as_bytes(), &mut out);
+        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("malformed decision: {e}"))
+    }
+
+    /// Every line of a `tests.jsonl` (`{"name", "request", "expect"}`) gets its expected effect;
+    /// panics naming the first case that does not.
+    pub fn check_cases<P: Policy>(policy: &P, tests: &str) {
+        for line in tests.lines().filter(|l| !l.trim().is_empty()) {
+            let case: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let d = decide(policy, &case["request"].to_string());
+            assert_eq!(
+                Some(d.effect.as_str()),
+                case["expect"].as_str(),
+                "{}: {d:?}",
+                case["name"]
+            );
+        }
+    }
+}
+
 /// `*` matches any run of characters (including none), `?` exactly one; everything else is
 /// literal. `mcp.github.*` matches `mcp.github.create_issue`.
 pub fn glob_match(pattern: &str, text: &str) -> bool {

@@ -20,7 +20,7 @@
 //! delay grows linearly from 0 at `throttle_from` to `max_delay_ms` at 1.0 (the largest over the
 //! ceilings), each throttling ceiling named in the reasons; below, it is permitted as is.
 
-use cogward_policy_sdk::{Decision, Effect, Obligation, Policy, export_policy};
+use cogward_policy_sdk::{Decision, Effect, Obligation, Policy, export_policy, for_tenant};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -156,11 +156,7 @@ impl Policy for BudgetPolicy {
     }
 
     fn evaluate(&self, r: &Request) -> Decision {
-        let Some(b) = self
-            .tenants
-            .get(&r.tenant)
-            .or_else(|| self.tenants.get("*"))
-        else {
+        let Some(b) = for_tenant(&self.tenants, &r.tenant) else {
             return Decision::deny(format!("tenant {} has no budget rules", r.tenant));
         };
         let c = &r.context;
@@ -226,13 +222,14 @@ export_policy!(BudgetPolicy);
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use cogward_policy_sdk::{evaluate_json, init_json};
+    use cogward_policy_sdk::testing::{self, check_cases};
+
+    fn policy() -> BudgetPolicy {
+        testing::policy(include_bytes!("../data.example.json"))
+    }
 
     fn decide(request: &str) -> Decision {
-        let policy: BudgetPolicy = init_json(include_bytes!("../data.example.json")).unwrap();
-        let mut out = Vec::new();
-        evaluate_json(&policy, request.as_bytes(), &mut out);
-        serde_json::from_slice(&out).unwrap()
+        testing::decide(&policy(), request)
     }
 
     fn spend(
@@ -260,16 +257,7 @@ mod tests {
 
     #[test]
     fn the_bundled_test_requests_decide_as_expected() {
-        for line in include_str!("../tests.jsonl").lines() {
-            let case: serde_json::Value = serde_json::from_str(line).unwrap();
-            let d = decide(&case["request"].to_string());
-            assert_eq!(
-                d.effect.as_str(),
-                case["expect"].as_str().unwrap(),
-                "{}: {d:?}",
-                case["name"]
-            );
-        }
+        check_cases(&policy(), include_str!("../tests.jsonl"));
     }
 
     #[test]
@@ -333,7 +321,9 @@ mod tests {
                 "unknown field",
             ),
         ] {
-            let err = init_json::<BudgetPolicy>(data.as_bytes()).err().unwrap();
+            let err = cogward_policy_sdk::init_json::<BudgetPolicy>(data.as_bytes())
+                .err()
+                .unwrap();
             assert!(err.contains(needle), "{err}");
         }
     }

@@ -23,7 +23,7 @@
 //! pinned version: "... is pinned to `<pin>`", so the gateway can retry with it); when the
 //! provider may not serve the region — every violation named. Otherwise `permit`.
 
-use cogward_policy_sdk::{Decision, Effect, Policy, export_policy, glob_match};
+use cogward_policy_sdk::{Decision, Effect, Policy, export_policy, for_tenant, glob_match};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -137,11 +137,7 @@ impl Policy for ModelAccess {
     }
 
     fn evaluate(&self, r: &Request) -> Decision {
-        let Some(tiers) = self
-            .tenants
-            .get(&r.tenant)
-            .or_else(|| self.tenants.get("*"))
-        else {
+        let Some(tiers) = for_tenant(&self.tenants, &r.tenant) else {
             return Decision::deny(format!("tenant {} has no model-access rules", r.tenant));
         };
         let tier = lower(&r.context.tier);
@@ -222,13 +218,14 @@ export_policy!(ModelAccess);
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use cogward_policy_sdk::{evaluate_json, init_json};
+    use cogward_policy_sdk::testing::{self, check_cases};
+
+    fn policy() -> ModelAccess {
+        testing::policy(include_bytes!("../data.example.json"))
+    }
 
     fn decide(request: &str) -> Decision {
-        let policy: ModelAccess = init_json(include_bytes!("../data.example.json")).unwrap();
-        let mut out = Vec::new();
-        evaluate_json(&policy, request.as_bytes(), &mut out);
-        serde_json::from_slice(&out).unwrap()
+        testing::decide(&policy(), request)
     }
 
     fn ask(tenant: &str, provider: &str, model: &str, tier: &str, region: &str) -> Decision {
@@ -244,16 +241,7 @@ mod tests {
 
     #[test]
     fn the_bundled_test_requests_decide_as_expected() {
-        for line in include_str!("../tests.jsonl").lines() {
-            let case: serde_json::Value = serde_json::from_str(line).unwrap();
-            let d = decide(&case["request"].to_string());
-            assert_eq!(
-                d.effect.as_str(),
-                case["expect"].as_str().unwrap(),
-                "{}: {d:?}",
-                case["name"]
-            );
-        }
+        check_cases(&policy(), include_str!("../tests.jsonl"));
     }
 
     #[test]
@@ -308,12 +296,13 @@ mod tests {
 
     #[test]
     fn bad_data_is_refused() {
-        let err =
-            init_json::<ModelAccess>(br#"{"tenants":{"a":{"tiers":{"t":[{"provider":"p"}]}}}}"#)
-                .err()
-                .unwrap();
+        let err = cogward_policy_sdk::init_json::<ModelAccess>(
+            br#"{"tenants":{"a":{"tiers":{"t":[{"provider":"p"}]}}}}"#,
+        )
+        .err()
+        .unwrap();
         assert!(err.contains("allows no model"), "{err}");
-        let err = init_json::<ModelAccess>(br#"{"tenants":{},"regions":{}}"#)
+        let err = cogward_policy_sdk::init_json::<ModelAccess>(br#"{"tenants":{},"regions":{}}"#)
             .err()
             .unwrap();
         assert!(err.contains("unknown field"), "{err}");

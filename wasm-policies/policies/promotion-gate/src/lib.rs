@@ -19,7 +19,7 @@
 //! one named; otherwise, while a required group has no approval (one with a non-empty `by`),
 //! `escalate` with one `require_approval` obligation per missing group; otherwise `permit`.
 
-use cogward_policy_sdk::{Decision, Effect, Obligation, Policy, export_policy};
+use cogward_policy_sdk::{Decision, Effect, Obligation, Policy, export_policy, for_tenant};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -135,11 +135,7 @@ impl Policy for PromotionGate {
     }
 
     fn evaluate(&self, r: &Request) -> Decision {
-        let Some(stages) = self
-            .tenants
-            .get(&r.tenant)
-            .or_else(|| self.tenants.get("*"))
-        else {
+        let Some(stages) = for_tenant(&self.tenants, &r.tenant) else {
             return Decision::deny(format!("tenant {} has no promotion rules", r.tenant));
         };
         let (from, to) = (&r.resource.from_stage, &r.resource.to_stage);
@@ -211,27 +207,19 @@ export_policy!(PromotionGate);
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use cogward_policy_sdk::{evaluate_json, init_json};
+    use cogward_policy_sdk::testing::{self, check_cases};
+
+    fn policy() -> PromotionGate {
+        testing::policy(include_bytes!("../data.example.json"))
+    }
 
     fn decide(request: &str) -> Decision {
-        let policy: PromotionGate = init_json(include_bytes!("../data.example.json")).unwrap();
-        let mut out = Vec::new();
-        evaluate_json(&policy, request.as_bytes(), &mut out);
-        serde_json::from_slice(&out).unwrap()
+        testing::decide(&policy(), request)
     }
 
     #[test]
     fn the_bundled_test_requests_decide_as_expected() {
-        for line in include_str!("../tests.jsonl").lines() {
-            let case: serde_json::Value = serde_json::from_str(line).unwrap();
-            let d = decide(&case["request"].to_string());
-            assert_eq!(
-                d.effect.as_str(),
-                case["expect"].as_str().unwrap(),
-                "{}: {d:?}",
-                case["name"]
-            );
-        }
+        check_cases(&policy(), include_str!("../tests.jsonl"));
     }
 
     #[test]
@@ -278,7 +266,7 @@ mod tests {
 
     #[test]
     fn bad_data_is_refused() {
-        let err = init_json::<PromotionGate>(
+        let err = cogward_policy_sdk::init_json::<PromotionGate>(
             br#"{"tenants":{"a":{"stages":{"prod":{"approvals":[]}}}}}"#,
         )
         .err()

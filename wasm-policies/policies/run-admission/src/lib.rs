@@ -8,7 +8,7 @@
 //! `escalate` rules that send matching runs to a human group for approval. Every violated rule is
 //! named in the reasons of the `deny`.
 
-use cogward_policy_sdk::{Decision, Policy, export_policy, glob_match};
+use cogward_policy_sdk::{Decision, Policy, export_policy, for_tenant, glob_match};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -81,7 +81,7 @@ impl Policy for RunAdmission {
     }
 
     fn evaluate(&self, r: &Request) -> Decision {
-        let Some(rules) = self.0.tenants.get(&r.tenant).or(self.0.tenants.get("*")) else {
+        let Some(rules) = for_tenant(&self.0.tenants, &r.tenant) else {
             return Decision::deny(format!("tenant {} has no admission rules", r.tenant));
         };
         let mut reasons = Vec::new();
@@ -136,27 +136,20 @@ export_policy!(RunAdmission);
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use cogward_policy_sdk::{Effect, Obligation, evaluate_json, init_json};
+    use cogward_policy_sdk::testing::{self, check_cases};
+    use cogward_policy_sdk::{Effect, Obligation};
+
+    fn policy() -> RunAdmission {
+        testing::policy(include_bytes!("../data.example.json"))
+    }
 
     fn decide(request: &str) -> Decision {
-        let policy: RunAdmission = init_json(include_bytes!("../data.example.json")).unwrap();
-        let mut out = Vec::new();
-        evaluate_json(&policy, request.as_bytes(), &mut out);
-        serde_json::from_slice(&out).unwrap()
+        testing::decide(&policy(), request)
     }
 
     #[test]
     fn the_bundled_test_requests_decide_as_expected() {
-        for line in include_str!("../tests.jsonl").lines() {
-            let case: serde_json::Value = serde_json::from_str(line).unwrap();
-            let d = decide(&case["request"].to_string());
-            assert_eq!(
-                d.effect.as_str(),
-                case["expect"].as_str().unwrap(),
-                "{}: {d:?}",
-                case["name"]
-            );
-        }
+        check_cases(&policy(), include_str!("../tests.jsonl"));
     }
 
     #[test]

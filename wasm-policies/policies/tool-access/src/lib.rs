@@ -39,7 +39,7 @@
 //! [`bench_fixture`] generates realistic data documents and request mixes for benchmarks, and
 //! documents how the rules map to Cedar.
 
-use cogward_policy_sdk::{Decision, Effect, Policy, export_policy, glob_match};
+use cogward_policy_sdk::{Decision, Effect, Policy, export_policy, for_tenant, glob_match};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -273,11 +273,7 @@ impl Policy for ToolAccess {
     }
 
     fn evaluate(&self, r: &Request) -> Decision {
-        let Some(rules) = self
-            .tenants
-            .get(&r.tenant)
-            .or_else(|| self.tenants.get("*"))
-        else {
+        let Some(rules) = for_tenant(&self.tenants, &r.tenant) else {
             return Decision::deny(format!("tenant {} has no tool-access rules", r.tenant));
         };
         let call = match r.action.as_str() {
@@ -752,35 +748,20 @@ pub fn bench_fixture(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use cogward_policy_sdk::{Obligation, evaluate_json, init_json};
+    use cogward_policy_sdk::Obligation;
+    use cogward_policy_sdk::testing::{self, check_cases};
 
     fn policy() -> ToolAccess {
-        init_json(include_bytes!("../data.example.json")).unwrap()
-    }
-
-    fn decide_with(policy: &ToolAccess, request: &str) -> Decision {
-        let mut out = Vec::new();
-        evaluate_json(policy, request.as_bytes(), &mut out);
-        serde_json::from_slice(&out).unwrap()
+        testing::policy(include_bytes!("../data.example.json"))
     }
 
     fn decide(request: &str) -> Decision {
-        decide_with(&policy(), request)
+        testing::decide(&policy(), request)
     }
 
     #[test]
     fn the_bundled_test_requests_decide_as_expected() {
-        let policy = policy();
-        for line in include_str!("../tests.jsonl").lines() {
-            let case: serde_json::Value = serde_json::from_str(line).unwrap();
-            let d = decide_with(&policy, &case["request"].to_string());
-            assert_eq!(
-                d.effect.as_str(),
-                case["expect"].as_str().unwrap(),
-                "{}: {d:?}",
-                case["name"]
-            );
-        }
+        check_cases(&policy(), include_str!("../tests.jsonl"));
     }
 
     #[test]
@@ -848,7 +829,9 @@ mod tests {
             (r#"{"tenants":{"a":{"deny":[""]}}}"#, "empty tool pattern"),
             (r#"{"tenants":{"a":{"scope":[]}}}"#, "unknown field"),
         ] {
-            let err = init_json::<ToolAccess>(data.as_bytes()).err().unwrap();
+            let err = cogward_policy_sdk::init_json::<ToolAccess>(data.as_bytes())
+                .err()
+                .unwrap();
             assert!(err.contains(needle), "{err}");
         }
     }
