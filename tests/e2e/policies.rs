@@ -413,3 +413,39 @@ async fn hostile_policies_are_refused_and_a_faulting_policy_denies_the_run() {
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
 }
+
+#[test]
+fn policy_test_diffs_expected_decisions_locally() {
+    let tests = policy_dir("run-admission").join("tests.jsonl");
+    let run = |file: &std::path::Path| {
+        let out = std::process::Command::new(crate::stack::cogward_bin())
+            .args(["policy", "test", "builtin:run-admission"])
+            .arg(file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&tests);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("10 passed, 0 failed"), "{out}");
+
+    // Flip one expectation: the author sees which case and why.
+    let dir = tempfile::tempdir().unwrap();
+    let flipped = dir.path().join("flipped.jsonl");
+    let text = std::fs::read_to_string(&tests).unwrap();
+    std::fs::write(
+        &flipped,
+        text.replacen(r#""expect":"deny""#, r#""expect":"permit""#, 1),
+    )
+    .unwrap();
+    let (code, out) = run(&flipped);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL unknown agent: expected permit, got deny"),
+        "{out}"
+    );
+    assert!(out.contains("9 passed, 1 failed"), "{out}");
+}
