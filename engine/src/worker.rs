@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use cogward_activities::{ActivitiesConfig, RunActivities};
 use cogward_workflows::{AgentRun, TASK_QUEUE};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
@@ -19,10 +19,12 @@ pub fn activities_config(config: &EngineConfig) -> ActivitiesConfig {
     }
 }
 
+/// Run the worker until it stops cleanly. A worker that cannot reach Temporal (at start or
+/// later) is restarted with backoff rather than taking the process (and, under `serve
+/// --worker`, the API) down with it.
 pub async fn run(config: &EngineConfig) -> Result<()> {
     let runtime = Runtime::from_current_tokio(RuntimeOptions::default())
         .context("starting the Temporal SDK runtime")?;
-    let client = crate::temporal::connect(&config.temporal, &config.namespace).await?;
     let runner_bin = config.runner_bin();
     anyhow::ensure!(
         runner_bin.is_file(),
@@ -32,6 +34,29 @@ pub async fn run(config: &EngineConfig) -> Result<()> {
     // Admission decisions need the policy store (the same database the API uses).
     let db = crate::db::Db::connect(&config.database_url()).await?;
     let policies = Arc::new(crate::policy::Policies::new(db, config.policy_limits())?);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        match run_once(&runtime, config, policies.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_secs(1);
+                }
+                tracing::warn!(error = %format!("{e:#}"), ?backoff, "worker stopped; restarting");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn run_once(
+    runtime: &Runtime,
+    config: &EngineConfig,
+    policies: Arc<crate::policy::Policies>,
+) -> Result<()> {
+    let client = crate::temporal::connect(&config.temporal, &config.namespace).await?;
     let options = WorkerOptions::new(TASK_QUEUE)
         .register_workflow::<AgentRun>()
         .context("registering AgentRun")?
@@ -41,7 +66,7 @@ pub async fn run(config: &EngineConfig) -> Result<()> {
         // Cancellation reaches an activity on a heartbeat response: keep that prompt.
         .max_heartbeat_throttle_interval(Duration::from_secs(1))
         .build();
-    let mut worker = Worker::new(&runtime, client, options).context("creating the worker")?;
+    let mut worker = Worker::new(runtime, client, options).context("creating the worker")?;
     tracing::info!(task_queue = TASK_QUEUE, "worker started");
     worker.run().await.context("worker stopped")?;
     Ok(())
