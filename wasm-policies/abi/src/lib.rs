@@ -7,9 +7,9 @@
 //! |---|---|---|
 //! | `memory` | memory | the guest's linear memory |
 //! | `cogward_abi_version` | `() -> i32` | must return [`ABI_VERSION`] |
-//! | `cogward_alloc` | `(len: i32) -> i32` | a guest buffer of `len` bytes the host writes input into; the next `cogward_init`/`cogward_evaluate` call takes ownership of it |
-//! | `cogward_init` | `(ptr: i32, len: i32) -> i64` | the policy's data document (JSON); called once per instance; returns an [`InitResult`] |
-//! | `cogward_evaluate` | `(ptr: i32, len: i32) -> i64` | one [`Request`] (JSON); returns a [`Decision`] |
+//! | `cogward_alloc` | `(len: i32) -> i32` | a guest input buffer of at least `len` bytes; it stays valid, and the host reuses it for any number of calls, until the next `cogward_alloc` |
+//! | `cogward_init` | `(ptr: i32, len: i32) -> i64` | the policy's data document (JSON, `len` bytes at `ptr`, the input buffer); called once per instance; returns an [`InitResult`] |
+//! | `cogward_evaluate` | `(ptr: i32, len: i32) -> i64` | one [`Request`] (JSON, in the input buffer); returns a [`Decision`] |
 //!
 //! Results are JSON in guest memory, returned packed as `(ptr << 32) | len` and valid until the
 //! next call. The host gives no capabilities: every import traps. Anything the host cannot

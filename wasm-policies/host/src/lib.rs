@@ -369,6 +369,7 @@ impl PolicyHost {
             evaluate: instance
                 .get_typed_func(&mut store, exports::EVALUATE)
                 .map_err(|_| missing(exports::EVALUATE))?,
+            input: None,
             store,
         })
     }
@@ -418,7 +419,12 @@ struct Slot {
     alloc: TypedFunc<i32, i32>,
     init: TypedFunc<(i32, i32), i64>,
     evaluate: TypedFunc<(i32, i32), i64>,
+    /// The guest's input buffer (pointer, capacity) from the last `cogward_alloc`.
+    input: Option<(i32, usize)>,
 }
+
+/// The smallest input buffer asked for: most requests fit, so `alloc` is called once.
+const MIN_INPUT_BUFFER: usize = 4096;
 
 impl Slot {
     /// Fresh budget for the next guest call.
@@ -438,10 +444,18 @@ impl Slot {
     ) -> Result<Vec<u8>, Fault> {
         let malformed = |message: String| Fault::MalformedOutput { message };
         let len = i32::try_from(input.len()).map_err(|_| malformed("input too large".into()))?;
-        let ptr = self
-            .alloc
-            .call(&mut self.store, len)
-            .map_err(|e| self.fault(e, limits))?;
+        let ptr = match self.input {
+            Some((ptr, capacity)) if capacity >= input.len() => ptr,
+            _ => {
+                let capacity = input.len().max(MIN_INPUT_BUFFER);
+                let ptr = self
+                    .alloc
+                    .call(&mut self.store, capacity as i32)
+                    .map_err(|e| self.fault(e, limits))?;
+                self.input = Some((ptr, capacity));
+                ptr
+            }
+        };
         self.memory
             .write(&mut self.store, ptr as u32 as usize, input)
             .map_err(|_| malformed(format!("cogward_alloc returned an unusable buffer {ptr}")))?;

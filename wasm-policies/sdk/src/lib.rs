@@ -10,7 +10,7 @@
 //! pub struct Req { principal: String }
 //! impl Policy for OnlyAlice {
 //!     type Data = serde_json::Value;
-//!     type Request = Req;
+//!     type Request<'a> = Req;
 //!     fn new(_: Self::Data) -> Result<Self, String> { Ok(OnlyAlice) }
 //!     fn evaluate(&self, r: &Req) -> Decision {
 //!         if r.principal == "alice" { Decision::permit() } else { Decision::deny("not alice") }
@@ -27,6 +27,7 @@
 pub use cogward_policy_abi::{
     ABI_VERSION, Decision, Effect, InitResult, Obligation, Request, kinds, pack, unpack,
 };
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 /// A policy: built once per instance from its data document, then asked for decisions.
@@ -34,13 +35,14 @@ pub trait Policy: Sized + 'static {
     /// The data document (configuration), parsed once at instance start.
     type Data: DeserializeOwned;
     /// The request as this policy reads it. Extra fields are ignored unless the type says
-    /// otherwise.
-    type Request: DeserializeOwned;
+    /// otherwise. It may borrow from the request's bytes (`#[serde(borrow)] Cow<'a, str>`),
+    /// which saves an allocation per string field.
+    type Request<'a>: Deserialize<'a>;
 
     /// Build the policy from its data (precompute indexes here: it runs once, not per decision).
     fn new(data: Self::Data) -> Result<Self, String>;
 
-    fn evaluate(&self, request: &Self::Request) -> Decision;
+    fn evaluate(&self, request: &Self::Request<'_>) -> Decision;
 }
 
 /// Parse the data document and build the policy.
@@ -53,7 +55,7 @@ pub fn init_json<P: Policy>(data: &[u8]) -> Result<P, String> {
 /// One decision, JSON in and JSON out — what the `cogward_evaluate` export does, callable
 /// natively too. A request the policy cannot parse is denied.
 pub fn evaluate_json<P: Policy>(policy: &P, request: &[u8], out: &mut Vec<u8>) {
-    let decision = match serde_json::from_slice::<P::Request>(request) {
+    let decision = match serde_json::from_slice::<P::Request<'_>>(request) {
         Ok(req) => policy.evaluate(&req),
         Err(e) => Decision::deny(format!("malformed request: {e}")),
     };
@@ -135,6 +137,8 @@ pub mod rt {
 
     pub struct State<P> {
         policy: Option<P>,
+        /// The input buffer `cogward_alloc` hands the host; reused across calls.
+        input: Vec<u8>,
         out: Vec<u8>,
     }
 
@@ -142,6 +146,7 @@ pub mod rt {
         pub const fn new() -> Self {
             Self {
                 policy: None,
+                input: Vec::new(),
                 out: Vec::new(),
             }
         }
@@ -157,23 +162,17 @@ pub mod rt {
         }
     }
 
-    /// A zeroed buffer of `len` bytes, owned by the host until passed back.
-    pub fn alloc(len: u32) -> *mut u8 {
-        let buf = vec![0u8; len as usize].into_boxed_slice();
-        Box::into_raw(buf) as *mut u8
-    }
-
-    /// Take back a buffer handed out by [`alloc`].
-    ///
-    /// # Safety
-    /// `ptr`/`len` must come from one [`alloc`] call and be passed back once.
-    pub unsafe fn take(ptr: *mut u8, len: u32) -> Box<[u8]> {
-        // SAFETY: the caller guarantees (ptr, len) is one allocation from `alloc`.
-        unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len as usize)) }
-    }
-
-    pub fn init<P: Policy>(state: &RefCell<State<P>>, data: &[u8]) -> u64 {
+    /// The input buffer, at least `len` bytes; valid until the next `alloc`.
+    pub fn alloc<P: Policy>(state: &RefCell<State<P>>, len: u32) -> *mut u8 {
         let mut s = state.borrow_mut();
+        s.input.clear();
+        s.input.resize(len as usize, 0);
+        s.input.as_mut_ptr()
+    }
+
+    pub fn init<P: Policy>(state: &RefCell<State<P>>, len: u32) -> u64 {
+        let mut s = state.borrow_mut();
+        let data = &s.input[..(len as usize).min(s.input.len())];
         let result = match init_json::<P>(data) {
             Ok(p) => {
                 s.policy = Some(p);
@@ -186,11 +185,14 @@ pub mod rt {
         s.packed_out()
     }
 
-    pub fn evaluate<P: Policy>(state: &RefCell<State<P>>, request: &[u8]) -> u64 {
+    pub fn evaluate<P: Policy>(state: &RefCell<State<P>>, len: u32) -> u64 {
         let mut guard = state.borrow_mut();
         let s = &mut *guard;
         match &s.policy {
-            Some(p) => evaluate_json(p, request, &mut s.out),
+            Some(p) => {
+                let request = &s.input[..(len as usize).min(s.input.len())];
+                evaluate_json(p, request, &mut s.out)
+            }
             None => {
                 s.out.clear();
                 let _ = serde_json::to_writer(
@@ -225,25 +227,19 @@ macro_rules! export_policy {
 
             #[unsafe(no_mangle)]
             pub extern "C" fn cogward_alloc(len: u32) -> *mut u8 {
-                rt::alloc(len)
+                STATE.with(|s| rt::alloc::<$policy>(s, len))
             }
 
-            /// # Safety
-            /// Called by the host with a buffer from `cogward_alloc`.
+            /// The data document is in the input buffer (`_ptr` is where `cogward_alloc` put it).
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn cogward_init(ptr: *mut u8, len: u32) -> u64 {
-                // SAFETY: the ABI passes back exactly one `cogward_alloc` buffer.
-                let data = unsafe { rt::take(ptr, len) };
-                STATE.with(|s| rt::init::<$policy>(s, &data))
+            pub extern "C" fn cogward_init(_ptr: u32, len: u32) -> u64 {
+                STATE.with(|s| rt::init::<$policy>(s, len))
             }
 
-            /// # Safety
-            /// Called by the host with a buffer from `cogward_alloc`.
+            /// The request is in the input buffer.
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn cogward_evaluate(ptr: *mut u8, len: u32) -> u64 {
-                // SAFETY: the ABI passes back exactly one `cogward_alloc` buffer.
-                let request = unsafe { rt::take(ptr, len) };
-                STATE.with(|s| rt::evaluate::<$policy>(s, &request))
+            pub extern "C" fn cogward_evaluate(_ptr: u32, len: u32) -> u64 {
+                STATE.with(|s| rt::evaluate::<$policy>(s, len))
             }
         }
     };

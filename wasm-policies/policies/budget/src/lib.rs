@@ -141,7 +141,7 @@ fn percent(fraction: f64) -> String {
 
 impl Policy for BudgetPolicy {
     type Data = Data;
-    type Request = Request;
+    type Request<'a> = Request;
 
     fn new(data: Data) -> Result<Self, String> {
         let tenants = data

@@ -101,7 +101,7 @@ fn lower_all(v: Vec<String>) -> Vec<String> {
 
 impl Policy for ModelAccess {
     type Data = Data;
-    type Request = Request;
+    type Request<'a> = Request;
 
     fn new(data: Data) -> Result<Self, String> {
         let mut tenants = BTreeMap::new();

@@ -118,7 +118,7 @@ fn change_name(change: &str) -> &str {
 
 impl Policy for PromotionGate {
     type Data = Data;
-    type Request = Request;
+    type Request<'a> = Request;
 
     fn new(data: Data) -> Result<Self, String> {
         let mut tenants = BTreeMap::new();

@@ -74,7 +74,7 @@ fn any_glob(patterns: &[String], text: &str) -> bool {
 
 impl Policy for RunAdmission {
     type Data = Data;
-    type Request = Request;
+    type Request<'a> = Request;
 
     fn new(data: Data) -> Result<Self, String> {
         Ok(Self(data))

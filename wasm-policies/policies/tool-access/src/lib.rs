@@ -42,6 +42,7 @@
 use cogward_policy_sdk::{Decision, Effect, Policy, export_policy, for_tenant, glob_match};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Deserialize)]
@@ -84,17 +85,24 @@ pub struct SensitiveRule {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Request {
-    pub tenant: String,
-    pub agent: String,
-    pub action: String,
-    pub resource: Resource,
+pub struct Request<'a> {
+    #[serde(borrow)]
+    pub tenant: Cow<'a, str>,
+    #[serde(borrow)]
+    pub agent: Cow<'a, str>,
+    #[serde(borrow)]
+    pub action: Cow<'a, str>,
+    #[serde(borrow)]
+    pub resource: Resource<'a>,
 }
 
+/// Strings borrow from the request's bytes unless they contain escapes.
 #[derive(Debug, Deserialize)]
-pub struct Resource {
-    pub server: String,
-    pub tool: String,
+pub struct Resource<'a> {
+    #[serde(borrow)]
+    pub server: Cow<'a, str>,
+    #[serde(borrow)]
+    pub tool: Cow<'a, str>,
 }
 
 /// A list of tool globs, split for lookup.
@@ -258,7 +266,7 @@ pub struct ToolAccess {
 
 impl Policy for ToolAccess {
     type Data = Data;
-    type Request = Request;
+    type Request<'a> = Request<'a>;
 
     fn new(data: Data) -> Result<Self, String> {
         let tenants = data
@@ -272,11 +280,11 @@ impl Policy for ToolAccess {
         Ok(Self { tenants })
     }
 
-    fn evaluate(&self, r: &Request) -> Decision {
+    fn evaluate(&self, r: &Request<'_>) -> Decision {
         let Some(rules) = for_tenant(&self.tenants, &r.tenant) else {
             return Decision::deny(format!("tenant {} has no tool-access rules", r.tenant));
         };
-        let call = match r.action.as_str() {
+        let call = match r.action.as_ref() {
             "call" => true,
             "list" => false,
             other => {
@@ -839,7 +847,7 @@ mod tests {
     /// The semantics straight from the data document, without indexes.
     fn reference(data: &Data, r: &Request) -> Effect {
         let any = |ps: &[String], t: &str| ps.iter().any(|p| glob_match(p, t));
-        let Some(rules) = data.tenants.get(&r.tenant).or(data.tenants.get("*")) else {
+        let Some(rules) = for_tenant(&data.tenants, &r.tenant) else {
             return Effect::Deny;
         };
         if r.action != "call" && r.action != "list" {
@@ -853,7 +861,7 @@ mod tests {
             a.scope.iter().any(|p| glob_match(p, &tool))
                 || a.profiles.iter().any(|p| any(&rules.profiles[p], &tool))
         };
-        let in_scope = match rules.agents.get(&r.agent) {
+        let in_scope = match rules.agents.get(r.agent.as_ref()) {
             Some(a) => scope_of(a),
             None => {
                 let globs: Vec<_> = rules
@@ -906,7 +914,8 @@ mod tests {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for r in &requests {
             assert_eq!(r["kind"], "tool.call");
-            let req: Request = serde_json::from_value(r.clone()).unwrap();
+            let bytes = r.to_string();
+            let req: Request = serde_json::from_str(&bytes).unwrap();
             let d = policy.evaluate(&req);
             assert_eq!(d.effect, reference(&parsed, &req), "{r}: {d:?}");
             *counts.entry(d.effect.as_str()).or_default() += 1;
@@ -923,7 +932,8 @@ mod tests {
             let (data, requests) = bench_fixture(t, a, r, 200, 1);
             let policy = ToolAccess::new(serde_json::from_value(data).unwrap()).unwrap();
             for r in &requests {
-                let req: Request = serde_json::from_value(r.clone()).unwrap();
+                let bytes = r.to_string();
+                let req: Request = serde_json::from_str(&bytes).unwrap();
                 let _ = policy.evaluate(&req);
             }
         }
