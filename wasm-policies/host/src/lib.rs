@@ -29,7 +29,7 @@ use wasmtime::{
 };
 
 /// The hard limits every module runs under.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Fuel (roughly, wasm instructions) per decision; `None` turns metering off and leaves the
     /// deadline as the only guard.
