@@ -332,20 +332,23 @@ impl Stack {
         Ok((status, v))
     }
 
-    /// Call, and assert the answer is a problem document with this status and code.
+    /// Call (with a JSON body, if any), and assert the answer is a problem document with this
+    /// status and code.
     pub async fn expect_problem(
         &self,
         method: reqwest::Method,
         path: &str,
         token: &str,
+        body: Option<&Value>,
         status: u16,
         code: &str,
     ) {
-        let (got, problem) = self.call(method, path, Some(token), None).await.unwrap();
+        let body = body.map(|b| b.to_string().into_bytes());
+        let (got, problem) = self.call(method, path, Some(token), body).await.unwrap();
         assert_eq!(
             (got, problem["code"].as_str()),
             (status, Some(code)),
-            "{problem}"
+            "{path}: {problem}"
         );
     }
 
@@ -517,8 +520,13 @@ pub fn spec(tenant: &str, command: &[&str]) -> Value {
 
 /// A fresh PostgreSQL database on the server named by `COGWARD_TEST_POSTGRES_URL`, or None
 /// (with a note on stderr) when the variable is unset.
+/// Under CI (`CI` set) the variable must be set: a PostgreSQL test never passes by skipping there.
 pub async fn postgres_database() -> Option<String> {
     let Ok(base) = std::env::var("COGWARD_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide COGWARD_TEST_POSTGRES_URL"
+        );
         eprintln!("COGWARD_TEST_POSTGRES_URL is unset: no PostgreSQL server to test against");
         return None;
     };
