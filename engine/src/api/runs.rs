@@ -294,12 +294,26 @@ async fn decide(
             .flatten()
     };
     let current = live.as_ref().map_or(record.status, |s| s.status);
-    // An `escalate` decision names the group whose member must decide.
-    let group = live
-        .as_ref()
-        .or(record.summary.as_ref())
-        .and_then(|s| s.admission.as_ref())
-        .and_then(|a| a.approval_group.clone());
+    if current != RunStatus::AwaitingApproval {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            "not_awaiting_approval",
+            format!("run {} is {current}, not awaiting approval", record.run_id),
+        ));
+    }
+    // At the gate, the workflow's own word is needed: its admission names the group (if a
+    // policy escalated) whose member must decide. Without it, refuse rather than guess.
+    let Some(live) = live else {
+        return Err(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporal_unavailable",
+            format!(
+                "could not read run {}'s approval gate from Temporal; try again",
+                record.run_id
+            ),
+        ));
+    };
+    let group = live.admission.and_then(|a| a.approval_group);
     if let Some(group) = group
         && !principal.groups.contains(&group)
     {
@@ -310,13 +324,6 @@ async fn decide(
                 "run {} needs a decision from group {group:?}, and {:?} is not in it",
                 record.run_id, principal.name
             ),
-        ));
-    }
-    if current != RunStatus::AwaitingApproval {
-        return Err(problem(
-            StatusCode::CONFLICT,
-            "not_awaiting_approval",
-            format!("run {} is {current}, not awaiting approval", record.run_id),
         ));
     }
     let signal = ApprovalSignal {
