@@ -131,13 +131,10 @@ impl Policies {
 
     async fn prepare(&self, wasm: Vec<u8>, data: String) -> Result<Arc<Prepared>, PrepareError> {
         let host = self.host.clone();
-        let loaded: Result<Arc<LoadedModule>, _> = {
-            let host = host.clone();
-            blocking(move || host.load(&wasm))
-                .await
-                .map_err(PrepareError::Internal)?
-        };
-        let module = loaded.map_err(|e| {
+        let loaded = blocking(move || host.load(&wasm))
+            .await
+            .map_err(PrepareError::Internal)?;
+        let module: Arc<LoadedModule> = loaded.map_err(|e| {
             PrepareError::Policy(
                 e.to_string(),
                 json!({"fault": "load", "message": e.to_string()}),
@@ -147,6 +144,7 @@ impl Policies {
         if let Some(p) = self.cached(&key) {
             return Ok(p);
         }
+        let host = self.host.clone();
         blocking(move || host.prepare(module, data.as_bytes()))
             .await
             .map_err(PrepareError::Internal)?
