@@ -242,15 +242,17 @@ impl Policies {
             }
             Err(PushError::Rejected(reason)) => {
                 self.host.evict(&module_sha256);
+                // The name may be anything the caller sent: record a bounded prefix.
+                let name: String = req.name.chars().take(64).collect();
                 ledger
                     .append(vec![policy_entry(
-                        &req.name,
+                        &name,
                         "security.policy_rejected",
-                        json!({"name": req.name, "module_sha256": module_sha256,
+                        json!({"name": name, "module_sha256": module_sha256,
                                "size_bytes": size, "reason": reason, "by": by}),
                     )])
                     .await?;
-                tracing::warn!(name = %req.name, %module_sha256, %reason, "policy push rejected");
+                tracing::warn!(%name, %module_sha256, %reason, "policy push rejected");
                 Err(PushError::Rejected(reason))
             }
             Err(e) => Err(e),
