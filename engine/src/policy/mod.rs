@@ -244,6 +244,7 @@ impl Policies {
                 self.host.evict(&module_sha256);
                 // The name may be anything the caller sent: record a bounded prefix.
                 let name: String = req.name.chars().take(64).collect();
+                let reason: String = reason.chars().take(1000).collect();
                 ledger
                     .append(vec![policy_entry(
                         &name,
