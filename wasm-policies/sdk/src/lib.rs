@@ -105,6 +105,34 @@ pub mod testing {
     }
 }
 
+/// In a policy crate's `mod tests`: `fn policy()` (built from the crate's `data.example.json`),
+/// `fn decide(request: &str) -> Decision`, and a test that every line of the crate's
+/// `tests.jsonl` decides as expected.
+#[macro_export]
+macro_rules! example_tests {
+    ($policy:ty) => {
+        fn policy() -> $policy {
+            $crate::testing::policy(include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/data.example.json"
+            )))
+        }
+
+        #[allow(dead_code)]
+        fn decide(request: &str) -> $crate::Decision {
+            $crate::testing::decide(&policy(), request)
+        }
+
+        #[test]
+        fn the_bundled_test_requests_decide_as_expected() {
+            $crate::testing::check_cases(
+                &policy(),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests.jsonl")),
+            );
+        }
+    };
+}
+
 /// `*` matches any run of characters (including none), `?` exactly one; everything else is
 /// literal. `mcp.github.*` matches `mcp.github.create_issue`.
 pub fn glob_match(pattern: &str, text: &str) -> bool {

@@ -222,15 +222,8 @@ export_policy!(BudgetPolicy);
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use cogward_policy_sdk::testing::{self, check_cases};
 
-    fn policy() -> BudgetPolicy {
-        testing::policy(include_bytes!("../data.example.json"))
-    }
-
-    fn decide(request: &str) -> Decision {
-        testing::decide(&policy(), request)
-    }
+    cogward_policy_sdk::example_tests!(BudgetPolicy);
 
     fn spend(
         tenant: &str,
@@ -253,11 +246,6 @@ mod tests {
             })
             .to_string(),
         )
-    }
-
-    #[test]
-    fn the_bundled_test_requests_decide_as_expected() {
-        check_cases(&policy(), include_str!("../tests.jsonl"));
     }
 
     #[test]

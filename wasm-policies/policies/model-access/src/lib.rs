@@ -218,15 +218,8 @@ export_policy!(ModelAccess);
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use cogward_policy_sdk::testing::{self, check_cases};
 
-    fn policy() -> ModelAccess {
-        testing::policy(include_bytes!("../data.example.json"))
-    }
-
-    fn decide(request: &str) -> Decision {
-        testing::decide(&policy(), request)
-    }
+    cogward_policy_sdk::example_tests!(ModelAccess);
 
     fn ask(tenant: &str, provider: &str, model: &str, tier: &str, region: &str) -> Decision {
         decide(
@@ -237,11 +230,6 @@ mod tests {
             })
             .to_string(),
         )
-    }
-
-    #[test]
-    fn the_bundled_test_requests_decide_as_expected() {
-        check_cases(&policy(), include_str!("../tests.jsonl"));
     }
 
     #[test]

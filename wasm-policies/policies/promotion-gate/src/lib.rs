@@ -207,20 +207,8 @@ export_policy!(PromotionGate);
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use cogward_policy_sdk::testing::{self, check_cases};
 
-    fn policy() -> PromotionGate {
-        testing::policy(include_bytes!("../data.example.json"))
-    }
-
-    fn decide(request: &str) -> Decision {
-        testing::decide(&policy(), request)
-    }
-
-    #[test]
-    fn the_bundled_test_requests_decide_as_expected() {
-        check_cases(&policy(), include_str!("../tests.jsonl"));
-    }
+    cogward_policy_sdk::example_tests!(PromotionGate);
 
     #[test]
     fn each_missing_approval_is_one_obligation() {

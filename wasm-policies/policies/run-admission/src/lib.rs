@@ -136,21 +136,9 @@ export_policy!(RunAdmission);
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use cogward_policy_sdk::testing::{self, check_cases};
     use cogward_policy_sdk::{Effect, Obligation};
 
-    fn policy() -> RunAdmission {
-        testing::policy(include_bytes!("../data.example.json"))
-    }
-
-    fn decide(request: &str) -> Decision {
-        testing::decide(&policy(), request)
-    }
-
-    #[test]
-    fn the_bundled_test_requests_decide_as_expected() {
-        check_cases(&policy(), include_str!("../tests.jsonl"));
-    }
+    cogward_policy_sdk::example_tests!(RunAdmission);
 
     #[test]
     fn every_violation_is_named_and_escalation_names_the_group() {

@@ -757,20 +757,8 @@ pub fn bench_fixture(
 mod tests {
     use super::*;
     use cogward_policy_sdk::Obligation;
-    use cogward_policy_sdk::testing::{self, check_cases};
 
-    fn policy() -> ToolAccess {
-        testing::policy(include_bytes!("../data.example.json"))
-    }
-
-    fn decide(request: &str) -> Decision {
-        testing::decide(&policy(), request)
-    }
-
-    #[test]
-    fn the_bundled_test_requests_decide_as_expected() {
-        check_cases(&policy(), include_str!("../tests.jsonl"));
-    }
+    cogward_policy_sdk::example_tests!(ToolAccess);
 
     #[test]
     fn denies_name_their_rules_and_escalation_names_the_group() {
