@@ -29,6 +29,7 @@ pub use cogward_policy_abi::{
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 
 /// A policy: built once per instance from its data document, then asked for decisions.
 pub trait Policy: Sized + 'static {
@@ -64,11 +65,33 @@ pub fn evaluate_json<P: Policy>(policy: &P, request: &[u8], out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, &decision);
 }
 
+/// A data document that is one rule set per tenant (`"*"`: any tenant not named).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenants<T> {
+    pub tenants: BTreeMap<String, T>,
+}
+
+impl<T> Tenants<T> {
+    /// Prepare each tenant's rules with `f`, naming the tenant in an error.
+    pub fn build<U>(
+        self,
+        mut f: impl FnMut(T) -> Result<U, String>,
+    ) -> Result<BTreeMap<String, U>, String> {
+        self.tenants
+            .into_iter()
+            .map(|(name, rules)| {
+                Ok((
+                    name.clone(),
+                    f(rules).map_err(|e| format!("tenant {name}: {e}"))?,
+                ))
+            })
+            .collect()
+    }
+}
+
 /// The entry for `tenant`, else the `"*"` entry: how every built-in finds a tenant's rules.
-pub fn for_tenant<'a, T>(
-    by_tenant: &'a std::collections::BTreeMap<String, T>,
-    tenant: &str,
-) -> Option<&'a T> {
+pub fn for_tenant<'a, T>(by_tenant: &'a BTreeMap<String, T>, tenant: &str) -> Option<&'a T> {
     by_tenant.get(tenant).or_else(|| by_tenant.get("*"))
 }
 

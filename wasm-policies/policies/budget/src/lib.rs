@@ -20,15 +20,13 @@
 //! delay grows linearly from 0 at `throttle_from` to `max_delay_ms` at 1.0 (the largest over the
 //! ceilings), each throttling ceiling named in the reasons; below, it is permitted as is.
 
-use cogward_policy_sdk::{Decision, Effect, Obligation, Policy, export_policy, for_tenant};
+use cogward_policy_sdk::{
+    Decision, Effect, Obligation, Policy, Tenants, export_policy, for_tenant,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Data {
-    pub tenants: BTreeMap<String, Budget>,
-}
+pub type Data = Tenants<Budget>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,15 +142,9 @@ impl Policy for BudgetPolicy {
     type Request<'a> = Request;
 
     fn new(data: Data) -> Result<Self, String> {
-        let tenants = data
-            .tenants
-            .into_iter()
-            .map(|(name, b)| {
-                let budget = TenantBudget::new(b).map_err(|e| format!("tenant {name}: {e}"))?;
-                Ok((name, budget))
-            })
-            .collect::<Result<_, String>>()?;
-        Ok(Self { tenants })
+        Ok(Self {
+            tenants: data.build(TenantBudget::new)?,
+        })
     }
 
     fn evaluate(&self, r: &Request) -> Decision {

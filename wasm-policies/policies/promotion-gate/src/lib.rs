@@ -19,15 +19,13 @@
 //! one named; otherwise, while a required group has no approval (one with a non-empty `by`),
 //! `escalate` with one `require_approval` obligation per missing group; otherwise `permit`.
 
-use cogward_policy_sdk::{Decision, Effect, Obligation, Policy, export_policy, for_tenant};
+use cogward_policy_sdk::{
+    Decision, Effect, Obligation, Policy, Tenants, export_policy, for_tenant,
+};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Data {
-    pub tenants: BTreeMap<String, TenantRules>,
-}
+pub type Data = Tenants<TenantRules>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

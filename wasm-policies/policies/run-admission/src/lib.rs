@@ -8,15 +8,11 @@
 //! `escalate` rules that send matching runs to a human group for approval. Every violated rule is
 //! named in the reasons of the `deny`.
 
-use cogward_policy_sdk::{Decision, Policy, export_policy, for_tenant, glob_match};
+use cogward_policy_sdk::{Decision, Policy, Tenants, export_policy, for_tenant, glob_match};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Data {
-    pub tenants: BTreeMap<String, TenantRules>,
-}
+pub type Data = Tenants<TenantRules>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

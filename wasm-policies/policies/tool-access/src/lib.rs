@@ -39,17 +39,15 @@
 //! [`bench_fixture`] generates realistic data documents and request mixes for benchmarks, and
 //! documents how the rules map to Cedar.
 
-use cogward_policy_sdk::{Decision, Effect, Policy, export_policy, for_tenant, glob_match};
+use cogward_policy_sdk::{
+    Decision, Effect, Policy, Tenants, export_policy, for_tenant, glob_match,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Data {
-    pub tenants: BTreeMap<String, TenantRules>,
-}
+pub type Data = Tenants<TenantRules>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,15 +267,9 @@ impl Policy for ToolAccess {
     type Request<'a> = Request<'a>;
 
     fn new(data: Data) -> Result<Self, String> {
-        let tenants = data
-            .tenants
-            .into_iter()
-            .map(|(name, rules)| {
-                let index = TenantIndex::new(rules).map_err(|e| format!("tenant {name}: {e}"))?;
-                Ok((name, index))
-            })
-            .collect::<Result<_, String>>()?;
-        Ok(Self { tenants })
+        Ok(Self {
+            tenants: data.build(TenantIndex::new)?,
+        })
     }
 
     fn evaluate(&self, r: &Request<'_>) -> Decision {
