@@ -36,6 +36,23 @@ done
 curl -fsS "$COGWARD_API/healthz" >/dev/null || { tail -30 "$COGWARD_STATE_DIR/dev.log"; exit 1; }
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+submit() { cogward run submit "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])'; }
+# wait_status RUN_ID STATUS...: poll (up to 40 s) until the run is in one of the statuses; sets $status.
+wait_status() {
+    local id=$1; shift
+    for _ in $(seq 1 200); do
+        status=$(cogward run status "$id" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
+        for want in "$@"; do [ "$status" = "$want" ] && return 0; done
+        sleep 0.2
+    done
+}
+# wait_mirrored RUN_ID: until the run's closing event is in the ledger.
+wait_mirrored() {
+    for _ in $(seq 1 100); do
+        cogward run history "$1" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["complete"] else 1)' && return 0
+        sleep 0.2
+    done
+}
 
 step "a policy author tests acme's admission policy locally (built-in run-admission module + acme's data)"
 cogward policy test builtin:run-admission examples/policies/acme-admission.tests.jsonl \
@@ -50,28 +67,17 @@ cogward policy bind --tenant acme --kind run.admission --name acme-admission --v
 cogward policy list
 
 step "a run the policy denies: unknown agent, too much memory"
-denied_id=$(cogward run submit examples/denied-run.json --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
-for _ in $(seq 1 100); do
-    status=$(cogward run status "$denied_id" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
-    [ "$status" = denied ] && break
-    sleep 0.2
-done
+denied_id=$(submit examples/denied-run.json)
+wait_status "$denied_id" denied
 cogward run status "$denied_id"
-for _ in $(seq 1 100); do
-    cogward run history "$denied_id" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["complete"] else 1)' && break
-    sleep 0.2
-done
+wait_mirrored "$denied_id"
 echo "the decision, re-evaluated with the exact module and data recorded in the ledger:"
 cogward policy replay "$denied_id"
 
 step "CI submits a run that needs approval (as principal 'ci')"
-run_id=$(cogward run submit examples/review-run.json --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
+run_id=$(submit examples/review-run.json)
 echo "run id: $run_id"
-for _ in $(seq 1 100); do
-    status=$(cogward run status "$run_id" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
-    [ "$status" = awaiting_approval ] && break
-    sleep 0.2
-done
+wait_status "$run_id" awaiting_approval
 cogward run status "$run_id"
 
 step "the submitting pipeline cannot approve it (no approve role; nobody may approve their own run)"
@@ -81,19 +87,12 @@ step "a human approves (as principal 'approver')"
 cogward run approve "$run_id" --comment "reviewed in the demo"
 
 step "the verdict"
-for _ in $(seq 1 200); do
-    status=$(cogward run status "$run_id" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
-    case "$status" in succeeded|failed|rejected|expired|cancelled|denied) break ;; esac
-    sleep 0.2
-done
+wait_status "$run_id" succeeded failed rejected expired cancelled denied
 cogward run status "$run_id" --json
 echo "agent stdout:"; cat "$COGWARD_STATE_DIR/runs/$run_id/stdout.log"
 
 step "the run's ledger: every Temporal history event plus admission, policy decision, approval, evidence, verdict"
-for _ in $(seq 1 100); do
-    cogward run history "$run_id" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["complete"] else 1)' && break
-    sleep 0.2
-done
+wait_mirrored "$run_id"
 cogward run history "$run_id"
 
 step "temporal workflow show (the real CLI) for the same run"
