@@ -2,8 +2,8 @@
 //! group), decisions in the ledger and replayed; hostile modules refused, and a module that
 //! faults in production denies the run without taking the engine down.
 
+use crate::RUN_TIMEOUT;
 use crate::stack::{Stack, StackOptions, spec};
-use crate::{RUN_TIMEOUT, run_id};
 use base64::Engine as _;
 use cogward::db::Db;
 use cogward_policy_host::builtins::builtin;
@@ -106,14 +106,8 @@ async fn admission_policy_end_to_end(stack: &Stack) {
     );
 
     // Tenant `locked` allows no agent: denied, with the policy's reason.
-    let (status, run) = stack
-        .submit(&spec("locked", &["/bin/sh", "-c", "exit 0"]))
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{run}");
-    let id = run_id(&run);
-    let run = stack
-        .wait_status(&id, &["denied"], RUN_TIMEOUT)
+    let (id, run) = stack
+        .submit_until(&spec("locked", &["/bin/sh", "-c", "exit 0"]), &["denied"])
         .await
         .unwrap();
     let reason = run["reason"].as_str().unwrap();
@@ -152,11 +146,8 @@ async fn admission_policy_end_to_end(stack: &Stack) {
     // and only a member of that group may decide.
     let mut s = spec("acme", &["/bin/sh", "-c", "echo deployed"]);
     s["agent"] = json!("deploy-prod");
-    let (status, run) = stack.submit(&s).await.unwrap();
-    assert_eq!(status, 201, "{run}");
-    let id = run_id(&run);
-    let run = stack
-        .wait_status(&id, &["awaiting_approval"], RUN_TIMEOUT)
+    let (id, run) = stack
+        .submit_until(&s, &["awaiting_approval"])
         .await
         .unwrap();
     let reason = run["reason"].as_str().unwrap_or_default();
@@ -373,10 +364,8 @@ async fn hostile_policies_are_refused_and_a_faulting_policy_denies_the_run() {
             "1",
         ],
     );
-    let (_, run) = stack.submit(&spec("trap", &["true"])).await.unwrap();
-    let id = run_id(&run);
-    let run = stack
-        .wait_status(&id, &["denied"], RUN_TIMEOUT)
+    let (id, run) = stack
+        .submit_until(&spec("trap", &["true"]), &["denied"])
         .await
         .unwrap();
     assert!(
@@ -393,9 +382,8 @@ async fn hostile_policies_are_refused_and_a_faulting_policy_denies_the_run() {
     assert!(out.contains("recorded deny, replayed deny"), "{out}");
 
     // The engine keeps serving: another tenant's run (default binding) succeeds.
-    let (_, run) = stack.submit(&spec("acme", &["true"])).await.unwrap();
     stack
-        .wait_status(&run_id(&run), &["succeeded"], RUN_TIMEOUT)
+        .submit_until(&spec("acme", &["true"]), &["succeeded"])
         .await
         .unwrap();
     let (code, report) = stack.verify().unwrap();

@@ -366,6 +366,16 @@ impl Stack {
         .await
     }
 
+    /// Submit as `ci` (it must be accepted: 201), then wait until the run is in one of `want`:
+    /// (run id, run).
+    pub async fn submit_until(&self, spec: &Value, want: &[&str]) -> Result<(String, Value)> {
+        let (status, run) = self.submit(spec).await?;
+        anyhow::ensure!(status == 201, "submit: {status} {run}");
+        let id = run["run_id"].as_str().context("run_id")?.to_string();
+        let run = self.wait_status(&id, want, crate::RUN_TIMEOUT).await?;
+        Ok((id, run))
+    }
+
     pub async fn run(&self, run_id: &str) -> Result<Value> {
         let (status, v) = self
             .call(
