@@ -254,6 +254,8 @@ struct Derivation<'a> {
     events: &'a [HistoryEvent],
     /// scheduled event id → activity type name
     activity_types: HashMap<i64, String>,
+    /// The admission marker's event id and result, once decided.
+    admission: Option<(i64, Admission)>,
 }
 
 impl<'a> Derivation<'a> {
@@ -268,9 +270,19 @@ impl<'a> Derivation<'a> {
                 _ => None,
             })
             .collect();
+        let admission = events.iter().find_map(|e| match &e.attributes {
+            Some(Attributes::MarkerRecordedEventAttributes(a))
+                if local_activity_type(a) == Some(RunActivities::admit.name()) =>
+            {
+                first_payload::<Admission>(&a.details.get("result").cloned())
+                    .map(|admission| (e.event_id, admission))
+            }
+            _ => None,
+        });
         Self {
             events,
             activity_types,
+            admission,
         }
     }
 
@@ -284,13 +296,9 @@ impl<'a> Derivation<'a> {
     /// The application entries an event implies: usually none or one; an admission marker
     /// implies the admission, its policy decision and, if the policy faulted, a security event.
     fn app_entries(&self, ev: &HistoryEvent) -> Vec<(&'static str, Value)> {
-        if let Some(Attributes::MarkerRecordedEventAttributes(a)) = ev.attributes.as_ref()
-            && local_activity_type(a) == Some(RunActivities::admit.name())
+        if let Some((event_id, admission)) = &self.admission
+            && *event_id == ev.event_id
         {
-            let Some(admission) = first_payload::<Admission>(&a.details.get("result").cloned())
-            else {
-                return Vec::new();
-            };
             let mut entries = vec![(
                 "policy.decision",
                 serde_json::to_value(&admission.decision).unwrap_or_default(),
@@ -376,23 +384,8 @@ impl<'a> Derivation<'a> {
     /// The run's status as its history shows it: (status, reason, final summary, closed).
     fn status(&self) -> (RunStatus, Option<String>, Option<RunSummary>, bool) {
         let mut status = RunStatus::Pending;
-        // While the gate is open, say whose approval a policy escalation asks for.
-        let mut gate_reason = None;
         for ev in self.events {
             match ev.attributes.as_ref() {
-                Some(Attributes::MarkerRecordedEventAttributes(a))
-                    if local_activity_type(a) == Some(RunActivities::admit.name()) =>
-                {
-                    let admission: Option<Admission> =
-                        first_payload(&a.details.get("result").cloned());
-                    gate_reason = admission.and_then(|a| {
-                        let group = a.approval_group?;
-                        Some(format!(
-                            "needs approval from group {group}: {}",
-                            a.reasons.join("; ")
-                        ))
-                    });
-                }
                 Some(Attributes::TimerStartedEventAttributes(_)) => {
                     status = RunStatus::AwaitingApproval
                 }
@@ -439,7 +432,18 @@ impl<'a> Derivation<'a> {
                 _ => {}
             }
         }
-        let reason = gate_reason.filter(|_| status == RunStatus::AwaitingApproval);
+        // While the gate is open, say whose approval a policy escalation asks for.
+        let reason = self
+            .admission
+            .as_ref()
+            .filter(|_| status == RunStatus::AwaitingApproval)
+            .and_then(|(_, a)| {
+                let group = a.approval_group.as_ref()?;
+                Some(format!(
+                    "needs approval from group {group}: {}",
+                    a.reasons.join("; ")
+                ))
+            });
         (status, reason, None, false)
     }
 }
