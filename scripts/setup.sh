@@ -1,5 +1,6 @@
 # Sourced by scripts/demo.sh and scripts/test.sh: installs what cogward needs, idempotently, and
-# exports COGWARD_TEMPORAL_BIN. Safe to run again; does nothing that is already done.
+# exports COGWARD_TEMPORAL_BIN, COGWARD_TOOLS_DIR, COGWARD_MCP_PYTHON and COGWARD_EVERYTHING_JS.
+# Safe to run again; does nothing that is already done.
 set -euo pipefail
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
@@ -32,3 +33,30 @@ if [ ! -x "$scripts_dir/temporal" ]; then
 fi
 export COGWARD_TEMPORAL_BIN="$scripts_dir/temporal"
 [ -x "$COGWARD_TEMPORAL_BIN" ] || { echo "temporal CLI not found at $COGWARD_TEMPORAL_BIN" >&2; exit 1; }
+
+# MCP end-to-end tools, in a world-readable directory (sandboxed agents run as an unprivileged uid
+# and run this Python): the official Python MCP SDK and the reference server, server-everything.
+export COGWARD_TOOLS_DIR="${COGWARD_TOOLS_DIR:-/opt/cogward-tools}"
+export COGWARD_MCP_PYTHON="$COGWARD_TOOLS_DIR/venv/bin/python"
+everything_dir="$COGWARD_TOOLS_DIR/node/node_modules/@modelcontextprotocol/server-everything"
+export COGWARD_EVERYTHING_JS="$everything_dir/dist/index.js"
+tools_installed=
+# (The version from metadata: `import mcp` alone takes 1.4 s.)
+if [ "$("$COGWARD_MCP_PYTHON" -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/dev/null)" != 2.3.0 ]; then
+    log "installing the Python MCP SDK (mcp 2.3.0) into $COGWARD_TOOLS_DIR/venv"
+    # /usr/bin/python3, not a pyenv shim under /root: the venv links to an interpreter all users can run.
+    /usr/bin/python3 -m venv --clear "$COGWARD_TOOLS_DIR/venv" >&2 2>/dev/null || {
+        apt_install python3-venv
+        /usr/bin/python3 -m venv --clear "$COGWARD_TOOLS_DIR/venv" >&2
+    }
+    "$COGWARD_MCP_PYTHON" -m pip install -q "mcp==2.3.0" >&2
+    tools_installed=1
+fi
+if ! { [ -f "$COGWARD_EVERYTHING_JS" ] && grep -Eq '"version": *"2026\.8\.31"' "$everything_dir/package.json"; }; then
+    command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+    log "installing @modelcontextprotocol/server-everything 2026.8.31 into $COGWARD_TOOLS_DIR/node"
+    npm install -q --no-audit --no-fund --prefix "$COGWARD_TOOLS_DIR/node" \
+        @modelcontextprotocol/server-everything@2026.8.31 >&2
+    tools_installed=1
+fi
+[ -z "$tools_installed" ] || chmod -R a+rX "$COGWARD_TOOLS_DIR"

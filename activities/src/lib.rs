@@ -5,6 +5,7 @@
 //! attempt observes the first attempt's effect instead of repeating it.
 
 pub mod admission;
+pub mod credential;
 pub mod runner;
 pub mod spec;
 
@@ -30,6 +31,27 @@ pub struct ActivitiesConfig {
     pub max_output_bytes: u64,
     /// How often the runner's events are read and the activity heartbeats.
     pub poll_interval: Duration,
+    /// The gateway every run reaches its models and tools through; `None` leaves runs with no
+    /// way out of their sandbox at all.
+    pub gateway: Option<GatewayAccess>,
+}
+
+/// Where runners forward their sandbox's gateway port, and the key run credentials are minted
+/// under ([`credential`]).
+#[derive(Clone)]
+pub struct GatewayAccess {
+    /// `host:port` of the engine's gateway, as the runner (in the host's network) reaches it.
+    pub upstream: String,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for GatewayAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayAccess")
+            .field("upstream", &self.upstream)
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// The activities of the `AgentRun` workflow, registered on the worker as one set.

@@ -10,8 +10,8 @@
 use crate::ActivitiesConfig;
 use crate::spec::{RunId, RunLimits, RunnerEvidence};
 use cogward_runner::protocol::{
-    EVENTS_FILE, LOCK_FILE, Limits, PROTOCOL_VERSION, REQUEST_FILE, RESULT_FILE, RunnerEvent,
-    RunnerRequest, RunnerResult, STARTED_FILE,
+    EVENTS_FILE, GatewayEgress, LOCK_FILE, Limits, PROTOCOL_VERSION, REQUEST_FILE, RESULT_FILE,
+    RunnerEvent, RunnerRequest, RunnerResult, STARTED_FILE,
 };
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
@@ -80,14 +80,46 @@ pub fn run_dir(config: &ActivitiesConfig, run_id: &RunId) -> PathBuf {
     config.state_dir.join("runs").join(run_id.as_str())
 }
 
+/// The port on the sandbox's own loopback that leads to the gateway.
+pub const SANDBOX_GATEWAY_PORT: u16 = 7480;
+
 /// Build the runner's request from the run's input: the agent's environment is exactly its run
-/// id and inputs, nothing from the worker.
+/// id, inputs and gateway access (a run credential and the URLs agents read: their provider
+/// base URLs point at the gateway, so agents need no change), nothing from the worker.
 pub fn runner_request(config: &ActivitiesConfig, input: &StartRunnerInput) -> RunnerRequest {
     let mut env = BTreeMap::new();
     env.insert(
         "COGWARD_INPUTS".to_string(),
         serde_json::to_string(&input.inputs).unwrap_or_else(|_| "{}".into()),
     );
+    let mut files = BTreeMap::new();
+    let gateway = config.gateway.as_ref().map(|gw| {
+        let base = format!("http://127.0.0.1:{SANDBOX_GATEWAY_PORT}");
+        let token = crate::credential::mint(&gw.key, input.run_id.as_str());
+        for (name, value) in [
+            ("COGWARD_RUN_TOKEN", token.clone()),
+            ("COGWARD_GATEWAY_URL", base.clone()),
+            ("COGWARD_MCP_URL", format!("{base}/mcp")),
+            ("ANTHROPIC_BASE_URL", format!("{base}/gw/anthropic")),
+            ("ANTHROPIC_API_KEY", token.clone()),
+            ("OPENAI_BASE_URL", format!("{base}/gw/openai/v1")),
+            ("OPENAI_API_KEY", token),
+        ] {
+            env.insert(name.to_string(), value);
+        }
+        // Claude Code's project MCP configuration; it expands the variable itself, so the file
+        // holds no secret.
+        let mcp = serde_json::json!({"mcpServers": {"cogward": {
+            "type": "http",
+            "url": format!("{base}/mcp"),
+            "headers": {"Authorization": "Bearer ${COGWARD_RUN_TOKEN}"},
+        }}});
+        files.insert(".mcp.json".to_string(), mcp.to_string());
+        GatewayEgress {
+            upstream: gw.upstream.clone(),
+            port: SANDBOX_GATEWAY_PORT,
+        }
+    });
     let l = input.limits;
     RunnerRequest {
         protocol: PROTOCOL_VERSION,
@@ -103,6 +135,8 @@ pub fn runner_request(config: &ActivitiesConfig, input: &StartRunnerInput) -> Ru
             max_output_bytes: config.max_output_bytes,
         },
         sandbox: config.sandbox.clone(),
+        gateway,
+        files,
     }
 }
 
@@ -333,26 +367,60 @@ pub(crate) async fn start_runner(
 mod tests {
     use super::*;
 
-    #[test]
-    fn request_has_only_run_inputs_in_env() {
-        let config = ActivitiesConfig {
+    fn config() -> ActivitiesConfig {
+        ActivitiesConfig {
             state_dir: "/tmp/x".into(),
             runner_bin: "/bin/false".into(),
             sandbox: Default::default(),
             max_output_bytes: 1024,
             poll_interval: Duration::from_millis(100),
-        };
-        let input = StartRunnerInput {
+            gateway: None,
+        }
+    }
+
+    fn input() -> StartRunnerInput {
+        StartRunnerInput {
             run_id: RunId("run-1".into()),
             argv: vec!["true".into()],
             inputs: BTreeMap::from([("k".to_string(), "v".to_string())]),
             limits: RunLimits::default(),
-        };
-        let req = runner_request(&config, &input);
+        }
+    }
+
+    #[test]
+    fn request_has_only_run_inputs_in_env() {
+        let req = runner_request(&config(), &input());
         assert_eq!(req.env.len(), 1);
         assert_eq!(req.env["COGWARD_INPUTS"], r#"{"k":"v"}"#);
         assert_eq!(req.limits.memory_bytes, 1024 * 1024 * 1024);
         assert_eq!(req.limits.max_output_bytes, 1024);
+        assert!(req.gateway.is_none() && req.files.is_empty());
+    }
+
+    #[test]
+    fn with_a_gateway_the_agent_gets_a_credential_for_its_run_and_the_urls() {
+        let mut config = config();
+        let key = b"k".to_vec();
+        config.gateway = Some(crate::GatewayAccess {
+            upstream: "127.0.0.1:8080".into(),
+            key: key.clone(),
+        });
+        let req = runner_request(&config, &input());
+        let token = &req.env["COGWARD_RUN_TOKEN"];
+        assert_eq!(crate::credential::verify(&key, token), Some("run-1"));
+        assert_eq!(&req.env["ANTHROPIC_API_KEY"], token);
+        assert_eq!(&req.env["OPENAI_API_KEY"], token);
+        assert_eq!(
+            req.env["ANTHROPIC_BASE_URL"],
+            "http://127.0.0.1:7480/gw/anthropic"
+        );
+        assert_eq!(
+            req.env["OPENAI_BASE_URL"],
+            "http://127.0.0.1:7480/gw/openai/v1"
+        );
+        let gw = req.gateway.unwrap();
+        assert_eq!((gw.upstream.as_str(), gw.port), ("127.0.0.1:8080", 7480));
+        assert!(!req.files[".mcp.json"].contains(token.as_str()));
     }
 
     #[test]

@@ -79,6 +79,14 @@ pub struct EngineConfig {
         global = true
     )]
     pub policy_memory_mb: usize,
+    /// The gateway's configuration: providers, prices, tiers (default:
+    /// <state-dir>/gateway.json; absent means no providers).
+    #[arg(long, env = "COGWARD_GATEWAY_CONFIG", global = true)]
+    pub gateway_config: Option<PathBuf>,
+    /// `host:port` runners forward their sandbox's gateway port to (default: the API's listen
+    /// address, loopback if it listens on every interface).
+    #[arg(long, env = "COGWARD_GATEWAY_ADDRESS", global = true)]
+    pub gateway_address: Option<String>,
 }
 
 impl EngineConfig {
@@ -110,6 +118,22 @@ impl EngineConfig {
             memory_bytes: self.policy_memory_mb.max(1) << 20,
             ..Default::default()
         }
+    }
+
+    pub fn gateway_config(&self) -> PathBuf {
+        self.gateway_config
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("gateway.json"))
+    }
+
+    pub fn gateway_address(&self) -> String {
+        self.gateway_address.clone().unwrap_or_else(|| {
+            let mut addr = self.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            addr.to_string()
+        })
     }
 
     pub fn mirror_interval(&self) -> Duration {

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0004_policies_immutable.postgres.sql",
         include_str!("../../migrations/0004_policies_immutable.postgres.sql"),
     ),
+    (
+        5,
+        "0005_gateway.sql",
+        include_str!("../../migrations/0005_gateway.sql"),
+    ),
 ];
 
 #[derive(Clone)]

@@ -5,6 +5,8 @@ use crate::api::auth::{PrincipalEntry, Role, Tokens, TokensFile, token_digest};
 use crate::api::{self, AppState};
 use crate::config::EngineConfig;
 use crate::db::Db;
+use crate::gateway::Gateway;
+use crate::gateway::config::GatewayConfig;
 use crate::ledger::Ledger;
 use crate::mirror::{Mirror, MirrorWake};
 use crate::policy::Policies;
@@ -44,6 +46,17 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         }
         .run(),
     );
+    let gateway_config = GatewayConfig::load(&config.gateway_config())?;
+    let gateway = Arc::new(
+        Gateway::new(
+            db.clone(),
+            ledger.clone(),
+            policies.clone(),
+            gateway_config,
+            config.namespace.clone(),
+        )
+        .await?,
+    );
     let app = api::app(AppState {
         client,
         db,
@@ -51,6 +64,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         tokens: Arc::new(tokens),
         mirror_wake,
         policies,
+        gateway,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod dev;
+pub mod gateway;
 pub mod ledger;
 pub mod mirror;
 pub mod policy;

@@ -2,20 +2,24 @@
 
 use crate::config::EngineConfig;
 use anyhow::{Context, Result};
-use cogward_activities::{ActivitiesConfig, RunActivities};
+use cogward_activities::{ActivitiesConfig, GatewayAccess, RunActivities};
 use cogward_workflows::{AgentRun, TASK_QUEUE};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
-pub fn activities_config(config: &EngineConfig) -> ActivitiesConfig {
+pub fn activities_config(config: &EngineConfig, gateway_key: Vec<u8>) -> ActivitiesConfig {
     ActivitiesConfig {
         state_dir: config.state_dir.clone(),
         runner_bin: config.runner_bin(),
         sandbox: Default::default(),
         max_output_bytes: 16 * 1024 * 1024,
         poll_interval: Duration::from_millis(25),
+        gateway: Some(GatewayAccess {
+            upstream: config.gateway_address(),
+            key: gateway_key,
+        }),
     }
 }
 
@@ -33,11 +37,13 @@ pub async fn run(config: &EngineConfig) -> Result<()> {
     );
     // Admission decisions need the policy store (the same database the API uses).
     let db = crate::db::Db::connect(&config.database_url()).await?;
+    let gateway_key = crate::gateway::load_key(&db).await?;
     let policies = Arc::new(crate::policy::Policies::new(db, config.policy_limits())?);
+    let activities = activities_config(config, gateway_key);
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();
-        match run_once(&runtime, config, policies.clone()).await {
+        match run_once(&runtime, config, &activities, policies.clone()).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 if started.elapsed() > Duration::from_secs(60) {
@@ -54,13 +60,14 @@ pub async fn run(config: &EngineConfig) -> Result<()> {
 async fn run_once(
     runtime: &Runtime,
     config: &EngineConfig,
+    activities: &ActivitiesConfig,
     policies: Arc<crate::policy::Policies>,
 ) -> Result<()> {
     let client = crate::temporal::connect(&config.temporal, &config.namespace).await?;
     let options = WorkerOptions::new(TASK_QUEUE)
         .register_workflow::<AgentRun>()
         .context("registering AgentRun")?
-        .register_activities(RunActivities::new(activities_config(config), policies))
+        .register_activities(RunActivities::new(activities.clone(), policies))
         // A worker that dies leaves tasks on its sticky queue; hand them on quickly.
         .sticky_queue_schedule_to_start_timeout(Duration::from_secs(3))
         // Cancellation reaches an activity on a heartbeat response: keep that prompt.

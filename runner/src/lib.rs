@@ -32,6 +32,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod capture;
+#[cfg(target_os = "linux")]
+pub mod egress;
 pub mod manifest;
 pub mod outcome;
 pub mod protocol;

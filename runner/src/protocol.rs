@@ -45,6 +45,27 @@ pub struct RunnerRequest {
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
     pub sandbox: SandboxProfile,
+    /// The sandbox's one way out: a port on its own loopback that the runner forwards to the
+    /// gateway. Without it the sandbox reaches nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayEgress>,
+    /// Files written into `work/` before the agent starts, by relative path (the agent's MCP
+    /// configuration, say). Paths are plain relative names: no `..`, no absolute paths.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+}
+
+/// Mediated egress: connections to `127.0.0.1:<port>` inside the sandbox are forwarded by the
+/// runner to `upstream` (the gateway, in the host's network namespace). The listening socket is
+/// created inside the sandbox's network namespace and handed to the runner, so nothing else of
+/// the host's network is reachable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayEgress {
+    /// `host:port` the runner connects to, in the host's network namespace.
+    pub upstream: String,
+    /// The port on the sandbox's loopback.
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

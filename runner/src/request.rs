@@ -39,6 +39,12 @@ pub enum RequestError {
         "sandbox.{0} is 0: the sandbox user must map to an unprivileged host id, never to root"
     )]
     RootMapping(&'static str),
+    #[error("files: {0:?} is not a plain relative path (components of [A-Za-z0-9._-], no `..`)")]
+    BadFilePath(String),
+    #[error("gateway.upstream {0:?} is not a host:port socket address")]
+    BadGatewayUpstream(String),
+    #[error("gateway.port must not be 0")]
+    ZeroGatewayPort,
 }
 
 /// Read and validate `path`.
@@ -104,7 +110,32 @@ pub fn validate(request: &RunnerRequest) -> Result<(), RequestError> {
     if request.sandbox.host_gid == 0 {
         return Err(RequestError::RootMapping("host_gid"));
     }
+    for path in request.files.keys() {
+        if !is_plain_relative_path(path) {
+            return Err(RequestError::BadFilePath(path.clone()));
+        }
+    }
+    if let Some(gateway) = &request.gateway {
+        if gateway.upstream.parse::<std::net::SocketAddr>().is_err() {
+            return Err(RequestError::BadGatewayUpstream(gateway.upstream.clone()));
+        }
+        if gateway.port == 0 {
+            return Err(RequestError::ZeroGatewayPort);
+        }
+    }
     Ok(())
+}
+
+/// `a/b.json`, never `/abs`, `../x`, `a//b` or `./a`: every component a plain name.
+fn is_plain_relative_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
 }
 
 fn check_no_nul(what: &str, s: &str) -> Result<(), RequestError> {
@@ -138,6 +169,8 @@ mod tests {
                 max_output_bytes: 1 << 20,
             },
             sandbox: SandboxProfile::default(),
+            gateway: None,
+            files: BTreeMap::new(),
         }
     }
 
@@ -170,6 +203,21 @@ mod tests {
         let mut r = request();
         r.env.insert("X".into(), "a\0b".into());
         assert!(matches!(validate(&r), Err(RequestError::Nul { .. })));
+    }
+
+    #[test]
+    fn files_must_stay_inside_the_work_dir() {
+        for bad in ["/etc/passwd", "../x", "a/../../x", "a//b", "./a", "", "a b"] {
+            let mut r = request();
+            r.files.insert(bad.into(), "x".into());
+            assert!(
+                matches!(validate(&r), Err(RequestError::BadFilePath(_))),
+                "{bad:?}"
+            );
+        }
+        let mut r = request();
+        r.files.insert(".codex/config.toml".into(), "x".into());
+        validate(&r).unwrap();
     }
 
     #[test]

@@ -319,10 +319,17 @@ mod linux {
             let detail = format!("preparing the work directory: {e}");
             return finish_unstarted(run, detail, stdout, stderr);
         }
+        if let Err(e) = run
+            .dir
+            .write_work_files(&request.files, host.host_uid, host.host_gid)
+        {
+            let detail = format!("writing the agent's files: {e}");
+            return finish_unstarted(run, detail, stdout, stderr);
+        }
         if let Err(detail) = drop_supplementary_groups() {
             return finish_unstarted(run, detail, stdout, stderr);
         }
-        let sandbox = match sandbox::launch(&plan) {
+        let mut sandbox = match sandbox::launch(&plan) {
             Ok(s) => s,
             Err(e) if e.is_sandbox_failure() => {
                 return finish_unstarted(run, e.to_string(), stdout, stderr);
@@ -348,6 +355,12 @@ mod linux {
             }
         };
         let init_pid = sandbox.init_pid;
+        if let (Some(listener), Some(gateway)) = (sandbox.egress.take(), &request.gateway) {
+            // Validated as a socket address with the request.
+            if let Ok(upstream) = gateway.upstream.parse() {
+                crate::egress::forward(listener, upstream);
+            }
+        }
         let started = Instant::now();
         run.emit(RunnerEvent::Started {
             at_ms: now_ms(),

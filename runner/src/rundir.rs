@@ -192,6 +192,32 @@ impl RunDir {
         Ok(work)
     }
 
+    /// Write the request's `files` into `work/` (parent directories created), owned by the
+    /// sandbox user. Paths were validated as plain relative paths with the request.
+    pub fn write_work_files(
+        &self,
+        files: &std::collections::BTreeMap<String, String>,
+        host_uid: u32,
+        host_gid: u32,
+    ) -> io::Result<()> {
+        let work = self.work_dir();
+        for (rel, content) in files {
+            let mut dir = work.clone();
+            let components: Vec<&str> = rel.split('/').collect();
+            for part in &components[..components.len() - 1] {
+                dir.push(part);
+                if !dir.is_dir() {
+                    std::fs::create_dir(&dir)?;
+                    std::os::unix::fs::lchown(&dir, Some(host_uid), Some(host_gid))?;
+                }
+            }
+            let path = work.join(rel);
+            std::fs::write(&path, content)?;
+            std::os::unix::fs::lchown(&path, Some(host_uid), Some(host_gid))?;
+        }
+        Ok(())
+    }
+
     /// Create (truncating) one of the agent's output logs.
     pub fn create_output(&self, name: &str) -> io::Result<File> {
         self.open_owned(

@@ -206,3 +206,53 @@ fn field<'a>(out: &'a str, prefix: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {prefix} in {out:?}"))
         .trim()
 }
+
+/// The gateway port on the sandbox's loopback reaches the configured upstream (and, through it,
+/// only that): the agent's bytes arrive there and the upstream's answer comes back, while the
+/// upstream's own address stays unreachable from inside.
+#[test]
+fn gateway_port_is_the_one_way_out() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = upstream.accept().unwrap();
+        let mut got = [0u8; 5];
+        conn.read_exact(&mut got).unwrap();
+        conn.write_all(b"pong:").unwrap();
+        conn.write_all(&got).unwrap();
+        got
+    });
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', 7480), timeout=5)\n\
+         s.sendall(b'hello')\n\
+         data = b''\n\
+         while len(data) < 10:\n\
+         \x20   chunk = s.recv(64)\n\
+         \x20   if not chunk: break\n\
+         \x20   data += chunk\n\
+         print('GOT', data.decode())\n\
+         try:\n\
+         \x20   socket.create_connection(('127.0.0.1', {port}), timeout=2)\n\
+         \x20   print('UPSTREAM_DIRECT_CONNECTED')\n\
+         except OSError:\n\
+         \x20   print('UPSTREAM_DIRECT_FAILED')\n\
+         print(open('.mcp.json').read())\n"
+    );
+    let mut req = request(&[python3(), "-c", &script]);
+    req.gateway = Some(cogward_runner::protocol::GatewayEgress {
+        upstream: format!("127.0.0.1:{port}"),
+        port: 7480,
+    });
+    req.files
+        .insert(".mcp.json".into(), r#"{"mcpServers":{}}"#.into());
+    let run = RunDir::with_request(&req);
+    let result = run.run_ok();
+    assert_eq!(result.exit_code, Some(0), "{}", run.stderr());
+    assert_eq!(&server.join().unwrap(), b"hello");
+    let out = run.stdout();
+    assert!(out.contains("GOT pong:hello"), "{out}");
+    assert!(out.contains("UPSTREAM_DIRECT_FAILED"), "{out}");
+    assert!(out.contains(r#"{"mcpServers":{}}"#), "{out}");
+}

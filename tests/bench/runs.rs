@@ -701,6 +701,8 @@ fn runner_request(i: usize) -> RunnerRequest {
             max_output_bytes: 1024 * 1024,
         },
         sandbox: SandboxProfile::default(),
+        gateway: None,
+        files: BTreeMap::new(),
     }
 }
 

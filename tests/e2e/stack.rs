@@ -163,6 +163,10 @@ pub struct StackOptions {
     pub separate_worker: bool,
     /// A database URL; default a fresh SQLite file.
     pub database_url: Option<String>,
+    /// The gateway's configuration (written to `<state>/gateway.json`).
+    pub gateway_config: Option<Value>,
+    /// More environment for every `cogward` process (provider keys, say).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Stack {
@@ -173,6 +177,7 @@ pub struct Stack {
     pub api_port: u16,
     pub tokens: Tokens,
     pub database_url: String,
+    env: Vec<(String, String)>,
     http: reqwest::Client,
 }
 
@@ -197,9 +202,17 @@ impl Stack {
                 lead: String::new(),
             },
             database_url,
+            env: opts.env,
             http: reqwest::Client::new(),
             dir,
         };
+        if let Some(config) = &opts.gateway_config {
+            std::fs::create_dir_all(stack.state_dir())?;
+            std::fs::write(
+                stack.state_dir().join("gateway.json"),
+                serde_json::to_vec_pretty(config)?,
+            )?;
+        }
         stack.tokens.ci = stack.add_principal("ci", "submit,read,operate", &[])?;
         stack.tokens.approver =
             stack.add_principal("approver", "approve,read", &["release-managers"])?;
@@ -235,6 +248,7 @@ impl Stack {
             .env("COGWARD_MIRROR_INTERVAL_MS", "100")
             .env_remove("COGWARD_TOKEN")
             .env("RUST_LOG", "info,temporalio_sdk_core=warn");
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

@@ -7,6 +7,7 @@ pub mod policies;
 pub mod runs;
 
 use crate::db::Db;
+use crate::gateway::Gateway;
 use crate::ledger::Ledger;
 use crate::mirror::MirrorWake;
 use crate::policy::Policies;
@@ -29,6 +30,13 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     pub mirror_wake: MirrorWake,
     pub policies: Arc<Policies>,
+    pub gateway: Arc<Gateway>,
+}
+
+impl FromRef<AppState> for Arc<Gateway> {
+    fn from_ref(state: &AppState) -> Self {
+        state.gateway.clone()
+    }
 }
 
 impl FromRef<AppState> for Arc<Tokens> {
@@ -45,6 +53,7 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(runs::router())
         .merge(policies::router())
+        .merge(crate::gateway::model::router())
         .fallback(|| async {
             error::problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -33,6 +33,9 @@ pub(super) struct ChildFds {
     pub stdout_write: RawFd,
     pub stderr_write: RawFd,
     pub devnull: RawFd,
+    /// A unix socket to the runner: the gateway listener goes over it (`SCM_RIGHTS`). -1 when
+    /// the run has no gateway.
+    pub egress: RawFd,
 }
 
 /// The plan plus the NULL-terminated pointer arrays `execve` takes, built before `clone`.
@@ -78,6 +81,7 @@ pub(super) fn sandbox_init(args: &ExecArgs<'_>, fds: ChildFds) -> ! {
         fds.stdout_write,
         fds.stderr_write,
         fds.devnull,
+        fds.egress,
     ];
     check(Step::CloseFds, close_all_except(&mut keep));
 
@@ -103,6 +107,11 @@ pub(super) fn sandbox_init(args: &ExecArgs<'_>, fds: ChildFds) -> ! {
     check(Step::MountProc, namespaces::mount_proc());
     if plan.loopback_up {
         check(Step::Loopback, namespaces::loopback_up());
+    }
+    if let Some(port) = plan.egress_port {
+        check(Step::Egress, namespaces::egress_listener(port, fds.egress));
+        // SAFETY: closing our own descriptor; the listener now lives on in the runner.
+        unsafe { libc::close(fds.egress) };
     }
     check(Step::Hostname, namespaces::set_hostname(&plan.hostname));
     // The gid first: after the uid changes we could no longer choose it.

@@ -8,10 +8,13 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, fcntl, open};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
+};
 use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::{Pid, pipe2, read, write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// The init's stack (it runs little code, but the agent process forks from it too).
@@ -29,6 +32,9 @@ pub struct Sandbox {
     pub stderr: OwnedFd,
     /// The init writes the agent's raw wait status here just before it exits.
     pub status: OwnedFd,
+    /// The listening socket on the sandbox's loopback (see `SandboxPlan::egress_port`), for the
+    /// runner to accept the agent's gateway connections on.
+    pub egress: Option<OwnedFd>,
     /// Our end of the sync pipe, open while we supervise: the init checks it did not hang up
     /// (that we did not die) after re-arming its parent-death signal.
     _lifeline: OwnedFd,
@@ -100,6 +106,18 @@ pub fn launch(plan: &SandboxPlan) -> Result<Sandbox, LaunchError> {
     let (stderr_read, stderr_write) = pipe2(cloexec).map_err(os("creating the stderr pipe"))?;
     let devnull = open("/dev/null", OFlag::O_RDWR | cloexec, Mode::empty())
         .map_err(os("opening /dev/null"))?;
+    let egress = match plan.egress_port {
+        Some(_) => Some(
+            socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(os("creating the egress channel"))?,
+        ),
+        None => None,
+    };
 
     let args = ExecArgs {
         plan,
@@ -113,6 +131,7 @@ pub fn launch(plan: &SandboxPlan) -> Result<Sandbox, LaunchError> {
         stdout_write: stdout_write.as_raw_fd(),
         stderr_write: stderr_write.as_raw_fd(),
         devnull: devnull.as_raw_fd(),
+        egress: egress.as_ref().map_or(-1, |(_, child)| child.as_raw_fd()),
     };
     let mut stack = vec![0u8; CHILD_STACK_BYTES];
     let callback = Box::new(|| -> isize { init::sandbox_init(&args, fds) });
@@ -137,10 +156,13 @@ pub fn launch(plan: &SandboxPlan) -> Result<Sandbox, LaunchError> {
         stderr_write,
     ));
     drop(devnull);
+    let egress = egress.map(|(ours, _child_end)| ours);
 
     namespaces::write_id_maps(init_pid, &plan.uid_map, &plan.gid_map)?;
     write(&sync_write, &[1]).map_err(os("releasing the sandbox init"))?;
     wait_for_exec(&setup_read, SETUP_TIMEOUT)?;
+    // The init sent the listener before it forked the agent, so it is waiting for us.
+    let egress = egress.map(|channel| receive_fd(&channel)).transpose()?;
     guard.disarm();
 
     for fd in [&stdout_read, &stderr_read, &status_read] {
@@ -151,7 +173,34 @@ pub fn launch(plan: &SandboxPlan) -> Result<Sandbox, LaunchError> {
         stdout: stdout_read,
         stderr: stderr_read,
         status: status_read,
+        egress,
         _lifeline: sync_write,
+    })
+}
+
+/// The one descriptor the init sent over `channel`.
+fn receive_fd(channel: &OwnedFd) -> Result<OwnedFd, LaunchError> {
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        channel.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(os("receiving the gateway listener from the sandbox"))?;
+    for cmsg in msg.cmsgs().map_err(os("reading the egress channel"))? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed `fd` in our table for us; we own it now.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    Err(LaunchError::Os {
+        context: "the sandbox did not send its gateway listener",
+        source: Errno::EPROTO,
     })
 }
 

@@ -54,6 +54,9 @@ pub struct SandboxPlan {
     pub rlimits: [RlimitSetting; 4],
     /// Bring up the network namespace's own loopback (it reaches nothing outside).
     pub loopback_up: bool,
+    /// Listen on this port of the sandbox's loopback and hand the socket to the runner, which
+    /// forwards its connections to the gateway (mediated egress).
+    pub egress_port: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,7 @@ pub fn plan(request: &RunnerRequest, work_dir: &Path) -> Result<SandboxPlan, Pla
         sandbox_gid: namespaces::SANDBOX_GID,
         rlimits: rlimits::decide(&request.limits),
         loopback_up: true,
+        egress_port: request.gateway.as_ref().map(|g| g.port),
     })
 }
 
@@ -123,6 +127,8 @@ mod tests {
                 grace_seconds: 1,
                 max_output_bytes: 100,
             },
+            gateway: None,
+            files: BTreeMap::new(),
             sandbox: SandboxProfile {
                 host_uid: 200_000,
                 host_gid: 200_001,

@@ -120,6 +120,65 @@ mod linux {
         result.map(drop)
     }
 
+    /// Listen on `127.0.0.1:port` of the sandbox's network namespace and send the listening
+    /// socket to the runner over `channel` (`SCM_RIGHTS`). The socket belongs to this
+    /// namespace wherever it is used, so the runner, outside, accepts the sandbox's connections
+    /// without the sandbox ever seeing the host's network.
+    pub fn egress_listener(port: u16, channel: libc::c_int) -> Result<(), Errno> {
+        // SAFETY: plain system call.
+        let sock =
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        let sock = Errno::result(sock)?;
+        let result = listen_and_send(sock, port, channel);
+        // SAFETY: `sock` is ours; the runner holds its own reference once sent.
+        unsafe { libc::close(sock) };
+        result
+    }
+
+    fn listen_and_send(sock: libc::c_int, port: u16, channel: libc::c_int) -> Result<(), Errno> {
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `addr` is an initialised sockaddr_in of `len` bytes.
+        Errno::result(unsafe { libc::bind(sock, (&raw const addr).cast(), len) })?;
+        // SAFETY: plain system call.
+        Errno::result(unsafe { libc::listen(sock, 128) })?;
+
+        // One data byte carrying the descriptor; the control buffer is on the stack, aligned
+        // for `cmsghdr`.
+        #[repr(C, align(8))]
+        struct Control([u8; 64]);
+        let mut control = Control([0; 64]);
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let fd_len = std::mem::size_of::<libc::c_int>() as libc::c_uint;
+        // SAFETY: msghdr is plain old data; the CMSG_* helpers stay inside `control`, which is
+        // larger than CMSG_SPACE(sizeof(int)) and aligned.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.0.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(fd_len) as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_len) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), sock);
+            libc::sendmsg(channel, &msg, libc::MSG_NOSIGNAL)
+        };
+        Errno::result(sent).map(drop)
+    }
+
     pub fn set_hostname(name: &CStr) -> Result<(), Errno> {
         // SAFETY: `name` is a valid C string of the given length.
         let rc = unsafe { libc::sethostname(name.as_ptr(), name.to_bytes().len()) };

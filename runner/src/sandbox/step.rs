@@ -30,9 +30,10 @@ pub enum Step {
     NoNewPrivs = 20,
     /// Not a sandbox failure: the agent's program could not be executed.
     Exec = 21,
+    Egress = 22,
 }
 
-const ALL_STEPS: [Step; 21] = [
+const ALL_STEPS: [Step; 22] = [
     Step::ParentDeathSignal,
     Step::CloseFds,
     Step::SetSession,
@@ -54,6 +55,7 @@ const ALL_STEPS: [Step; 21] = [
     Step::RlimitCore,
     Step::NoNewPrivs,
     Step::Exec,
+    Step::Egress,
 ];
 
 impl Step {
@@ -84,6 +86,7 @@ impl Step {
             Step::RlimitCore => "setting RLIMIT_CORE",
             Step::NoNewPrivs => "setting no_new_privs",
             Step::Exec => "executing the agent's program",
+            Step::Egress => "opening the gateway port on the sandbox loopback",
         }
     }
 }

@@ -20,7 +20,7 @@
 //!
 //! Decision: `deny` when the tenant or tier has no allowlist; when no entry allows the provider
 //! and model; when every entry that allows the model pins another version (the reason names the
-//! pinned version: "... is pinned to `<pin>`", so the gateway can retry with it); when the
+//! pinned version: "... is pinned to <pin> for tier <tier>", so the gateway can retry with it); when the
 //! provider may not serve the region — every violation named. Otherwise `permit`.
 
 use cogward_policy_sdk::{Decision, Effect, Policy, export_policy, for_tenant, glob_match};

@@ -1,0 +1,145 @@
+//! The gateway's configuration file (`COGWARD_GATEWAY_CONFIG`, JSON): model providers, their
+//! prices, tenants' tiers, and the MCP servers each tenant's agents may reach. Documented in
+//! docs/operations.md; `examples/gateway.json` is a complete one.
+
+use anyhow::{Context, Result};
+use cogward_policy_sdk::glob_match;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// By name; the name is the path segment agents use (`/gw/<name>/v1/...`) and the
+    /// `provider` the model-access policy sees.
+    #[serde(default)]
+    pub providers: BTreeMap<String, Provider>,
+    /// USD per million tokens, first match wins; a model without a price costs 0.
+    #[serde(default)]
+    pub prices: Vec<Price>,
+    /// Tenant → tier for the model-access policy (`"*"`: every other tenant; default
+    /// `standard`).
+    #[serde(default)]
+    pub tiers: BTreeMap<String, String>,
+    /// Where this gateway runs, for the model-access policy's residency rules.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Upper bound of a throttle obligation's delay honoured before a call, in milliseconds.
+    #[serde(default = "default_max_throttle_ms")]
+    pub max_throttle_ms: u64,
+}
+
+fn default_region() -> String {
+    "us".into()
+}
+
+fn default_max_throttle_ms() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Wire {
+    /// Anthropic Messages API (`/v1/messages`).
+    Anthropic,
+    /// OpenAI Chat Completions and Responses (`/v1/chat/completions`, `/v1/responses`).
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub wire: Wire,
+    /// E.g. `https://api.anthropic.com`; the agent's path (`/v1/messages`) is appended.
+    pub base_url: String,
+    /// The environment variable holding the provider's API key (read by the engine; agents
+    /// never see it).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_timeout() -> u64 {
+    600
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub provider: String,
+    /// A glob over the model name (`*`, `?`).
+    pub model: String,
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+}
+
+impl GatewayConfig {
+    /// Read `path`; a missing file is the empty configuration (no providers, no servers).
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let config: Self = serde_json::from_slice(&bytes)
+            .with_context(|| format!("gateway configuration {}", path.display()))?;
+        for (name, p) in &config.providers {
+            anyhow::ensure!(
+                p.base_url.starts_with("http://") || p.base_url.starts_with("https://"),
+                "provider {name}: base_url must be an http(s) URL"
+            );
+        }
+        Ok(config)
+    }
+
+    pub fn tier(&self, tenant: &str) -> &str {
+        self.tiers
+            .get(tenant)
+            .or_else(|| self.tiers.get("*"))
+            .map_or("standard", String::as_str)
+    }
+
+    /// Cost in micro-USD of a call's tokens (0 for an unpriced model).
+    pub fn cost_micro_usd(&self, provider: &str, model: &str, input: u64, output: u64) -> u64 {
+        let Some(p) = self
+            .prices
+            .iter()
+            .find(|p| p.provider == provider && glob_match(&p.model, model))
+        else {
+            return 0;
+        };
+        // USD per million tokens = micro-USD per token.
+        (input as f64 * p.input_usd_per_mtok + output as f64 * p.output_usd_per_mtok).round() as u64
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_match_by_glob_and_unpriced_models_cost_nothing() {
+        let config: GatewayConfig = serde_json::from_value(serde_json::json!({
+            "prices": [
+                {"provider": "anthropic", "model": "claude-sonnet-*", "input_usd_per_mtok": 3.0, "output_usd_per_mtok": 15.0},
+                {"provider": "anthropic", "model": "*", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}
+            ],
+            "tiers": {"acme": "premium"}
+        }))
+        .unwrap();
+        assert_eq!(
+            config.cost_micro_usd("anthropic", "claude-sonnet-4-5", 1000, 100),
+            4500
+        );
+        assert_eq!(
+            config.cost_micro_usd("anthropic", "claude-haiku", 10, 10),
+            20
+        );
+        assert_eq!(config.cost_micro_usd("openai", "gpt-4o", 1000, 1000), 0);
+        assert_eq!(config.tier("acme"), "premium");
+        assert_eq!(config.tier("globex"), "standard");
+    }
+}

@@ -1,0 +1,351 @@
+//! The gateway: the only way an agent in a runner reaches models and tools.
+//!
+//! Every call arrives with the run's credential (minted by `start_runner`, see
+//! `cogward_activities::credential`), is decided by the policies bound for the run's tenant and
+//! agent, and is recorded twice before its response is released: in the audit ledger (the
+//! decisions, as `policy.decision` entries `cogward policy replay` re-evaluates, and one
+//! `gateway.*_call` entry) and in the events journal (`gateway_calls`, which budgets are summed
+//! from). A call whose record cannot be written is refused.
+//!
+//! [`model`] serves the provider APIs (Anthropic Messages, OpenAI Chat Completions and
+//! Responses).
+
+pub mod config;
+pub mod model;
+
+use crate::db::Db;
+use crate::ledger::{EntryKind, Ledger, NewEntry};
+use crate::policy::Policies;
+use anyhow::{Context, Result};
+use axum::http::HeaderMap;
+use cogward_activities::spec::{DecisionRecord, RunStatus};
+use config::GatewayConfig;
+use serde_json::{Value, json};
+use sqlx::Row;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a checked credential is trusted before the run's status is read again (so a run
+/// that ended is refused within this long).
+const CREDENTIAL_TTL: Duration = Duration::from_secs(1);
+
+pub struct Gateway {
+    pub db: Db,
+    pub ledger: Ledger,
+    pub policies: Arc<Policies>,
+    pub config: GatewayConfig,
+    pub namespace: String,
+    key: Vec<u8>,
+    http: reqwest::Client,
+    checked: Mutex<HashMap<String, (RunIdentity, Instant)>>,
+}
+
+/// The run a call is made for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunIdentity {
+    pub run_id: String,
+    pub tenant: String,
+    pub agent: String,
+}
+
+impl RunIdentity {
+    /// The principal policies see for calls the run's agent makes.
+    pub fn principal(&self) -> String {
+        format!("run:{}", self.run_id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("no run credential was presented")]
+    Missing,
+    #[error("the run credential is not valid")]
+    Invalid,
+    #[error("run {0} has ended; its credential no longer admits calls")]
+    Ended(String),
+}
+
+/// The installation's credential key: created once, on first use, in the database every engine
+/// process shares (so the worker that mints and the API that checks agree).
+pub async fn load_key(db: &Db) -> Result<Vec<u8>> {
+    let fresh = hex::encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
+    sqlx::query(
+        "INSERT INTO gateway_key (id, key_hex, created_at) VALUES (1, $1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(&fresh)
+    .bind(crate::now_rfc3339())
+    .execute(&db.pool)
+    .await
+    .context("creating the gateway key")?;
+    let key: String = sqlx::query_scalar("SELECT key_hex FROM gateway_key WHERE id = 1")
+        .fetch_one(&db.pool)
+        .await
+        .context("reading the gateway key")?;
+    hex::decode(key).context("the stored gateway key is not hex")
+}
+
+/// The credential a request carries: `Authorization: Bearer …` (OpenAI clients, MCP) or
+/// `x-api-key` (Anthropic clients).
+pub fn presented_credential(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
+        .map(str::trim)
+}
+
+impl Gateway {
+    pub async fn new(
+        db: Db,
+        ledger: Ledger,
+        policies: Arc<Policies>,
+        config: GatewayConfig,
+        namespace: String,
+    ) -> Result<Self> {
+        let key = load_key(&db).await?;
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .context("building the gateway's HTTP client")?;
+        Ok(Self {
+            db,
+            ledger,
+            policies,
+            config,
+            namespace,
+            key,
+            http,
+            checked: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The run a call is for: its credential must verify under the key, name a known run, and
+    /// that run must not have ended.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<RunIdentity, AuthFailure> {
+        let presented = presented_credential(headers).ok_or(CredentialError::Missing)?;
+        let run_id = cogward_activities::credential::verify(&self.key, presented)
+            .ok_or(CredentialError::Invalid)?;
+        if let Ok(checked) = self.checked.lock()
+            && let Some((identity, at)) = checked.get(run_id)
+            && at.elapsed() < CREDENTIAL_TTL
+        {
+            return Ok(identity.clone());
+        }
+        let row = sqlx::query("SELECT tenant, agent, status FROM runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .ok_or(CredentialError::Invalid)?;
+        let status: String = row.try_get("status")?;
+        let ended = RunStatus::parse(&status).is_none_or(RunStatus::is_terminal);
+        if ended {
+            return Err(CredentialError::Ended(run_id.to_string()).into());
+        }
+        let identity = RunIdentity {
+            run_id: run_id.to_string(),
+            tenant: row.try_get("tenant")?,
+            agent: row.try_get("agent")?,
+        };
+        if let Ok(mut checked) = self.checked.lock() {
+            checked.retain(|_, (_, at)| at.elapsed() < CREDENTIAL_TTL);
+            checked.insert(run_id.to_string(), (identity.clone(), Instant::now()));
+        }
+        Ok(identity)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Make one call's record durable: its decisions and summary in the ledger (one atomic
+    /// append, group-committed with concurrent calls), then its journal row. An error means the
+    /// call must be refused.
+    pub async fn record(&self, call: &CallRecord) -> Result<i64> {
+        let entry = |event_type: &str, body: Value| NewEntry {
+            kind: EntryKind::App,
+            namespace: self.namespace.clone(),
+            workflow_id: call.run.run_id.clone(),
+            temporal_run_id: String::new(),
+            event_id: None,
+            event_type: event_type.to_string(),
+            body,
+        };
+        let mut entries = Vec::with_capacity(call.decisions.len() + 2);
+        for d in &call.decisions {
+            entries.push(entry("policy.decision", serde_json::to_value(d)?));
+            if let Some(fault) = &d.fault {
+                entries.push(entry(
+                    "security.policy_fault",
+                    json!({"kind": d.kind, "policy": d.policy,
+                           "request_sha256": d.request_sha256, "fault": fault}),
+                ));
+            }
+        }
+        entries.push(entry(call.event_type, call.summary()));
+        let outcomes = self.ledger.append(entries).await?;
+        let seq = match outcomes.last() {
+            Some(crate::ledger::AppendOutcome::Appended { seq }) => *seq,
+            _ => anyhow::bail!("the call's ledger entry was not appended"),
+        };
+        let now = chrono::Utc::now();
+        sqlx::query(
+            "INSERT INTO gateway_calls (call_id, at, day, run_id, tenant, agent, kind, target, \
+             decision, outcome, upstream_status, latency_us, input_tokens, output_tokens, \
+             cost_micro_usd, args_sha256, policy_sha256, ledger_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(&call.call_id)
+        .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .bind(now.format("%Y-%m-%d").to_string())
+        .bind(&call.run.run_id)
+        .bind(&call.run.tenant)
+        .bind(&call.run.agent)
+        .bind(call.kind)
+        .bind(&call.target)
+        .bind(call.decision.as_str())
+        .bind(&call.outcome)
+        .bind(call.upstream_status.map(i64::from))
+        .bind(call.latency.as_micros() as i64)
+        .bind(call.input_tokens as i64)
+        .bind(call.output_tokens as i64)
+        .bind(call.cost_micro_usd as i64)
+        .bind(&call.args_sha256)
+        .bind(call.decisions.last().and_then(|d| d.policy.as_ref()).map(|p| p.module_sha256.clone()))
+        .bind(seq)
+        .execute(&self.db.pool)
+        .await
+        .context("writing the events journal")?;
+        Ok(seq)
+    }
+
+    /// What a run has used so far, and what its tenant has spent today (from the journal).
+    pub async fn usage(&self, run: &RunIdentity) -> Result<Usage> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) AS tokens, \
+             COALESCE(SUM(cost_micro_usd), 0) AS cost FROM gateway_calls WHERE run_id = $1",
+        )
+        .bind(&run.run_id)
+        .fetch_one(&self.db.pool)
+        .await?;
+        let tenant_cost: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(cost_micro_usd), 0) FROM gateway_calls WHERE tenant = $1 AND day = $2",
+        )
+        .bind(&run.tenant)
+        .bind(chrono::Utc::now().format("%Y-%m-%d").to_string())
+        .fetch_one(&self.db.pool)
+        .await?;
+        Ok(Usage {
+            run_tokens: row.try_get::<i64, _>("tokens")?.max(0) as u64,
+            run_cost_micro_usd: row.try_get::<i64, _>("cost")?.max(0) as u64,
+            tenant_cost_micro_usd: tenant_cost.max(0) as u64,
+        })
+    }
+}
+
+/// A failed authentication: the credential's fault, or ours (the database).
+#[derive(Debug)]
+pub enum AuthFailure {
+    Credential(CredentialError),
+    Internal(anyhow::Error),
+}
+
+impl From<CredentialError> for AuthFailure {
+    fn from(e: CredentialError) -> Self {
+        AuthFailure::Credential(e)
+    }
+}
+
+impl From<sqlx::Error> for AuthFailure {
+    fn from(e: sqlx::Error) -> Self {
+        AuthFailure::Internal(e.into())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub run_tokens: u64,
+    pub run_cost_micro_usd: u64,
+    pub tenant_cost_micro_usd: u64,
+}
+
+/// How a call was decided, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallDecision {
+    Permit,
+    Deny,
+    Escalate,
+}
+
+impl CallDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallDecision::Permit => "permit",
+            CallDecision::Deny => "deny",
+            CallDecision::Escalate => "escalate",
+        }
+    }
+}
+
+/// One call, as the ledger and the journal record it. Arguments are recorded by digest only.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    pub call_id: String,
+    /// `gateway.model_call` or `gateway.tool_call`.
+    pub event_type: &'static str,
+    /// `model` or `tool`.
+    pub kind: &'static str,
+    pub run: RunIdentity,
+    /// `provider/model` or `server.tool`.
+    pub target: String,
+    pub args_sha256: String,
+    pub decisions: Vec<DecisionRecord>,
+    pub decision: CallDecision,
+    pub reasons: Vec<String>,
+    /// `ok`, `denied`, `upstream_error`, ... (see docs/api.md).
+    pub outcome: String,
+    pub upstream_status: Option<u16>,
+    pub latency: Duration,
+    pub throttle_ms: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micro_usd: u64,
+    /// Call-kind specifics (endpoint, streaming, ...).
+    pub detail: Value,
+}
+
+impl CallRecord {
+    fn summary(&self) -> Value {
+        let policies: Vec<Value> = self
+            .decisions
+            .iter()
+            .map(|d| {
+                json!({"kind": d.kind, "effect": d.decision.effect.as_str(),
+                       "policy": d.policy.as_ref().map(|p| json!({
+                           "name": p.name, "version": p.version,
+                           "module_sha256": p.module_sha256, "data_sha256": p.data_sha256})),
+                       "request_sha256": d.request_sha256})
+            })
+            .collect();
+        json!({
+            "call_id": self.call_id, "run_id": self.run.run_id, "tenant": self.run.tenant,
+            "agent": self.run.agent, "target": self.target, "args_sha256": self.args_sha256,
+            "decision": self.decision.as_str(), "reasons": self.reasons, "policies": policies,
+            "outcome": self.outcome, "upstream_status": self.upstream_status,
+            "latency_us": self.latency.as_micros() as u64, "throttle_ms": self.throttle_ms,
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "cost_usd": self.cost_micro_usd as f64 / 1e6, "detail": self.detail,
+        })
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

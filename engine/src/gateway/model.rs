@@ -1,0 +1,780 @@
+//! The model gateway: Anthropic Messages (`/gw/<provider>/v1/messages`) and OpenAI Chat
+//! Completions and Responses (`/gw/<provider>/v1/chat/completions`, `.../v1/responses`),
+//! streaming included, forwarded to the configured provider with the engine's key.
+//!
+//! Per call: the run's credential; the model-access policy (a version pin it names is applied
+//! by rewriting the model); the budget policy with what the run and its tenant have used so
+//! far (from the journal) and this call's estimate (`throttle` → the call waits, `deny` → it is
+//! refused before the provider is called); then the provider. Token counts come from the
+//! provider's usage fields, cost from the configured prices. The record is written before the
+//! response is released: for a stream, before the terminal event (`message_stop`, `[DONE]`,
+//! `response.completed`) is passed on.
+
+use super::config::{Provider, Wire};
+use super::{AuthFailure, CallDecision, CallRecord, Gateway, RunIdentity, sha256_hex};
+use crate::api::AppState;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use cogward_activities::spec::DecisionRecord;
+use cogward_policy_abi::{Effect, Obligation, Request, kinds};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Largest model request accepted (conversations with their context), in bytes.
+pub const MODEL_BODY_LIMIT: usize = 32 * 1024 * 1024;
+/// Largest non-streamed provider response passed on, in bytes.
+const RESPONSE_LIMIT: usize = 64 * 1024 * 1024;
+/// Output tokens assumed for a budget estimate when the request sets no maximum.
+const DEFAULT_MAX_OUTPUT: u64 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Messages,
+    ChatCompletions,
+    Responses,
+}
+
+impl Endpoint {
+    fn wire(self) -> Wire {
+        match self {
+            Endpoint::Messages => Wire::Anthropic,
+            Endpoint::ChatCompletions | Endpoint::Responses => Wire::Openai,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Messages => "/v1/messages",
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Responses => "/v1/responses",
+        }
+    }
+
+    /// (input, output) tokens from a usage-bearing object: a whole response, or the object a
+    /// stream event carries it in.
+    fn usage(self, v: &Value) -> Option<(u64, u64)> {
+        let u = v.get("usage").filter(|u| u.is_object())?;
+        let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+        Some(match self {
+            Endpoint::Messages => (
+                n("input_tokens") + n("cache_creation_input_tokens") + n("cache_read_input_tokens"),
+                n("output_tokens"),
+            ),
+            Endpoint::ChatCompletions => (n("prompt_tokens"), n("completion_tokens")),
+            Endpoint::Responses => (n("input_tokens"), n("output_tokens")),
+        })
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    let route = |endpoint: Endpoint| {
+        post(
+            move |State(gw): State<Arc<Gateway>>,
+                  Path(provider): Path<String>,
+                  headers: HeaderMap,
+                  body: Result<Bytes, BytesRejection>| async move {
+                handle(gw, endpoint, provider, headers, body).await
+            },
+        )
+    };
+    Router::new()
+        .route("/gw/{provider}/v1/messages", route(Endpoint::Messages))
+        .route(
+            "/gw/{provider}/v1/chat/completions",
+            route(Endpoint::ChatCompletions),
+        )
+        .route("/gw/{provider}/v1/responses", route(Endpoint::Responses))
+        .layer(DefaultBodyLimit::max(MODEL_BODY_LIMIT))
+}
+
+/// An error in the provider's own format, so the agent's SDK reports it as it would the
+/// provider's.
+fn provider_error(
+    wire: Wire,
+    status: StatusCode,
+    kind: &str,
+    message: impl Into<String>,
+) -> Response {
+    let message = message.into();
+    let body = match wire {
+        Wire::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
+        Wire::Openai => {
+            json!({"error": {"message": message, "type": kind, "param": null, "code": kind}})
+        }
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+fn refused_unrecorded(wire: Wire, e: &anyhow::Error) -> Response {
+    tracing::error!(error = %format!("{e:#}"), "model call refused: its record could not be written");
+    provider_error(
+        wire,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "api_error",
+        "cogward: the call could not be recorded in the audit ledger, so it was refused",
+    )
+}
+
+/// The version a model-access deny says the model is pinned to ("... is pinned to X for tier
+/// T"; with several pins, the first).
+fn pinned_version(reasons: &[String]) -> Option<String> {
+    reasons.iter().find_map(|r| {
+        let pin = r
+            .split_once(" is pinned to ")?
+            .1
+            .split_whitespace()
+            .next()?;
+        Some(pin.to_string())
+    })
+}
+
+fn model_access_request(gw: &Gateway, run: &RunIdentity, provider: &str, model: &str) -> Request {
+    Request {
+        kind: kinds::MODEL_CALL.into(),
+        tenant: run.tenant.clone(),
+        principal: run.principal(),
+        agent: run.agent.clone(),
+        action: "call".into(),
+        resource: json!({"provider": provider, "model": model}),
+        context: json!({"tier": gw.config.tier(&run.tenant), "region": gw.config.region,
+                        "run_id": run.run_id}),
+    }
+}
+
+async fn handle(
+    gw: Arc<Gateway>,
+    endpoint: Endpoint,
+    provider_name: String,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let wire = endpoint.wire();
+    let started = Instant::now();
+    let run = match gw.authenticate(&headers).await {
+        Ok(run) => run,
+        Err(AuthFailure::Credential(e)) => {
+            return provider_error(
+                wire,
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                format!("cogward: {e}"),
+            );
+        }
+        Err(AuthFailure::Internal(e)) => return refused_unrecorded(wire, &e),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return provider_error(
+                wire,
+                e.status(),
+                "invalid_request_error",
+                format!("cogward: {}", e.body_text()),
+            );
+        }
+    };
+    let Some(provider) = gw
+        .config
+        .providers
+        .get(&provider_name)
+        .filter(|p| p.wire == wire)
+        .cloned()
+    else {
+        return provider_error(
+            wire,
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            format!("cogward: no provider {provider_name:?} speaking this API is configured"),
+        );
+    };
+    let mut request = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) if v.is_object() => v,
+        _ => {
+            return provider_error(
+                wire,
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "cogward: the request body is not a JSON object",
+            );
+        }
+    };
+    let Some(requested_model) = request
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return provider_error(
+            wire,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "cogward: `model` is required",
+        );
+    };
+    let stream = request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let max_output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| request.get(*k).and_then(Value::as_u64))
+        .unwrap_or(DEFAULT_MAX_OUTPUT);
+    let mut call = CallRecord {
+        call_id: uuid::Uuid::new_v4().to_string(),
+        event_type: "gateway.model_call",
+        kind: "model",
+        run: run.clone(),
+        target: format!("{provider_name}/{requested_model}"),
+        args_sha256: sha256_hex(&body),
+        decisions: Vec::new(),
+        decision: CallDecision::Deny,
+        reasons: Vec::new(),
+        outcome: "denied".into(),
+        upstream_status: None,
+        latency: Duration::ZERO,
+        throttle_ms: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_micro_usd: 0,
+        detail: json!({"provider": provider_name, "requested_model": requested_model,
+                       "endpoint": endpoint.path(), "stream": stream}),
+    };
+
+    match decide(
+        &gw,
+        &run,
+        &provider_name,
+        &requested_model,
+        body.len() as u64,
+        max_output,
+        &mut call,
+    )
+    .await
+    {
+        Ok(Some((status, kind, message))) => {
+            call.latency = started.elapsed();
+            return match gw.record(&call).await {
+                Ok(_) => {
+                    let mut resp = provider_error(wire, status, kind, message);
+                    mark(&mut resp, &call);
+                    resp
+                }
+                Err(e) => refused_unrecorded(wire, &e),
+            };
+        }
+        Ok(None) => {}
+        Err(e) => return refused_unrecorded(wire, &e),
+    }
+    let model = call.detail["model"]
+        .as_str()
+        .unwrap_or(&requested_model)
+        .to_string();
+    let body = if model == requested_model {
+        body
+    } else {
+        request["model"] = Value::String(model.clone());
+        Bytes::from(serde_json::to_vec(&request).unwrap_or_default())
+    };
+    if call.throttle_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(call.throttle_ms)).await;
+    }
+    forward(
+        gw, &provider, endpoint, &headers, body, model, call, started,
+    )
+    .await
+}
+
+/// Decide the call: model access, then budget. `Some((status, error type, message))` when it
+/// is refused; `None` when it may go ahead (with `call.throttle_ms` to wait first and
+/// `call.detail.model` the model to call).
+async fn decide(
+    gw: &Gateway,
+    run: &RunIdentity,
+    provider: &str,
+    requested_model: &str,
+    body_len: u64,
+    max_output: u64,
+    call: &mut CallRecord,
+) -> anyhow::Result<Option<(StatusCode, &'static str, String)>> {
+    let mut model = requested_model.to_string();
+    let mut access = gw
+        .policies
+        .decide_request(model_access_request(gw, run, provider, &model))
+        .await?;
+    if access.decision.effect == Effect::Deny
+        && let Some(pin) = pinned_version(&access.decision.reasons)
+    {
+        let pinned = gw
+            .policies
+            .decide_request(model_access_request(gw, run, provider, &pin))
+            .await?;
+        if pinned.decision.effect == Effect::Permit {
+            call.decisions.push(access);
+            access = pinned;
+            model = pin;
+        }
+    }
+    let effect = access.decision.effect;
+    call.reasons = access.decision.reasons.clone();
+    call.decisions.push(access);
+    call.detail["model"] = Value::String(model.clone());
+    call.target = format!("{provider}/{model}");
+    if effect != Effect::Permit {
+        let why = call.reasons.join("; ");
+        return Ok(Some((
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!("cogward: model call denied by policy: {why}"),
+        )));
+    }
+
+    let usage = gw.usage(run).await?;
+    let estimated_input = body_len / 4;
+    let estimated_cost = gw
+        .config
+        .cost_micro_usd(provider, &model, estimated_input, max_output);
+    let budget = gw
+        .policies
+        .decide_request(Request {
+            kind: kinds::BUDGET.into(),
+            tenant: run.tenant.clone(),
+            principal: run.principal(),
+            agent: run.agent.clone(),
+            action: "spend".into(),
+            resource: json!({"run": run.run_id, "provider": provider, "model": model}),
+            context: json!({
+                "run_tokens": usage.run_tokens,
+                "run_cost_usd": usage.run_cost_micro_usd as f64 / 1e6,
+                "tenant_cost_usd": usage.tenant_cost_micro_usd as f64 / 1e6,
+                "estimated_tokens": estimated_input + max_output,
+                "estimated_cost_usd": estimated_cost as f64 / 1e6,
+            }),
+        })
+        .await?;
+    let refusal = budget_refusal(&budget, gw.config.max_throttle_ms, call);
+    call.decisions.push(budget);
+    Ok(refusal)
+}
+
+/// Apply the budget decision: a throttle delay to honour, or the refusal.
+fn budget_refusal(
+    budget: &DecisionRecord,
+    max_throttle_ms: u64,
+    call: &mut CallRecord,
+) -> Option<(StatusCode, &'static str, String)> {
+    let d = &budget.decision;
+    call.reasons.extend(d.reasons.iter().cloned());
+    let mut unsupported = Vec::new();
+    for o in &d.obligations {
+        match o {
+            Obligation::Throttle { delay_ms } => {
+                call.throttle_ms = call.throttle_ms.max((*delay_ms).min(max_throttle_ms));
+            }
+            other => unsupported.push(format!("{other:?}")),
+        }
+    }
+    if d.effect != Effect::Permit || !unsupported.is_empty() {
+        call.throttle_ms = 0;
+        let mut why = d.reasons.join("; ");
+        if !unsupported.is_empty() {
+            why = format!(
+                "{why}; obligations a model call cannot honour: {}",
+                unsupported.join(", ")
+            );
+        }
+        return Some((
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!("cogward: budget: {why}"),
+        ));
+    }
+    call.decision = CallDecision::Permit;
+    None
+}
+
+/// Headers naming the call, for the agent's logs and for support.
+fn mark(resp: &mut Response, call: &CallRecord) {
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&call.call_id) {
+        headers.insert("x-cogward-call-id", v);
+    }
+    headers.insert(
+        "x-cogward-decision",
+        HeaderValue::from_static(call.decision.as_str()),
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    gw: Arc<Gateway>,
+    provider: &Provider,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Bytes,
+    model: String,
+    mut call: CallRecord,
+    started: Instant,
+) -> Response {
+    let wire = endpoint.wire();
+    let url = format!(
+        "{}{}",
+        provider.base_url.trim_end_matches('/'),
+        endpoint.path()
+    );
+    let mut req = gw
+        .http()
+        .post(url)
+        .timeout(Duration::from_secs(provider.timeout_seconds))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body);
+    for name in [
+        "anthropic-version",
+        "anthropic-beta",
+        "openai-beta",
+        "accept",
+    ] {
+        if let Some(v) = headers.get(name) {
+            req = req.header(name, v);
+        }
+    }
+    if let Some(key) = provider
+        .api_key_env
+        .as_ref()
+        .and_then(|v| std::env::var(v).ok())
+    {
+        req = match wire {
+            Wire::Anthropic => req.header("x-api-key", key),
+            Wire::Openai => req.bearer_auth(key),
+        };
+    }
+    let provider_name = call.detail["provider"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            call.outcome = "upstream_unreachable".into();
+            call.latency = started.elapsed();
+            if let Err(e) = gw.record(&call).await {
+                return refused_unrecorded(wire, &e);
+            }
+            return provider_error(
+                wire,
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                format!("cogward: the provider could not be reached: {e}"),
+            );
+        }
+    };
+    let status = resp.status();
+    call.upstream_status = Some(status.as_u16());
+    if !status.is_success() {
+        call.outcome = "upstream_error".into();
+    } else {
+        call.outcome = "ok".into();
+    }
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let streaming = content_type
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let tokens = Tokens {
+        gw: gw.clone(),
+        provider: provider_name,
+        model,
+    };
+    if streaming {
+        return relay_stream(gw, endpoint, resp, call, tokens, started);
+    }
+    let bytes = match read_capped(resp, RESPONSE_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => {
+            call.outcome = "upstream_error".into();
+            call.latency = started.elapsed();
+            if let Err(e) = gw.record(&call).await {
+                return refused_unrecorded(wire, &e);
+            }
+            return provider_error(
+                wire,
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                format!("cogward: reading the provider's response: {e}"),
+            );
+        }
+    };
+    if let Some((input, output)) = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| endpoint.usage(&v))
+    {
+        tokens.apply(&mut call, input, output);
+    }
+    call.latency = started.elapsed();
+    if let Err(e) = gw.record(&call).await {
+        return refused_unrecorded(wire, &e);
+    }
+    let mut out = Response::new(Body::from(bytes));
+    *out.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Some(ct) = content_type {
+        out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    mark(&mut out, &call);
+    out
+}
+
+/// Turns usage into the call's tokens and cost.
+struct Tokens {
+    gw: Arc<Gateway>,
+    provider: String,
+    model: String,
+}
+
+impl Tokens {
+    fn apply(&self, call: &mut CallRecord, input: u64, output: u64) {
+        call.input_tokens = input;
+        call.output_tokens = output;
+        call.cost_micro_usd =
+            self.gw
+                .config
+                .cost_micro_usd(&self.provider, &self.model, input, output);
+    }
+}
+
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> anyhow::Result<Bytes> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        anyhow::ensure!(
+            out.len() + chunk.len() <= cap,
+            "the response exceeds {cap} bytes"
+        );
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Where a complete SSE event (through its blank line) ends in `buf`.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Read one SSE event's usage into `usage` (stream usage is cumulative); true when it is the
+/// stream's terminal event.
+fn observe_event(endpoint: Endpoint, event: &[u8], usage: &mut (u64, u64)) -> bool {
+    let text = String::from_utf8_lossy(event);
+    let data: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim_start)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if data.trim() == "[DONE]" {
+        return endpoint == Endpoint::ChatCompletions;
+    }
+    let Ok(v) = serde_json::from_str::<Value>(&data) else {
+        return false;
+    };
+    let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
+    let mut take = |source: &Value, keep_input: bool| {
+        if let Some((input, output)) = endpoint.usage(source) {
+            if !(keep_input && input == 0) {
+                usage.0 = input;
+            }
+            usage.1 = output;
+        }
+    };
+    match endpoint {
+        Endpoint::Messages => match kind {
+            "message_start" => take(&v["message"], false),
+            // Output tokens so far; input only when the delta restates it.
+            "message_delta" => take(&v, true),
+            "message_stop" | "error" => return true,
+            _ => {}
+        },
+        Endpoint::ChatCompletions => take(&v, false),
+        Endpoint::Responses => {
+            if matches!(
+                kind,
+                "response.completed" | "response.incomplete" | "response.failed"
+            ) {
+                take(&v["response"], false);
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Pass a provider's event stream through as it arrives, reading usage on the way; the record
+/// is written before the terminal event is passed on, and if it cannot be, an error event
+/// takes the terminal event's place.
+fn relay_stream(
+    gw: Arc<Gateway>,
+    endpoint: Endpoint,
+    mut resp: reqwest::Response,
+    mut call: CallRecord,
+    tokens: Tokens,
+    started: Instant,
+) -> Response {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(32);
+    tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut usage = (0u64, 0u64);
+        let finish = |call: &mut CallRecord, usage: (u64, u64), outcome: Option<&str>| {
+            tokens.apply(call, usage.0, usage.1);
+            if let Some(o) = outcome {
+                call.outcome = o.to_string();
+            }
+            call.latency = started.elapsed();
+        };
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    buf.extend_from_slice(&chunk);
+                    while let Some(end) = event_end(&buf) {
+                        let event: Vec<u8> = buf.drain(..end).collect();
+                        if observe_event(endpoint, &event, &mut usage) {
+                            finish(&mut call, usage, None);
+                            let last = match gw.record(&call).await {
+                                Ok(_) => event,
+                                Err(e) => {
+                                    tracing::error!(error = %format!("{e:#}"), "streamed model call could not be recorded");
+                                    stream_error_event(endpoint.wire())
+                                }
+                            };
+                            let _ = tx.send(Ok(Bytes::from(last))).await;
+                            return;
+                        }
+                        if tx.send(Ok(Bytes::from(event))).await.is_err() {
+                            finish(&mut call, usage, Some("client_disconnected"));
+                            let _ = gw.record(&call).await;
+                            return;
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    finish(&mut call, usage, Some("stream_incomplete"));
+                    let recorded = gw.record(&call).await;
+                    if !buf.is_empty() && recorded.is_ok() {
+                        let _ = tx.send(Ok(Bytes::from(std::mem::take(&mut buf)))).await;
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut out = Response::new(Body::from_stream(stream));
+    *out.status_mut() = status;
+    let h = out.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    out
+}
+
+fn stream_error_event(wire: Wire) -> Vec<u8> {
+    let message = "cogward: the call could not be recorded in the audit ledger";
+    match wire {
+        Wire::Anthropic => format!(
+            "event: error\ndata: {}\n\n",
+            json!({"type": "error", "error": {"type": "api_error", "message": message}})
+        ),
+        Wire::Openai => format!(
+            "data: {}\n\n",
+            json!({"error": {"message": message, "type": "api_error", "param": null, "code": "api_error"}})
+        ),
+    }
+    .into_bytes()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_read_from_each_wire_format() {
+        let m = json!({"usage": {"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 7}});
+        assert_eq!(Endpoint::Messages.usage(&m), Some((15, 7)));
+        let c = json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}});
+        assert_eq!(Endpoint::ChatCompletions.usage(&c), Some((3, 4)));
+        let r = json!({"usage": {"input_tokens": 2, "output_tokens": 9}});
+        assert_eq!(Endpoint::Responses.usage(&r), Some((2, 9)));
+        assert_eq!(
+            Endpoint::ChatCompletions.usage(&json!({"usage": null})),
+            None
+        );
+    }
+
+    #[test]
+    fn stream_events_accumulate_usage_and_find_the_terminal_event() {
+        let mut u = (0, 0);
+        let start = br#"event: message_start
+data: {"type":"message_start","message":{"usage":{"input_tokens":12,"output_tokens":1}}}
+
+"#;
+        assert!(!observe_event(Endpoint::Messages, start, &mut u));
+        let delta = b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":30}}\n\n";
+        assert!(!observe_event(Endpoint::Messages, delta, &mut u));
+        assert_eq!(u, (12, 30));
+        assert!(observe_event(
+            Endpoint::Messages,
+            b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            &mut u
+        ));
+
+        let mut u = (0, 0);
+        let chunk =
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}\n\n";
+        assert!(!observe_event(Endpoint::ChatCompletions, chunk, &mut u));
+        assert!(observe_event(
+            Endpoint::ChatCompletions,
+            b"data: [DONE]\n\n",
+            &mut u
+        ));
+        assert_eq!(u, (5, 6));
+
+        let mut u = (0, 0);
+        let done = b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":1,\"output_tokens\":2}}}\n\n";
+        assert!(observe_event(Endpoint::Responses, done, &mut u));
+        assert_eq!(u, (1, 2));
+    }
+
+    #[test]
+    fn events_split_at_blank_lines() {
+        assert_eq!(event_end(b"data: a\n\ndata: b"), Some(9));
+        assert_eq!(event_end(b"data: a\r\n\r\n"), Some(11));
+        assert_eq!(event_end(b"data: a\n"), None);
+    }
+
+    #[test]
+    fn a_pin_is_read_from_the_deny_reason() {
+        let reasons = vec![
+            "model claude-opus-4-1 of provider anthropic is pinned to claude-opus-4-1-20250805 \
+             for tier premium"
+                .to_string(),
+        ];
+        assert_eq!(
+            pinned_version(&reasons).as_deref(),
+            Some("claude-opus-4-1-20250805")
+        );
+        assert_eq!(pinned_version(&["no".to_string()]), None);
+    }
+}
