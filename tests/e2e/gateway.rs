@@ -308,3 +308,248 @@ async fn model_calls_through_the_gateway_on_sqlite() {
     let stack = gateway_stack(&provider, None);
     model_calls_from_a_run(&stack, &provider).await;
 }
+
+/// The run credential of `run_id`, minted as `start_runner` does (with the installation's key,
+/// read from the database: the test plays the part of the worker).
+async fn credential(db: &Db, run_id: &str) -> String {
+    let key: String = sqlx::query_scalar("SELECT key_hex FROM gateway_key WHERE id = 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    cogward_activities::credential::mint(&hex::decode(key).unwrap(), run_id)
+}
+
+async fn counts(db: &Db) -> (i64, i64) {
+    let calls: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM gateway_calls")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let entries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'app'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    (calls, entries)
+}
+
+/// Budgets throttle and then deny before the provider is called; bad credentials and bad
+/// requests get clear errors in the provider's format and record nothing; a run that ended can
+/// call nothing more.
+#[tokio::test(flavor = "multi_thread")]
+async fn budgets_throttle_then_deny_and_bad_calls_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = FakeProvider::start(dir.path());
+    let stack = gateway_stack(&provider, None);
+    push_and_bind(
+        &stack,
+        "model-access",
+        "models",
+        "model.call",
+        "acme",
+        &example_data("model-access"),
+    );
+    let budget = json!({"tenants": {"acme": {"run_max_tokens": 400, "throttle_from": 0.5, "max_delay_ms": 300}}});
+    push_and_bind(&stack, "budget", "tight", "budget.spend", "acme", &budget);
+    let (id, _) = stack
+        .submit_until(&spec("acme", &["sleep", "120"]), &["running"])
+        .await
+        .unwrap();
+    let db = Db::connect(&stack.database_url).await.unwrap();
+    let token = credential(&db, &id).await;
+    let http = reqwest::Client::new();
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "w ".repeat(30)}]});
+    let send = |key: Option<&str>, body: Vec<u8>, path: &str| {
+        let mut req = http
+            .post(stack.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        req.send()
+    };
+
+    // Bad input first: each refused with a clear error, nothing recorded, nothing forwarded.
+    let before = counts(&db).await;
+    let forged = cogward_activities::credential::mint(b"not the installation key", &id);
+    let other_run = token.replace(&id, "run-0000000000000000000000000000");
+    let ok_body = body.to_string().into_bytes();
+    for (key, body, path, status, kind) in [
+        (
+            None,
+            ok_body.clone(),
+            "/gw/anthropic/v1/messages",
+            401,
+            "authentication_error",
+        ),
+        (
+            Some(forged.as_str()),
+            ok_body.clone(),
+            "/gw/anthropic/v1/messages",
+            401,
+            "authentication_error",
+        ),
+        (
+            Some(other_run.as_str()),
+            ok_body.clone(),
+            "/gw/anthropic/v1/messages",
+            401,
+            "authentication_error",
+        ),
+        (
+            Some("sk-ant-real-looking"),
+            ok_body.clone(),
+            "/gw/anthropic/v1/messages",
+            401,
+            "authentication_error",
+        ),
+        (
+            Some(token.as_str()),
+            b"{not json".to_vec(),
+            "/gw/anthropic/v1/messages",
+            400,
+            "invalid_request_error",
+        ),
+        (
+            Some(token.as_str()),
+            b"{}".to_vec(),
+            "/gw/anthropic/v1/messages",
+            400,
+            "invalid_request_error",
+        ),
+        (
+            Some(token.as_str()),
+            ok_body.clone(),
+            "/gw/nope/v1/messages",
+            404,
+            "not_found_error",
+        ),
+        (
+            Some(token.as_str()),
+            ok_body.clone(),
+            "/gw/openai/v1/messages",
+            404,
+            "not_found_error",
+        ),
+        (
+            Some(token.as_str()),
+            vec![b' '; 33 << 20],
+            "/gw/anthropic/v1/messages",
+            413,
+            "invalid_request_error",
+        ),
+    ] {
+        let resp = send(key, body, path).await.unwrap();
+        let got = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            (got, v["error"]["type"].as_str()),
+            (status, Some(kind)),
+            "{path} {key:?}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("cogward: "),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        counts(&db).await,
+        before,
+        "a refused request changed something"
+    );
+    assert!(provider.requests().is_empty());
+
+    // The budget: permitted, then throttled (the delay recorded), then denied with 429 before
+    // the provider is called.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let resp = send(Some(&token), ok_body.clone(), "/gw/anthropic/v1/messages")
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("run_max_tokens"),
+                "{v}"
+            );
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(
+        statuses[..statuses.len() - 1].iter().all(|s| *s == 200),
+        "{statuses:?}"
+    );
+    let forwarded = provider.requests().len();
+    assert_eq!(forwarded, statuses.len() - 1);
+    let throttles: Vec<i64> = sqlx::query_scalar(
+        "SELECT body FROM ledger_entries WHERE event_type = 'gateway.model_call' ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|b: &String| {
+        serde_json::from_str::<Value>(b).unwrap()["throttle_ms"]
+            .as_i64()
+            .unwrap()
+    })
+    .collect();
+    assert_eq!(throttles.len(), statuses.len());
+    assert_eq!(throttles[0], 0, "{throttles:?}");
+    assert!(
+        throttles.iter().any(|t| *t > 0),
+        "never throttled: {throttles:?}"
+    );
+    assert_eq!(
+        *throttles.last().unwrap(),
+        0,
+        "a denied call waits for nothing"
+    );
+    let denied: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM gateway_calls WHERE decision = 'deny'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(denied, 1);
+
+    // Once the run has ended, its credential admits nothing.
+    let (status, _) = stack
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/cancel"),
+            Some(&stack.tokens.ci),
+            Some(b"{}".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    stack
+        .wait_status(&id, &["cancelled"], crate::RUN_TIMEOUT)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let before = counts(&db).await;
+    let resp = send(Some(&token), ok_body, "/gw/anthropic/v1/messages")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has ended"),
+        "{v}"
+    );
+    assert_eq!(counts(&db).await, before);
+    assert_eq!(provider.requests().len(), forwarded);
+}
