@@ -2,8 +2,12 @@
 # The whole stack locally, and example agent runs through it: a Temporal dev server, the cogward
 # API + history mirror + worker; an admission policy (WebAssembly, in wasmtime) tested, pushed and
 # bound for tenant acme; a run the policy denies, with its decision replayed; a sandboxed run that
-# waits at its approval gate, an approval by a second principal, and the run's verified,
+# waits at its approval gate, an approval by a second principal, the agent's model call through
+# the gateway (decided by the model-access and budget policies), and the run's verified,
 # hash-chained ledger printed at the end.
+# No model provider is reachable here, so the gateway is configured with tests/fakes/fake_provider.py,
+# a stand-in speaking Anthropic's and OpenAI's wire formats; with real keys, use
+# examples/gateway.json as <state>/gateway.json instead.
 #   scripts/demo.sh          run the example, then stop the stack
 #   scripts/demo.sh --keep   leave the stack running (stop it with: kill $(cat .cogward/dev.pid))
 set -euo pipefail
@@ -23,11 +27,29 @@ if (exec 3<>"/dev/tcp/${COGWARD_LISTEN%:*}/${COGWARD_LISTEN##*:}") 2>/dev/null; 
     echo "something already listens on $COGWARD_LISTEN (a running cogward dev?); stop it or set COGWARD_LISTEN" >&2
     exit 1
 fi
+log "starting a stand-in model provider (tests/fakes/fake_provider.py) for the gateway"
+export DEMO_PROVIDER_KEY="demo-provider-key-$$"
+python3 tests/fakes/fake_provider.py --port 0 --api-key "$DEMO_PROVIDER_KEY" \
+    --log "$COGWARD_STATE_DIR/provider.log" >"$COGWARD_STATE_DIR/provider.out" 2>&1 &
+echo $! >"$COGWARD_STATE_DIR/provider.pid"
+for _ in $(seq 1 50); do grep -q listening "$COGWARD_STATE_DIR/provider.out" && break; sleep 0.1; done
+provider_url=$(sed -n 's/^listening on //p' "$COGWARD_STATE_DIR/provider.out")
+python3 - "$provider_url" >"$COGWARD_STATE_DIR/gateway.json" <<'PY'
+import json, sys
+config = json.load(open("examples/gateway.json"))
+for p in config["providers"].values():
+    p["base_url"], p["api_key_env"] = sys.argv[1], "DEMO_PROVIDER_KEY"
+print(json.dumps(config, indent=2))
+PY
 log "starting the stack: cogward dev (log: .cogward/dev.log)"
 cogward dev >"$COGWARD_STATE_DIR/dev.log" 2>&1 &
 echo $! >"$COGWARD_STATE_DIR/dev.pid"
+stop_all() {
+    kill "$(cat "$COGWARD_STATE_DIR/dev.pid")" "$(cat "$COGWARD_STATE_DIR/provider.pid")" 2>/dev/null
+    wait 2>/dev/null || true
+}
 if [ "${1:-}" != "--keep" ]; then
-    trap 'kill "$(cat "$COGWARD_STATE_DIR/dev.pid")" 2>/dev/null; wait 2>/dev/null || true' EXIT
+    trap stop_all EXIT
 fi
 for _ in $(seq 1 100); do
     curl -fsS "$COGWARD_API/healthz" >/dev/null 2>&1 && break
@@ -66,6 +88,13 @@ version=$(echo "$pushed" | grep -o 'version [0-9]*' | head -1 | cut -d' ' -f2)
 cogward policy bind --tenant acme --kind run.admission --name acme-admission --version "$version"
 cogward policy list
 
+step "the gateway's policies for acme: which models (model-access) and how much (budget)"
+cogward policy push builtin:model-access --name acme-models \
+    --data wasm-policies/policies/model-access/data.example.json
+cogward policy bind --tenant acme --kind model.call --name acme-models --version 1
+cogward policy push builtin:budget --name acme-budget --data wasm-policies/policies/budget/data.example.json
+cogward policy bind --tenant acme --kind budget.spend --name acme-budget --version 1
+
 step "a run the policy denies: unknown agent, too much memory"
 denied_id=$(submit examples/denied-run.json)
 wait_status "$denied_id" denied
@@ -91,12 +120,19 @@ wait_status "$run_id" succeeded failed rejected expired cancelled denied
 cogward run status "$run_id" --json
 echo "agent stdout:"; cat "$COGWARD_STATE_DIR/runs/$run_id/stdout.log"
 
-step "the run's ledger: every Temporal history event plus admission, policy decision, approval, evidence, verdict"
+step "the run's ledger: every Temporal history event plus admission, policy decisions, the model call, approval, evidence, verdict"
 wait_mirrored "$run_id"
 cogward run history "$run_id"
 
 step "temporal workflow show (the real CLI) for the same run"
 "$COGWARD_TEMPORAL_BIN" workflow show -w "$run_id" --address "${COGWARD_TEMPORAL_ADDRESS#http://}" | tail -n 5
+
+step "the model call as the ledger holds it (the agent's credential never appears; the provider saw the engine's key)"
+cogward run history "$run_id" --json | python3 -c '
+import json, sys
+for e in json.load(sys.stdin)["entries"]:
+    if e["event_type"] == "gateway.model_call":
+        print(json.dumps(json.loads(e["body"]), indent=2))'
 
 step "cogward audit replay: the run's history, rebuilt from the ledger alone, replays against this build"
 cogward audit replay "$run_id"
