@@ -460,26 +460,19 @@ async fn forward(
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
-            call.outcome = "upstream_unreachable".into();
-            call.latency = started.elapsed();
-            if let Err(e) = gw.record(&call).await {
-                return refused_unrecorded(wire, &e);
-            }
-            return provider_error(
-                wire,
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                format!("cogward: the provider could not be reached: {e}"),
-            );
+            let message = format!("cogward: the provider could not be reached: {e}");
+            return upstream_failed(&gw, call, started, wire, "upstream_unreachable", message)
+                .await;
         }
     };
     let status = resp.status();
     call.upstream_status = Some(status.as_u16());
-    if !status.is_success() {
-        call.outcome = "upstream_error".into();
+    call.outcome = if status.is_success() {
+        "ok"
     } else {
-        call.outcome = "ok".into();
+        "upstream_error"
     }
+    .into();
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     let streaming = content_type
         .as_ref()
@@ -496,17 +489,8 @@ async fn forward(
     let bytes = match read_capped(resp, RESPONSE_LIMIT).await {
         Ok(b) => b,
         Err(e) => {
-            call.outcome = "upstream_error".into();
-            call.latency = started.elapsed();
-            if let Err(e) = gw.record(&call).await {
-                return refused_unrecorded(wire, &e);
-            }
-            return provider_error(
-                wire,
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                format!("cogward: reading the provider's response: {e}"),
-            );
+            let message = format!("cogward: reading the provider's response: {e}");
+            return upstream_failed(&gw, call, started, wire, "upstream_error", message).await;
         }
     };
     if let Some((input, output)) = serde_json::from_slice::<Value>(&bytes)
@@ -526,6 +510,23 @@ async fn forward(
     }
     mark(&mut out, &call);
     out
+}
+
+/// Record a call the provider failed (`outcome`) and answer 502 with `message`.
+async fn upstream_failed(
+    gw: &Gateway,
+    mut call: CallRecord,
+    started: Instant,
+    wire: Wire,
+    outcome: &str,
+    message: String,
+) -> Response {
+    call.outcome = outcome.to_string();
+    call.latency = started.elapsed();
+    match gw.record(&call).await {
+        Ok(_) => provider_error(wire, StatusCode::BAD_GATEWAY, "api_error", message),
+        Err(e) => refused_unrecorded(wire, &e),
+    }
 }
 
 /// Turns usage into the call's tokens and cost.
