@@ -377,6 +377,40 @@ pub struct RunSummary {
     pub admission: Option<Admission>,
     pub approval: Option<ApprovalDecision>,
     pub evidence: Option<RunnerEvidence>,
+    /// Tool calls the gateway parked for approval while the run was running, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_approvals: Vec<ToolApproval>,
+}
+
+/// Signal `request_tool_approval`: the gateway parked a tool call because the tool-access policy
+/// escalated it. The call's arguments are identified by digest only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolApprovalRequest {
+    pub call_id: String,
+    /// `server.tool`.
+    pub tool: String,
+    pub args_sha256: String,
+    /// The group whose member must decide (the policy's `require_approval`), if any.
+    pub group: Option<String>,
+    pub reasons: Vec<String>,
+}
+
+/// Signal `decide_tool_call`: a human's decision on a parked tool call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallDecision {
+    pub call_id: String,
+    pub verdict: ApprovalVerdict,
+    pub approver: String,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// A parked tool call as the workflow holds it: the request and, once made, the decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolApproval {
+    #[serde(flatten)]
+    pub request: ToolApprovalRequest,
+    pub decision: Option<ApprovalDecision>,
 }
 
 #[cfg(test)]

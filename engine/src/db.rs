@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0005_gateway.sql",
         include_str!("../../migrations/0005_gateway.sql"),
     ),
+    (
+        6,
+        "0006_mcp.sql",
+        include_str!("../../migrations/0006_mcp.sql"),
+    ),
 ];
 
 #[derive(Clone)]

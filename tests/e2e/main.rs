@@ -5,6 +5,7 @@
 
 mod gateway;
 mod ledger;
+mod mcp;
 mod policies;
 mod stack;
 

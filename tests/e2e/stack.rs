@@ -282,6 +282,20 @@ impl Stack {
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
 
+    /// `kill -9` the API process (`cogward serve`), then start it again and wait for it.
+    pub fn kill9_and_restart_serve(&mut self) -> Result<()> {
+        if let Some(mut s) = self.serve.take() {
+            kill9(&mut s);
+        }
+        let args: &[&str] = if self.worker.is_some() {
+            &["serve"]
+        } else {
+            &["serve", "--worker"]
+        };
+        self.serve = Some(self.spawn(args, "serve.log")?);
+        wait_port(self.api_port, Duration::from_secs(30))
+    }
+
     pub fn start_worker(&mut self) -> Result<()> {
         self.worker = Some(self.spawn(&["worker"], "worker.log")?);
         Ok(())

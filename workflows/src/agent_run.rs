@@ -10,7 +10,8 @@ use cogward_activities::admission::AdmitInput;
 use cogward_activities::runner::StartRunnerInput;
 use cogward_activities::spec::{
     Admission, AdmissionVerdict, ApprovalDecision, ApprovalSignal, ApprovalVerdict, RunInput,
-    RunStatus, RunSummary, RunnerEvidence, RuntimeSpec,
+    RunStatus, RunSummary, RunnerEvidence, RuntimeSpec, ToolApproval, ToolApprovalRequest,
+    ToolCallDecision,
 };
 use cogward_runner::protocol::Outcome;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct AgentRun {
     summary: Option<RunSummary>,
     /// The first approve/reject received while the gate was open.
     approval: Option<ApprovalDecision>,
+    /// Tool calls the gateway parked while the agent ran, with their decisions.
+    tool_approvals: Vec<ToolApproval>,
 }
 
 impl AgentRun {
@@ -51,10 +54,12 @@ impl AgentRun {
     ) -> WorkflowResult<RunSummary> {
         ctx.state_mut(|s| {
             let approval = s.approval.clone();
+            let tool_approvals = s.tool_approvals.clone();
             let summary = s.summary.as_mut().map(|summary| {
                 summary.status = status;
                 summary.reason = reason;
                 summary.approval = approval;
+                summary.tool_approvals = tool_approvals;
                 summary.clone()
             });
             summary.ok_or_else(|| {
@@ -126,6 +131,7 @@ impl AgentRun {
                 admission: None,
                 approval: None,
                 evidence: None,
+                tool_approvals: Vec::new(),
             })
         });
 
@@ -242,11 +248,56 @@ impl AgentRun {
         self.record_approval(ApprovalVerdict::Rejected, signal);
     }
 
+    /// The gateway parked a tool call of this run's agent for approval. Accepted while the
+    /// agent runs, once per call id.
+    #[signal]
+    pub fn request_tool_approval(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        request: ToolApprovalRequest,
+    ) {
+        let running = self
+            .summary
+            .as_ref()
+            .is_some_and(|s| s.status == RunStatus::Running);
+        let known = self
+            .tool_approvals
+            .iter()
+            .any(|a| a.request.call_id == request.call_id);
+        if running && !known {
+            self.tool_approvals.push(ToolApproval {
+                request,
+                decision: None,
+            });
+        }
+    }
+
+    /// A human decided a parked tool call; the first decision stands.
+    #[signal]
+    pub fn decide_tool_call(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        decision: ToolCallDecision,
+    ) {
+        if let Some(a) = self
+            .tool_approvals
+            .iter_mut()
+            .find(|a| a.request.call_id == decision.call_id && a.decision.is_none())
+        {
+            a.decision = Some(ApprovalDecision {
+                verdict: decision.verdict,
+                approver: decision.approver,
+                comment: decision.comment,
+            });
+        }
+    }
+
     /// The run's current phase and summary.
     #[query]
     pub fn status(&self, _ctx: &WorkflowContextView) -> Option<RunSummary> {
         self.summary.clone().map(|mut s| {
             s.approval = self.approval.clone();
+            s.tool_approvals = self.tool_approvals.clone();
             s
         })
     }

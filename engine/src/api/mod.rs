@@ -54,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .merge(runs::router())
         .merge(policies::router())
         .merge(crate::gateway::model::router())
+        .merge(crate::gateway::mcp::router())
         .fallback(|| async {
             error::problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -10,7 +10,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cogward_activities::spec::{ApprovalSignal, RunId, RunInput, RunSpec, RunStatus, RunSummary};
+use cogward_activities::spec::{
+    ApprovalSignal, ApprovalVerdict, RunId, RunInput, RunSpec, RunStatus, RunSummary,
+    ToolCallDecision,
+};
 use cogward_workflows::{AgentRun, TASK_QUEUE};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -28,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/runs/{id}/reject", post(reject))
         .route("/v1/runs/{id}/cancel", post(cancel))
         .route("/v1/runs/{id}/history", get(history))
+        .route("/v1/runs/{id}/tool-calls", get(tool_calls))
 }
 
 /// A run as the API shows it.
@@ -262,6 +266,9 @@ async fn list(
 struct DecisionBody {
     #[serde(default)]
     comment: Option<String>,
+    /// Decide this parked tool call of the running agent instead of the run's start gate.
+    #[serde(default)]
+    tool_call: Option<String>,
 }
 
 async fn decide(
@@ -293,6 +300,18 @@ async fn decide(
             .ok()
             .flatten()
     };
+    if let Some(call_id) = body.tool_call {
+        return decide_tool_call(
+            &state,
+            &principal,
+            &record,
+            live,
+            call_id,
+            body.comment,
+            approve,
+        )
+        .await;
+    }
     let current = live.as_ref().map_or(record.status, |s| s.status);
     if current != RunStatus::AwaitingApproval {
         return Err(problem(
@@ -349,6 +368,126 @@ async fn decide(
     tracing::info!(run_id = %record.run_id, approver = %principal.name, approve, "approval decision sent");
     state.mirror_wake.wake(&record.run_id);
     Ok((StatusCode::ACCEPTED, Json(record.into())))
+}
+
+/// Decide a tool call the gateway parked: only while the run is running, only a pending call,
+/// only by a member of the group the tool-access policy named.
+async fn decide_tool_call(
+    state: &AppState,
+    principal: &Principal,
+    record: &RunRecord,
+    live: Option<RunSummary>,
+    call_id: String,
+    comment: Option<String>,
+    approve: bool,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let Some(live) = live else {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            "not_running",
+            format!(
+                "run {} is {}: its tool calls can no longer be decided",
+                record.run_id, record.status
+            ),
+        ));
+    };
+    let Some(parked) = live
+        .tool_approvals
+        .iter()
+        .find(|a| a.request.call_id == call_id)
+    else {
+        return Err(problem(
+            StatusCode::NOT_FOUND,
+            "unknown_tool_call",
+            format!("run {} has no parked tool call {call_id:?}", record.run_id),
+        ));
+    };
+    if parked.decision.is_some() {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            "already_decided",
+            format!(
+                "tool call {call_id} of run {} was already decided",
+                record.run_id
+            ),
+        ));
+    }
+    if let Some(group) = &parked.request.group
+        && !principal.groups.contains(group)
+    {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "not_in_approval_group",
+            format!(
+                "tool call {call_id} ({}) needs a decision from group {group:?}, and {:?} is not in it",
+                parked.request.tool, principal.name
+            ),
+        ));
+    }
+    let decision = ToolCallDecision {
+        call_id: call_id.clone(),
+        verdict: if approve {
+            ApprovalVerdict::Approved
+        } else {
+            ApprovalVerdict::Rejected
+        },
+        approver: principal.name.clone(),
+        comment,
+    };
+    state
+        .client
+        .get_workflow_handle::<AgentRun>(record.run_id.as_str())
+        .signal(
+            AgentRun::decide_tool_call,
+            decision,
+            WorkflowSignalOptions::default(),
+        )
+        .await
+        .map_err(|e| {
+            problem(
+                StatusCode::CONFLICT,
+                "not_running",
+                format!("run {} no longer accepts decisions: {e}", record.run_id),
+            )
+        })?;
+    tracing::info!(run_id = %record.run_id, call_id, approver = %principal.name, approve, "tool call decision sent");
+    state.mirror_wake.wake(&record.run_id);
+    Ok((StatusCode::ACCEPTED, Json(record.clone().into())))
+}
+
+/// The run's parked tool calls and their decisions, read live from the workflow (or from its
+/// final summary once it ended).
+async fn tool_calls(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    principal.require(Role::Read)?;
+    let record = load(&state, &id).await?;
+    let approvals = if record.status.is_terminal() {
+        record.summary.map(|s| s.tool_approvals).unwrap_or_default()
+    } else {
+        state
+            .client
+            .get_workflow_handle::<AgentRun>(record.run_id.as_str())
+            .query(AgentRun::status, (), WorkflowQueryOptions::default())
+            .await
+            .map_err(|e| {
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporal_unavailable",
+                    format!(
+                        "could not read run {}'s tool calls from Temporal: {e}",
+                        record.run_id
+                    ),
+                )
+            })?
+            .map(|s| s.tool_approvals)
+            .unwrap_or_default()
+    };
+    Ok(Json(
+        serde_json::json!({"run_id": record.run_id, "tool_calls": approvals}),
+    ))
 }
 
 async fn approve(

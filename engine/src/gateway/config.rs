@@ -28,6 +28,85 @@ pub struct GatewayConfig {
     /// Upper bound of a throttle obligation's delay honoured before a call, in milliseconds.
     #[serde(default = "default_max_throttle_ms")]
     pub max_throttle_ms: u64,
+    /// The MCP servers (the catalog's connectors) agents reach through `/mcp`.
+    #[serde(default)]
+    pub mcp_servers: Vec<McpServer>,
+    /// When an upstream MCP server counts as down, and for how long.
+    #[serde(default)]
+    pub breaker: Breaker,
+    /// How long an escalated tool call waits for its approval before it is refused.
+    #[serde(default = "default_tool_approval_timeout")]
+    pub tool_approval_timeout_seconds: u64,
+}
+
+fn default_tool_approval_timeout() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServer {
+    /// The namespace of its tools (`<name>_<tool>` to agents, `<name>.<tool>` to policies):
+    /// 1-32 characters of `[A-Za-z0-9-]`.
+    pub name: String,
+    /// Tenants (globs) whose agents may reach it.
+    #[serde(default = "every_tenant")]
+    pub tenants: Vec<String>,
+    pub transport: McpTransport,
+    /// `shared`: one connection (one process, for stdio) for every run; `run`: one per run,
+    /// closed when the run ends.
+    #[serde(default)]
+    pub scope: McpScope,
+    /// A call's time limit, in seconds.
+    #[serde(default = "default_call_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn every_tenant() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn default_call_timeout() -> u64 {
+    120
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum McpTransport {
+    /// A program the gateway starts and speaks to over stdin/stdout.
+    Stdio {
+        command: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    /// A Streamable HTTP endpoint (`http://host:port/mcp`).
+    Http { url: String },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpScope {
+    #[default]
+    Shared,
+    Run,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    /// Consecutive failed calls (transport errors, timeouts) that open the circuit.
+    pub failures: u32,
+    /// How long an open circuit refuses calls before one is let through to try again.
+    pub cooldown_seconds: u64,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            cooldown_seconds: 30,
+        }
+    }
 }
 
 fn default_region() -> String {
@@ -91,6 +170,35 @@ impl GatewayConfig {
                 "provider {name}: base_url must be an http(s) URL"
             );
         }
+        let mut names = std::collections::BTreeSet::new();
+        for s in &config.mcp_servers {
+            anyhow::ensure!(
+                !s.name.is_empty()
+                    && s.name.len() <= 32
+                    && s.name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+                "MCP server {:?}: a name is 1-32 characters of [A-Za-z0-9-]",
+                s.name
+            );
+            anyhow::ensure!(
+                names.insert(&s.name),
+                "MCP server {} is declared twice",
+                s.name
+            );
+            match &s.transport {
+                McpTransport::Stdio { command, .. } => anyhow::ensure!(
+                    !command.is_empty(),
+                    "MCP server {}: stdio needs a command",
+                    s.name
+                ),
+                McpTransport::Http { url } => anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "MCP server {}: url must be http(s)",
+                    s.name
+                ),
+            }
+        }
         Ok(config)
     }
 
@@ -99,6 +207,13 @@ impl GatewayConfig {
             .get(tenant)
             .or_else(|| self.tiers.get("*"))
             .map_or("standard", String::as_str)
+    }
+
+    /// The MCP servers `tenant`'s agents may reach.
+    pub fn mcp_servers_for<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a McpServer> {
+        self.mcp_servers
+            .iter()
+            .filter(move |s| s.tenants.iter().any(|t| glob_match(t, tenant)))
     }
 
     /// Cost in micro-USD of a call's tokens (0 for an unpriced model).

@@ -8,10 +8,12 @@
 //! from). A call whose record cannot be written is refused.
 //!
 //! [`model`] serves the provider APIs (Anthropic Messages, OpenAI Chat Completions and
-//! Responses).
+//! Responses); [`mcp`] serves MCP to agents and [`upstream`] reaches the MCP servers.
 
 pub mod config;
+pub mod mcp;
 pub mod model;
+pub mod upstream;
 
 use crate::db::Db;
 use crate::ledger::{EntryKind, Ledger, NewEntry};
@@ -39,6 +41,9 @@ pub struct Gateway {
     key: Vec<u8>,
     http: reqwest::Client,
     checked: Mutex<HashMap<String, (RunIdentity, Instant)>>,
+    pub upstreams: upstream::Upstreams,
+    /// MCP session id → run id (the database is the record; this saves a read per request).
+    pub sessions: Mutex<HashMap<String, String>>,
 }
 
 /// The run a call is made for.
@@ -114,6 +119,8 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .context("building the gateway's HTTP client")?;
+        let upstreams =
+            upstream::Upstreams::new(ledger.clone(), namespace.clone(), config.breaker)?;
         Ok(Self {
             db,
             ledger,
@@ -123,6 +130,8 @@ impl Gateway {
             key,
             http,
             checked: Mutex::new(HashMap::new()),
+            upstreams,
+            sessions: Mutex::new(HashMap::new()),
         })
     }
 

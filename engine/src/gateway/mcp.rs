@@ -1,0 +1,812 @@
+//! The MCP gateway, agent side: Streamable HTTP at `/mcp` (JSON-RPC 2.0, protocol versions
+//! 2025-11-25, 2025-06-18 and 2025-03-26, `Mcp-Session-Id` sessions kept in the database).
+//!
+//! - `initialize` opens a session bound to the run whose credential made it; every later request
+//!   needs the session, and the same run's credential.
+//! - `tools/list` is the union of the tenant's upstream servers' tools, named
+//!   `<server>_<tool>`, filtered by the tool-access policy (action `list`).
+//! - `tools/call` is decided by the tool-access policy (action `call`): `permit` forwards it
+//!   upstream ([`super::upstream`]); `deny` answers a tool result with `isError: true` naming the
+//!   reasons (agents show it to their model, which can adapt); `escalate` parks the call: the run's
+//!   workflow is signalled (`request_tool_approval`), a member of the policy's group approves or
+//!   rejects through `POST /v1/runs/{id}/approve|reject` with `{"tool_call": id}`, and the call
+//!   is then forwarded or refused. While parked the answer is an SSE stream carrying progress
+//!   notifications (when the client sent a `progressToken`). A retried call (same run, tool and
+//!   arguments) re-attaches to its parked row, so a gateway restart loses no decision.
+//! - Every call is recorded (ledger and journal) before its answer is released.
+//!
+//! Requests that cannot be routed get a JSON-RPC error with an HTTP status: malformed JSON
+//! (400, -32700), not a JSON-RPC request (400, -32600), no session (400), unknown session (404),
+//! no or bad run credential (401), over 1 MiB (413).
+
+use super::config::McpServer;
+use super::upstream::UpstreamError;
+use super::{AuthFailure, CallDecision, CallRecord, Gateway, RunIdentity, sha256_hex};
+use crate::api::AppState;
+use crate::ledger::canonical_string;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use cogward_activities::spec::{
+    ApprovalDecision, ApprovalVerdict, DecisionRecord, RunId, RunStatus, ToolApprovalRequest,
+};
+use cogward_policy_abi::{Effect, Obligation, Request, kinds};
+use cogward_workflows::AgentRun;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use temporalio_client::{WorkflowQueryOptions, WorkflowSignalOptions};
+use tokio::sync::mpsc;
+
+/// Largest JSON-RPC message accepted.
+pub const MCP_BODY_LIMIT: usize = 1024 * 1024;
+/// Protocol versions spoken, newest first.
+pub const PROTOCOL_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
+const SESSION_HEADER: &str = "mcp-session-id";
+/// How often a parked call looks for its decision, and sends progress.
+const PARK_POLL: Duration = Duration::from_millis(250);
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/mcp",
+            post(handle_post).get(handle_get).delete(handle_delete),
+        )
+        .layer(DefaultBodyLimit::max(MCP_BODY_LIMIT))
+}
+
+/// A JSON-RPC error answer, with the HTTP status it travels with.
+struct RpcError {
+    status: StatusCode,
+    id: Value,
+    code: i64,
+    message: String,
+}
+
+fn rpc_error(status: StatusCode, id: &Value, code: i64, message: impl Into<String>) -> RpcError {
+    RpcError {
+        status,
+        id: id.clone(),
+        code,
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for RpcError {
+    fn into_response(self) -> Response {
+        let body = json!({"jsonrpc": "2.0", "id": self.id,
+                          "error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn rpc_result(id: &Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+fn authenticate_error(e: AuthFailure) -> RpcError {
+    match e {
+        AuthFailure::Credential(e) => rpc_error(
+            StatusCode::UNAUTHORIZED,
+            &Value::Null,
+            -32001,
+            format!("cogward: {e}"),
+        ),
+        AuthFailure::Internal(e) => {
+            tracing::error!(error = %format!("{e:#}"), "MCP request refused: credential check failed");
+            rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &Value::Null,
+                -32603,
+                "cogward: internal error",
+            )
+        }
+    }
+}
+
+async fn handle_get() -> Response {
+    // No server-initiated stream: the spec's answer is 405.
+    rpc_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &Value::Null,
+        -32600,
+        "cogward: this gateway opens no standalone SSE stream; POST requests",
+    )
+    .into_response()
+}
+
+async fn handle_delete(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let gw = &state.gateway;
+    let run = match gw.authenticate(&headers).await {
+        Ok(r) => r,
+        Err(e) => return authenticate_error(e).into_response(),
+    };
+    match session(gw, &headers, &run, &Value::Null).await {
+        Ok(id) => {
+            let _ = sqlx::query("DELETE FROM mcp_sessions WHERE session_id = $1")
+                .bind(&id)
+                .execute(&gw.db.pool)
+                .await;
+            if let Ok(mut s) = gw.sessions.lock() {
+                s.remove(&id);
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match dispatch(&state, &headers, body).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, RpcError> {
+    let gw = &state.gateway;
+    let run = gw.authenticate(headers).await.map_err(authenticate_error)?;
+    let body = body.map_err(|e| {
+        rpc_error(
+            e.status(),
+            &Value::Null,
+            -32600,
+            format!("cogward: {}", e.body_text()),
+        )
+    })?;
+    let message: Value = serde_json::from_slice(&body).map_err(|e| {
+        rpc_error(
+            StatusCode::BAD_REQUEST,
+            &Value::Null,
+            -32700,
+            format!("cogward: parse error: {e}"),
+        )
+    })?;
+    let Some(obj) = message.as_object() else {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            &Value::Null,
+            -32600,
+            "cogward: a message is one JSON-RPC object (batches are not supported)",
+        ));
+    };
+    let id = obj.get("id").cloned().unwrap_or(Value::Null);
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0")
+        || !(id.is_null() || id.is_string() || id.is_i64() || id.is_u64())
+    {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            &id,
+            -32600,
+            "cogward: not a JSON-RPC 2.0 message",
+        ));
+    }
+    let Some(method) = obj.get("method").and_then(Value::as_str) else {
+        // A response to a request we never send, or garbage: accepted and ignored.
+        return Ok(StatusCode::ACCEPTED.into_response());
+    };
+    if !obj.contains_key("id") {
+        // Notifications (initialized, cancelled, ...): nothing to answer.
+        return Ok(StatusCode::ACCEPTED.into_response());
+    }
+    let params = obj.get("params").cloned().unwrap_or(Value::Null);
+    if method == "initialize" {
+        return initialize(gw, &run, &id, &params).await;
+    }
+    let session_id = session(gw, headers, &run, &id).await?;
+    if let Some(v) = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        && !PROTOCOL_VERSIONS.contains(&v)
+    {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            &id,
+            -32600,
+            format!(
+                "cogward: unsupported MCP-Protocol-Version {v:?}; supported: {}",
+                PROTOCOL_VERSIONS.join(", ")
+            ),
+        ));
+    }
+    let answer = match method {
+        "ping" => rpc_result(&id, json!({})),
+        "tools/list" => rpc_result(&id, list_tools(gw, &run).await),
+        "tools/call" => return call_tool(state, &run, &id, &params).await,
+        other => {
+            return Ok(rpc_error(
+                StatusCode::OK,
+                &id,
+                -32601,
+                format!("Method not found: {other}"),
+            )
+            .into_response());
+        }
+    };
+    let _ = session_id;
+    Ok(axum::Json(answer).into_response())
+}
+
+async fn initialize(
+    gw: &Gateway,
+    run: &RunIdentity,
+    id: &Value,
+    params: &Value,
+) -> Result<Response, RpcError> {
+    let asked = params
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let version = if PROTOCOL_VERSIONS.contains(&asked) {
+        asked
+    } else {
+        PROTOCOL_VERSIONS[0]
+    };
+    let client = params
+        .get("clientInfo")
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["name"].as_str().unwrap_or("?"),
+                c["version"].as_str().unwrap_or("?")
+            )
+        })
+        .unwrap_or_default();
+    let session_id = uuid::Uuid::new_v4().simple().to_string();
+    sqlx::query(
+        "INSERT INTO mcp_sessions (session_id, run_id, protocol_version, client, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&session_id)
+    .bind(&run.run_id)
+    .bind(version)
+    .bind(client.chars().take(200).collect::<String>())
+    .bind(crate::now_rfc3339())
+    .execute(&gw.db.pool)
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "opening an MCP session");
+        rpc_error(StatusCode::SERVICE_UNAVAILABLE, id, -32603, "cogward: could not open a session")
+    })?;
+    if let Ok(mut s) = gw.sessions.lock() {
+        s.insert(session_id.clone(), run.run_id.clone());
+    }
+    let result = json!({
+        "protocolVersion": version,
+        "capabilities": {"tools": {"listChanged": false}},
+        "serverInfo": {"name": "cogward-gateway", "version": env!("CARGO_PKG_VERSION")},
+        "instructions": "Tools of this run, governed by cogward: every call is decided by policy and recorded.",
+    });
+    let mut resp = axum::Json(rpc_result(id, result)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&session_id) {
+        resp.headers_mut().insert(SESSION_HEADER, v);
+    }
+    Ok(resp)
+}
+
+/// The request's session: it must exist and belong to the credential's run.
+async fn session(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    run: &RunIdentity,
+    id: &Value,
+) -> Result<String, RpcError> {
+    let Some(session_id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            -32600,
+            "cogward: Mcp-Session-Id is required; initialize first",
+        ));
+    };
+    let cached = gw
+        .sessions
+        .lock()
+        .ok()
+        .and_then(|s| s.get(session_id).cloned());
+    let owner = match cached {
+        Some(owner) => Some(owner),
+        None => {
+            let owner: Option<String> =
+                sqlx::query_scalar("SELECT run_id FROM mcp_sessions WHERE session_id = $1")
+                    .bind(session_id)
+                    .fetch_optional(&gw.db.pool)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "reading an MCP session");
+                        rpc_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            id,
+                            -32603,
+                            "cogward: internal error",
+                        )
+                    })?;
+            if let (Some(o), Ok(mut s)) = (&owner, gw.sessions.lock()) {
+                s.insert(session_id.to_string(), o.clone());
+            }
+            owner
+        }
+    };
+    if owner.as_deref() != Some(run.run_id.as_str()) {
+        return Err(rpc_error(
+            StatusCode::NOT_FOUND,
+            id,
+            -32001,
+            "cogward: unknown session; initialize a new one",
+        ));
+    }
+    Ok(session_id.to_string())
+}
+
+fn tool_request(run: &RunIdentity, action: &str, server: &str, tool: &str) -> Request {
+    Request {
+        kind: kinds::TOOL_CALL.into(),
+        tenant: run.tenant.clone(),
+        principal: run.principal(),
+        agent: run.agent.clone(),
+        action: action.into(),
+        resource: json!({"server": server, "tool": tool}),
+        context: json!({"run_id": run.run_id}),
+    }
+}
+
+/// The tools this run's agent may see.
+async fn list_tools(gw: &Gateway, run: &RunIdentity) -> Value {
+    let mut tools = Vec::new();
+    for server in gw.config.mcp_servers_for(&run.tenant) {
+        let listed = match gw.upstreams.tools(server, &run.run_id).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, server = %server.name, "listing an MCP server's tools");
+                continue;
+            }
+        };
+        for tool in listed.iter() {
+            let visible = match gw
+                .policies
+                .decide_request(tool_request(run, "list", &server.name, &tool.name))
+                .await
+            {
+                Ok(r) => r.decision.effect != Effect::Deny,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "deciding a tool listing");
+                    false
+                }
+            };
+            if visible && let Ok(mut v) = serde_json::to_value(tool) {
+                v["name"] = Value::String(format!("{}_{}", server.name, tool.name));
+                tools.push(v);
+            }
+        }
+    }
+    json!({"tools": tools})
+}
+
+/// The server and upstream tool an exposed name stands for, if the tenant has that server.
+fn resolve<'a>(
+    gw: &'a Gateway,
+    run: &'a RunIdentity,
+    name: &'a str,
+) -> Option<(&'a McpServer, &'a str)> {
+    let (server, tool) = name.split_once('_')?;
+    let server = gw
+        .config
+        .mcp_servers_for(&run.tenant)
+        .find(|s| s.name == server)?;
+    (!tool.is_empty()).then_some((server, tool))
+}
+
+/// A tool result of our own (refusals), with the decision machine-readable in `_meta`.
+fn refusal(text: String, call: &CallRecord) -> Value {
+    json!({"content": [{"type": "text", "text": text}], "isError": true,
+           "_meta": {"cogward/decision": call.decision.as_str(), "cogward/call_id": call.call_id,
+                     "cogward/outcome": call.outcome}})
+}
+
+async fn call_tool(
+    state: &AppState,
+    run: &RunIdentity,
+    id: &Value,
+    params: &Value,
+) -> Result<Response, RpcError> {
+    let gw = state.gateway.clone();
+    let started = Instant::now();
+    let Some(name) = params.get("name").and_then(Value::as_str) else {
+        return Err(rpc_error(
+            StatusCode::OK,
+            id,
+            -32602,
+            "Invalid params: `name` is required",
+        ));
+    };
+    let arguments = match params.get("arguments") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => {
+            return Err(rpc_error(
+                StatusCode::OK,
+                id,
+                -32602,
+                "Invalid params: `arguments` must be an object",
+            ));
+        }
+    };
+    let Some((server, tool)) = resolve(&gw, run, name) else {
+        return Err(rpc_error(
+            StatusCode::OK,
+            id,
+            -32602,
+            format!("Unknown tool: {name}"),
+        ));
+    };
+    let known = match gw.upstreams.tools(server, &run.run_id).await {
+        Ok(tools) => tools.iter().any(|t| t.name == tool),
+        // The server is down: let the call through to the decision and the breaker's answer.
+        Err(_) => true,
+    };
+    if !known {
+        return Err(rpc_error(
+            StatusCode::OK,
+            id,
+            -32602,
+            format!("Unknown tool: {name}"),
+        ));
+    }
+    let args_value = Value::Object(arguments.clone().unwrap_or_default());
+    let full_name = format!("{}.{tool}", server.name);
+    let decision = gw
+        .policies
+        .decide_request(tool_request(run, "call", &server.name, tool))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "deciding a tool call");
+            rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                id,
+                -32603,
+                "cogward: the call could not be decided",
+            )
+        })?;
+    let mut call = CallRecord {
+        call_id: uuid::Uuid::new_v4().to_string(),
+        event_type: "gateway.tool_call",
+        kind: "tool",
+        run: run.clone(),
+        target: full_name.clone(),
+        args_sha256: sha256_hex(canonical_string(&args_value).as_bytes()),
+        decisions: Vec::new(),
+        decision: CallDecision::Deny,
+        reasons: decision.decision.reasons.clone(),
+        outcome: "denied".into(),
+        upstream_status: None,
+        latency: Duration::ZERO,
+        throttle_ms: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_micro_usd: 0,
+        detail: json!({"server": server.name, "tool": tool, "name": name}),
+    };
+    let effect = decision.decision.effect;
+    let group = approval_group(&decision);
+    call.decisions.push(decision);
+    let job = CallJob {
+        gw: gw.clone(),
+        server: server.clone(),
+        tool: tool.to_string(),
+        arguments,
+        id: id.clone(),
+        started,
+    };
+    match effect {
+        Effect::Permit => {
+            call.decision = CallDecision::Permit;
+            let answer = job.forward(&mut call).await;
+            Ok(axum::Json(job.finish(&mut call, answer).await?).into_response())
+        }
+        Effect::Deny => {
+            let text = format!(
+                "cogward: call to {full_name} denied by policy: {}",
+                call.reasons.join("; ")
+            );
+            let answer = refusal(text, &call);
+            Ok(axum::Json(job.finish(&mut call, answer).await?).into_response())
+        }
+        Effect::Escalate => {
+            call.decision = CallDecision::Escalate;
+            let progress_token = params
+                .get("_meta")
+                .and_then(|m| m.get("progressToken"))
+                .cloned();
+            Ok(park(state.clone(), job, call, group, progress_token))
+        }
+    }
+}
+
+fn approval_group(record: &DecisionRecord) -> Option<String> {
+    record.decision.obligations.iter().find_map(|o| match o {
+        Obligation::RequireApproval { group } => Some(group.clone()),
+        _ => None,
+    })
+}
+
+/// A decided call on its way: forward it, record it, answer it.
+struct CallJob {
+    gw: Arc<Gateway>,
+    server: McpServer,
+    tool: String,
+    arguments: Option<Map<String, Value>>,
+    id: Value,
+    started: Instant,
+}
+
+impl CallJob {
+    /// Forward the call; the tool result (or our refusal when the upstream failed).
+    async fn forward(&self, call: &mut CallRecord) -> Value {
+        match self
+            .gw
+            .upstreams
+            .call(
+                &self.server,
+                &call.run.run_id,
+                &self.tool,
+                self.arguments.clone(),
+            )
+            .await
+        {
+            Ok(result) => {
+                call.outcome = "ok".into();
+                let mut v = serde_json::to_value(result).unwrap_or_else(|_| json!({"content": []}));
+                if let Some(obj) = v.as_object_mut() {
+                    // Not in the protocol versions spoken here.
+                    obj.remove("resultType");
+                    call.detail["is_error"] =
+                        obj.get("isError").cloned().unwrap_or(Value::Bool(false));
+                }
+                v
+            }
+            Err(e) => {
+                call.outcome = match e {
+                    UpstreamError::CircuitOpen(_) => "circuit_open",
+                    UpstreamError::Failed { .. } => "upstream_error",
+                }
+                .into();
+                refusal(format!("cogward: {e}"), call)
+            }
+        }
+    }
+
+    /// Record the call; the JSON-RPC answer, or an error when the record cannot be written.
+    async fn finish(&self, call: &mut CallRecord, result: Value) -> Result<Value, RpcError> {
+        call.latency = self.started.elapsed();
+        self.gw.record(call).await.map_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "tool call refused: its record could not be written");
+            rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &self.id,
+                -32603,
+                "cogward: the call could not be recorded in the audit ledger, so it was refused",
+            )
+        })?;
+        Ok(rpc_result(&self.id, result))
+    }
+}
+
+/// How a parked call ended.
+enum Parked {
+    Decided(ApprovalDecision),
+    Expired,
+    RunEnded,
+}
+
+/// Park an escalated call until a human decides it; answer as an SSE stream (progress
+/// notifications while waiting, then the response).
+fn park(
+    state: AppState,
+    job: CallJob,
+    mut call: CallRecord,
+    group: Option<String>,
+    progress_token: Option<Value>,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::spawn(async move {
+        let send = |message: Value| {
+            let tx = tx.clone();
+            async move {
+                let event = format!("event: message\ndata: {message}\n\n");
+                tx.send(Ok(Bytes::from(event))).await.is_ok()
+            }
+        };
+        let waited = wait_for_decision(&state, &job, &mut call, group, |elapsed| {
+            let token = progress_token.clone();
+            async move {
+                match token {
+                    Some(token) => {
+                        send(json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                                    "params": {"progressToken": token, "progress": elapsed.as_secs(),
+                                               "message": "cogward: awaiting approval"}}))
+                        .await
+                    }
+                    None => true,
+                }
+            }
+        })
+        .await;
+        let answer = match waited {
+            Ok(Parked::Decided(d)) if d.verdict == ApprovalVerdict::Approved => {
+                call.detail["approver"] = json!(d.approver);
+                let result = job.forward(&mut call).await;
+                if call.outcome == "ok" {
+                    call.outcome = "approved".into();
+                }
+                result
+            }
+            Ok(Parked::Decided(d)) => {
+                call.detail["approver"] = json!(d.approver);
+                call.outcome = "rejected".into();
+                refusal(
+                    format!(
+                        "cogward: call to {} rejected by {}",
+                        call.target, d.approver
+                    ),
+                    &call,
+                )
+            }
+            Ok(Parked::Expired) => {
+                call.outcome = "approval_expired".into();
+                refusal(
+                    format!("cogward: call to {} was not approved in time", call.target),
+                    &call,
+                )
+            }
+            Ok(Parked::RunEnded) => {
+                call.outcome = "run_ended".into();
+                refusal(
+                    format!("cogward: the run ended before {} was approved", call.target),
+                    &call,
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "parking a tool call");
+                let e = rpc_error(
+                    StatusCode::OK,
+                    &job.id,
+                    -32603,
+                    "cogward: the call could not be parked for approval",
+                );
+                send(json!({"jsonrpc": "2.0", "id": e.id, "error": {"code": e.code, "message": e.message}})).await;
+                return;
+            }
+        };
+        if let Some(call_id) = call.detail.get("parked_call_id").and_then(Value::as_str) {
+            let _ = sqlx::query("UPDATE parked_tool_calls SET released = 1 WHERE call_id = $1")
+                .bind(call_id)
+                .execute(&job.gw.db.pool)
+                .await;
+        }
+        let message = match job.finish(&mut call, answer).await {
+            Ok(v) => v,
+            Err(e) => {
+                json!({"jsonrpc": "2.0", "id": e.id, "error": {"code": e.code, "message": e.message}})
+            }
+        };
+        send(message).await;
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// Find or create the parked row, tell the workflow, and wait for its decision.
+async fn wait_for_decision<F, Fut>(
+    state: &AppState,
+    job: &CallJob,
+    call: &mut CallRecord,
+    group: Option<String>,
+    progress: F,
+) -> anyhow::Result<Parked>
+where
+    F: Fn(Duration) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let db = &job.gw.db;
+    let run_id = call.run.run_id.clone();
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT call_id FROM parked_tool_calls WHERE run_id = $1 AND tool = $2 AND args_sha256 = $3 \
+         AND released = 0 ORDER BY created_at LIMIT 1",
+    )
+    .bind(&run_id)
+    .bind(&call.target)
+    .bind(&call.args_sha256)
+    .fetch_optional(&db.pool)
+    .await?;
+    let parked_id = match existing {
+        Some(id) => id,
+        None => {
+            let id = call.call_id.clone();
+            sqlx::query(
+                "INSERT INTO parked_tool_calls (call_id, run_id, tool, args_sha256, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&id)
+            .bind(&run_id)
+            .bind(&call.target)
+            .bind(&call.args_sha256)
+            .bind(crate::now_rfc3339())
+            .execute(&db.pool)
+            .await?;
+            id
+        }
+    };
+    call.detail["parked_call_id"] = json!(parked_id);
+    let handle = state
+        .client
+        .get_workflow_handle::<AgentRun>(run_id.as_str());
+    // Every time, also on a re-attach: the workflow ignores a call id it knows.
+    handle
+        .signal(
+            AgentRun::request_tool_approval,
+            ToolApprovalRequest {
+                call_id: parked_id.clone(),
+                tool: call.target.clone(),
+                args_sha256: call.args_sha256.clone(),
+                group,
+                reasons: call.reasons.clone(),
+            },
+            WorkflowSignalOptions::default(),
+        )
+        .await?;
+    state.mirror_wake.wake(&RunId(run_id.clone()));
+    let timeout = Duration::from_secs(job.gw.config.tool_approval_timeout_seconds);
+    let parked_at = Instant::now();
+    let mut last_progress = Instant::now() - PROGRESS_EVERY;
+    loop {
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            if !progress(parked_at.elapsed()).await {
+                // The client went away; the decision will wait for its retry.
+                anyhow::bail!("the client disconnected while the call was parked");
+            }
+        }
+        let summary = handle
+            .query(AgentRun::status, (), WorkflowQueryOptions::default())
+            .await
+            .ok()
+            .flatten();
+        if let Some(s) = summary {
+            let mine = s
+                .tool_approvals
+                .iter()
+                .find(|a| a.request.call_id == parked_id);
+            if let Some(decision) = mine.and_then(|a| a.decision.clone()) {
+                return Ok(Parked::Decided(decision));
+            }
+            if s.status != RunStatus::Running {
+                return Ok(Parked::RunEnded);
+            }
+        }
+        if parked_at.elapsed() > timeout {
+            return Ok(Parked::Expired);
+        }
+        tokio::time::sleep(PARK_POLL).await;
+    }
+}

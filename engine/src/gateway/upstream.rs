@@ -1,0 +1,306 @@
+//! Upstream MCP servers, through the `rmcp` client: started (stdio) or connected (Streamable
+//! HTTP) on first use, shared by every run or one per run as configured, reconnected after a
+//! failure, and guarded by a circuit breaker.
+//!
+//! The breaker counts consecutive failed calls (transport errors, timeouts; a tool's own
+//! `isError` result is not a failure). At `breaker.failures` it opens: calls are refused at once
+//! for `breaker.cooldown_seconds`, then one is let through; its success closes the circuit, its
+//! failure opens it again. Each transition is a ledger entry (`gateway.breaker_opened`,
+//! `gateway.breaker_closed`, workflow id `gateway/<server>`).
+
+use super::config::{Breaker, McpScope, McpServer, McpTransport};
+use crate::ledger::{EntryKind, Ledger, NewEntry};
+use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a server's tool list is reused before it is fetched again.
+const TOOLS_TTL: Duration = Duration::from_secs(30);
+/// How long connecting (starting a stdio server, the MCP handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Client = RunningService<RoleClient, ()>;
+/// A connection's key: the server, and the run for per-run servers.
+type ConnectionKey = (String, Option<String>);
+
+/// One live connection to a server.
+struct Connection {
+    client: Client,
+    tools: Mutex<Option<(Arc<Vec<Tool>>, Instant)>>,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    /// A trial call is in flight after the cool-down.
+    probing: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("MCP server {0} is unavailable (circuit open after repeated failures)")]
+    CircuitOpen(String),
+    #[error("MCP server {server}: {detail}")]
+    Failed { server: String, detail: String },
+}
+
+pub struct Upstreams {
+    ledger: Ledger,
+    namespace: String,
+    breaker: Breaker,
+    http: reqwest::Client,
+    /// By (server, run id for per-run servers).
+    connections: tokio::sync::Mutex<HashMap<ConnectionKey, Arc<Connection>>>,
+    breakers: Mutex<HashMap<String, BreakerState>>,
+}
+
+impl Upstreams {
+    pub fn new(ledger: Ledger, namespace: String, breaker: Breaker) -> anyhow::Result<Self> {
+        // rmcp's default client turns connection pooling off; this one keeps connections alive.
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            ledger,
+            namespace,
+            breaker,
+            http,
+            connections: tokio::sync::Mutex::new(HashMap::new()),
+            breakers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn key(server: &McpServer, run_id: &str) -> ConnectionKey {
+        let run = (server.scope == McpScope::Run).then(|| run_id.to_string());
+        (server.name.clone(), run)
+    }
+
+    async fn connection(
+        &self,
+        server: &McpServer,
+        run_id: &str,
+    ) -> Result<Arc<Connection>, UpstreamError> {
+        let key = Self::key(server, run_id);
+        let mut connections = self.connections.lock().await;
+        if let Some(c) = connections.get(&key)
+            && !c.client.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let failed = |detail: String| UpstreamError::Failed {
+            server: server.name.clone(),
+            detail,
+        };
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(server))
+            .await
+            .map_err(|_| failed(format!("connecting took over {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| failed(format!("connecting: {e:#}")))?;
+        let connection = Arc::new(Connection {
+            client,
+            tools: Mutex::new(None),
+        });
+        connections.insert(key, connection.clone());
+        Ok(connection)
+    }
+
+    async fn connect(&self, server: &McpServer) -> anyhow::Result<Client> {
+        Ok(match &server.transport {
+            McpTransport::Stdio { command, env } => {
+                let cmd = tokio::process::Command::new(&command[0]).configure(|c| {
+                    c.args(&command[1..])
+                        .env_clear()
+                        .env("PATH", std::env::var("PATH").unwrap_or_default())
+                        .envs(env)
+                        .kill_on_drop(true);
+                });
+                let (transport, _) = TokioChildProcess::builder(cmd)
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                ().serve(transport).await?
+            }
+            McpTransport::Http { url } => {
+                let transport = StreamableHttpClientTransport::with_client(
+                    self.http.clone(),
+                    StreamableHttpClientTransportConfig::with_uri(url.as_str()),
+                );
+                ().serve(transport).await?
+            }
+        })
+    }
+
+    /// Forget a connection that failed, so the next call connects afresh.
+    async fn drop_connection(&self, server: &McpServer, run_id: &str) {
+        self.connections
+            .lock()
+            .await
+            .remove(&Self::key(server, run_id));
+    }
+
+    /// Close the connections of runs that ended (per-run servers).
+    pub async fn close_run(&self, run_id: &str) {
+        self.connections
+            .lock()
+            .await
+            .retain(|(_, run), _| run.as_deref() != Some(run_id));
+    }
+
+    /// The server's tools (cached for a while).
+    pub async fn tools(
+        &self,
+        server: &McpServer,
+        run_id: &str,
+    ) -> Result<Arc<Vec<Tool>>, UpstreamError> {
+        self.guarded(server, run_id, |c| async move {
+            if let Ok(cached) = c.tools.lock()
+                && let Some((tools, at)) = cached.as_ref()
+                && at.elapsed() < TOOLS_TTL
+            {
+                return Ok(tools.clone());
+            }
+            let tools = Arc::new(c.client.list_all_tools().await?);
+            if let Ok(mut cached) = c.tools.lock() {
+                *cached = Some((tools.clone(), Instant::now()));
+            }
+            Ok(tools)
+        })
+        .await
+    }
+
+    /// Call `tool` with `arguments`.
+    pub async fn call(
+        &self,
+        server: &McpServer,
+        run_id: &str,
+        tool: &str,
+        arguments: Option<Map<String, Value>>,
+    ) -> Result<CallToolResult, UpstreamError> {
+        let mut params = CallToolRequestParams::new(tool.to_string());
+        params.arguments = arguments;
+        self.guarded(server, run_id, |c| async move {
+            Ok(c.client.call_tool(params).await?)
+        })
+        .await
+    }
+
+    /// Run `op` on the server's connection under its time limit and its breaker.
+    async fn guarded<T, F, Fut>(
+        &self,
+        server: &McpServer,
+        run_id: &str,
+        op: F,
+    ) -> Result<T, UpstreamError>
+    where
+        F: FnOnce(Arc<Connection>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        self.admit(&server.name)?;
+        let limit = Duration::from_secs(server.timeout_seconds);
+        let result = match self.connection(server, run_id).await {
+            Ok(c) => match tokio::time::timeout(limit, op(c)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(v) => {
+                self.succeeded(&server.name).await;
+                Ok(v)
+            }
+            Err(detail) => {
+                self.drop_connection(server, run_id).await;
+                self.failed(&server.name, &detail).await;
+                Err(UpstreamError::Failed {
+                    server: server.name.clone(),
+                    detail,
+                })
+            }
+        }
+    }
+
+    /// May a call go to `server` now?
+    fn admit(&self, server: &str) -> Result<(), UpstreamError> {
+        let Ok(mut breakers) = self.breakers.lock() else {
+            return Ok(());
+        };
+        let b = breakers.entry(server.to_string()).or_default();
+        match b.open_until {
+            Some(until) if Instant::now() < until || b.probing => {
+                Err(UpstreamError::CircuitOpen(server.to_string()))
+            }
+            Some(_) => {
+                b.probing = true;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn succeeded(&self, server: &str) {
+        let closed = {
+            let Ok(mut breakers) = self.breakers.lock() else {
+                return;
+            };
+            let b = breakers.entry(server.to_string()).or_default();
+            let was_open = b.open_until.is_some();
+            *b = BreakerState::default();
+            was_open
+        };
+        if closed {
+            self.breaker_entry(server, "gateway.breaker_closed", json!({"server": server}))
+                .await;
+        }
+    }
+
+    async fn failed(&self, server: &str, detail: &str) {
+        let opened = {
+            let Ok(mut breakers) = self.breakers.lock() else {
+                return;
+            };
+            let b = breakers.entry(server.to_string()).or_default();
+            b.consecutive_failures += 1;
+            let trip = b.probing || b.consecutive_failures >= self.breaker.failures.max(1);
+            b.probing = false;
+            if trip {
+                b.open_until =
+                    Some(Instant::now() + Duration::from_secs(self.breaker.cooldown_seconds));
+            }
+            trip.then_some(b.consecutive_failures)
+        };
+        if let Some(failures) = opened {
+            tracing::warn!(server, failures, detail, "MCP server circuit opened");
+            self.breaker_entry(
+                server,
+                "gateway.breaker_opened",
+                json!({"server": server, "consecutive_failures": failures,
+                       "cooldown_seconds": self.breaker.cooldown_seconds, "last_error": detail}),
+            )
+            .await;
+        }
+    }
+
+    async fn breaker_entry(&self, server: &str, event_type: &str, body: Value) {
+        let entry = NewEntry {
+            kind: EntryKind::App,
+            namespace: self.namespace.clone(),
+            workflow_id: format!("gateway/{server}"),
+            temporal_run_id: String::new(),
+            event_id: None,
+            event_type: event_type.to_string(),
+            body,
+        };
+        if let Err(e) = self.ledger.append(vec![entry]).await {
+            tracing::error!(error = %format!("{e:#}"), server, "recording a breaker transition");
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! The MCP gateway end to end, with the official Python MCP client (`tests/clients/mcp_client.py`,
+//! the `mcp` SDK) and the reference server `@modelcontextprotocol/server-everything` (over stdio,
+//! started by the gateway): tools filtered by scope, calls decided, escalated calls approved or
+//! rejected by a human — across a restart of the gateway —, bad requests refused, all in the
+//! ledger.
+
+use crate::gateway::{FakeProvider, gateway_config, push_and_bind};
+use crate::stack::{Stack, StackOptions, spec};
+use cogward::db::Db;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What `scripts/setup.sh` installs; under CI it must be there.
+fn tool(var: &str, default: &str) -> Option<String> {
+    let path = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    if std::path::Path::new(&path).exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide {var} (scripts/setup.sh installs it)"
+    );
+    eprintln!("{path} is missing: run scripts/setup.sh");
+    None
+}
+
+pub fn mcp_python() -> Option<String> {
+    tool("COGWARD_MCP_PYTHON", "/opt/cogward-tools/venv/bin/python")
+}
+
+pub fn everything_js() -> Option<String> {
+    tool(
+        "COGWARD_EVERYTHING_JS",
+        "/opt/cogward-tools/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js",
+    )
+}
+
+pub fn client_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/mcp_client.py")
+}
+
+/// The gateway's configuration with server-everything as MCP server `everything`.
+pub fn mcp_gateway_config(provider_url: &str, everything: &str) -> Value {
+    let mut config = gateway_config(provider_url);
+    config["mcp_servers"] = json!([{
+        "name": "everything",
+        "transport": {"stdio": {"command": ["node", everything, "stdio"]}}
+    }]);
+    config["breaker"] = json!({"failures": 3, "cooldown_seconds": 2});
+    config
+}
+
+/// acme's tool scope: echo and the long-running operation freely, get-sum only with a release
+/// manager's approval, get-env never.
+pub fn tool_access() -> Value {
+    json!({"tenants": {"acme": {
+        "default_scope": ["everything.echo", "everything.get-sum", "everything.trigger-long-running-operation"],
+        "deny": ["everything.get-env"],
+        "sensitive": [{"tools": ["everything.get-sum"], "group": "release-managers", "reason": "sums need a release manager"}]
+    }}})
+}
+
+/// Run the Python client: one session, `ops` in order; its output lines, parsed.
+pub struct Client(Child);
+
+impl Client {
+    pub fn start(python: &str, url: &str, token: &str, ops: &Value) -> Client {
+        Client(
+            Command::new(python)
+                .arg(client_script())
+                .args(["--url", url, "--token", token])
+                .arg(ops.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the MCP client"),
+        )
+    }
+
+    pub fn finish(self) -> Vec<Value> {
+        let out = self.0.wait_with_output().expect("MCP client output");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| json!({"unparsed": l})))
+            .collect()
+    }
+}
+
+fn run_client(python: &str, url: &str, token: &str, ops: Value) -> Vec<Value> {
+    Client::start(python, url, token, &ops).finish()
+}
+
+async fn credential(db: &Db, run_id: &str) -> String {
+    let key: String = sqlx::query_scalar("SELECT key_hex FROM gateway_key WHERE id = 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    cogward_activities::credential::mint(&hex::decode(key).unwrap(), run_id)
+}
+
+/// Wait until the run has a parked tool call with these argument digests undecided; its id.
+async fn parked_call(stack: &Stack, run_id: &str, known: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, v) = stack
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/runs/{run_id}/tool-calls"),
+                Some(&stack.tokens.ci),
+                None,
+            )
+            .await
+            .unwrap();
+        if status == 200
+            && let Some(calls) = v["tool_calls"].as_array()
+            && calls.len() > known
+        {
+            return calls[known]["call_id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no parked tool call: {status} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn decide(
+    stack: &Stack,
+    token: &str,
+    run_id: &str,
+    verb: &str,
+    call_id: &str,
+) -> (u16, Value) {
+    stack
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{run_id}/{verb}"),
+            Some(token),
+            Some(
+                json!({"tool_call": call_id, "comment": "e2e"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await
+        .unwrap()
+}
+
+fn op<'a>(lines: &'a [Value], name: &str, nth: usize) -> &'a Value {
+    lines
+        .iter()
+        .filter(|l| l["op"] == "call" && l["name"] == name)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no call {name} #{nth} in {lines:?}"))
+}
+
+async fn tool_call_entries(db: &Db, run_id: &str) -> Vec<Value> {
+    let bodies: Vec<String> = sqlx::query_scalar(
+        "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.tool_call' ORDER BY seq",
+    )
+    .bind(run_id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    bodies
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart() {
+    let (Some(python), Some(everything)) = (mcp_python(), everything_js()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let provider = FakeProvider::start(dir.path());
+    let mut stack = Stack::start(StackOptions {
+        separate_worker: true,
+        gateway_config: Some(mcp_gateway_config(&provider.url, &everything)),
+        ..Default::default()
+    })
+    .unwrap();
+    push_and_bind(
+        &stack,
+        "tool-access",
+        "tools",
+        "tool.call",
+        "acme",
+        &tool_access(),
+    );
+    let (id, _) = stack
+        .submit_until(&spec("acme", &["sleep", "300"]), &["running"])
+        .await
+        .unwrap();
+    let db = Db::connect(&stack.database_url).await.unwrap();
+    let token = credential(&db, &id).await;
+    let url = stack.url("/mcp");
+
+    // Scope: get-env is invisible, and refused when called anyway; unknown tools are errors.
+    let lines = run_client(
+        &python,
+        &url,
+        &token,
+        json!([
+            {"op": "list"},
+            {"op": "call", "name": "everything_echo", "arguments": {"message": "hi"}},
+            {"op": "call", "name": "everything_get-env", "arguments": {}},
+            {"op": "call", "name": "everything_no-such-tool", "arguments": {}},
+        ]),
+    );
+    assert_eq!(lines[0]["op"], "initialize", "{lines:?}");
+    assert_eq!(lines[0]["protocol_version"], "2025-11-25");
+    let tools: Vec<&str> = lines[1]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tools.contains(&"everything_echo") && tools.contains(&"everything_get-sum"),
+        "{tools:?}"
+    );
+    assert!(!tools.iter().any(|t| t.contains("get-env")), "{tools:?}");
+    assert_eq!(tools.len(), 3, "only the scope is listed: {tools:?}");
+    let echo = op(&lines, "everything_echo", 0);
+    assert_eq!(
+        (echo["is_error"].as_bool(), echo["text"].as_str()),
+        (Some(false), Some("Echo: hi")),
+        "{echo}"
+    );
+    let env = op(&lines, "everything_get-env", 0);
+    assert_eq!(env["is_error"], true, "{env}");
+    assert!(
+        env["text"].as_str().unwrap().contains("denied by policy"),
+        "{env}"
+    );
+    assert_eq!(env["meta"]["cogward/decision"], "deny", "{env}");
+    assert_eq!(
+        op(&lines, "everything_no-such-tool", 0)["error"]["code"],
+        -32602
+    );
+
+    // Escalation: the call waits; a non-member cannot decide; a release manager approves.
+    let sum = |a: i64, b: i64| json!([{"op": "call", "name": "everything_get-sum", "arguments": {"a": a, "b": b}, "timeout": 120, "progress": true}]);
+    let client = Client::start(&python, &url, &token, &sum(2, 40));
+    let call_id = parked_call(&stack, &id, 0).await;
+    let (status, v) = decide(&stack, &stack.tokens.lead, &id, "approve", &call_id).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("not_in_approval_group")),
+        "{v}"
+    );
+    let (status, v) = decide(&stack, &stack.tokens.approver, &id, "approve", &call_id).await;
+    assert_eq!(status, 202, "{v}");
+    let lines = client.finish();
+    let got = op(&lines, "everything_get-sum", 0);
+    assert_eq!(got["is_error"], false, "{lines:?}");
+    assert!(got["text"].as_str().unwrap().contains("is 42"), "{got}");
+    let (status, v) = decide(&stack, &stack.tokens.approver, &id, "reject", &call_id).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (409, Some("already_decided")),
+        "{v}"
+    );
+
+    // Rejected.
+    let client = Client::start(&python, &url, &token, &sum(1, 1));
+    let call_id = parked_call(&stack, &id, 1).await;
+    assert_eq!(
+        decide(&stack, &stack.tokens.approver, &id, "reject", &call_id)
+            .await
+            .0,
+        202
+    );
+    let lines = client.finish();
+    let got = op(&lines, "everything_get-sum", 0);
+    assert_eq!(got["is_error"], true, "{lines:?}");
+    assert!(
+        got["text"]
+            .as_str()
+            .unwrap()
+            .contains("rejected by approver"),
+        "{got}"
+    );
+
+    // Across a restart of the gateway: the parked call's client loses its connection; the
+    // approval is given to the restarted gateway; the retried call (same arguments) re-attaches
+    // to the parked call and completes once.
+    let client = Client::start(&python, &url, &token, &sum(5, 5));
+    let call_id = parked_call(&stack, &id, 2).await;
+    // A session opened before the restart.
+    let http = reqwest::Client::new();
+    let init = http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}}))
+        .send()
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    stack.kill9_and_restart_serve().unwrap();
+    let lines = client.finish();
+    assert!(
+        lines.iter().all(|l| l.get("is_error").is_none()),
+        "the parked call should have lost its connection, not completed: {lines:?}"
+    );
+    assert_eq!(
+        decide(&stack, &stack.tokens.approver, &id, "approve", &call_id)
+            .await
+            .0,
+        202
+    );
+    let lines = run_client(&python, &url, &token, sum(5, 5));
+    let got = op(&lines, "everything_get-sum", 0);
+    assert!(
+        got["text"].as_str().unwrap_or_default().contains("is 10"),
+        "{lines:?}"
+    );
+    let (_, v) = stack
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/runs/{id}/tool-calls"),
+            Some(&stack.tokens.ci),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        v["tool_calls"].as_array().unwrap().len(),
+        3,
+        "the retry re-attached: {v}"
+    );
+    // The old session still works after the restart.
+    let listed: Value = http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("mcp-session-id", &session)
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["result"]["tools"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+
+    // Every call is in the ledger with its decision; the chain verifies.
+    let entries = tool_call_entries(&db, &id).await;
+    let summary: Vec<(String, String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["target"].as_str().unwrap().to_string(),
+                e["decision"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let s = |t: &str, d: &str, o: &str| (t.to_string(), d.to_string(), o.to_string());
+    assert_eq!(
+        summary,
+        vec![
+            s("everything.echo", "permit", "ok"),
+            s("everything.get-env", "deny", "denied"),
+            s("everything.get-sum", "escalate", "approved"),
+            s("everything.get-sum", "escalate", "rejected"),
+            s("everything.get-sum", "escalate", "approved"),
+        ]
+    );
+    assert_eq!(entries[2]["detail"]["approver"], "approver");
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+}
+
+/// Malformed JSON-RPC, batches, oversized messages, missing and unknown sessions, forged
+/// credentials and another run's session get clear JSON-RPC errors and change nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
+    let Some(everything) = everything_js() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let provider = FakeProvider::start(dir.path());
+    let stack = Stack::start(StackOptions {
+        gateway_config: Some(mcp_gateway_config(&provider.url, &everything)),
+        ..Default::default()
+    })
+    .unwrap();
+    push_and_bind(
+        &stack,
+        "tool-access",
+        "tools",
+        "tool.call",
+        "acme",
+        &tool_access(),
+    );
+    let (id, _) = stack
+        .submit_until(&spec("acme", &["sleep", "300"]), &["running"])
+        .await
+        .unwrap();
+    let (other, _) = stack
+        .submit_until(&spec("acme", &["sleep", "300"]), &["running"])
+        .await
+        .unwrap();
+    let db = Db::connect(&stack.database_url).await.unwrap();
+    let token = credential(&db, &id).await;
+    let other_token = credential(&db, &other).await;
+    let url = stack.url("/mcp");
+    let http = reqwest::Client::new();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}});
+    let session_of = |token: String| {
+        let http = http.clone();
+        let url = url.clone();
+        let init = init.clone();
+        async move {
+            let resp = http
+                .post(&url)
+                .bearer_auth(token)
+                .json(&init)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let session = session_of(token.clone()).await;
+    let other_session = session_of(other_token).await;
+    let count = || async {
+        let calls: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM gateway_calls")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        let entries: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM ledger_entries WHERE event_type LIKE 'gateway.%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let sessions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mcp_sessions")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (calls, entries, sessions)
+    };
+    let before = count().await;
+    let forged = cogward_activities::credential::mint(b"another key", &id);
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                      "params": {"name": "everything_echo", "arguments": {"message": "x"}}})
+    .to_string();
+    // (what, credential, session, body, HTTP status, JSON-RPC code)
+    type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Vec<u8>, u16, i64);
+    let cases: Vec<Case> = vec![
+        ("no credential", None, Some(&session), call.clone().into_bytes(), 401, -32001),
+        ("forged credential", Some(&forged), Some(&session), call.clone().into_bytes(), 401, -32001),
+        ("malformed JSON", Some(&token), Some(&session), b"{\"jsonrpc\": ".to_vec(), 400, -32700),
+        ("batch", Some(&token), Some(&session), format!("[{call}]").into_bytes(), 400, -32600),
+        ("not JSON-RPC 2.0", Some(&token), Some(&session), br#"{"id": 1, "method": "tools/list"}"#.to_vec(), 400, -32600),
+        ("no session", Some(&token), None, call.clone().into_bytes(), 400, -32600),
+        ("unknown session", Some(&token), Some("0123456789abcdef"), call.clone().into_bytes(), 404, -32001),
+        ("another run's session", Some(&token), Some(&other_session), call.clone().into_bytes(), 404, -32001),
+        ("oversized", Some(&token), Some(&session), vec![b' '; 2 << 20], 413, -32600),
+        ("unsupported method", Some(&token), Some(&session), br#"{"jsonrpc": "2.0", "id": 3, "method": "resources/list"}"#.to_vec(), 200, -32601),
+        ("arguments not an object", Some(&token), Some(&session),
+         br#"{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "everything_echo", "arguments": [1]}}"#.to_vec(), 200, -32602),
+    ];
+    for (what, credential, session, body, status, code) in cases {
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(c) = credential {
+            req = req.bearer_auth(c);
+        }
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        let resp = req.send().await.unwrap();
+        let got = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            (got, v["error"]["code"].as_i64()),
+            (status, Some(code)),
+            "{what}: {v}"
+        );
+        assert!(v["error"]["message"].is_string(), "{what}: {v}");
+    }
+    let resp = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(count().await, before, "a refused request changed something");
+}
