@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// The key the fake provider demands; the gateway sends it, the agent never sees it.
-const PROVIDER_KEY: &str = "sk-fake-provider-key";
+pub const PROVIDER_KEY: &str = "sk-fake-provider-key";
 
 pub struct FakeProvider {
     child: Child,

@@ -506,3 +506,289 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(resp.status(), 405);
     assert_eq!(count().await, before, "a refused request changed something");
 }
+
+/// A command run whose agent, inside its sandbox, uses the official Python MCP client and the
+/// model endpoints through the gateway (it knows only the variables its run was given): every
+/// call is in the run's ledger with its decision and token counts, and the chain verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_in_a_runner_uses_mcp_and_models_through_the_gateway() {
+    let (Some(python), Some(everything)) = (mcp_python(), everything_js()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let provider = FakeProvider::start(dir.path());
+    let stack = Stack::start(StackOptions {
+        gateway_config: Some(mcp_gateway_config(&provider.url, &everything)),
+        env: vec![(
+            "FAKE_PROVIDER_KEY".into(),
+            crate::gateway::PROVIDER_KEY.into(),
+        )],
+        ..Default::default()
+    })
+    .unwrap();
+    push_and_bind(
+        &stack,
+        "tool-access",
+        "tools",
+        "tool.call",
+        "acme",
+        &tool_access(),
+    );
+    let example = |p: &str| -> Value {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../wasm-policies/policies")
+            .join(p)
+            .join("data.example.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    push_and_bind(
+        &stack,
+        "model-access",
+        "models",
+        "model.call",
+        "acme",
+        &example("model-access"),
+    );
+    push_and_bind(
+        &stack,
+        "budget",
+        "budget",
+        "budget.spend",
+        "acme",
+        &example("budget"),
+    );
+
+    // The client script travels in the run's inputs (the sandbox cannot read the repository).
+    let ops = json!([
+        {"op": "list"},
+        {"op": "call", "name": "everything_echo", "arguments": {"message": "from the sandbox"}},
+        {"op": "call", "name": "everything_get-env", "arguments": {}},
+    ]);
+    let agent = format!(
+        "set -e\n\
+         python3 -c 'import json, os; open(\"mcp_client.py\", \"w\").write(json.loads(os.environ[\"COGWARD_INPUTS\"])[\"client\"])'\n\
+         {python} mcp_client.py --url \"$COGWARD_MCP_URL\" --token \"$COGWARD_RUN_TOKEN\" '{ops}'\n\
+         curl -sS \"$ANTHROPIC_BASE_URL/v1/messages\" -H \"x-api-key: $ANTHROPIC_API_KEY\" \
+           -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' \
+           -d '{{\"model\": \"claude-sonnet-4-5\", \"max_tokens\": 7, \"messages\": [{{\"role\": \"user\", \"content\": \"summarise the echo\"}}]}}'\n"
+    );
+    let mut s = spec("acme", &["sh", "-c", &agent]);
+    s["inputs"] = json!({"client": std::fs::read_to_string(client_script()).unwrap()});
+    let (id, run) = stack
+        .submit_until(&s, &["succeeded", "failed"])
+        .await
+        .unwrap();
+    let stdout = std::fs::read_to_string(stack.run_dir(&id).join("stdout.log")).unwrap_or_default();
+    let stderr = std::fs::read_to_string(stack.run_dir(&id).join("stderr.log")).unwrap_or_default();
+    assert_eq!(run["status"], "succeeded", "{run}\n{stdout}\n{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let echo = op(&lines, "everything_echo", 0);
+    assert_eq!(echo["text"], "Echo: from the sandbox", "{stdout}");
+    assert_eq!(
+        op(&lines, "everything_get-env", 0)["is_error"],
+        true,
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#""output_tokens": 7"#), "{stdout}");
+
+    let ledger = stack.wait_mirrored(&id).await.unwrap();
+    let bodies = |event_type: &str| -> Vec<Value> {
+        ledger["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event_type"] == event_type)
+            .map(|e| serde_json::from_str(e["body"].as_str().unwrap()).unwrap())
+            .collect()
+    };
+    let tools = bodies("gateway.tool_call");
+    let got: Vec<(&str, &str)> = tools
+        .iter()
+        .map(|t| {
+            (
+                t["target"].as_str().unwrap(),
+                t["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("everything.echo", "permit"),
+            ("everything.get-env", "deny")
+        ]
+    );
+    assert_eq!(tools[0]["agent"], "e2e-agent");
+    assert_eq!(tools[0]["policies"][0]["kind"], "tool.call");
+    let models = bodies("gateway.model_call");
+    assert_eq!(models.len(), 1, "{models:?}");
+    // "summarise the echo": 3 words in, 7 tokens out (the fake provider's rule).
+    assert_eq!(models[0]["tokens"], json!({"input": 3, "output": 7}));
+    assert_eq!(models[0]["decision"], "permit");
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+}
+
+/// server-everything over Streamable HTTP on `port`, killed on drop.
+struct HttpEverything(Child);
+
+impl HttpEverything {
+    fn start(everything: &str, port: u16) -> HttpEverything {
+        let child = Command::new("node")
+            .args([everything, "streamableHttp"])
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server-everything");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "server-everything did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        HttpEverything(child)
+    }
+}
+
+impl Drop for HttpEverything {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An upstream whose calls keep failing is opened for the cool-down (calls refused at once,
+/// recorded), then tried again and closed when it answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_upstream_opens_its_circuit_and_closes_it_when_back() {
+    let Some(everything) = everything_js() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let provider = FakeProvider::start(dir.path());
+    let port = crate::stack::free_port();
+    let mut config = mcp_gateway_config(&provider.url, &everything);
+    config["mcp_servers"] = json!([{
+        "name": "flaky", "tenants": ["acme"],
+        "transport": {"http": {"url": format!("http://127.0.0.1:{port}/mcp")}},
+        "timeout_seconds": 5
+    }]);
+    let stack = Stack::start(StackOptions {
+        gateway_config: Some(config),
+        ..Default::default()
+    })
+    .unwrap();
+    let scope = json!({"tenants": {"acme": {"default_scope": ["flaky.echo"]}}});
+    push_and_bind(&stack, "tool-access", "tools", "tool.call", "acme", &scope);
+    let (id, _) = stack
+        .submit_until(&spec("acme", &["sleep", "300"]), &["running"])
+        .await
+        .unwrap();
+    let db = Db::connect(&stack.database_url).await.unwrap();
+    let token = credential(&db, &id).await;
+    let url = stack.url("/mcp");
+    let http = reqwest::Client::new();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}});
+    let resp = http
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let echo = || async {
+        let v: Value = http
+            .post(&url)
+            .bearer_auth(&token)
+            .header("mcp-session-id", &session)
+            .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                          "params": {"name": "flaky_echo", "arguments": {"message": "up?"}}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let outcome = v["result"]["_meta"]["cogward/outcome"]
+            .as_str()
+            .unwrap_or("ok")
+            .to_string();
+        (
+            v["result"]["isError"].as_bool().unwrap_or(false),
+            outcome,
+            v,
+        )
+    };
+    let breaker_entries = |event_type: &'static str| {
+        let db = &db;
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger_entries WHERE workflow_id = 'gateway/flaky' AND event_type = $1")
+                .bind(event_type)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            n
+        }
+    };
+
+    let server = HttpEverything::start(&everything, port);
+    let (is_error, _, v) = echo().await;
+    assert!(!is_error, "{v}");
+    drop(server);
+    let mut outcomes = Vec::new();
+    for _ in 0..6 {
+        let (is_error, outcome, v) = echo().await;
+        assert!(is_error, "{v}");
+        outcomes.push(outcome.clone());
+        if outcome == "circuit_open" {
+            assert!(
+                v["result"]["content"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("circuit open"),
+                "{v}"
+            );
+            break;
+        }
+    }
+    assert_eq!(
+        outcomes.last().map(String::as_str),
+        Some("circuit_open"),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes[..outcomes.len() - 1]
+            .iter()
+            .all(|o| o == "upstream_error"),
+        "{outcomes:?}"
+    );
+    assert_eq!(breaker_entries("gateway.breaker_opened").await, 1);
+
+    // Back, and after the cool-down the next call goes through and closes the circuit.
+    let _server = HttpEverything::start(&everything, port);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (is_error, _, v) = echo().await;
+    assert!(!is_error, "{v}");
+    assert_eq!(breaker_entries("gateway.breaker_closed").await, 1);
+    let outcomes: Vec<String> = tool_call_entries(&db, &id)
+        .await
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(outcomes.first().map(String::as_str), Some("ok"));
+    assert_eq!(outcomes.last().map(String::as_str), Some("ok"));
+    assert!(outcomes.iter().any(|o| o == "circuit_open"), "{outcomes:?}");
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+}
