@@ -69,13 +69,19 @@ impl Db {
             }
             _ => url.to_string(),
         };
+        // `COGWARD_SQLITE_SYNCHRONOUS=normal`: commits without an fsync (WAL mode), durable
+        // against a crash of the process but not of the machine; the default is `full`.
+        let synchronous = match std::env::var("COGWARD_SQLITE_SYNCHRONOUS").as_deref() {
+            Ok("normal") => "PRAGMA synchronous = NORMAL",
+            _ => "PRAGMA synchronous = FULL",
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute(synchronous).await?;
                     }
                     Ok(())
                 })

@@ -32,7 +32,11 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
     })?;
     let db = Db::connect(&config.database_url()).await?;
     let ledger = Ledger::start(db.clone());
-    let policies = Arc::new(Policies::new(db.clone(), config.policy_limits())?);
+    // The API's instance decides every gateway call: bindings are reused for a second.
+    let policies = Arc::new(
+        Policies::new(db.clone(), config.policy_limits())?
+            .with_binding_cache(std::time::Duration::from_secs(1)),
+    );
     policies.bootstrap(&ledger).await?;
     let client = temporal::connect(&config.temporal, &config.namespace).await?;
     let (mirror_wake, wake) = MirrorWake::channel();

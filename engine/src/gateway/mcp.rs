@@ -492,6 +492,7 @@ async fn call_tool(
         outcome: "denied".into(),
         upstream_status: None,
         latency: Duration::ZERO,
+        upstream_latency: Duration::ZERO,
         throttle_ms: 0,
         input_tokens: 0,
         output_tokens: 0,
@@ -554,7 +555,8 @@ struct CallJob {
 impl CallJob {
     /// Forward the call; the tool result (or our refusal when the upstream failed).
     async fn forward(&self, call: &mut CallRecord) -> Value {
-        match self
+        let started = Instant::now();
+        let answer = self
             .gw
             .upstreams
             .call(
@@ -563,8 +565,9 @@ impl CallJob {
                 &self.tool,
                 self.arguments.clone(),
             )
-            .await
-        {
+            .await;
+        call.upstream_latency = started.elapsed();
+        match answer {
             Ok(result) => {
                 call.outcome = "ok".into();
                 let mut v = serde_json::to_value(result).unwrap_or_else(|_| json!({"content": []}));

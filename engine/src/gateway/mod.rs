@@ -16,6 +16,7 @@ pub mod model;
 pub mod upstream;
 
 use crate::db::Db;
+use crate::ledger::writer::JournalRow;
 use crate::ledger::{EntryKind, Ledger, NewEntry};
 use crate::policy::Policies;
 use anyhow::{Context, Result};
@@ -173,9 +174,9 @@ impl Gateway {
         &self.http
     }
 
-    /// Make one call's record durable: its decisions and summary in the ledger (one atomic
-    /// append, group-committed with concurrent calls), then its journal row. An error means the
-    /// call must be refused.
+    /// Make one call's record durable: its decisions and summary in the ledger and its journal
+    /// row, in one transaction (group-committed with concurrent calls). An error means the call
+    /// must be refused.
     pub async fn record(&self, call: &CallRecord) -> Result<i64> {
         let entry = |event_type: &str, body: Value| NewEntry {
             kind: EntryKind::App,
@@ -198,40 +199,38 @@ impl Gateway {
             }
         }
         entries.push(entry(call.event_type, call.summary()));
-        let outcomes = self.ledger.append(entries).await?;
-        let seq = match outcomes.last() {
-            Some(crate::ledger::AppendOutcome::Appended { seq }) => *seq,
-            _ => anyhow::bail!("the call's ledger entry was not appended"),
-        };
         let now = chrono::Utc::now();
-        sqlx::query(
-            "INSERT INTO gateway_calls (call_id, at, day, run_id, tenant, agent, kind, target, \
-             decision, outcome, upstream_status, latency_us, input_tokens, output_tokens, \
-             cost_micro_usd, args_sha256, policy_sha256, ledger_seq) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-        )
-        .bind(&call.call_id)
-        .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .bind(now.format("%Y-%m-%d").to_string())
-        .bind(&call.run.run_id)
-        .bind(&call.run.tenant)
-        .bind(&call.run.agent)
-        .bind(call.kind)
-        .bind(&call.target)
-        .bind(call.decision.as_str())
-        .bind(&call.outcome)
-        .bind(call.upstream_status.map(i64::from))
-        .bind(call.latency.as_micros() as i64)
-        .bind(call.input_tokens as i64)
-        .bind(call.output_tokens as i64)
-        .bind(call.cost_micro_usd as i64)
-        .bind(&call.args_sha256)
-        .bind(call.decisions.last().and_then(|d| d.policy.as_ref()).map(|p| p.module_sha256.clone()))
-        .bind(seq)
-        .execute(&self.db.pool)
-        .await
-        .context("writing the events journal")?;
-        Ok(seq)
+        let journal = JournalRow {
+            call_id: call.call_id.clone(),
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            day: now.format("%Y-%m-%d").to_string(),
+            run_id: call.run.run_id.clone(),
+            tenant: call.run.tenant.clone(),
+            agent: call.run.agent.clone(),
+            kind: call.kind.to_string(),
+            target: call.target.clone(),
+            decision: call.decision.as_str().to_string(),
+            outcome: call.outcome.clone(),
+            upstream_status: call.upstream_status.map(i64::from),
+            latency_us: call.latency.as_micros() as i64,
+            input_tokens: call.input_tokens as i64,
+            output_tokens: call.output_tokens as i64,
+            cost_micro_usd: call.cost_micro_usd as i64,
+            args_sha256: call.args_sha256.clone(),
+            policy_sha256: call
+                .decisions
+                .last()
+                .and_then(|d| d.policy.as_ref())
+                .map(|p| p.module_sha256.clone()),
+        };
+        let outcomes = self
+            .ledger
+            .append_with_journal(entries, Some(journal))
+            .await?;
+        match outcomes.last() {
+            Some(crate::ledger::AppendOutcome::Appended { seq }) => Ok(*seq),
+            _ => anyhow::bail!("the call's ledger entry was not appended"),
+        }
     }
 
     /// What a run has used so far, and what its tenant has spent today (from the journal).
@@ -320,7 +319,9 @@ pub struct CallRecord {
     /// `ok`, `denied`, `upstream_error`, ... (see docs/api.md).
     pub outcome: String,
     pub upstream_status: Option<u16>,
+    /// The whole call, and of it the time the upstream (provider, MCP server) took.
     pub latency: Duration,
+    pub upstream_latency: Duration,
     pub throttle_ms: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -347,7 +348,8 @@ impl CallRecord {
             "agent": self.run.agent, "target": self.target, "args_sha256": self.args_sha256,
             "decision": self.decision.as_str(), "reasons": self.reasons, "policies": policies,
             "outcome": self.outcome, "upstream_status": self.upstream_status,
-            "latency_us": self.latency.as_micros() as u64, "throttle_ms": self.throttle_ms,
+            "latency_us": self.latency.as_micros() as u64,
+            "upstream_latency_us": self.upstream_latency.as_micros() as u64, "throttle_ms": self.throttle_ms,
             "tokens": {"input": self.input_tokens, "output": self.output_tokens},
             "cost_usd": self.cost_micro_usd as f64 / 1e6, "detail": self.detail,
         })

@@ -238,6 +238,7 @@ async fn handle(
         outcome: "denied".into(),
         upstream_status: None,
         latency: Duration::ZERO,
+        upstream_latency: Duration::ZERO,
         throttle_ms: 0,
         input_tokens: 0,
         output_tokens: 0,
@@ -457,6 +458,7 @@ async fn forward(
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let sent = Instant::now();
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
@@ -465,6 +467,7 @@ async fn forward(
                 .await;
         }
     };
+    call.upstream_latency = sent.elapsed();
     let status = resp.status();
     call.upstream_status = Some(status.as_u16());
     call.outcome = if status.is_success() {

@@ -25,10 +25,41 @@ pub enum AppendOutcome {
 
 type Reply = oneshot::Sender<Result<Vec<AppendOutcome>, String>>;
 
+/// One caller's entries, and the journal row (if any) committed with them.
+struct Job {
+    entries: Vec<NewEntry>,
+    journal: Option<JournalRow>,
+    reply: Reply,
+}
+
+/// A row of the events journal (`gateway_calls`), written in the same transaction as the ledger
+/// entries of the call it describes (one commit for both), with `ledger_seq` set to the seq of
+/// the call's last entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalRow {
+    pub call_id: String,
+    pub at: String,
+    pub day: String,
+    pub run_id: String,
+    pub tenant: String,
+    pub agent: String,
+    pub kind: String,
+    pub target: String,
+    pub decision: String,
+    pub outcome: String,
+    pub upstream_status: Option<i64>,
+    pub latency_us: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_micro_usd: i64,
+    pub args_sha256: String,
+    pub policy_sha256: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct Ledger {
     db: Db,
-    tx: mpsc::Sender<(Vec<NewEntry>, Reply)>,
+    tx: mpsc::Sender<Job>,
 }
 
 impl Ledger {
@@ -45,12 +76,25 @@ impl Ledger {
 
     /// Append entries in order, atomically, and return once they are durable.
     pub async fn append(&self, entries: Vec<NewEntry>) -> Result<Vec<AppendOutcome>> {
+        self.append_with_journal(entries, None).await
+    }
+
+    /// [`Self::append`], plus a journal row in the same transaction.
+    pub async fn append_with_journal(
+        &self,
+        entries: Vec<NewEntry>,
+        journal: Option<JournalRow>,
+    ) -> Result<Vec<AppendOutcome>> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send((entries, reply))
+            .send(Job {
+                entries,
+                journal,
+                reply,
+            })
             .await
             .map_err(|_| anyhow!("ledger writer stopped"))?;
         rx.await
@@ -97,39 +141,37 @@ pub(crate) fn entry_from_row(row: &sqlx::any::AnyRow) -> Result<LedgerEntry> {
     })
 }
 
-async fn run_writer(db: Db, mut rx: mpsc::Receiver<(Vec<NewEntry>, Reply)>) {
+async fn run_writer(db: Db, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
-        let mut count = jobs[0].0.len();
+        let mut count = jobs[0].entries.len();
         while count < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => {
-                    count += job.0.len();
+                    count += job.entries.len();
                     jobs.push(job);
                 }
                 Err(_) => break,
             }
         }
-        let batch: Vec<&NewEntry> = jobs.iter().flat_map(|(e, _)| e.iter()).collect();
-        match commit(&db, &batch).await {
+        match commit(&db, &jobs).await {
             Ok(outcomes) => {
-                let mut outcomes = outcomes.into_iter();
-                for (entries, reply) in jobs {
-                    let mine: Vec<AppendOutcome> = outcomes.by_ref().take(entries.len()).collect();
-                    let _ = reply.send(Ok(mine));
+                for (job, mine) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(mine));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), entries = count, "ledger append failed");
-                for (_, reply) in jobs {
-                    let _ = reply.send(Err(format!("{e:#}")));
+                for job in jobs {
+                    let _ = job.reply.send(Err(format!("{e:#}")));
                 }
             }
         }
     }
 }
 
-async fn commit(db: &Db, batch: &[&NewEntry]) -> Result<Vec<AppendOutcome>> {
+/// Every job's entries, and its journal row, in one transaction; the outcomes per job.
+async fn commit(db: &Db, jobs: &[Job]) -> Result<Vec<Vec<AppendOutcome>>> {
     let mut tx = match db.backend {
         Backend::Sqlite => db.pool.begin_with("BEGIN IMMEDIATE").await?,
         Backend::Postgres => db.pool.begin().await?,
@@ -145,48 +187,55 @@ async fn commit(db: &Db, batch: &[&NewEntry]) -> Result<Vec<AppendOutcome>> {
     let mut seq: i64 = head.try_get("seq")?;
     let mut prev: String = head.try_get("hash")?;
     let recorded_at = crate::now_rfc3339();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for e in batch {
-        let mut entry = LedgerEntry {
-            seq: seq + 1,
-            kind: e.kind.as_str().to_string(),
-            namespace: e.namespace.clone(),
-            workflow_id: e.workflow_id.clone(),
-            temporal_run_id: e.temporal_run_id.clone(),
-            event_id: e.event_id,
-            event_type: e.event_type.clone(),
-            recorded_at: recorded_at.clone(),
-            body: canonical_string(&e.body),
-            prev_hash: prev.clone(),
-            hash: String::new(),
-        };
-        entry.hash = entry.compute_hash()?;
-        let inserted = sqlx::query(concat!(
-            "INSERT INTO ledger_entries (",
-            ledger_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING"
-        ))
-        .bind(entry.seq)
-        .bind(&entry.kind)
-        .bind(&entry.namespace)
-        .bind(&entry.workflow_id)
-        .bind(&entry.temporal_run_id)
-        .bind(entry.event_id)
-        .bind(&entry.event_type)
-        .bind(&entry.recorded_at)
-        .bind(&entry.body)
-        .bind(&entry.prev_hash)
-        .bind(&entry.hash)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            seq = entry.seq;
-            prev = entry.hash;
-            outcomes.push(AppendOutcome::Appended { seq });
-        } else {
-            outcomes.push(AppendOutcome::Duplicate);
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let mut mine = Vec::with_capacity(job.entries.len());
+        for e in &job.entries {
+            let mut entry = LedgerEntry {
+                seq: seq + 1,
+                kind: e.kind.as_str().to_string(),
+                namespace: e.namespace.clone(),
+                workflow_id: e.workflow_id.clone(),
+                temporal_run_id: e.temporal_run_id.clone(),
+                event_id: e.event_id,
+                event_type: e.event_type.clone(),
+                recorded_at: recorded_at.clone(),
+                body: canonical_string(&e.body),
+                prev_hash: prev.clone(),
+                hash: String::new(),
+            };
+            entry.hash = entry.compute_hash()?;
+            let inserted = sqlx::query(concat!(
+                "INSERT INTO ledger_entries (",
+                ledger_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING"
+            ))
+            .bind(entry.seq)
+            .bind(&entry.kind)
+            .bind(&entry.namespace)
+            .bind(&entry.workflow_id)
+            .bind(&entry.temporal_run_id)
+            .bind(entry.event_id)
+            .bind(&entry.event_type)
+            .bind(&entry.recorded_at)
+            .bind(&entry.body)
+            .bind(&entry.prev_hash)
+            .bind(&entry.hash)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                seq = entry.seq;
+                prev = entry.hash;
+                mine.push(AppendOutcome::Appended { seq });
+            } else {
+                mine.push(AppendOutcome::Duplicate);
+            }
         }
+        if let Some(row) = &job.journal {
+            insert_journal_row(&mut tx, row, seq).await?;
+        }
+        outcomes.push(mine);
     }
     sqlx::query("UPDATE ledger_head SET seq = $1, hash = $2 WHERE id = 1")
         .bind(seq)
@@ -195,4 +244,39 @@ async fn commit(db: &Db, batch: &[&NewEntry]) -> Result<Vec<AppendOutcome>> {
         .await?;
     tx.commit().await.context("committing ledger batch")?;
     Ok(outcomes)
+}
+
+async fn insert_journal_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    row: &JournalRow,
+    ledger_seq: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO gateway_calls (call_id, at, day, run_id, tenant, agent, kind, target, \
+         decision, outcome, upstream_status, latency_us, input_tokens, output_tokens, \
+         cost_micro_usd, args_sha256, policy_sha256, ledger_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+    )
+    .bind(&row.call_id)
+    .bind(&row.at)
+    .bind(&row.day)
+    .bind(&row.run_id)
+    .bind(&row.tenant)
+    .bind(&row.agent)
+    .bind(&row.kind)
+    .bind(&row.target)
+    .bind(&row.decision)
+    .bind(&row.outcome)
+    .bind(row.upstream_status)
+    .bind(row.latency_us)
+    .bind(row.input_tokens)
+    .bind(row.output_tokens)
+    .bind(row.cost_micro_usd)
+    .bind(&row.args_sha256)
+    .bind(&row.policy_sha256)
+    .bind(ledger_seq)
+    .execute(&mut **tx)
+    .await
+    .context("writing the events journal")?;
+    Ok(())
 }

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use store::{Binding, Bundle, PolicyStore};
 
 /// The kinds a binding may name.
@@ -89,11 +90,18 @@ fn check_name(field: &'static str, value: &str) -> Result<(), String> {
     cogward_activities::spec::check_name(field, value).map_err(|e| e.to_string())
 }
 
+/// (tenant, agent, kind).
+type BindingKey = (String, String, String);
+
 /// The store, the wasmtime host and the prepared (module, data) pairs in use.
 pub struct Policies {
     store: PolicyStore,
     host: Arc<PolicyHost>,
     prepared: Mutex<HashMap<(String, String), Arc<Prepared>>>,
+    /// Resolved bindings by (tenant, agent, kind), reused for `binding_ttl` (see
+    /// [`Policies::with_binding_cache`]).
+    resolved: Mutex<HashMap<BindingKey, (Option<Bundle>, Instant)>>,
+    binding_ttl: Duration,
 }
 
 impl std::fmt::Debug for Policies {
@@ -122,7 +130,35 @@ impl Policies {
             store: PolicyStore::new(db),
             host: Arc::new(PolicyHost::new(limits).map_err(anyhow::Error::msg)?),
             prepared: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(HashMap::new()),
+            binding_ttl: Duration::ZERO,
         })
+    }
+
+    /// Reuse a resolved binding for `ttl` instead of reading it for every decision (the
+    /// gateway decides every call). A binding made through this instance applies at once; one
+    /// made through another process applies within `ttl`.
+    pub fn with_binding_cache(mut self, ttl: Duration) -> Self {
+        self.binding_ttl = ttl;
+        self
+    }
+
+    async fn resolve(&self, tenant: &str, agent: &str, kind: &str) -> Result<Option<Bundle>> {
+        let key = (tenant.to_string(), agent.to_string(), kind.to_string());
+        if !self.binding_ttl.is_zero()
+            && let Ok(cache) = self.resolved.lock()
+            && let Some((bundle, at)) = cache.get(&key)
+            && at.elapsed() < self.binding_ttl
+        {
+            return Ok(bundle.clone());
+        }
+        let bundle = self.store.resolve(tenant, agent, kind).await?;
+        if !self.binding_ttl.is_zero()
+            && let Ok(mut cache) = self.resolved.lock()
+        {
+            cache.insert(key, (bundle.clone(), Instant::now()));
+        }
+        Ok(bundle)
     }
 
     pub fn store(&self) -> &PolicyStore {
@@ -334,6 +370,9 @@ impl Policies {
             .bind(&binding)
             .await
             .map_err(|e| format!("{e:#}"))?;
+        if let Ok(mut cache) = self.resolved.lock() {
+            cache.clear();
+        }
         ledger
             .append(vec![policy_entry(
                 &binding.name,
@@ -408,7 +447,6 @@ impl Policies {
             latency_us: 0,
         };
         let Some(bundle) = self
-            .store
             .resolve(&request.tenant, &request.agent, &request.kind)
             .await?
         else {
