@@ -34,11 +34,13 @@ python3 tests/fakes/fake_provider.py --port 0 --api-key "$DEMO_PROVIDER_KEY" \
 echo $! >"$COGWARD_STATE_DIR/provider.pid"
 for _ in $(seq 1 50); do grep -q listening "$COGWARD_STATE_DIR/provider.out" && break; sleep 0.1; done
 provider_url=$(sed -n 's/^listening on //p' "$COGWARD_STATE_DIR/provider.out")
-python3 - "$provider_url" >"$COGWARD_STATE_DIR/gateway.json" <<'PY'
+python3 - "$provider_url" "$COGWARD_EVERYTHING_JS" >"$COGWARD_STATE_DIR/gateway.json" <<'PY'
 import json, sys
 config = json.load(open("examples/gateway.json"))
 for p in config["providers"].values():
     p["base_url"], p["api_key_env"] = sys.argv[1], "DEMO_PROVIDER_KEY"
+config["mcp_servers"] = [{"name": "everything", "tenants": ["acme"],
+    "transport": {"stdio": {"command": ["node", sys.argv[2], "stdio"]}}}]
 print(json.dumps(config, indent=2))
 PY
 log "starting the stack: cogward dev (log: .cogward/dev.log)"
@@ -88,12 +90,14 @@ version=$(echo "$pushed" | grep -o 'version [0-9]*' | head -1 | cut -d' ' -f2)
 cogward policy bind --tenant acme --kind run.admission --name acme-admission --version "$version"
 cogward policy list
 
-step "the gateway's policies for acme: which models (model-access) and how much (budget)"
+step "the gateway's policies for acme: which models (model-access), how much (budget), which tools (tool-access)"
 cogward policy push builtin:model-access --name acme-models \
     --data wasm-policies/policies/model-access/data.example.json
 cogward policy bind --tenant acme --kind model.call --name acme-models --version 1
 cogward policy push builtin:budget --name acme-budget --data wasm-policies/policies/budget/data.example.json
 cogward policy bind --tenant acme --kind budget.spend --name acme-budget --version 1
+cogward policy push builtin:tool-access --name acme-tools --data examples/policies/acme-tools.json
+cogward policy bind --tenant acme --kind tool.call --name acme-tools --version 1
 
 step "a run the policy denies: unknown agent, too much memory"
 denied_id=$(submit examples/denied-run.json)
@@ -115,24 +119,39 @@ cogward run approve "$run_id" --as ci || true
 step "a human approves (as principal 'approver')"
 cogward run approve "$run_id" --comment "reviewed in the demo"
 
+step "the agent's get-sum call waits: the tool-access policy escalated it to release-managers"
+call_id=
+for _ in $(seq 1 200); do
+    call_id=$(cogward run tool-calls "$run_id" --json | python3 -c '
+import json, sys
+pending = [c["call_id"] for c in json.load(sys.stdin)["tool_calls"] if c["decision"] is None]
+print(pending[0] if pending else "")')
+    [ -n "$call_id" ] && break
+    sleep 0.2
+done
+cogward run tool-calls "$run_id"
+cogward run approve "$run_id" --tool-call "$call_id" --comment "sum checked"
+
 step "the verdict"
 wait_status "$run_id" succeeded failed rejected expired cancelled denied
 cogward run status "$run_id" --json
 echo "agent stdout:"; cat "$COGWARD_STATE_DIR/runs/$run_id/stdout.log"
 
-step "the run's ledger: every Temporal history event plus admission, policy decisions, the model call, approval, evidence, verdict"
+step "the run's ledger: every Temporal history event plus admission, policy decisions, the model and tool calls, approvals, evidence, verdict"
 wait_mirrored "$run_id"
 cogward run history "$run_id"
 
 step "temporal workflow show (the real CLI) for the same run"
 "$COGWARD_TEMPORAL_BIN" workflow show -w "$run_id" --address "${COGWARD_TEMPORAL_ADDRESS#http://}" | tail -n 5
 
-step "the model call as the ledger holds it (the agent's credential never appears; the provider saw the engine's key)"
+step "the gateway's calls as the ledger holds them (arguments by digest; no credential appears)"
 cogward run history "$run_id" --json | python3 -c '
 import json, sys
 for e in json.load(sys.stdin)["entries"]:
-    if e["event_type"] == "gateway.model_call":
-        print(json.dumps(json.loads(e["body"]), indent=2))'
+    if e["event_type"] in ("gateway.model_call", "gateway.tool_call"):
+        b = json.loads(e["body"])
+        print("%-19s %-28s %-9s %-9s tokens %s approver %s" % (e["event_type"], b["target"], b["decision"],
+              b["outcome"], b["tokens"], b["detail"].get("approver")))'
 
 step "cogward audit replay: the run's history, rebuilt from the ledger alone, replays against this build"
 cogward audit replay "$run_id"

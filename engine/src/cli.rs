@@ -97,17 +97,28 @@ pub enum RunCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Approve a run waiting at its approval gate.
+    /// Approve a run waiting at its approval gate (or, with --tool-call, a tool call of the
+    /// running agent that the gateway parked).
     Approve {
         run_id: String,
         #[arg(long)]
         comment: Option<String>,
+        #[arg(long)]
+        tool_call: Option<String>,
     },
-    /// Reject a run waiting at its approval gate.
+    /// Reject a run waiting at its approval gate (or, with --tool-call, a parked tool call).
     Reject {
         run_id: String,
         #[arg(long)]
         comment: Option<String>,
+        #[arg(long)]
+        tool_call: Option<String>,
+    },
+    /// The run's tool calls the gateway parked for approval, and their decisions.
+    ToolCalls {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a run (the agent gets SIGTERM, then SIGKILL after its grace period).
     Cancel {
@@ -449,7 +460,16 @@ async fn run_command(api: &ApiClient, cmd: &RunCommand) -> Result<u8> {
             }
             Ok(0)
         }
-        RunCommand::Approve { run_id, comment } | RunCommand::Reject { run_id, comment } => {
+        RunCommand::Approve {
+            run_id,
+            comment,
+            tool_call,
+        }
+        | RunCommand::Reject {
+            run_id,
+            comment,
+            tool_call,
+        } => {
             let verb = if matches!(cmd, RunCommand::Approve { .. }) {
                 "approve"
             } else {
@@ -459,10 +479,40 @@ async fn run_command(api: &ApiClient, cmd: &RunCommand) -> Result<u8> {
                 .call(
                     Method::POST,
                     &format!("/v1/runs/{run_id}/{verb}"),
-                    Some(serde_json::json!({ "comment": comment })),
+                    Some(serde_json::json!({ "comment": comment, "tool_call": tool_call })),
                 )
                 .await?;
-            println!("{verb} sent for {run_id}");
+            match tool_call {
+                Some(call) => println!("{verb} sent for tool call {call} of {run_id}"),
+                None => println!("{verb} sent for {run_id}"),
+            }
+            Ok(0)
+        }
+        RunCommand::ToolCalls { run_id, json } => {
+            let v: serde_json::Value = api
+                .call(Method::GET, &format!("/v1/runs/{run_id}/tool-calls"), None)
+                .await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(0);
+            }
+            for c in v["tool_calls"].as_array().into_iter().flatten() {
+                let decision = match &c["decision"] {
+                    serde_json::Value::Null => "pending".to_string(),
+                    d => format!(
+                        "{} by {}",
+                        d["verdict"].as_str().unwrap_or("?"),
+                        d["approver"].as_str().unwrap_or("?")
+                    ),
+                };
+                println!(
+                    "{}  {:<32} group {:<18} {}",
+                    c["call_id"].as_str().unwrap_or("?"),
+                    c["tool"].as_str().unwrap_or("?"),
+                    c["group"].as_str().unwrap_or("-"),
+                    decision
+                );
+            }
             Ok(0)
         }
         RunCommand::Cancel { run_id, reason } => {
