@@ -311,12 +311,23 @@ async fn model_calls_through_the_gateway_on_sqlite() {
 
 /// The run credential of `run_id`, minted as `start_runner` does (with the installation's key,
 /// read from the database: the test plays the part of the worker).
-async fn credential(db: &Db, run_id: &str) -> String {
+pub async fn credential(db: &Db, run_id: &str) -> String {
     let key: String = sqlx::query_scalar("SELECT key_hex FROM gateway_key WHERE id = 1")
         .fetch_one(&db.pool)
         .await
         .unwrap();
     cogward_activities::credential::mint(&hex::decode(key).unwrap(), run_id)
+}
+
+/// A run of tenant acme whose agent just sleeps, running: its id and its credential (the tests
+/// then call the gateway as that agent would).
+pub async fn running_run(stack: &Stack, db: &Db) -> (String, String) {
+    let (id, _) = stack
+        .submit_until(&spec("acme", &["sleep", "300"]), &["running"])
+        .await
+        .unwrap();
+    let token = credential(db, &id).await;
+    (id, token)
 }
 
 async fn counts(db: &Db) -> (i64, i64) {
@@ -349,12 +360,8 @@ async fn budgets_throttle_then_deny_and_bad_calls_change_nothing() {
     );
     let budget = json!({"tenants": {"acme": {"run_max_tokens": 400, "throttle_from": 0.5, "max_delay_ms": 300}}});
     push_and_bind(&stack, "budget", "tight", "budget.spend", "acme", &budget);
-    let (id, _) = stack
-        .submit_until(&spec("acme", &["sleep", "120"]), &["running"])
-        .await
-        .unwrap();
     let db = Db::connect(&stack.database_url).await.unwrap();
-    let token = credential(&db, &id).await;
+    let (id, token) = running_run(&stack, &db).await;
     let http = reqwest::Client::new();
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
                       "messages": [{"role": "user", "content": "w ".repeat(30)}]});

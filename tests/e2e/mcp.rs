@@ -4,7 +4,7 @@
 //! rejected by a human — across a restart of the gateway —, bad requests refused, all in the
 //! ledger.
 
-use crate::gateway::{FakeProvider, gateway_config, push_and_bind};
+use crate::gateway::{FakeProvider, gateway_config, push_and_bind, running_run};
 use crate::stack::{Stack, StackOptions, spec};
 use cogward::db::Db;
 use serde_json::{Value, json};
@@ -62,6 +62,45 @@ pub fn tool_access() -> Value {
     }}})
 }
 
+/// The provider stand-in and a stack whose gateway has server-everything as `everything`, with
+/// acme's tool scope bound.
+pub struct McpStack {
+    pub stack: Stack,
+    pub db: Db,
+    _provider: FakeProvider,
+    _dir: tempfile::TempDir,
+}
+
+async fn mcp_stack(everything: &str, separate_worker: bool) -> McpStack {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = FakeProvider::start(dir.path());
+    let stack = Stack::start(StackOptions {
+        separate_worker,
+        gateway_config: Some(mcp_gateway_config(&provider.url, everything)),
+        env: vec![(
+            "FAKE_PROVIDER_KEY".into(),
+            crate::gateway::PROVIDER_KEY.into(),
+        )],
+        ..Default::default()
+    })
+    .unwrap();
+    push_and_bind(
+        &stack,
+        "tool-access",
+        "tools",
+        "tool.call",
+        "acme",
+        &tool_access(),
+    );
+    let db = Db::connect(&stack.database_url).await.unwrap();
+    McpStack {
+        stack,
+        db,
+        _provider: provider,
+        _dir: dir,
+    }
+}
+
 /// Run the Python client: one session, `ops` in order; its output lines, parsed.
 pub struct Client(Child);
 
@@ -90,14 +129,6 @@ impl Client {
 
 fn run_client(python: &str, url: &str, token: &str, ops: Value) -> Vec<Value> {
     Client::start(python, url, token, &ops).finish()
-}
-
-async fn credential(db: &Db, run_id: &str) -> String {
-    let key: String = sqlx::query_scalar("SELECT key_hex FROM gateway_key WHERE id = 1")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    cogward_activities::credential::mint(&hex::decode(key).unwrap(), run_id)
 }
 
 /// Wait until the run has a parked tool call with these argument digests undecided; its id.
@@ -176,28 +207,11 @@ async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart
     let (Some(python), Some(everything)) = (mcp_python(), everything_js()) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let provider = FakeProvider::start(dir.path());
-    let mut stack = Stack::start(StackOptions {
-        separate_worker: true,
-        gateway_config: Some(mcp_gateway_config(&provider.url, &everything)),
-        ..Default::default()
-    })
-    .unwrap();
-    push_and_bind(
-        &stack,
-        "tool-access",
-        "tools",
-        "tool.call",
-        "acme",
-        &tool_access(),
-    );
-    let (id, _) = stack
-        .submit_until(&spec("acme", &["sleep", "300"]), &["running"])
-        .await
-        .unwrap();
-    let db = Db::connect(&stack.database_url).await.unwrap();
-    let token = credential(&db, &id).await;
+    // Held whole: its provider and directory live as long as the test.
+    let mut m = mcp_stack(&everything, true).await;
+    let db = m.db.clone();
+    let stack = &mut m.stack;
+    let (id, token) = running_run(stack, &db).await;
     let url = stack.url("/mcp");
 
     // Scope: get-env is invisible, and refused when called anyway; unknown tools are errors.
@@ -247,20 +261,20 @@ async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart
     // Escalation: the call waits; a non-member cannot decide; a release manager approves.
     let sum = |a: i64, b: i64| json!([{"op": "call", "name": "everything_get-sum", "arguments": {"a": a, "b": b}, "timeout": 120, "progress": true}]);
     let client = Client::start(&python, &url, &token, &sum(2, 40));
-    let call_id = parked_call(&stack, &id, 0).await;
-    let (status, v) = decide(&stack, &stack.tokens.lead, &id, "approve", &call_id).await;
+    let call_id = parked_call(stack, &id, 0).await;
+    let (status, v) = decide(stack, &stack.tokens.lead, &id, "approve", &call_id).await;
     assert_eq!(
         (status, v["code"].as_str()),
         (403, Some("not_in_approval_group")),
         "{v}"
     );
-    let (status, v) = decide(&stack, &stack.tokens.approver, &id, "approve", &call_id).await;
+    let (status, v) = decide(stack, &stack.tokens.approver, &id, "approve", &call_id).await;
     assert_eq!(status, 202, "{v}");
     let lines = client.finish();
     let got = op(&lines, "everything_get-sum", 0);
     assert_eq!(got["is_error"], false, "{lines:?}");
     assert!(got["text"].as_str().unwrap().contains("is 42"), "{got}");
-    let (status, v) = decide(&stack, &stack.tokens.approver, &id, "reject", &call_id).await;
+    let (status, v) = decide(stack, &stack.tokens.approver, &id, "reject", &call_id).await;
     assert_eq!(
         (status, v["code"].as_str()),
         (409, Some("already_decided")),
@@ -269,9 +283,9 @@ async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart
 
     // Rejected.
     let client = Client::start(&python, &url, &token, &sum(1, 1));
-    let call_id = parked_call(&stack, &id, 1).await;
+    let call_id = parked_call(stack, &id, 1).await;
     assert_eq!(
-        decide(&stack, &stack.tokens.approver, &id, "reject", &call_id)
+        decide(stack, &stack.tokens.approver, &id, "reject", &call_id)
             .await
             .0,
         202
@@ -291,7 +305,7 @@ async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart
     // approval is given to the restarted gateway; the retried call (same arguments) re-attaches
     // to the parked call and completes once.
     let client = Client::start(&python, &url, &token, &sum(5, 5));
-    let call_id = parked_call(&stack, &id, 2).await;
+    let call_id = parked_call(stack, &id, 2).await;
     // A session opened before the restart.
     let http = reqwest::Client::new();
     let init = http
@@ -314,7 +328,7 @@ async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart
         "the parked call should have lost its connection, not completed: {lines:?}"
     );
     assert_eq!(
-        decide(&stack, &stack.tokens.approver, &id, "approve", &call_id)
+        decide(stack, &stack.tokens.approver, &id, "approve", &call_id)
             .await
             .0,
         202
@@ -392,32 +406,10 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
     let Some(everything) = everything_js() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let provider = FakeProvider::start(dir.path());
-    let stack = Stack::start(StackOptions {
-        gateway_config: Some(mcp_gateway_config(&provider.url, &everything)),
-        ..Default::default()
-    })
-    .unwrap();
-    push_and_bind(
-        &stack,
-        "tool-access",
-        "tools",
-        "tool.call",
-        "acme",
-        &tool_access(),
-    );
-    let (id, _) = stack
-        .submit_until(&spec("acme", &["sleep", "300"]), &["running"])
-        .await
-        .unwrap();
-    let (other, _) = stack
-        .submit_until(&spec("acme", &["sleep", "300"]), &["running"])
-        .await
-        .unwrap();
-    let db = Db::connect(&stack.database_url).await.unwrap();
-    let token = credential(&db, &id).await;
-    let other_token = credential(&db, &other).await;
+    let m = mcp_stack(&everything, false).await;
+    let (stack, db) = (&m.stack, m.db.clone());
+    let (id, token) = running_run(stack, &db).await;
+    let (_, other_token) = running_run(stack, &db).await;
     let url = stack.url("/mcp");
     let http = reqwest::Client::new();
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -515,25 +507,8 @@ async fn an_agent_in_a_runner_uses_mcp_and_models_through_the_gateway() {
     let (Some(python), Some(everything)) = (mcp_python(), everything_js()) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let provider = FakeProvider::start(dir.path());
-    let stack = Stack::start(StackOptions {
-        gateway_config: Some(mcp_gateway_config(&provider.url, &everything)),
-        env: vec![(
-            "FAKE_PROVIDER_KEY".into(),
-            crate::gateway::PROVIDER_KEY.into(),
-        )],
-        ..Default::default()
-    })
-    .unwrap();
-    push_and_bind(
-        &stack,
-        "tool-access",
-        "tools",
-        "tool.call",
-        "acme",
-        &tool_access(),
-    );
+    let m = mcp_stack(&everything, false).await;
+    let stack = &m.stack;
     let example = |p: &str| -> Value {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../wasm-policies/policies")
@@ -542,7 +517,7 @@ async fn an_agent_in_a_runner_uses_mcp_and_models_through_the_gateway() {
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     };
     push_and_bind(
-        &stack,
+        stack,
         "model-access",
         "models",
         "model.call",
@@ -550,7 +525,7 @@ async fn an_agent_in_a_runner_uses_mcp_and_models_through_the_gateway() {
         &example("model-access"),
     );
     push_and_bind(
-        &stack,
+        stack,
         "budget",
         "budget",
         "budget.spend",
@@ -686,12 +661,8 @@ async fn a_failing_upstream_opens_its_circuit_and_closes_it_when_back() {
     .unwrap();
     let scope = json!({"tenants": {"acme": {"default_scope": ["flaky.echo"]}}});
     push_and_bind(&stack, "tool-access", "tools", "tool.call", "acme", &scope);
-    let (id, _) = stack
-        .submit_until(&spec("acme", &["sleep", "300"]), &["running"])
-        .await
-        .unwrap();
     let db = Db::connect(&stack.database_url).await.unwrap();
-    let token = credential(&db, &id).await;
+    let (id, token) = running_run(&stack, &db).await;
     let url = stack.url("/mcp");
     let http = reqwest::Client::new();
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
