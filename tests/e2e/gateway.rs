@@ -6,6 +6,7 @@
 //! Anthropic and OpenAI wire formats (streams and usage included); the gateway is configured
 //! with it as it would be with the real one.
 
+use crate::policies::count;
 use crate::stack::{Stack, StackOptions, spec};
 use cogward::db::Db;
 use serde_json::{Value, json};
@@ -143,6 +144,21 @@ fn example_data(policy: &str) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// Bind the built-in model-access and budget policies with their example data for acme.
+pub fn bind_model_policies(stack: &Stack) {
+    let access = example_data("model-access");
+    push_and_bind(
+        stack,
+        "model-access",
+        "models",
+        "model.call",
+        "acme",
+        &access,
+    );
+    let budget = example_data("budget");
+    push_and_bind(stack, "budget", "budget", "budget.spend", "acme", &budget);
+}
+
 /// The agent: Python's standard library only, using the variables the run was given.
 const AGENT: &str = r#"
 import json, os, urllib.request, urllib.error
@@ -176,22 +192,7 @@ for name, url, body, headers in calls:
 /// with its decisions, tokens and cost; the provider saw the engine's key, never the run's
 /// credential; `audit verify` passes and `policy replay` reproduces every decision.
 pub async fn model_calls_from_a_run(stack: &Stack, provider: &FakeProvider) {
-    push_and_bind(
-        stack,
-        "model-access",
-        "models",
-        "model.call",
-        "acme",
-        &example_data("model-access"),
-    );
-    push_and_bind(
-        stack,
-        "budget",
-        "budget",
-        "budget.spend",
-        "acme",
-        &example_data("budget"),
-    );
+    bind_model_policies(stack);
     let (id, run) = stack
         .submit_until(
             &spec("acme", &["python3", "-c", AGENT]),
@@ -331,15 +332,10 @@ pub async fn running_run(stack: &Stack, db: &Db) -> (String, String) {
 }
 
 async fn counts(db: &Db) -> (i64, i64) {
-    let calls: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM gateway_calls")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    let entries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'app'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    (calls, entries)
+    (
+        count(db, "SELECT COUNT(*) FROM gateway_calls").await,
+        count(db, "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'app'").await,
+    )
 }
 
 /// Budgets throttle and then deny before the provider is called; bad credentials and bad

@@ -4,7 +4,10 @@
 //! rejected by a human — across a restart of the gateway —, bad requests refused, all in the
 //! ledger.
 
-use crate::gateway::{FakeProvider, gateway_config, push_and_bind, running_run};
+use crate::gateway::{
+    FakeProvider, bind_model_policies, gateway_config, push_and_bind, running_run,
+};
+use crate::policies::count;
 use crate::stack::{Stack, StackOptions, spec};
 use cogward::db::Db;
 use serde_json::{Value, json};
@@ -131,19 +134,63 @@ fn run_client(python: &str, url: &str, token: &str, ops: Value) -> Vec<Value> {
     Client::start(python, url, token, &ops).finish()
 }
 
-/// Wait until the run has a parked tool call with these argument digests undecided; its id.
+/// `initialize` over plain HTTP as `token`'s agent: the new session's id.
+async fn open_session(http: &reqwest::Client, url: &str, token: &str, version: &str) -> String {
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": version, "capabilities": {},
+                                 "clientInfo": {"name": "e2e", "version": "1"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// One JSON-RPC request in `session` as `token`'s agent: the answer.
+async fn rpc(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    session: &str,
+    message: Value,
+) -> Value {
+    http.post(url)
+        .bearer_auth(token)
+        .header("mcp-session-id", session)
+        .json(&message)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `GET /v1/runs/{id}/tool-calls`: (status, body).
+async fn tool_calls(stack: &Stack, run_id: &str) -> (u16, Value) {
+    stack
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/runs/{run_id}/tool-calls"),
+            Some(&stack.tokens.ci),
+            None,
+        )
+        .await
+        .unwrap()
+}
+
+/// Wait until the run has more than `known` parked tool calls; the id of the next one.
 async fn parked_call(stack: &Stack, run_id: &str, known: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, v) = stack
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/runs/{run_id}/tool-calls"),
-                Some(&stack.tokens.ci),
-                None,
-            )
-            .await
-            .unwrap();
+        let (status, v) = tool_calls(stack, run_id).await;
         if status == 200
             && let Some(calls) = v["tool_calls"].as_array()
             && calls.len() > known
@@ -308,19 +355,7 @@ async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart
     let call_id = parked_call(stack, &id, 2).await;
     // A session opened before the restart.
     let http = reqwest::Client::new();
-    let init = http
-        .post(&url)
-        .bearer_auth(&token)
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                      "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}}))
-        .send()
-        .await
-        .unwrap();
-    let session = init.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let session = open_session(&http, &url, &token, "2025-06-18").await;
     stack.kill9_and_restart_serve().unwrap();
     let lines = client.finish();
     assert!(
@@ -339,32 +374,15 @@ async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart
         got["text"].as_str().unwrap_or_default().contains("is 10"),
         "{lines:?}"
     );
-    let (_, v) = stack
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/runs/{id}/tool-calls"),
-            Some(&stack.tokens.ci),
-            None,
-        )
-        .await
-        .unwrap();
+    let (_, v) = tool_calls(stack, &id).await;
     assert_eq!(
         v["tool_calls"].as_array().unwrap().len(),
         3,
         "the retry re-attached: {v}"
     );
     // The old session still works after the restart.
-    let listed: Value = http
-        .post(&url)
-        .bearer_auth(&token)
-        .header("mcp-session-id", &session)
-        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let listed = rpc(&http, &url, &token, &session, list).await;
     assert_eq!(
         listed["result"]["tools"].as_array().map(Vec::len),
         Some(3),
@@ -412,47 +430,20 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
     let (_, other_token) = running_run(stack, &db).await;
     let url = stack.url("/mcp");
     let http = reqwest::Client::new();
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                      "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}});
-    let session_of = |token: String| {
-        let http = http.clone();
-        let url = url.clone();
-        let init = init.clone();
-        async move {
-            let resp = http
-                .post(&url)
-                .bearer_auth(token)
-                .json(&init)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            resp.headers()["mcp-session-id"]
-                .to_str()
-                .unwrap()
-                .to_string()
-        }
-    };
-    let session = session_of(token.clone()).await;
-    let other_session = session_of(other_token).await;
-    let count = || async {
-        let calls: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM gateway_calls")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        let entries: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM ledger_entries WHERE event_type LIKE 'gateway.%'",
+    let session = open_session(&http, &url, &token, "2025-11-25").await;
+    let other_session = open_session(&http, &url, &other_token, "2025-11-25").await;
+    let counts = || async {
+        (
+            count(&db, "SELECT COUNT(*) FROM gateway_calls").await,
+            count(
+                &db,
+                "SELECT COUNT(*) FROM ledger_entries WHERE event_type LIKE 'gateway.%'",
+            )
+            .await,
+            count(&db, "SELECT COUNT(*) FROM mcp_sessions").await,
         )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        let sessions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mcp_sessions")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        (calls, entries, sessions)
     };
-    let before = count().await;
+    let before = counts().await;
     let forged = cogward_activities::credential::mint(b"another key", &id);
     let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                       "params": {"name": "everything_echo", "arguments": {"message": "x"}}})
@@ -496,7 +487,11 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
     }
     let resp = http.get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 405);
-    assert_eq!(count().await, before, "a refused request changed something");
+    assert_eq!(
+        counts().await,
+        before,
+        "a refused request changed something"
+    );
 }
 
 /// A command run whose agent, inside its sandbox, uses the official Python MCP client and the
@@ -509,29 +504,7 @@ async fn an_agent_in_a_runner_uses_mcp_and_models_through_the_gateway() {
     };
     let m = mcp_stack(&everything, false).await;
     let stack = &m.stack;
-    let example = |p: &str| -> Value {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../wasm-policies/policies")
-            .join(p)
-            .join("data.example.json");
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    };
-    push_and_bind(
-        stack,
-        "model-access",
-        "models",
-        "model.call",
-        "acme",
-        &example("model-access"),
-    );
-    push_and_bind(
-        stack,
-        "budget",
-        "budget",
-        "budget.spend",
-        "acme",
-        &example("budget"),
-    );
+    bind_model_policies(stack);
 
     // The client script travels in the run's inputs (the sandbox cannot read the repository).
     let ops = json!([
@@ -665,32 +638,11 @@ async fn a_failing_upstream_opens_its_circuit_and_closes_it_when_back() {
     let (id, token) = running_run(&stack, &db).await;
     let url = stack.url("/mcp");
     let http = reqwest::Client::new();
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                      "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}});
-    let resp = http
-        .post(&url)
-        .bearer_auth(&token)
-        .json(&init)
-        .send()
-        .await
-        .unwrap();
-    let session = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let session = open_session(&http, &url, &token, "2025-11-25").await;
     let echo = || async {
-        let v: Value = http
-            .post(&url)
-            .bearer_auth(&token)
-            .header("mcp-session-id", &session)
-            .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
-                          "params": {"name": "flaky_echo", "arguments": {"message": "up?"}}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                          "params": {"name": "flaky_echo", "arguments": {"message": "up?"}}});
+        let v = rpc(&http, &url, &token, &session, call).await;
         let outcome = v["result"]["_meta"]["cogward/outcome"]
             .as_str()
             .unwrap_or("ok")

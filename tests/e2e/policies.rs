@@ -18,7 +18,8 @@ fn policy_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-async fn count(db: &Db, sql: &str) -> i64 {
+/// `SELECT COUNT(*) ...` (a test's own fixed SQL).
+pub(crate) async fn count(db: &Db, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
         .fetch_one(&db.pool)
         .await

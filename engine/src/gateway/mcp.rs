@@ -351,15 +351,12 @@ async fn session(
 }
 
 fn tool_request(run: &RunIdentity, action: &str, server: &str, tool: &str) -> Request {
-    Request {
-        kind: kinds::TOOL_CALL.into(),
-        tenant: run.tenant.clone(),
-        principal: run.principal(),
-        agent: run.agent.clone(),
-        action: action.into(),
-        resource: json!({"server": server, "tool": tool}),
-        context: json!({"run_id": run.run_id}),
-    }
+    run.request(
+        kinds::TOOL_CALL,
+        action,
+        json!({"server": server, "tool": tool}),
+        json!({"run_id": run.run_id}),
+    )
 }
 
 /// The tools this run's agent may see.
@@ -479,26 +476,15 @@ async fn call_tool(
                 "cogward: the call could not be decided",
             )
         })?;
-    let mut call = CallRecord {
-        call_id: uuid::Uuid::new_v4().to_string(),
-        event_type: "gateway.tool_call",
-        kind: "tool",
-        run: run.clone(),
-        target: full_name.clone(),
-        args_sha256: sha256_hex(canonical_string(&args_value).as_bytes()),
-        decisions: Vec::new(),
-        decision: CallDecision::Deny,
-        reasons: decision.decision.reasons.clone(),
-        outcome: "denied".into(),
-        upstream_status: None,
-        latency: Duration::ZERO,
-        upstream_latency: Duration::ZERO,
-        throttle_ms: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_micro_usd: 0,
-        detail: json!({"server": server.name, "tool": tool, "name": name}),
-    };
+    let mut call = CallRecord::new(
+        "gateway.tool_call",
+        "tool",
+        run,
+        full_name.clone(),
+        sha256_hex(canonical_string(&args_value).as_bytes()),
+        json!({"server": server.name, "tool": tool, "name": name}),
+    );
+    call.reasons = decision.decision.reasons.clone();
     let effect = decision.decision.effect;
     let group = approval_group(&decision);
     call.decisions.push(decision);

@@ -22,6 +22,7 @@ use crate::policy::Policies;
 use anyhow::{Context, Result};
 use axum::http::HeaderMap;
 use cogward_activities::spec::{DecisionRecord, RunStatus};
+use cogward_policy_abi::Request;
 use config::GatewayConfig;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -56,9 +57,17 @@ pub struct RunIdentity {
 }
 
 impl RunIdentity {
-    /// The principal policies see for calls the run's agent makes.
-    pub fn principal(&self) -> String {
-        format!("run:{}", self.run_id)
+    /// A policy request about a call of this run's agent (principal `run:<id>`).
+    pub fn request(&self, kind: &str, action: &str, resource: Value, context: Value) -> Request {
+        Request {
+            kind: kind.into(),
+            tenant: self.tenant.clone(),
+            principal: format!("run:{}", self.run_id),
+            agent: self.agent.clone(),
+            action: action.into(),
+            resource,
+            context,
+        }
     }
 }
 
@@ -331,6 +340,38 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
+    /// A call about to be decided: a deny with nothing measured yet, until the gateway says
+    /// otherwise.
+    pub fn new(
+        event_type: &'static str,
+        kind: &'static str,
+        run: &RunIdentity,
+        target: String,
+        args_sha256: String,
+        detail: Value,
+    ) -> Self {
+        Self {
+            call_id: uuid::Uuid::new_v4().to_string(),
+            event_type,
+            kind,
+            run: run.clone(),
+            target,
+            args_sha256,
+            decisions: Vec::new(),
+            decision: CallDecision::Deny,
+            reasons: Vec::new(),
+            outcome: "denied".into(),
+            upstream_status: None,
+            latency: Duration::ZERO,
+            upstream_latency: Duration::ZERO,
+            throttle_ms: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_micro_usd: 0,
+            detail,
+        }
+    }
+
     fn summary(&self) -> Value {
         let policies: Vec<Value> = self
             .decisions

@@ -136,16 +136,13 @@ fn pinned_version(reasons: &[String]) -> Option<String> {
 }
 
 fn model_access_request(gw: &Gateway, run: &RunIdentity, provider: &str, model: &str) -> Request {
-    Request {
-        kind: kinds::MODEL_CALL.into(),
-        tenant: run.tenant.clone(),
-        principal: run.principal(),
-        agent: run.agent.clone(),
-        action: "call".into(),
-        resource: json!({"provider": provider, "model": model}),
-        context: json!({"tier": gw.config.tier(&run.tenant), "region": gw.config.region,
-                        "run_id": run.run_id}),
-    }
+    run.request(
+        kinds::MODEL_CALL,
+        "call",
+        json!({"provider": provider, "model": model}),
+        json!({"tier": gw.config.tier(&run.tenant), "region": gw.config.region,
+               "run_id": run.run_id}),
+    )
 }
 
 async fn handle(
@@ -225,27 +222,15 @@ async fn handle(
         .iter()
         .find_map(|k| request.get(*k).and_then(Value::as_u64))
         .unwrap_or(DEFAULT_MAX_OUTPUT);
-    let mut call = CallRecord {
-        call_id: uuid::Uuid::new_v4().to_string(),
-        event_type: "gateway.model_call",
-        kind: "model",
-        run: run.clone(),
-        target: format!("{provider_name}/{requested_model}"),
-        args_sha256: sha256_hex(&body),
-        decisions: Vec::new(),
-        decision: CallDecision::Deny,
-        reasons: Vec::new(),
-        outcome: "denied".into(),
-        upstream_status: None,
-        latency: Duration::ZERO,
-        upstream_latency: Duration::ZERO,
-        throttle_ms: 0,
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_micro_usd: 0,
-        detail: json!({"provider": provider_name, "requested_model": requested_model,
-                       "endpoint": endpoint.path(), "stream": stream}),
-    };
+    let mut call = CallRecord::new(
+        "gateway.model_call",
+        "model",
+        &run,
+        format!("{provider_name}/{requested_model}"),
+        sha256_hex(&body),
+        json!({"provider": provider_name, "requested_model": requested_model,
+               "endpoint": endpoint.path(), "stream": stream}),
+    );
 
     match decide(
         &gw,
@@ -342,21 +327,18 @@ async fn decide(
         .cost_micro_usd(provider, &model, estimated_input, max_output);
     let budget = gw
         .policies
-        .decide_request(Request {
-            kind: kinds::BUDGET.into(),
-            tenant: run.tenant.clone(),
-            principal: run.principal(),
-            agent: run.agent.clone(),
-            action: "spend".into(),
-            resource: json!({"run": run.run_id, "provider": provider, "model": model}),
-            context: json!({
+        .decide_request(run.request(
+            kinds::BUDGET,
+            "spend",
+            json!({"run": run.run_id, "provider": provider, "model": model}),
+            json!({
                 "run_tokens": usage.run_tokens,
                 "run_cost_usd": usage.run_cost_micro_usd as f64 / 1e6,
                 "tenant_cost_usd": usage.tenant_cost_micro_usd as f64 / 1e6,
                 "estimated_tokens": estimated_input + max_output,
                 "estimated_cost_usd": estimated_cost as f64 / 1e6,
             }),
-        })
+        ))
         .await?;
     let refusal = budget_refusal(&budget, gw.config.max_throttle_ms, call);
     call.decisions.push(budget);
