@@ -206,7 +206,7 @@ async fn dispatch(
     if method == "initialize" {
         return initialize(gw, &run, &id, &params).await;
     }
-    let session_id = session(gw, headers, &run, &id).await?;
+    session(gw, headers, &run, &id).await?;
     if let Some(v) = headers
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())
@@ -236,7 +236,6 @@ async fn dispatch(
             .into_response());
         }
     };
-    let _ = session_id;
     Ok(axum::Json(answer).into_response())
 }
 
