@@ -61,6 +61,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         )
         .await?,
     );
+    tokio::spawn(crate::gateway::close_servers_of_ended_runs(gateway.clone()));
     let app = api::app(AppState {
         client,
         db,

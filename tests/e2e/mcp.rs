@@ -715,3 +715,87 @@ async fn a_failing_upstream_opens_its_circuit_and_closes_it_when_back() {
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
 }
+
+/// Processes whose environment holds `mark`.
+fn processes_marked(mark: &str) -> usize {
+    let needle = format!("COGWARD_TEST_MARK={mark}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .map(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+/// A stdio server scoped to runs: one process per run, started on its first use and stopped
+/// once the run has ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_per_run_server_lives_as_long_as_its_run() {
+    let Some(everything) = everything_js() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let provider = FakeProvider::start(dir.path());
+    let mark = uuid::Uuid::new_v4().simple().to_string();
+    let mut config = mcp_gateway_config(&provider.url, &everything);
+    config["mcp_servers"][0]["scope"] = json!("run");
+    config["mcp_servers"][0]["transport"]["stdio"]["env"] = json!({"COGWARD_TEST_MARK": mark});
+    let stack = Stack::start(StackOptions {
+        gateway_config: Some(config),
+        ..Default::default()
+    })
+    .unwrap();
+    push_and_bind(
+        &stack,
+        "tool-access",
+        "tools",
+        "tool.call",
+        "acme",
+        &tool_access(),
+    );
+    let db = Db::connect(&stack.database_url).await.unwrap();
+    let url = stack.url("/mcp");
+    let http = reqwest::Client::new();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (id, token) = running_run(&stack, &db).await;
+        let session = open_session(&http, &url, &token, "2025-11-25").await;
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                          "params": {"name": "everything_echo", "arguments": {"message": "mine"}}});
+        let v = rpc(&http, &url, &token, &session, call).await;
+        assert_eq!(v["result"]["content"][0]["text"], "Echo: mine", "{v}");
+        runs.push(id);
+    }
+    assert_eq!(processes_marked(&mark), 2, "one server process per run");
+    let (status, _) = stack
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{}/cancel", runs[0]),
+            Some(&stack.tokens.ci),
+            Some(b"{}".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    stack
+        .wait_status(&runs[0], &["cancelled"], crate::RUN_TIMEOUT)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while processes_marked(&mark) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the ended run's server is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

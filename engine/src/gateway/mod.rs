@@ -397,6 +397,15 @@ impl CallRecord {
     }
 }
 
+/// Every few seconds, close the per-run MCP servers of runs that ended (until the process
+/// exits).
+pub async fn close_servers_of_ended_runs(gw: Arc<Gateway>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        gw.upstreams.close_ended_runs(&gw.db).await;
+    }
+}
+
 /// An SSE response whose events come from `rx` as they are sent.
 pub fn event_stream(
     rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,

@@ -145,12 +145,35 @@ impl Upstreams {
             .remove(&Self::key(server, run_id));
     }
 
-    /// Close the connections of runs that ended (per-run servers).
-    pub async fn close_run(&self, run_id: &str) {
-        self.connections
-            .lock()
-            .await
-            .retain(|(_, run), _| run.as_deref() != Some(run_id));
+    /// Close the per-run servers of runs that ended (a stdio server's process ends with its
+    /// connection).
+    pub async fn close_ended_runs(&self, db: &crate::db::Db) {
+        let runs: Vec<String> = {
+            let connections = self.connections.lock().await;
+            connections
+                .keys()
+                .filter_map(|(_, run)| run.clone())
+                .collect()
+        };
+        for run_id in runs {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM runs WHERE run_id = $1")
+                    .bind(&run_id)
+                    .fetch_optional(&db.pool)
+                    .await
+                    .unwrap_or(Some("running".into()));
+            let ended = status
+                .as_deref()
+                .and_then(cogward_activities::spec::RunStatus::parse)
+                .is_none_or(cogward_activities::spec::RunStatus::is_terminal);
+            if ended {
+                tracing::info!(run_id, "closing the run's MCP servers");
+                self.connections
+                    .lock()
+                    .await
+                    .retain(|(_, run), _| run.as_deref() != Some(run_id.as_str()));
+            }
+        }
     }
 
     /// The server's tools (cached for a while).
