@@ -320,6 +320,15 @@ pub async fn credential(db: &Db, run_id: &str) -> String {
     cogward_activities::credential::mint(&hex::decode(key).unwrap(), run_id)
 }
 
+/// A client that opens a connection per request: after an oversized request the server closes
+/// its connection, and a pooled client could send the next request on it.
+pub fn fresh_connections() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
 /// A run of tenant acme whose agent just sleeps, running: its id and its credential (the tests
 /// then call the gateway as that agent would).
 pub async fn running_run(stack: &Stack, db: &Db) -> (String, String) {
@@ -358,7 +367,7 @@ async fn budgets_throttle_then_deny_and_bad_calls_change_nothing() {
     push_and_bind(&stack, "budget", "tight", "budget.spend", "acme", &budget);
     let db = Db::connect(&stack.database_url).await.unwrap();
     let (id, token) = running_run(&stack, &db).await;
-    let http = reqwest::Client::new();
+    let http = fresh_connections();
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
                       "messages": [{"role": "user", "content": "w ".repeat(30)}]});
     let send = |key: Option<&str>, body: Vec<u8>, path: &str| {

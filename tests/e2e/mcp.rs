@@ -5,7 +5,8 @@
 //! ledger.
 
 use crate::gateway::{
-    FakeProvider, bind_model_policies, gateway_config, push_and_bind, running_run,
+    FakeProvider, bind_model_policies, fresh_connections, gateway_config, push_and_bind,
+    running_run,
 };
 use crate::policies::count;
 use crate::stack::{Stack, StackOptions, spec};
@@ -429,7 +430,7 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
     let (id, token) = running_run(stack, &db).await;
     let (_, other_token) = running_run(stack, &db).await;
     let url = stack.url("/mcp");
-    let http = reqwest::Client::new();
+    let http = fresh_connections();
     let session = open_session(&http, &url, &token, "2025-11-25").await;
     let other_session = open_session(&http, &url, &other_token, "2025-11-25").await;
     let counts = || async {
