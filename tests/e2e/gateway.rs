@@ -534,20 +534,7 @@ async fn budgets_throttle_then_deny_and_bad_calls_change_nothing() {
     assert_eq!(denied, 1);
 
     // Once the run has ended, its credential admits nothing.
-    let (status, _) = stack
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/runs/{id}/cancel"),
-            Some(&stack.tokens.ci),
-            Some(b"{}".to_vec()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 202);
-    stack
-        .wait_status(&id, &["cancelled"], crate::RUN_TIMEOUT)
-        .await
-        .unwrap();
+    stack.cancel(&id).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let before = counts(&db).await;
     let resp = send(Some(&token), ok_body, "/gw/anthropic/v1/messages")

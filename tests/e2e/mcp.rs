@@ -76,11 +76,22 @@ pub struct McpStack {
 }
 
 async fn mcp_stack(everything: &str, separate_worker: bool) -> McpStack {
+    mcp_stack_with(everything, separate_worker, |_| {}).await
+}
+
+/// [`mcp_stack`], with the gateway configuration adjusted by `adjust` first.
+async fn mcp_stack_with(
+    everything: &str,
+    separate_worker: bool,
+    adjust: impl FnOnce(&mut Value),
+) -> McpStack {
     let dir = tempfile::tempdir().unwrap();
     let provider = FakeProvider::start(dir.path());
+    let mut config = mcp_gateway_config(&provider.url, everything);
+    adjust(&mut config);
     let stack = Stack::start(StackOptions {
         separate_worker,
-        gateway_config: Some(mcp_gateway_config(&provider.url, everything)),
+        gateway_config: Some(config),
         env: vec![(
             "FAKE_PROVIDER_KEY".into(),
             crate::gateway::PROVIDER_KEY.into(),
@@ -744,31 +755,18 @@ async fn a_per_run_server_lives_as_long_as_its_run() {
     let Some(everything) = everything_js() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let provider = FakeProvider::start(dir.path());
     let mark = uuid::Uuid::new_v4().simple().to_string();
-    let mut config = mcp_gateway_config(&provider.url, &everything);
-    config["mcp_servers"][0]["scope"] = json!("run");
-    config["mcp_servers"][0]["transport"]["stdio"]["env"] = json!({"COGWARD_TEST_MARK": mark});
-    let stack = Stack::start(StackOptions {
-        gateway_config: Some(config),
-        ..Default::default()
+    let m = mcp_stack_with(&everything, false, |config| {
+        config["mcp_servers"][0]["scope"] = json!("run");
+        config["mcp_servers"][0]["transport"]["stdio"]["env"] = json!({"COGWARD_TEST_MARK": mark});
     })
-    .unwrap();
-    push_and_bind(
-        &stack,
-        "tool-access",
-        "tools",
-        "tool.call",
-        "acme",
-        &tool_access(),
-    );
-    let db = Db::connect(&stack.database_url).await.unwrap();
+    .await;
+    let (stack, db) = (&m.stack, m.db.clone());
     let url = stack.url("/mcp");
     let http = reqwest::Client::new();
     let mut runs = Vec::new();
     for _ in 0..2 {
-        let (id, token) = running_run(&stack, &db).await;
+        let (id, token) = running_run(stack, &db).await;
         let session = open_session(&http, &url, &token, "2025-11-25").await;
         let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                           "params": {"name": "everything_echo", "arguments": {"message": "mine"}}});
@@ -777,20 +775,7 @@ async fn a_per_run_server_lives_as_long_as_its_run() {
         runs.push(id);
     }
     assert_eq!(processes_marked(&mark), 2, "one server process per run");
-    let (status, _) = stack
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/runs/{}/cancel", runs[0]),
-            Some(&stack.tokens.ci),
-            Some(b"{}".to_vec()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 202);
-    stack
-        .wait_status(&runs[0], &["cancelled"], crate::RUN_TIMEOUT)
-        .await
-        .unwrap();
+    stack.cancel(&runs[0]).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while processes_marked(&mark) != 1 {
         assert!(

@@ -417,6 +417,22 @@ impl Stack {
         Ok(v)
     }
 
+    /// Cancel the run as `ci` (202) and wait until it is `cancelled`.
+    pub async fn cancel(&self, run_id: &str) -> Result<()> {
+        let (status, v) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/runs/{run_id}/cancel"),
+                Some(&self.tokens.ci),
+                Some(b"{}".to_vec()),
+            )
+            .await?;
+        anyhow::ensure!(status == 202, "cancel {run_id}: {status} {v}");
+        self.wait_status(run_id, &["cancelled"], crate::RUN_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
     /// Poll the run until `status` is one of `want`.
     pub async fn wait_status(
         &self,
