@@ -299,17 +299,7 @@ impl<'a> Derivation<'a> {
         if let Some((event_id, admission)) = &self.admission
             && *event_id == ev.event_id
         {
-            let mut entries = vec![(
-                "policy.decision",
-                serde_json::to_value(&admission.decision).unwrap_or_default(),
-            )];
-            if let Some(fault) = &admission.decision.fault {
-                entries.push((
-                    "security.policy_fault",
-                    json!({"kind": admission.decision.kind, "policy": admission.decision.policy,
-                           "request_sha256": admission.decision.request_sha256, "fault": fault}),
-                ));
-            }
+            let mut entries = crate::policy::decision_entries(&admission.decision);
             let summary = json!({"verdict": admission.verdict, "reasons": admission.reasons,
                                  "approval_group": admission.approval_group,
                                  "spec_sha256": admission.spec_sha256, "limits": admission.limits});

@@ -17,7 +17,7 @@ pub mod upstream;
 
 use crate::db::Db;
 use crate::ledger::writer::JournalRow;
-use crate::ledger::{EntryKind, Ledger, NewEntry};
+use crate::ledger::{Ledger, NewEntry};
 use crate::policy::Policies;
 use anyhow::{Context, Result};
 use axum::http::HeaderMap;
@@ -187,26 +187,15 @@ impl Gateway {
     /// row, in one transaction (group-committed with concurrent calls). An error means the call
     /// must be refused.
     pub async fn record(&self, call: &CallRecord) -> Result<i64> {
-        let entry = |event_type: &str, body: Value| NewEntry {
-            kind: EntryKind::App,
-            namespace: self.namespace.clone(),
-            workflow_id: call.run.run_id.clone(),
-            temporal_run_id: String::new(),
-            event_id: None,
-            event_type: event_type.to_string(),
-            body,
+        let entry = |event_type: &str, body: Value| {
+            NewEntry::app(&self.namespace, call.run.run_id.clone(), event_type, body)
         };
-        let mut entries = Vec::with_capacity(call.decisions.len() + 2);
-        for d in &call.decisions {
-            entries.push(entry("policy.decision", serde_json::to_value(d)?));
-            if let Some(fault) = &d.fault {
-                entries.push(entry(
-                    "security.policy_fault",
-                    json!({"kind": d.kind, "policy": d.policy,
-                           "request_sha256": d.request_sha256, "fault": fault}),
-                ));
-            }
-        }
+        let mut entries: Vec<NewEntry> = call
+            .decisions
+            .iter()
+            .flat_map(crate::policy::decision_entries)
+            .map(|(event_type, body)| entry(event_type, body))
+            .collect();
         entries.push(entry(call.event_type, call.summary()));
         let now = chrono::Utc::now();
         let journal = JournalRow {

@@ -9,7 +9,7 @@
 //! `gateway.breaker_closed`, workflow id `gateway/<server>`).
 
 use super::config::{Breaker, McpScope, McpServer, McpTransport};
-use crate::ledger::{EntryKind, Ledger, NewEntry};
+use crate::ledger::{Ledger, NewEntry};
 use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
 use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -313,15 +313,12 @@ impl Upstreams {
     }
 
     async fn breaker_entry(&self, server: &str, event_type: &str, body: Value) {
-        let entry = NewEntry {
-            kind: EntryKind::App,
-            namespace: self.namespace.clone(),
-            workflow_id: format!("gateway/{server}"),
-            temporal_run_id: String::new(),
-            event_id: None,
-            event_type: event_type.to_string(),
+        let entry = NewEntry::app(
+            &self.namespace,
+            format!("gateway/{server}"),
+            event_type,
             body,
-        };
+        );
         if let Err(e) = self.ledger.append(vec![entry]).await {
             tracing::error!(error = %format!("{e:#}"), server, "recording a breaker transition");
         }

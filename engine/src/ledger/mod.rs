@@ -55,6 +55,22 @@ pub struct NewEntry {
     pub body: Value,
 }
 
+impl NewEntry {
+    /// An application entry that no Temporal history event carries (the gateway's calls,
+    /// policy lifecycle, breaker transitions): no run id, no event id.
+    pub fn app(namespace: &str, workflow_id: String, event_type: &str, body: Value) -> Self {
+        Self {
+            kind: EntryKind::App,
+            namespace: namespace.to_string(),
+            workflow_id,
+            temporal_run_id: String::new(),
+            event_id: None,
+            event_type: event_type.to_string(),
+            body,
+        }
+    }
+}
+
 /// An entry as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {

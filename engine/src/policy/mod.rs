@@ -6,7 +6,7 @@ pub mod cli;
 pub mod store;
 
 use crate::db::Db;
-use crate::ledger::{EntryKind, Ledger, NewEntry};
+use crate::ledger::{Ledger, NewEntry};
 use anyhow::{Context, Result};
 use cogward_activities::admission::PolicyDecider;
 use cogward_activities::spec::{DecisionRecord, PolicyRef};
@@ -46,15 +46,24 @@ fn probe_request() -> Value {
 const POLICY_NAMESPACE: &str = "cogward";
 
 pub fn policy_entry(name: &str, event_type: &str, body: Value) -> NewEntry {
-    NewEntry {
-        kind: EntryKind::App,
-        namespace: POLICY_NAMESPACE.into(),
-        workflow_id: format!("policy/{name}"),
-        temporal_run_id: String::new(),
-        event_id: None,
-        event_type: event_type.into(),
-        body,
+    NewEntry::app(POLICY_NAMESPACE, format!("policy/{name}"), event_type, body)
+}
+
+/// The ledger entries a decision implies: `policy.decision` (the record `cogward policy replay`
+/// re-evaluates) and, if the module faulted, `security.policy_fault`.
+pub fn decision_entries(d: &DecisionRecord) -> Vec<(&'static str, Value)> {
+    let mut entries = vec![(
+        "policy.decision",
+        serde_json::to_value(d).unwrap_or_default(),
+    )];
+    if let Some(fault) = &d.fault {
+        entries.push((
+            "security.policy_fault",
+            json!({"kind": d.kind, "policy": d.policy, "request_sha256": d.request_sha256,
+                   "fault": fault}),
+        ));
     }
+    entries
 }
 
 /// A bundle to push.
