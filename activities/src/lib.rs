@@ -29,6 +29,9 @@ pub struct ActivitiesConfig {
     pub sandbox: SandboxProfile,
     /// Output cap per stream, in bytes.
     pub max_output_bytes: u64,
+    /// RLIMIT_FSIZE and RLIMIT_NOFILE for every agent (engine-wide until the spec carries them).
+    pub max_file_bytes: u64,
+    pub max_open_files: u64,
     /// How often the runner's events are read and the activity heartbeats.
     pub poll_interval: Duration,
     /// The gateway every run reaches its models and tools through; `None` leaves runs with no

@@ -133,6 +133,8 @@ pub fn runner_request(config: &ActivitiesConfig, input: &StartRunnerInput) -> Ru
             wall_clock_seconds: l.wall_clock_seconds,
             grace_seconds: l.grace_seconds,
             max_output_bytes: config.max_output_bytes,
+            max_file_bytes: config.max_file_bytes,
+            max_open_files: config.max_open_files,
         },
         sandbox: config.sandbox.clone(),
         gateway,
@@ -373,6 +375,8 @@ mod tests {
             runner_bin: "/bin/false".into(),
             sandbox: Default::default(),
             max_output_bytes: 1024,
+            max_file_bytes: 1 << 20,
+            max_open_files: 64,
             poll_interval: Duration::from_millis(100),
             gateway: None,
         }

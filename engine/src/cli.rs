@@ -177,6 +177,7 @@ pub fn exit_code_for(status: RunStatus) -> u8 {
 const EXIT_API_ERROR: u8 = 2;
 
 pub fn main() -> ExitCode {
+    crate::state_dir::private_umask();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,temporalio_sdk_core=warn"));
@@ -227,7 +228,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                         .map_err(|_| anyhow::anyhow!("unknown role {r:?}"))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            std::fs::create_dir_all(&cli.engine.state_dir)?;
+            crate::state_dir::prepare(&cli.engine.state_dir)?;
             let token =
                 crate::dev::add_principal(&cli.engine.tokens_file(), name, roles, groups.clone())?;
             println!("{token}");

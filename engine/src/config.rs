@@ -1,6 +1,7 @@
 //! Flags and environment → one typed configuration.
 
 use clap::Args;
+use cogward_runner::protocol::{IdRange, SandboxProfile};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -87,9 +88,70 @@ pub struct EngineConfig {
     /// address, loopback if it listens on every interface).
     #[arg(long, env = "COGWARD_GATEWAY_ADDRESS", global = true)]
     pub gateway_address: Option<String>,
+    /// Host ids sandboxes map to, `FIRST-LAST` (inclusive): each live run leases one of its own.
+    #[arg(
+        long,
+        env = "COGWARD_SANDBOX_IDS",
+        default_value = "100000-109999",
+        value_parser = parse_id_range,
+        global = true
+    )]
+    pub sandbox_ids: IdRange,
+    /// Where runners lease sandbox ids (one per host: every engine on it must share it).
+    #[arg(
+        long,
+        env = "COGWARD_SANDBOX_LEASE_DIR",
+        default_value = cogward_runner::protocol::DEFAULT_LEASE_DIR,
+        global = true
+    )]
+    pub sandbox_lease_dir: String,
+    /// Extra host paths agents see read-only at the same place (`:`-separated; a runtime's own
+    /// install directory, say). Each must exist, or runs end `sandbox_failed`.
+    #[arg(
+        long,
+        env = "COGWARD_SANDBOX_READ_ONLY",
+        value_delimiter = ':',
+        global = true
+    )]
+    pub sandbox_read_only: Vec<String>,
+}
+
+/// `FIRST-LAST`, inclusive, not including 0.
+fn parse_id_range(s: &str) -> Result<IdRange, String> {
+    let (first, last) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("{v:?} in {s:?}: {e}"))
+    };
+    let (first, last) = (parse(first)?, parse(last)?);
+    if first == 0 || last < first || last == u32::MAX {
+        return Err(format!(
+            "{s:?}: FIRST must be above 0 and LAST at least FIRST"
+        ));
+    }
+    Ok(IdRange {
+        first,
+        count: last - first + 1,
+    })
 }
 
 impl EngineConfig {
+    pub fn sandbox_profile(&self) -> SandboxProfile {
+        SandboxProfile {
+            host_ids: self.sandbox_ids,
+            lease_dir: self.sandbox_lease_dir.clone(),
+            read_only: self
+                .sandbox_read_only
+                .iter()
+                .filter(|p| !p.is_empty())
+                .cloned()
+                .collect(),
+        }
+    }
+
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()

@@ -21,8 +21,7 @@ use std::sync::Arc;
 pub const DEV_CREDENTIALS: &str = "dev-credentials.json";
 
 pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    crate::state_dir::prepare(&config.state_dir)?;
     let tokens_file = config.tokens_file();
     let tokens = Tokens::load(&tokens_file).with_context(|| {
         format!(
@@ -176,7 +175,7 @@ fn ensure_dev_credentials(config: &EngineConfig) -> Result<()> {
 }
 
 pub async fn dev(config: &EngineConfig) -> Result<()> {
-    std::fs::create_dir_all(&config.state_dir)?;
+    crate::state_dir::prepare(&config.state_dir)?;
     let addr = temporal::socket_addr(&config.temporal)?;
     let _server = if temporal::reachable(addr) {
         eprintln!("cogward: using the Temporal server at {addr}");

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod mirror;
 pub mod policy;
 pub mod runs;
+pub mod state_dir;
 pub mod temporal;
 pub mod worker;
 

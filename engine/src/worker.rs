@@ -13,8 +13,10 @@ pub fn activities_config(config: &EngineConfig, gateway_key: Vec<u8>) -> Activit
     ActivitiesConfig {
         state_dir: config.state_dir.clone(),
         runner_bin: config.runner_bin(),
-        sandbox: Default::default(),
+        sandbox: config.sandbox_profile(),
         max_output_bytes: 16 * 1024 * 1024,
+        max_file_bytes: 1 << 30,
+        max_open_files: 1024,
         poll_interval: Duration::from_millis(25),
         gateway: Some(GatewayAccess {
             upstream: config.gateway_address(),

@@ -11,18 +11,22 @@
 //! 2. exits 0 at once if `result.json` exists; otherwise sends its own output to `runner.log`.
 //! 3. reads and validates `request.json` ([`request`]); refused: exit
 //!    [`exit_code::BAD_REQUEST`], no `started`.
-//! 4. **decides** the sandbox ([`sandbox::plan`]): argv, exact environment, program search,
-//!    id maps, rlimits — plain data, unit-tested.
+//! 4. leases a host id of its own for the run ([`lease`]), then **decides** the sandbox
+//!    ([`sandbox::plan`]): argv, exact environment, program search, id maps, rlimits, the
+//!    filesystem view, the Landlock ruleset, the seccomp program — plain data, unit-tested.
 //! 5. claims `started` with `O_EXCL` ([`rundir`]). It exists already: a previous runner
 //!    started the agent and died; exit [`exit_code::ALREADY_STARTED`] without starting it
 //!    again. This is what makes the agent run at most once per run directory.
-//! 6. **applies** the sandbox (`sandbox::launch`): `clone` into new user, PID, mount,
-//!    network, UTS and IPC namespaces; the parent maps one id (1000 inside → the profile's host
-//!    uid/gid); the child (the sandbox's PID 1, a tiny init) mounts a private `/proc`, brings
-//!    up its own loopback (no route out), drops to uid 1000, forks the agent, which sets its
-//!    rlimits and **execs** the program with exactly the planned environment. Any failed step
-//!    ends in `sandbox_failed` (exit [`exit_code::SANDBOX_FAILED`]); there is no fallback to
-//!    running unsandboxed.
+//! 6. writes the agent's files into a fresh, root-only `work/` and only then hands it to the
+//!    leased id; **applies** the sandbox (`sandbox::launch`): `clone` into new user, PID, mount,
+//!    network, UTS and IPC namespaces; the parent maps one id (1000 inside → the leased host
+//!    id); the child (the sandbox's PID 1, a tiny init) builds the private root (`pivot_root`
+//!    onto a tmpfs: read-only system paths, `work/` bound from a descriptor at `/work`, own
+//!    `/tmp`, `/dev`, `/proc`), brings up its own loopback (no route out), drops to uid 1000,
+//!    forks the agent, which sets its rlimits, `no_new_privs`, its Landlock domain and its
+//!    seccomp filter and **execs** the program with exactly the planned environment. Any failed
+//!    step ends in `sandbox_failed` (exit [`exit_code::SANDBOX_FAILED`]); there is no fallback
+//!    to running unsandboxed.
 //! 7. supervises ([`supervise`]): captures stdout/stderr (capped, hashed), appends events,
 //!    stops the sandbox on the deadline or on SIGTERM (SIGTERM, then SIGKILL to the init
 //!    after the grace — which kills every process in its PID namespace).
@@ -34,6 +38,7 @@
 pub mod capture;
 #[cfg(target_os = "linux")]
 pub mod egress;
+pub mod lease;
 pub mod manifest;
 pub mod outcome;
 pub mod protocol;

@@ -1,14 +1,14 @@
 //! The artifact manifest: every regular file the agent left in `work/`.
 //!
-//! Built after every process of the sandbox is gone, so nothing changes underneath. Symlinks
-//! are never followed (not even for directories): an agent cannot make the runner, which is
-//! root, read a host file by linking to it.
+//! Built after every process of the sandbox is gone, so nothing changes underneath. The walk
+//! goes through `cap-std` directory handles, so no path in it resolves outside `work/`, and
+//! symlinks are never followed (not even for directories): an agent cannot make the runner,
+//! which is root, read a host file by linking to it.
 
 use crate::protocol::Artifact;
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use sha2::{Digest, Sha256};
-use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default, PartialEq)]
@@ -19,22 +19,29 @@ pub struct Manifest {
     pub skipped: Vec<PathBuf>,
 }
 
-/// Walk `work` and hash every regular file in it.
+/// Walk `work` (a path the runner owns) and hash every regular file in it.
 pub fn build(work: &Path) -> io::Result<Manifest> {
+    let root = Dir::open_ambient_dir(work, cap_std::ambient_authority())?;
+    build_from(root)
+}
+
+/// Walk the directory `root` and hash every regular file in it.
+pub fn build_from(root: Dir) -> io::Result<Manifest> {
     let mut manifest = Manifest::default();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(rel_dir) = pending.pop() {
-        for entry in std::fs::read_dir(work.join(&rel_dir))? {
+    let mut pending = vec![(root, PathBuf::new())];
+    while let Some((dir, rel_dir)) = pending.pop() {
+        for entry in dir.entries()? {
             let entry = entry?;
-            let rel = rel_dir.join(entry.file_name());
+            let name = entry.file_name();
+            let rel = rel_dir.join(&name);
             // `DirEntry::file_type` does not follow symlinks.
             let kind = entry.file_type()?;
             if kind.is_dir() {
-                pending.push(rel);
+                pending.push((entry.open_dir()?, rel));
             } else if kind.is_file() {
                 match artifact_path(&rel) {
                     Some(path) => {
-                        let (sha256, bytes) = hash_file(&work.join(&rel))?;
+                        let (sha256, bytes) = hash_file(&dir, Path::new(&name))?;
                         manifest.artifacts.push(Artifact {
                             path,
                             sha256,
@@ -62,12 +69,13 @@ pub fn artifact_path(rel: &Path) -> Option<String> {
     parts.map(|p| p.join("/"))
 }
 
-fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+fn hash_file(dir: &Dir, name: &Path) -> io::Result<(String, u64)> {
     // O_NOFOLLOW: the entry was a regular file when listed; never open a link in its place.
-    let mut file = OpenOptions::new()
+    let mut options = OpenOptions::new();
+    options
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    let mut file = dir.open_with(name, &options)?;
     let mut hasher = Sha256::new();
     let bytes = io::copy(&mut file, &mut hasher)?;
     Ok((hex::encode(hasher.finalize()), bytes))

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of this protocol; the runner refuses a request with another one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 pub const REQUEST_FILE: &str = "request.json";
 pub const LOCK_FILE: &str = "lock";
@@ -83,25 +83,73 @@ pub struct Limits {
     pub grace_seconds: u64,
     /// Output past this many bytes per stream is dropped (and counted as truncated).
     pub max_output_bytes: u64,
+    /// RLIMIT_FSIZE: no file the agent writes grows past this.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// RLIMIT_NOFILE: descriptors the agent may hold open.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: u64,
 }
 
-/// How the agent is isolated. Hardening (landlock, seccomp, cgroups, mediated egress) arrives as
-/// new fields here and new stages in the runner, never as a silent downgrade.
+fn default_max_file_bytes() -> u64 {
+    1 << 30
+}
+
+fn default_max_open_files() -> u64 {
+    1024
+}
+
+/// How the agent is isolated. Every sandbox gets the private filesystem view, Landlock and
+/// seccomp; hardening arrives as new fields here and new stages in the runner, never as a
+/// silent downgrade.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxProfile {
-    /// Host uid/gid the sandbox user maps to (an unprivileged id with no files of its own).
-    pub host_uid: u32,
-    pub host_gid: u32,
+    /// Host ids the sandbox user maps to: each live run leases one of its own (uid = gid), so
+    /// no two runs ever share an id. Unprivileged ids with no files of their own.
+    pub host_ids: IdRange,
+    /// Where the leases live: one `flock`ed file per id, shared by every runner on the host and
+    /// released when a runner dies. Root-only.
+    pub lease_dir: String,
+    /// Extra host paths the agent sees read-only at the same place (a runtime's own install
+    /// directory, say). Each must exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<String>,
 }
+
+/// `count` consecutive ids from `first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdRange {
+    pub first: u32,
+    pub count: u32,
+}
+
+/// The default lease directory (one per host: runners of every engine on it share the ids).
+pub const DEFAULT_LEASE_DIR: &str = "/run/cogward/sandbox-ids";
 
 impl Default for SandboxProfile {
     fn default() -> Self {
         Self {
-            host_uid: 100_000,
-            host_gid: 100_000,
+            host_ids: IdRange {
+                first: 100_000,
+                count: 10_000,
+            },
+            lease_dir: DEFAULT_LEASE_DIR.to_string(),
+            read_only: Vec::new(),
         }
     }
+}
+
+/// How the sandbox was built, as the result records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxEvidence {
+    /// The host id (uid = gid) this run leased.
+    pub host_id: u32,
+    /// The Landlock ABI the ruleset was built for.
+    pub landlock_abi: u32,
+    /// Rows of the seccomp rule table.
+    pub seccomp_rules: u32,
 }
 
 /// One line of `events.jsonl`.
@@ -182,6 +230,9 @@ pub struct RunnerResult {
     pub stderr: StreamDigest,
     /// Sorted by path.
     pub artifacts: Vec<Artifact>,
+    /// How the sandbox was built (absent when it never was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxEvidence>,
     pub started_at_ms: u64,
     pub finished_at_ms: u64,
 }

@@ -36,9 +36,11 @@ pub enum RequestError {
     #[error("limits.{0} must be greater than zero")]
     ZeroLimit(&'static str),
     #[error(
-        "sandbox.{0} is 0: the sandbox user must map to an unprivileged host id, never to root"
+        "sandbox.host_ids {first}+{count} is empty, overflows or includes 0: the sandbox user must map to unprivileged host ids, never to root"
     )]
-    RootMapping(&'static str),
+    BadIdRange { first: u32, count: u32 },
+    #[error("sandbox.lease_dir {0:?} is not an absolute path")]
+    BadLeaseDir(String),
     #[error("files: {0:?} is not a plain relative path (components of [A-Za-z0-9._-], no `..`)")]
     BadFilePath(String),
     #[error("gateway.upstream {0:?} is not a host:port socket address")]
@@ -104,11 +106,15 @@ pub fn validate(request: &RunnerRequest) -> Result<(), RequestError> {
             return Err(RequestError::ZeroLimit(name));
         }
     }
-    if request.sandbox.host_uid == 0 {
-        return Err(RequestError::RootMapping("host_uid"));
+    let ids = request.sandbox.host_ids;
+    if ids.first == 0 || ids.count == 0 || ids.first.checked_add(ids.count).is_none() {
+        return Err(RequestError::BadIdRange {
+            first: ids.first,
+            count: ids.count,
+        });
     }
-    if request.sandbox.host_gid == 0 {
-        return Err(RequestError::RootMapping("host_gid"));
+    if !Path::new(&request.sandbox.lease_dir).is_absolute() {
+        return Err(RequestError::BadLeaseDir(request.sandbox.lease_dir.clone()));
     }
     for path in request.files.keys() {
         if !is_plain_relative_path(path) {
@@ -167,6 +173,8 @@ mod tests {
                 wall_clock_seconds: 60,
                 grace_seconds: 2,
                 max_output_bytes: 1 << 20,
+                max_file_bytes: 1 << 20,
+                max_open_files: 64,
             },
             sandbox: SandboxProfile::default(),
             gateway: None,
@@ -255,13 +263,18 @@ mod tests {
     }
 
     #[test]
-    fn mapping_to_host_root_is_refused() {
+    fn mapping_to_host_root_or_an_empty_range_is_refused() {
+        for (first, count) in [(0, 10), (100_000, 0), (u32::MAX - 1, 5)] {
+            let mut r = request();
+            r.sandbox.host_ids = crate::protocol::IdRange { first, count };
+            assert!(
+                matches!(validate(&r), Err(RequestError::BadIdRange { .. })),
+                "{first}+{count}"
+            );
+        }
         let mut r = request();
-        r.sandbox.host_uid = 0;
-        assert!(matches!(
-            validate(&r),
-            Err(RequestError::RootMapping("host_uid"))
-        ));
+        r.sandbox.lease_dir = "relative/dir".into();
+        assert!(matches!(validate(&r), Err(RequestError::BadLeaseDir(_))));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::exit_code;
 use crate::outcome::{self, AgentStatus, Decision};
 use crate::protocol::{
     Outcome, PROTOCOL_VERSION, REQUEST_FILE, RunnerEvent, RunnerRequest, RunnerResult, STDERR_FILE,
-    STDOUT_FILE, StreamDigest,
+    STDOUT_FILE, SandboxEvidence, StreamDigest,
 };
 use crate::request::{self, RequestError};
 use crate::rundir::{ClaimError, EventLog, LockError, RunDir, StartedClaim, now_ms};
@@ -120,6 +120,7 @@ pub fn exec(dir: &Path) -> Result<Completion, RunError> {
         request: &request,
         events,
         started_at_ms: now_ms(),
+        sandbox: None,
     };
     linux::sandboxed_run(&mut run, &signals)
 }
@@ -137,6 +138,8 @@ struct Run<'a> {
     request: &'a RunnerRequest,
     events: EventLog,
     started_at_ms: u64,
+    /// Set once the sandbox exists.
+    sandbox: Option<SandboxEvidence>,
 }
 
 impl Run<'_> {
@@ -190,6 +193,7 @@ impl Run<'_> {
             stdout,
             stderr,
             artifacts,
+            sandbox: self.sandbox.clone(),
             started_at_ms: self.started_at_ms,
             finished_at_ms: now_ms(),
         };
@@ -273,7 +277,21 @@ mod linux {
     ) -> Result<Completion, RunError> {
         let request = run.request;
         let limits = request.limits;
-        let plan = match sandbox::plan(request, &run.dir.work_dir()) {
+        let profile = &request.sandbox;
+        // Held until the runner exits: no other live run gets this host id.
+        let lease = match crate::lease::acquire(
+            Path::new(&profile.lease_dir),
+            profile.host_ids,
+            &request.run_id,
+        ) {
+            Ok(l) => l,
+            Err(e) => return run.sandbox_failed(e.to_string(), empty_digest(), empty_digest()),
+        };
+        let host = sandbox::HostFacts {
+            fs: &sandbox::fs_view::RealHost,
+            landlock_abi: sandbox::landlock::host_abi(),
+        };
+        let plan = match sandbox::plan(request, &run.dir.work_dir(), lease.id, &host) {
             Ok(p) => p,
             Err(e) => return run.sandbox_failed(e.to_string(), empty_digest(), empty_digest()),
         };
@@ -314,24 +332,23 @@ mod linux {
         let stdout = StreamCapture::new(stdout_file, cap);
         let stderr = StreamCapture::new(stderr_file, cap);
 
-        let host = &request.sandbox;
-        if let Err(e) = run.dir.prepare_work_dir(host.host_uid, host.host_gid) {
-            let detail = format!("preparing the work directory: {e}");
-            return finish_unstarted(run, detail, stdout, stderr);
-        }
-        if let Err(e) = run
-            .dir
-            .write_work_files(&request.files, host.host_uid, host.host_gid)
-        {
-            let detail = format!("writing the agent's files: {e}");
+        if let Err(e) = run.dir.prepare_work(&request.files, lease.id) {
+            let detail = format!("preparing the work directory and the agent's files: {e}");
             return finish_unstarted(run, detail, stdout, stderr);
         }
         if let Err(detail) = drop_supplementary_groups() {
             return finish_unstarted(run, detail, stdout, stderr);
         }
-        let mut sandbox = match sandbox::launch(&plan) {
+        let launched = sandbox::launch(&plan);
+        run.sandbox = Some(SandboxEvidence {
+            host_id: lease.id,
+            landlock_abi: plan.landlock.abi,
+            seccomp_rules: u32::try_from(plan.seccomp_rules).unwrap_or(u32::MAX),
+        });
+        let mut sandbox = match launched {
             Ok(s) => s,
             Err(e) if e.is_sandbox_failure() => {
+                run.sandbox = None;
                 return finish_unstarted(run, e.to_string(), stdout, stderr);
             }
             Err(e) => {

@@ -2,13 +2,17 @@
 //! the atomic result (see [`crate::protocol`] for the file table).
 //!
 //! Files the runner creates are mode 0600 and owned like the run directory itself, so the
-//! worker that created the directory can read them and the sandbox user cannot.
+//! worker that created the directory can read them and the sandbox user cannot (it does not
+//! even see them: its filesystem view holds `work/` alone).
 
 use crate::protocol::{
     EVENTS_FILE, LOCK_FILE, REQUEST_FILE, RESULT_FILE, RUNNER_LOG_FILE, RunnerEvent, RunnerResult,
     STARTED_FILE, WORK_DIR,
 };
+use cap_std::fs::{Dir, OpenOptionsExt as _};
+use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -138,11 +142,10 @@ impl RunDir {
         Ok(())
     }
 
-    /// Let the sandbox user traverse the run directory to reach `work/` (its `HOME`), but not
-    /// list it; and keep `request.json` (the agent's environment, possibly secrets) from every
-    /// other sandbox, since they may all share the same host uid.
+    /// Keep the run directory to root: the sandbox never sees it (its view binds `work/` from
+    /// a descriptor), and `request.json` may hold the agent's environment.
     pub fn restrict_access(&self) -> io::Result<()> {
-        std::fs::set_permissions(&self.root, Permissions::from_mode(0o711))?;
+        std::fs::set_permissions(&self.root, Permissions::from_mode(0o700))?;
         std::fs::set_permissions(self.file(REQUEST_FILE), Permissions::from_mode(0o600))
     }
 
@@ -172,50 +175,58 @@ impl RunDir {
             .map_err(io_err)
     }
 
-    /// Create `work/` (or take over an existing one) for the sandbox user: owned by the host
-    /// ids the sandbox maps to, private to it.
-    pub fn prepare_work_dir(&self, host_uid: u32, host_gid: u32) -> io::Result<PathBuf> {
-        let work = self.work_dir();
-        match std::fs::symlink_metadata(&work) {
+    /// Create `work/` and write the agent's `files` into it while it is still root's and
+    /// private (0700): nothing of any sandbox can reach it yet, and every path is opened
+    /// relative to a `cap-std` handle, files with `O_EXCL` (never through a link). Only then is
+    /// it handed to the sandbox's host id: the written entries first, `work/` itself last.
+    ///
+    /// Paths were validated as plain relative paths with the request.
+    pub fn prepare_work(&self, files: &BTreeMap<String, String>, host_id: u32) -> io::Result<()> {
+        let run = Dir::open_ambient_dir(&self.root, cap_std::ambient_authority())?;
+        match run.symlink_metadata(WORK_DIR) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a directory", work.display()),
+                    format!(
+                        "{} exists and is not a directory",
+                        self.work_dir().display()
+                    ),
                 ));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&work)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => run.create_dir(WORK_DIR)?,
             Err(e) => return Err(e),
         }
-        std::os::unix::fs::lchown(&work, Some(host_uid), Some(host_gid))?;
-        std::fs::set_permissions(&work, Permissions::from_mode(0o700))?;
-        Ok(work)
-    }
-
-    /// Write the request's `files` into `work/` (parent directories created), owned by the
-    /// sandbox user. Paths were validated as plain relative paths with the request.
-    pub fn write_work_files(
-        &self,
-        files: &std::collections::BTreeMap<String, String>,
-        host_uid: u32,
-        host_gid: u32,
-    ) -> io::Result<()> {
-        let work = self.work_dir();
+        let work = run.open_dir(WORK_DIR)?;
+        let private = |dir: &Dir, uid: u32| -> io::Result<()> {
+            let fd = reopen(dir)?;
+            std::os::unix::fs::fchown(&fd, Some(uid), Some(uid))?;
+            nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o700)).map_err(io::Error::from)
+        };
+        private(&work, 0)?;
+        let mut dirs = Vec::new();
         for (rel, content) in files {
-            let mut dir = work.clone();
-            let components: Vec<&str> = rel.split('/').collect();
-            for part in &components[..components.len() - 1] {
-                dir.push(part);
-                if !dir.is_dir() {
-                    std::fs::create_dir(&dir)?;
-                    std::os::unix::fs::lchown(&dir, Some(host_uid), Some(host_gid))?;
+            let rel = Path::new(rel);
+            let mut at = PathBuf::new();
+            for part in rel.parent().into_iter().flat_map(Path::components) {
+                at.push(part);
+                match work.create_dir(&at) {
+                    Ok(()) => dirs.push(at.clone()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
                 }
             }
-            let path = work.join(rel);
-            std::fs::write(&path, content)?;
-            std::os::unix::fs::lchown(&path, Some(host_uid), Some(host_gid))?;
+            let mut options = cap_std::fs::OpenOptions::new();
+            options.write(true).create_new(true).mode(0o644);
+            let mut file = work.open_with(rel, &options)?;
+            file.write_all(content.as_bytes())?;
+            std::os::unix::fs::fchown(&file, Some(host_id), Some(host_id))?;
         }
-        Ok(())
+        for dir in dirs {
+            let d = reopen(&work.open_dir(&dir)?)?;
+            std::os::unix::fs::fchown(&d, Some(host_id), Some(host_id))?;
+        }
+        private(&work, host_id)
     }
 
     /// Create (truncating) one of the agent's output logs.
@@ -251,6 +262,17 @@ impl RunDir {
     fn sync(&self) -> io::Result<()> {
         File::open(&self.root)?.sync_all()
     }
+}
+
+/// A descriptor of `dir` itself that `fchown`/`fchmod` accept (cap-std's may be `O_PATH`).
+fn reopen(dir: &Dir) -> io::Result<std::os::fd::OwnedFd> {
+    nix::fcntl::openat(
+        dir,
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)
 }
 
 /// `events.jsonl`: one event per line, each written with a single `write` on an `O_APPEND`
@@ -344,6 +366,7 @@ mod tests {
             stdout: digest.clone(),
             stderr: digest,
             artifacts: vec![],
+            sandbox: None,
             started_at_ms: 1,
             finished_at_ms: 2,
         };

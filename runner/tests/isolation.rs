@@ -6,7 +6,7 @@
 mod fixture;
 
 use cogward_runner::protocol::Outcome;
-use fixture::{RunDir, SANDBOX_HOST_UID, python3, request};
+use fixture::{RunDir, python3, request};
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
@@ -60,30 +60,28 @@ fn pid_namespace_hides_host_processes() {
 }
 
 #[test]
-fn user_namespace_maps_agent_to_unprivileged_host_uid() {
+fn user_namespace_maps_agent_to_its_own_unprivileged_host_id() {
     let host_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(host_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let forbidden = host_dir.path().join("written-by-agent");
     let script = format!(
         "echo UID=$(id -u); touch mine; \
          if echo x > {}; then echo HOST_WRITE_ALLOWED; else echo HOST_WRITE_DENIED; fi; \
-         if cat ../request.json; then echo REQUEST_READABLE; else echo REQUEST_DENIED; fi; \
-         if ls ..; then echo RUNDIR_LISTABLE; else echo RUNDIR_UNLISTABLE; fi",
+         if cat ../request.json; then echo REQUEST_READABLE; else echo REQUEST_DENIED; fi",
         forbidden.display()
     );
     let run = RunDir::new(&["sh", "-c", &script]);
-    run.run_ok();
+    let result = run.run_ok();
     let out = run.stdout();
     assert_eq!(field(&out, "UID="), "1000", "{out}");
     assert!(out.contains("HOST_WRITE_DENIED"), "{out}");
     assert!(!forbidden.exists());
     assert!(out.contains("REQUEST_DENIED"), "{out}");
-    assert!(out.contains("RUNDIR_UNLISTABLE"), "{out}");
+    let host_id = result.sandbox.expect("sandbox evidence").host_id;
+    let range = cogward_runner::protocol::SandboxProfile::default().host_ids;
+    assert!((range.first..range.first + range.count).contains(&host_id));
     let meta = std::fs::metadata(run.work().join("mine")).unwrap();
-    assert_eq!(
-        (meta.uid(), meta.gid()),
-        (SANDBOX_HOST_UID, SANDBOX_HOST_UID)
-    );
+    assert_eq!((meta.uid(), meta.gid()), (host_id, host_id));
 }
 
 #[test]
@@ -102,11 +100,10 @@ fn environment_is_exactly_the_request_env_plus_defaults() {
     assert!(!env.contains("leak"), "{env}");
     let mut lines: Vec<&str> = env.lines().collect();
     lines.sort();
-    let home = format!("HOME={}", run.work().canonicalize().unwrap().display());
     let mut expected = vec![
         "COGWARD_RUN_ID=test-run",
         "FOO=bar",
-        home.as_str(),
+        "HOME=/work",
         "LANG=C.UTF-8",
         "PATH=/usr/local/bin:/usr/bin:/bin",
     ];
@@ -172,32 +169,23 @@ fn memory_limit_makes_large_allocations_fail() {
 }
 
 #[test]
-fn unreachable_work_dir_is_sandbox_failed_never_unsandboxed() {
-    // The run directory sits in a root-only (0700) directory: the sandbox user cannot reach its
-    // work dir, so the sandbox cannot be built — and the agent must not run some other way.
-    let parent = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let dir = parent.path().join("run");
-    std::fs::create_dir(&dir).unwrap();
-    let req = request(&["sh", "-c", "echo ran > side_effect"]);
-    std::fs::write(dir.join("request.json"), serde_json::to_vec(&req).unwrap()).unwrap();
-    let out = std::process::Command::new(fixture::BIN)
-        .args(["exec", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+fn a_missing_read_only_path_is_sandbox_failed_never_unsandboxed() {
+    // The profile needs a host path this host lacks: the sandbox cannot be built as declared,
+    // and the agent must not run some other way.
+    let mut req = request(&["sh", "-c", "echo ran > side_effect"]);
+    req.sandbox.read_only = vec!["/opt/cogward-does-not-exist".into()];
+    let run = RunDir::with_request(&req);
     assert_eq!(
-        out.status.code(),
-        Some(i32::from(cogward_runner::exit_code::SANDBOX_FAILED))
+        run.run(),
+        i32::from(cogward_runner::exit_code::SANDBOX_FAILED)
     );
-    let result: cogward_runner::protocol::RunnerResult =
-        serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+    let result = run.result();
     assert_eq!(result.outcome, Outcome::SandboxFailed);
     let detail = result.detail.unwrap();
-    assert!(detail.contains("work directory"), "{detail}");
+    assert!(detail.contains("/opt/cogward-does-not-exist"), "{detail}");
     assert_eq!(result.exit_code, None);
-    assert!(!dir.join("work/side_effect").exists());
-    assert!(!result.artifacts.iter().any(|a| a.path == "side_effect"));
+    assert!(!run.started_exists(), "the agent counts as started");
+    assert!(!run.work().join("side_effect").exists());
 }
 
 fn field<'a>(out: &'a str, prefix: &str) -> &'a str {

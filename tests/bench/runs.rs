@@ -475,6 +475,8 @@ fn runner_request(i: usize) -> RunnerRequest {
             wall_clock_seconds: 30,
             grace_seconds: 1,
             max_output_bytes: 1024 * 1024,
+            max_file_bytes: 1 << 30,
+            max_open_files: 1024,
         },
         sandbox: SandboxProfile::default(),
         gateway: None,

@@ -246,6 +246,8 @@ impl Stack {
             .env("COGWARD_LISTEN", format!("127.0.0.1:{}", self.api_port))
             .env("COGWARD_API", format!("http://127.0.0.1:{}", self.api_port))
             .env("COGWARD_MIRROR_INTERVAL_MS", "100")
+            // Agents in the MCP tests run the Python SDK installed there.
+            .env("COGWARD_SANDBOX_READ_ONLY", sandbox_read_only())
             .env_remove("COGWARD_TOKEN")
             .env("RUST_LOG", "info,temporalio_sdk_core=warn");
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -595,4 +597,14 @@ pub async fn postgres_database() -> Option<String> {
         .expect("create database");
     let (prefix, _) = base.rsplit_once('/').expect("URL with a database name");
     Some(format!("{prefix}/{name}"))
+}
+
+/// The tools directory scripts/setup.sh installs, when it exists (agents see it read-only).
+fn sandbox_read_only() -> String {
+    let dir = std::env::var("COGWARD_TOOLS_DIR").unwrap_or_else(|_| "/opt/cogward-tools".into());
+    if Path::new(&dir).is_dir() {
+        dir
+    } else {
+        String::new()
+    }
 }

@@ -10,7 +10,7 @@
 //! still, everything here is allocation-free, plain system calls on data prepared beforehand,
 //! so the code stays correct should the runner ever grow threads.
 
-use super::{ChildFailure, SandboxPlan, Step, namespaces, rlimits};
+use super::{ChildFailure, SandboxPlan, Step, fs_view, landlock, namespaces, rlimits, seccomp};
 use nix::errno::Errno;
 use std::os::fd::RawFd;
 
@@ -46,9 +46,14 @@ pub(super) struct ExecArgs<'a> {
 }
 
 fn report_and_exit(fd: RawFd, step: Step, errno: Errno, code: i32) -> ! {
+    report_detail_and_exit(fd, step, errno, 0, code)
+}
+
+fn report_detail_and_exit(fd: RawFd, step: Step, errno: Errno, detail: u32, code: i32) -> ! {
     let bytes = ChildFailure {
         step,
         errno: errno as i32,
+        detail,
     }
     .encode();
     // SAFETY: write(2) and _exit(2) are async-signal-safe; `bytes` outlives the call.
@@ -104,7 +109,39 @@ pub(super) fn sandbox_init(args: &ExecArgs<'_>, fds: ChildFds) -> ! {
     // SAFETY: plain system call.
     check(Step::SetSession, rc(unsafe { libc::setsid() }));
     check(Step::MountsPrivate, namespaces::make_mounts_private());
-    check(Step::MountProc, namespaces::mount_proc());
+    // The work directory, opened here so its mount is this namespace's, and while we still have
+    // the runner's filesystem ids (its parents are root-only). The final component is not
+    // followed; the parents are root's alone.
+    // SAFETY: valid C string.
+    let work_dir = unsafe {
+        libc::open(
+            plan.work_source.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if work_dir < 0 {
+        report_and_exit(
+            fds.setup_write,
+            Step::OpenWorkDir,
+            Errno::last(),
+            INIT_FAILED,
+        );
+    }
+    // What the view creates must belong to an id this namespace maps: the sandbox user's.
+    // (The root it builds is read-only once entered.)
+    check(Step::FsIds, set_fs_ids(plan.sandbox_uid, plan.sandbox_gid));
+    if let Err((step, errno)) = fs_view::apply(&plan.fs_view, work_dir) {
+        let (step, detail) = match step {
+            fs_view::FsStep::Staging => (Step::FsStaging, 0),
+            fs_view::FsStep::Op(i) => (Step::FsOp, u32::try_from(i).unwrap_or(u32::MAX)),
+            fs_view::FsStep::DetachHost => (Step::FsDetachHost, 0),
+            fs_view::FsStep::EnterRoot => (Step::FsEnterRoot, 0),
+            fs_view::FsStep::ReadOnlyRoot => (Step::FsReadOnlyRoot, 0),
+        };
+        report_detail_and_exit(fds.setup_write, step, errno, detail, INIT_FAILED);
+    }
+    // SAFETY: closing our own descriptor; the work directory is mounted now.
+    unsafe { libc::close(work_dir) };
     if plan.loopback_up {
         check(Step::Loopback, namespaces::loopback_up());
     }
@@ -214,6 +251,21 @@ pub(super) fn sandbox_init(args: &ExecArgs<'_>, fds: ChildFds) -> ! {
     }
 }
 
+/// `setfsuid`/`setfsgid` report nothing but the previous value: set, then read back.
+fn set_fs_ids(uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: plain system calls; -1 (u32::MAX) only queries.
+    let (u, g) = unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+        (libc::setfsuid(u32::MAX), libc::setfsgid(u32::MAX))
+    };
+    if u as u32 == uid && g as u32 == gid {
+        Ok(())
+    } else {
+        Err(Errno::EPERM)
+    }
+}
+
 fn kill_me_when_the_runner_dies() -> Result<(), Errno> {
     // SAFETY: prctl with integer arguments.
     rc(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })
@@ -315,6 +367,8 @@ fn exec_agent(args: &ExecArgs<'_>, fds: ChildFds) -> ! {
             rlimits::LimitKind::AddressSpace => Step::RlimitAs,
             rlimits::LimitKind::Processes => Step::RlimitNproc,
             rlimits::LimitKind::CoreDump => Step::RlimitCore,
+            rlimits::LimitKind::FileSize => Step::RlimitFsize,
+            rlimits::LimitKind::OpenFiles => Step::RlimitNofile,
         };
         report_and_exit(fds.setup_write, step, errno, EXEC_FAILED);
     }
@@ -324,6 +378,10 @@ fn exec_agent(args: &ExecArgs<'_>, fds: ChildFds) -> ! {
         Step::NoNewPrivs,
         rc(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
     );
+    // The second filesystem layer, then the system-call filter: last, so nothing before
+    // `execve` needs a call it refuses.
+    check(Step::Landlock, landlock::apply(&plan.landlock));
+    check(Step::Seccomp, seccomp::apply(&plan.seccomp));
 
     // Like execvp: try each candidate; remember EACCES over ENOENT; stop at any other error.
     let mut errno = Errno::ENOENT;

@@ -52,6 +52,8 @@ pub enum LaunchError {
     IdMap(#[from] IdMapError),
     #[error("sandbox setup failed while {0}")]
     Setup(ChildFailure),
+    #[error("sandbox setup failed while {0} ({1})")]
+    FsView(ChildFailure, String),
     /// The sandbox was fine but the agent's program could not be executed.
     #[error("the agent's program could not be executed: {}", std::io::Error::from_raw_os_error(.0.errno))]
     Exec(ChildFailure),
@@ -160,7 +162,16 @@ pub fn launch(plan: &SandboxPlan) -> Result<Sandbox, LaunchError> {
 
     namespaces::write_id_maps(init_pid, &plan.uid_map, &plan.gid_map)?;
     write(&sync_write, &[1]).map_err(os("releasing the sandbox init"))?;
-    wait_for_exec(&setup_read, SETUP_TIMEOUT)?;
+    wait_for_exec(&setup_read, SETUP_TIMEOUT).map_err(|e| match e {
+        LaunchError::Setup(f) if f.step == Step::FsOp => {
+            let what = usize::try_from(f.detail)
+                .ok()
+                .and_then(|i| plan.fs_view.get(i))
+                .map_or_else(|| "an unknown entry".to_string(), |op| op.describe());
+            LaunchError::FsView(f, what)
+        }
+        other => other,
+    })?;
     // The init sent the listener before it forked the agent, so it is waiting for us.
     let egress = egress.map(|channel| receive_fd(&channel)).transpose()?;
     guard.disarm();

@@ -10,13 +10,16 @@
 //! running unsandboxed.
 //!
 //! Each isolation mechanism is its own module with a pure "decide" part and a child-side
-//! "apply" part ([`namespaces`], [`rlimits`], [`env`](mod@env)); later stages (landlock, seccomp,
-//! cgroups, mediated egress) slot in the same way: a field in [`SandboxPlan`], a [`Step`] and a
-//! call in the child's sequence.
+//! "apply" part ([`namespaces`], [`fs_view`], [`landlock`], [`seccomp`], [`rlimits`],
+//! [`env`](mod@env)); later stages (cgroups) slot in the same way: a field in [`SandboxPlan`],
+//! a [`Step`] and a call in the child's sequence.
 
 pub mod env;
+pub mod fs_view;
+pub mod landlock;
 pub mod namespaces;
 pub mod rlimits;
+pub mod seccomp;
 mod step;
 
 #[cfg(target_os = "linux")]
@@ -31,7 +34,6 @@ pub use step::{ChildFailure, Step};
 use crate::protocol::RunnerRequest;
 use rlimits::RlimitSetting;
 use std::ffi::CString;
-use std::path::{Path, PathBuf};
 
 /// Everything the child applies, decided up front. The child only reads it (no allocation
 /// after `clone`).
@@ -42,8 +44,10 @@ pub struct SandboxPlan {
     pub exec_candidates: Vec<CString>,
     /// `NAME=value`, sorted.
     pub envp: Vec<CString>,
-    /// The agent's cwd and `HOME`.
+    /// The agent's cwd and `HOME`, in its view.
     pub work_dir: CString,
+    /// The run's `work/` on the host, bound at `work_dir`.
+    pub work_source: CString,
     pub hostname: CString,
     /// Contents for `/proc/<child>/uid_map` and `gid_map`.
     pub uid_map: String,
@@ -51,7 +55,14 @@ pub struct SandboxPlan {
     /// The ids the sandbox's processes switch to (inside the user namespace).
     pub sandbox_uid: u32,
     pub sandbox_gid: u32,
-    pub rlimits: [RlimitSetting; 4],
+    pub rlimits: [RlimitSetting; 6],
+    /// Builds the agent's private root (see [`fs_view`]).
+    pub fs_view: Vec<fs_view::MountOp>,
+    /// The agent's Landlock domain.
+    pub landlock: landlock::Ruleset,
+    /// The agent's seccomp program, and how many rules it was compiled from.
+    pub seccomp: Vec<seccomp::Insn>,
+    pub seccomp_rules: usize,
     /// Bring up the network namespace's own loopback (it reaches nothing outside).
     pub loopback_up: bool,
     /// Listen on this port of the sandbox's loopback and hand the socket to the runner, which
@@ -61,17 +72,33 @@ pub struct SandboxPlan {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("the work directory {0} is not valid UTF-8 (it becomes HOME)")]
-    NonUtf8WorkDir(PathBuf),
     #[error("{0} contains a NUL byte")]
     Nul(String),
+    #[error("the filesystem view: {0}")]
+    View(#[from] fs_view::ViewError),
+    #[error(transparent)]
+    Landlock(#[from] landlock::LandlockError),
+    #[error("the seccomp filter: {0}")]
+    Seccomp(#[from] seccomp::CompileError),
 }
 
-/// Decide the sandbox for `request`, with `work_dir` (absolute) as the agent's cwd and `HOME`.
-pub fn plan(request: &RunnerRequest, work_dir: &Path) -> Result<SandboxPlan, PlanError> {
-    let home = work_dir
-        .to_str()
-        .ok_or_else(|| PlanError::NonUtf8WorkDir(work_dir.to_path_buf()))?;
+/// What the plan needs to know of the host it runs on.
+pub struct HostFacts<'a> {
+    /// What the system paths are (see [`fs_view::Host`]).
+    pub fs: &'a dyn fs_view::Host,
+    /// The kernel's Landlock ABI (0: none).
+    pub landlock_abi: u32,
+}
+
+/// Decide the sandbox for `request` on `host`, with the host's `work_source` (absolute) as the
+/// agent's work directory: [`fs_view::WORK_MOUNT`] of its own view, its cwd and `HOME`.
+pub fn plan(
+    request: &RunnerRequest,
+    work_source: &std::path::Path,
+    host_id: u32,
+    host: &HostFacts<'_>,
+) -> Result<SandboxPlan, PlanError> {
+    let home = fs_view::WORK_MOUNT;
     let env_map = env::agent_env(&request.env, &request.run_id, home);
     let program = request.argv.first().map(String::as_str).unwrap_or_default();
     let path_var = env_map
@@ -79,17 +106,24 @@ pub fn plan(request: &RunnerRequest, work_dir: &Path) -> Result<SandboxPlan, Pla
         .map(String::as_str)
         .unwrap_or(env::DEFAULT_PATH);
     let profile = &request.sandbox;
+    let rules = seccomp::rules();
     Ok(SandboxPlan {
         argv: cstrings(request.argv.iter().cloned(), "argv")?,
         exec_candidates: cstrings(env::exec_candidates(program, path_var), "program path")?,
         envp: cstrings(env::envp_strings(&env_map), "env")?,
         work_dir: cstring(home.to_string(), "work dir")?,
+        work_source: CString::new(work_source.as_os_str().as_encoded_bytes())
+            .map_err(|_| PlanError::Nul("work dir".into()))?,
         hostname: cstring(namespaces::SANDBOX_HOSTNAME.to_string(), "hostname")?,
-        uid_map: namespaces::id_map_line(namespaces::SANDBOX_UID, profile.host_uid),
-        gid_map: namespaces::id_map_line(namespaces::SANDBOX_GID, profile.host_gid),
+        uid_map: namespaces::id_map_line(namespaces::SANDBOX_UID, host_id),
+        gid_map: namespaces::id_map_line(namespaces::SANDBOX_GID, host_id),
         sandbox_uid: namespaces::SANDBOX_UID,
         sandbox_gid: namespaces::SANDBOX_GID,
         rlimits: rlimits::decide(&request.limits),
+        fs_view: fs_view::decide(host.fs, &profile.read_only)?,
+        landlock: landlock::decide(host.landlock_abi, home)?,
+        seccomp: seccomp::compile(&rules)?,
+        seccomp_rules: rules.len(),
         loopback_up: true,
         egress_port: request.gateway.as_ref().map(|g| g.port),
     })
@@ -126,13 +160,12 @@ mod tests {
                 wall_clock_seconds: 30,
                 grace_seconds: 1,
                 max_output_bytes: 100,
+                max_file_bytes: 1 << 20,
+                max_open_files: 64,
             },
             gateway: None,
             files: BTreeMap::new(),
-            sandbox: SandboxProfile {
-                host_uid: 200_000,
-                host_gid: 200_001,
-            },
+            sandbox: SandboxProfile::default(),
         }
     }
 
@@ -140,9 +173,22 @@ mod tests {
         v.iter().map(|c| c.to_str().unwrap()).collect()
     }
 
+    fn host() -> HostFacts<'static> {
+        HostFacts {
+            fs: &fs_view::RealHost,
+            landlock_abi: 7,
+        }
+    }
+
     #[test]
     fn plan_holds_exactly_what_will_be_applied() {
-        let plan = plan(&request(), Path::new("/runs/9/work")).unwrap();
+        let plan = plan(
+            &request(),
+            std::path::Path::new("/runs/9/work"),
+            200_000,
+            &host(),
+        )
+        .unwrap();
         assert_eq!(strs(&plan.argv), ["sh", "-c", "echo hi"]);
         assert_eq!(
             strs(&plan.exec_candidates),
@@ -153,23 +199,40 @@ mod tests {
             [
                 "COGWARD_RUN_ID=run-9",
                 "FOO=bar",
-                "HOME=/runs/9/work",
+                "HOME=/work",
                 "LANG=C.UTF-8",
                 "PATH=/usr/local/bin:/usr/bin:/bin"
             ]
         );
-        assert_eq!(plan.work_dir.to_str().unwrap(), "/runs/9/work");
+        assert_eq!(plan.work_dir.to_str().unwrap(), "/work");
         assert_eq!(plan.uid_map, "1000 200000 1\n");
-        assert_eq!(plan.gid_map, "1000 200001 1\n");
+        assert_eq!(plan.gid_map, "1000 200000 1\n");
         assert_eq!((plan.sandbox_uid, plan.sandbox_gid), (1000, 1000));
         assert_eq!(plan.rlimits[0].soft, 3);
+        assert!(plan.fs_view.contains(&fs_view::MountOp::BindWorkDir {
+            target: c"/newroot/work".into()
+        }));
+        assert_eq!(plan.landlock.abi, 7);
+        assert_eq!(plan.seccomp_rules, seccomp::rules().len());
+    }
+
+    #[test]
+    fn a_host_without_landlock_gets_no_sandbox_at_all() {
+        let facts = HostFacts {
+            fs: &fs_view::RealHost,
+            landlock_abi: 0,
+        };
+        assert!(matches!(
+            plan(&request(), std::path::Path::new("/w"), 200_000, &facts),
+            Err(PlanError::Landlock(_))
+        ));
     }
 
     #[test]
     fn request_path_is_used_for_the_program_search() {
         let mut r = request();
         r.env = BTreeMap::from([("PATH".to_string(), "/opt/tools".to_string())]);
-        let plan = plan(&r, Path::new("/w")).unwrap();
+        let plan = plan(&r, std::path::Path::new("/w"), 200_000, &host()).unwrap();
         assert_eq!(strs(&plan.exec_candidates), ["/opt/tools/sh"]);
     }
 }

@@ -81,22 +81,6 @@ mod linux {
         Errno::result(rc).map(drop)
     }
 
-    /// A `/proc` that shows only the sandbox's PID namespace (over the host's, in this mount
-    /// namespace only).
-    pub fn mount_proc() -> Result<(), Errno> {
-        // SAFETY: plain system call with static, NUL-terminated strings.
-        let rc = unsafe {
-            libc::mount(
-                c"proc".as_ptr(),
-                c"/proc".as_ptr(),
-                c"proc".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            )
-        };
-        Errno::result(rc).map(drop)
-    }
-
     /// Bring up the namespace's own `lo` so agents can talk to themselves (test servers on
     /// localhost); it reaches nothing of the host's.
     pub fn loopback_up() -> Result<(), Errno> {

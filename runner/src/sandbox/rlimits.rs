@@ -13,6 +13,10 @@ pub enum LimitKind {
     Processes,
     /// RLIMIT_CORE
     CoreDump,
+    /// RLIMIT_FSIZE
+    FileSize,
+    /// RLIMIT_NOFILE
+    OpenFiles,
 }
 
 impl LimitKind {
@@ -22,6 +26,8 @@ impl LimitKind {
             LimitKind::AddressSpace => "RLIMIT_AS",
             LimitKind::Processes => "RLIMIT_NPROC",
             LimitKind::CoreDump => "RLIMIT_CORE",
+            LimitKind::FileSize => "RLIMIT_FSIZE",
+            LimitKind::OpenFiles => "RLIMIT_NOFILE",
         }
     }
 }
@@ -40,7 +46,10 @@ pub struct RlimitSetting {
 /// - RLIMIT_NPROC counts per user *in the sandbox's own user namespace*, so it bounds this
 ///   sandbox (its init included) without being shared with other sandboxes on the same host uid.
 /// - No core dumps: they would land in `work/` as artifacts and can hold secrets.
-pub fn decide(limits: &Limits) -> [RlimitSetting; 4] {
+/// - RLIMIT_FSIZE: a write past `max_file_bytes` fails (`EFBIG`; SIGXFSZ, which kills by
+///   default), so a single file cannot fill the disk.
+/// - RLIMIT_NOFILE bounds descriptors, so connections and files held open are bounded too.
+pub fn decide(limits: &Limits) -> [RlimitSetting; 6] {
     [
         RlimitSetting {
             kind: LimitKind::Cpu,
@@ -62,6 +71,16 @@ pub fn decide(limits: &Limits) -> [RlimitSetting; 4] {
             soft: 0,
             hard: 0,
         },
+        RlimitSetting {
+            kind: LimitKind::FileSize,
+            soft: limits.max_file_bytes,
+            hard: limits.max_file_bytes,
+        },
+        RlimitSetting {
+            kind: LimitKind::OpenFiles,
+            soft: limits.max_open_files,
+            hard: limits.max_open_files,
+        },
     ]
 }
 
@@ -75,6 +94,8 @@ pub fn apply(settings: &[RlimitSetting]) -> Result<(), (LimitKind, nix::errno::E
             LimitKind::AddressSpace => Resource::RLIMIT_AS,
             LimitKind::Processes => Resource::RLIMIT_NPROC,
             LimitKind::CoreDump => Resource::RLIMIT_CORE,
+            LimitKind::FileSize => Resource::RLIMIT_FSIZE,
+            LimitKind::OpenFiles => Resource::RLIMIT_NOFILE,
         };
         setrlimit(resource, s.soft, s.hard).map_err(|e| (s.kind, e))?;
     }
@@ -95,6 +116,8 @@ mod tests {
             wall_clock_seconds: 60,
             grace_seconds: 2,
             max_output_bytes: 1024,
+            max_file_bytes: 1 << 20,
+            max_open_files: 256,
         };
         let s = decide(&limits);
         assert_eq!(
@@ -104,6 +127,8 @@ mod tests {
                 (LimitKind::AddressSpace, 1 << 30, 1 << 30),
                 (LimitKind::Processes, 32, 32),
                 (LimitKind::CoreDump, 0, 0),
+                (LimitKind::FileSize, 1 << 20, 1 << 20),
+                (LimitKind::OpenFiles, 256, 256),
             ]
         );
     }
@@ -117,6 +142,8 @@ mod tests {
             wall_clock_seconds: 1,
             grace_seconds: 0,
             max_output_bytes: 0,
+            max_file_bytes: 1,
+            max_open_files: 1,
         };
         assert_eq!(decide(&limits)[0].hard, u64::MAX);
     }

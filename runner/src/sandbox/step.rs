@@ -1,7 +1,8 @@
 //! The child's setup steps, and the fixed-size report of the first one that failed.
 //!
 //! After `clone` the child cannot allocate or format, so a failure crosses the setup pipe as
-//! eight bytes (step, errno) and the runner turns it into words.
+//! twelve bytes (step, errno, detail — the index of the failed filesystem-view entry) and the
+//! runner turns it into words.
 
 /// One setup step of the sandbox's init (before the agent exists) or of the agent process
 /// (before `execve`). The discriminants are the wire format: append, never renumber.
@@ -12,7 +13,6 @@ pub enum Step {
     CloseFds = 2,
     SetSession = 3,
     MountsPrivate = 4,
-    MountProc = 5,
     Loopback = 6,
     Hostname = 7,
     SetGid = 8,
@@ -31,14 +31,25 @@ pub enum Step {
     /// Not a sandbox failure: the agent's program could not be executed.
     Exec = 21,
     Egress = 22,
+    FsIds = 23,
+    FsStaging = 24,
+    /// `detail` is the index of the entry in the plan's `fs_view`.
+    FsOp = 25,
+    FsDetachHost = 26,
+    FsEnterRoot = 27,
+    FsReadOnlyRoot = 28,
+    Landlock = 29,
+    Seccomp = 30,
+    RlimitFsize = 31,
+    RlimitNofile = 32,
+    OpenWorkDir = 33,
 }
 
-const ALL_STEPS: [Step; 22] = [
+const ALL_STEPS: [Step; 32] = [
     Step::ParentDeathSignal,
     Step::CloseFds,
     Step::SetSession,
     Step::MountsPrivate,
-    Step::MountProc,
     Step::Loopback,
     Step::Hostname,
     Step::SetGid,
@@ -56,6 +67,17 @@ const ALL_STEPS: [Step; 22] = [
     Step::NoNewPrivs,
     Step::Exec,
     Step::Egress,
+    Step::FsIds,
+    Step::FsStaging,
+    Step::FsOp,
+    Step::FsDetachHost,
+    Step::FsEnterRoot,
+    Step::FsReadOnlyRoot,
+    Step::Landlock,
+    Step::Seccomp,
+    Step::RlimitFsize,
+    Step::RlimitNofile,
+    Step::OpenWorkDir,
 ];
 
 impl Step {
@@ -69,7 +91,6 @@ impl Step {
             Step::CloseFds => "closing inherited file descriptors",
             Step::SetSession => "starting a new session",
             Step::MountsPrivate => "making mounts private",
-            Step::MountProc => "mounting /proc for the new PID namespace",
             Step::Loopback => "bringing up the sandbox loopback",
             Step::Hostname => "setting the sandbox hostname",
             Step::SetGid => "switching to the sandbox gid",
@@ -87,33 +108,46 @@ impl Step {
             Step::NoNewPrivs => "setting no_new_privs",
             Step::Exec => "executing the agent's program",
             Step::Egress => "opening the gateway port on the sandbox loopback",
+            Step::FsIds => "taking the sandbox user's ids for building its filesystem",
+            Step::FsStaging => "preparing the staging root for the filesystem view",
+            Step::FsOp => "building the filesystem view",
+            Step::FsDetachHost => "detaching the host's filesystem from the view",
+            Step::FsEnterRoot => "entering the filesystem view",
+            Step::FsReadOnlyRoot => "making the view's root read-only",
+            Step::Landlock => "applying the Landlock ruleset",
+            Step::Seccomp => "installing the seccomp filter",
+            Step::RlimitFsize => "setting RLIMIT_FSIZE",
+            Step::RlimitNofile => "setting RLIMIT_NOFILE",
+            Step::OpenWorkDir => "opening the work directory",
         }
     }
 }
 
-/// The first failed step and its errno.
+/// The first failed step, its errno, and a step-specific detail (0 when it has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildFailure {
     pub step: Step,
     pub errno: i32,
+    pub detail: u32,
 }
 
 impl ChildFailure {
-    pub const WIRE_SIZE: usize = 8;
+    pub const WIRE_SIZE: usize = 12;
 
     pub fn encode(self) -> [u8; Self::WIRE_SIZE] {
         let mut out = [0u8; Self::WIRE_SIZE];
         out[..4].copy_from_slice(&(self.step as u32).to_ne_bytes());
-        out[4..].copy_from_slice(&self.errno.to_ne_bytes());
+        out[4..8].copy_from_slice(&self.errno.to_ne_bytes());
+        out[8..].copy_from_slice(&self.detail.to_ne_bytes());
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<ChildFailure> {
-        let step: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
-        let errno: [u8; 4] = bytes.get(4..8)?.try_into().ok()?;
+        let word = |at: usize| -> Option<[u8; 4]> { bytes.get(at..at + 4)?.try_into().ok() };
         Some(ChildFailure {
-            step: Step::from_u32(u32::from_ne_bytes(step))?,
-            errno: i32::from_ne_bytes(errno),
+            step: Step::from_u32(u32::from_ne_bytes(word(0)?))?,
+            errno: i32::from_ne_bytes(word(4)?),
+            detail: u32::from_ne_bytes(word(8)?),
         })
     }
 }
@@ -137,7 +171,11 @@ mod tests {
     #[test]
     fn every_step_round_trips() {
         for step in ALL_STEPS {
-            let f = ChildFailure { step, errno: 13 };
+            let f = ChildFailure {
+                step,
+                errno: 13,
+                detail: 7,
+            };
             assert_eq!(ChildFailure::decode(&f.encode()), Some(f));
         }
     }
@@ -148,6 +186,7 @@ mod tests {
         let mut bytes = ChildFailure {
             step: Step::Exec,
             errno: 2,
+            detail: 0,
         }
         .encode();
         bytes[..4].copy_from_slice(&999u32.to_ne_bytes());
@@ -157,9 +196,10 @@ mod tests {
     #[test]
     fn failures_read_as_words() {
         let f = ChildFailure {
-            step: Step::MountProc,
+            step: Step::Seccomp,
             errno: libc::EPERM,
+            detail: 0,
         };
-        assert!(f.to_string().starts_with("mounting /proc"));
+        assert!(f.to_string().starts_with("installing the seccomp filter"));
     }
 }

@@ -1,0 +1,453 @@
+//! Escape attempts from inside a run, as a hostile agent would make them, against the real
+//! `cogward-runner`: each asserts the failure it names. (`isolation.rs` holds the namespace and
+//! limit basics.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fixture;
+
+use cogward_runner::protocol::{Outcome, RunnerResult};
+use fixture::{RunDir, python3, request};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn lines_with<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+fn host_id(result: &RunnerResult) -> u32 {
+    result.sandbox.as_ref().expect("sandbox evidence").host_id
+}
+
+/// The whole root the agent sees: exactly the system paths of this host that exist, its work
+/// directory, and its own scratch and pseudo-filesystems. No engine state, no other run, no
+/// `/root`, `/home`, `/run`, `/var`, `/sys`, no `shadow`, and nothing writable outside `work/`,
+/// `/tmp` and `/dev/shm`.
+#[test]
+fn the_view_holds_nothing_of_the_host_but_read_only_system_paths() {
+    // A stand-in for the engine's state: world-readable, as the breach found it.
+    let state = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = state.path().join("cogward.db");
+    std::fs::write(&db, "gateway_key SECRET-KEY").unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = RunDir::new(&["true"]);
+    let probes = [
+        "/etc/shadow",
+        "/etc/gshadow",
+        "/etc/sudoers",
+        "/root",
+        "/home",
+        "/run",
+        "/var",
+        "/sys",
+        "/srv",
+        "/mnt",
+        "/opt",
+        "/boot",
+        "/proc/1/root/etc",
+        db.to_str().unwrap(),
+        state.path().to_str().unwrap(),
+        run.dir.to_str().unwrap(),
+        "/tmp/.X11-unix",
+    ];
+    let writes = [
+        "/x",
+        "/usr/x",
+        "/etc/x",
+        "/etc/passwd",
+        "/dev/x",
+        "/proc/x",
+        "/tmp/ok",
+        "/dev/shm/ok",
+        "/work/ok",
+    ];
+    let mut script = String::from("echo ROOT $(ls -a / | tr '\\n' ' '); ");
+    for p in probes {
+        script.push_str(&format!(
+            "if [ -e '{p}' ] || [ -L '{p}' ]; then echo 'SEES {p}'; fi; "
+        ));
+    }
+    for w in writes {
+        script.push_str(&format!(
+            "if (echo x > '{w}') 2>/dev/null; then echo 'WROTE {w}'; fi; "
+        ));
+    }
+    script.push_str(
+        "grep -rl SECRET-KEY /etc /tmp /work /dev/shm 2>/dev/null | sed 's/^/FOUND /'; \
+         cat /etc/passwd | sed 's/^/PASSWD /'; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status",
+    );
+    std::fs::write(
+        run.path("request.json"),
+        serde_json::to_vec(&request(&["sh", "-c", &script])).unwrap(),
+    )
+    .unwrap();
+    let result = run.run_ok();
+    assert_eq!(result.exit_code, Some(0), "{}", run.stderr());
+    let out = run.stdout();
+
+    let mut expected: Vec<&str> = vec![".", "..", "dev", "etc", "proc", "tmp", "work"];
+    for p in ["usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
+        if Path::new("/").join(p).symlink_metadata().is_ok() {
+            expected.push(p);
+        }
+    }
+    expected.sort();
+    let root_line = lines_with(&out, "ROOT ")[0];
+    let mut root: Vec<&str> = root_line["ROOT ".len()..].split_whitespace().collect();
+    root.sort();
+    assert_eq!(root, expected, "{out}");
+    assert!(lines_with(&out, "SEES ").is_empty(), "{out}");
+    assert_eq!(
+        lines_with(&out, "WROTE "),
+        ["WROTE /tmp/ok", "WROTE /dev/shm/ok", "WROTE /work/ok"],
+        "{out}"
+    );
+    assert!(lines_with(&out, "FOUND ").is_empty(), "{out}");
+    let passwd = lines_with(&out, "PASSWD ");
+    assert_eq!(passwd.len(), 3, "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    // Only the work directory reached the host.
+    assert!(run.work().join("ok").exists());
+    assert_eq!(
+        std::fs::read_to_string(&db).unwrap(),
+        "gateway_key SECRET-KEY"
+    );
+}
+
+/// Two live runs never share a host id, and neither can reach the other's work directory by
+/// its host path (it does not exist in the view).
+#[test]
+fn concurrent_runs_get_their_own_ids_and_cannot_reach_each_other() {
+    let victim = RunDir::new(&["sh", "-c", "echo mine > marker; sleep 3"]);
+    let mut victim_runner = victim.command().spawn().unwrap();
+    victim.wait_for_started(Duration::from_secs(10));
+    let victim_work = victim.work();
+    let script = format!(
+        "for p in '{w}' '{w}/marker' '{d}'; do \
+           if [ -e \"$p\" ]; then echo \"SEES $p\"; fi; done; \
+         if (echo evil > '{w}/build.sh') 2>/dev/null; then echo PLANTED; fi",
+        w = victim_work.display(),
+        d = victim.dir.display(),
+    );
+    let attacker = RunDir::new(&["sh", "-c", &script]);
+    let attacker_result = attacker.run_ok();
+    assert!(victim_runner.wait().unwrap().success());
+    let victim_result = victim.result();
+    let out = attacker.stdout();
+    assert!(lines_with(&out, "SEES ").is_empty(), "{out}");
+    assert!(!out.contains("PLANTED"), "{out}");
+    assert!(!victim_work.join("build.sh").exists());
+    assert_ne!(host_id(&attacker_result), host_id(&victim_result));
+    assert_eq!(victim_result.outcome, Outcome::Exited);
+    let owner = std::fs::metadata(victim_work.join("marker")).unwrap().uid();
+    assert_eq!(owner, host_id(&victim_result));
+}
+
+/// The sandbox's one way out is its gateway port: a host pathname socket (even a
+/// world-writable one) and a host abstract socket are unreachable.
+#[test]
+fn host_unix_sockets_are_unreachable() {
+    use std::os::linux::net::SocketAddrExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.path().join("host.sock");
+    let pathname = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    pathname.set_nonblocking(true).unwrap();
+    let name = format!("cogward-escape-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let abstract_ = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    abstract_.set_nonblocking(true).unwrap();
+    let script = format!(
+        "import socket\n\
+         for target in ['{}', '\\0{name}']:\n\
+         \x20   s = socket.socket(socket.AF_UNIX)\n\
+         \x20   try:\n\
+         \x20       s.connect(target)\n\
+         \x20       print('CONNECTED', repr(target))\n\
+         \x20   except OSError as e:\n\
+         \x20       print('REFUSED', e.errno)\n",
+        path.display()
+    );
+    let run = RunDir::new(&[python3(), "-c", &script]);
+    run.run_ok();
+    let out = run.stdout();
+    assert_eq!(
+        lines_with(&out, "REFUSED ").len(),
+        2,
+        "{out}\n{}",
+        run.stderr()
+    );
+    assert!(pathname.accept().is_err());
+    assert!(abstract_.accept().is_err());
+}
+
+/// seccomp, tried for real: socket families other than unix/IP, new namespaces (nested
+/// `unshare -U`), mounts, io_uring, ptrace of a sibling, reading its memory, eBPF, the keyring,
+/// perf events and userfaultfd are refused.
+#[test]
+fn forbidden_families_and_system_calls_are_refused() {
+    let script = format!(
+        "import ctypes, os, socket, subprocess, time\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         def call(name, nr, *args):\n\
+         \x20   r = libc.syscall(nr, *args)\n\
+         \x20   print(name, 'ALLOWED' if r >= 0 else 'ERRNO %d' % ctypes.get_errno(), flush=True)\n\
+         for fam in [40, 16, 17, 38, 31]:\n\
+         \x20   try:\n\
+         \x20       socket.socket(fam, socket.SOCK_RAW if fam in (16, 17) else socket.SOCK_STREAM)\n\
+         \x20       print('family', fam, 'ALLOWED')\n\
+         \x20   except OSError as e:\n\
+         \x20       print('family', fam, 'ERRNO', e.errno)\n\
+         sibling = subprocess.Popen(['sleep', '5'])\n\
+         time.sleep(0.2)\n\
+         call('unshare', {unshare}, 0x10000000)\n\
+         call('mount', {mount}, b'none', b'/tmp', b'tmpfs', 0, None)\n\
+         call('io_uring_setup', {io_uring}, 8, ctypes.create_string_buffer(120))\n\
+         call('ptrace', {ptrace}, 16, sibling.pid, 0, 0)\n\
+         call('process_vm_readv', {vm_readv}, sibling.pid, 0, 0, 0, 0, 0)\n\
+         call('bpf', {bpf}, 0, 0, 0)\n\
+         call('keyctl', {keyctl}, 0, 0, 0)\n\
+         call('perf_event_open', {perf}, 0, 0, -1, -1, 0)\n\
+         call('userfaultfd', {uffd}, 0)\n\
+         call('setns', {setns}, 0, 0)\n\
+         call('clone_newuser', {clone}, 0x10000000 | 17, 0, 0, 0, 0)\n\
+         sibling.kill()\n\
+         r = subprocess.run(['unshare', '-Urm', 'true'], capture_output=True)\n\
+         print('nested_unshare', 'ALLOWED' if r.returncode == 0 else 'REFUSED')\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
+         print('inet', 'ALLOWED')\n",
+        unshare = libc::SYS_unshare,
+        mount = libc::SYS_mount,
+        io_uring = libc::SYS_io_uring_setup,
+        ptrace = libc::SYS_ptrace,
+        vm_readv = libc::SYS_process_vm_readv,
+        bpf = libc::SYS_bpf,
+        keyctl = libc::SYS_keyctl,
+        perf = libc::SYS_perf_event_open,
+        uffd = libc::SYS_userfaultfd,
+        setns = libc::SYS_setns,
+        clone = libc::SYS_clone,
+    );
+    let run = RunDir::new(&[python3(), "-c", &script]);
+    let result = run.run_ok();
+    assert_eq!(result.exit_code, Some(0), "{}", run.stderr());
+    let out = run.stdout();
+    for fam in [40, 16, 17, 38, 31] {
+        assert!(
+            out.contains(&format!("family {fam} ERRNO {}", libc::EAFNOSUPPORT)),
+            "family {fam}: {out}"
+        );
+    }
+    for name in [
+        "unshare",
+        "mount",
+        "io_uring_setup",
+        "ptrace",
+        "process_vm_readv",
+        "bpf",
+        "keyctl",
+        "perf_event_open",
+        "userfaultfd",
+        "setns",
+        "clone_newuser",
+    ] {
+        assert!(
+            out.contains(&format!("{name} ERRNO {}", libc::EPERM)),
+            "{name}: {out}"
+        );
+    }
+    assert!(out.contains("nested_unshare REFUSED"), "{out}");
+    assert!(out.contains("inet ALLOWED"), "{out}");
+}
+
+/// A setuid-root binary gains nothing: `no_new_privs`, nosuid mounts, and no root in the
+/// namespace to become.
+#[test]
+fn setuid_binaries_gain_nothing() {
+    let Some(su) = ["/usr/bin/su", "/bin/su", "/usr/bin/passwd"]
+        .into_iter()
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o4000 != 0)
+                .unwrap_or(false)
+        })
+    else {
+        panic!("this host has no setuid binary to try (su or passwd)");
+    };
+    let script = format!(
+        "{su} -c 'id -u' root </dev/null; echo SU_EXIT=$?; \
+         grep ' /usr ' /proc/self/mountinfo | grep -q nosuid && echo USR_NOSUID"
+    );
+    let run = RunDir::new(&["sh", "-c", &script]);
+    run.run_ok();
+    let out = run.stdout();
+    assert!(!out.lines().any(|l| l.trim() == "0"), "became root: {out}");
+    assert!(!out.contains("SU_EXIT=0"), "{out}");
+    assert!(out.contains("USR_NOSUID"), "{out}");
+}
+
+/// Landlock, apart from the view: a process restricted by the runner's own `apply` to a few
+/// directories cannot read a file outside them, even one the filesystem permits.
+#[test]
+fn landlock_apply_denies_what_it_does_not_grant() {
+    use cogward_runner::sandbox::landlock;
+    use std::os::unix::process::CommandExt;
+    let abi = landlock::host_abi();
+    assert!(abi >= landlock::MIN_ABI, "this host has no Landlock");
+    let outside = tempfile::tempdir().unwrap();
+    let file = outside.path().join("readable");
+    std::fs::write(&file, "open to all").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let all = landlock::fs_rights(abi);
+    let read_exec =
+        landlock::ACCESS_FS_READ_FILE | landlock::ACCESS_FS_READ_DIR | landlock::ACCESS_FS_EXECUTE;
+    let mut rules = Vec::new();
+    for dir in ["/usr", "/lib", "/lib64", "/bin", "/etc"] {
+        if Path::new(dir).is_dir() {
+            rules.push((std::ffi::CString::new(dir).unwrap(), read_exec));
+        }
+    }
+    let ruleset = landlock::Ruleset {
+        abi,
+        handled_fs: all,
+        scoped: 0,
+        rules,
+    };
+    let mut cmd = std::process::Command::new("/usr/bin/cat");
+    cmd.arg(&file);
+    // SAFETY: the closure makes only system calls (prctl, landlock) before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            landlock::apply(&ruleset).map_err(std::io::Error::from)
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "read outside the ruleset");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+    // Without the ruleset the same read works: the denial is Landlock's.
+    let plain = std::process::Command::new("/usr/bin/cat")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), "open to all");
+}
+
+/// A symlink where the runner will write an agent file (left by anyone in a `work/` that
+/// already exists) is never followed: the run is refused and the link's target is unchanged.
+#[test]
+fn a_planted_link_in_a_preexisting_work_dir_is_not_followed() {
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().join("root-only");
+    std::fs::write(&victim, "keep").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut req = request(&["true"]);
+    req.files.insert(".mcp.json".into(), "{}".into());
+    req.files.insert("sub/x.txt".into(), "x".into());
+    for plant in ["file", "parent", "work"] {
+        let run = RunDir::with_request(&req);
+        match plant {
+            "file" => {
+                std::fs::create_dir(run.work()).unwrap();
+                std::os::unix::fs::symlink(&victim, run.work().join(".mcp.json")).unwrap();
+            }
+            "parent" => {
+                std::fs::create_dir(run.work()).unwrap();
+                std::os::unix::fs::symlink(victim_dir.path(), run.work().join("sub")).unwrap();
+            }
+            _ => std::os::unix::fs::symlink(victim_dir.path(), run.work()).unwrap(),
+        }
+        let code = run.run();
+        assert_eq!(
+            code,
+            i32::from(cogward_runner::exit_code::SANDBOX_FAILED),
+            "{plant}: {}",
+            run.runner_log()
+        );
+        assert_eq!(run.result().outcome, Outcome::SandboxFailed, "{plant}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep", "{plant}");
+        let meta = std::fs::metadata(&victim).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "{plant}");
+        assert!(!victim_dir.path().join("x.txt").exists(), "{plant}");
+        let dir_meta = std::fs::metadata(victim_dir.path()).unwrap();
+        assert_eq!(dir_meta.uid(), 0, "{plant}: the link's target was chowned");
+    }
+}
+
+/// A hostile run races new runs' set-up, trying to replace the files the runner writes into
+/// their `work/` with links to a root-only file, over and over. It cannot even see where they
+/// are; every new run gets its own files, and the root-only file never changes.
+#[test]
+fn a_racing_run_cannot_replace_files_the_runner_writes() {
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().join("root-only");
+    std::fs::write(&victim, "keep").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let targets = tempfile::tempdir().unwrap();
+    let runs: Vec<RunDir> = (0..10)
+        .map(|_| {
+            let mut req = request(&["cat", ".mcp.json"]);
+            req.files.insert(".mcp.json".into(), "{\"ok\":1}".into());
+            RunDir::with_request_in(&req, targets.path())
+        })
+        .collect();
+    let mut script = String::from("end=$(( $(date +%s) + 4 )); n=0; won=0; ");
+    script.push_str("while [ $(date +%s) -lt $end ]; do for w in");
+    for r in &runs {
+        script.push_str(&format!(" '{}'", r.work().display()));
+    }
+    script.push_str(&format!(
+        "; do n=$((n+1)); ln -sf '{}' \"$w/.mcp.json\" 2>/dev/null && won=$((won+1)); \
+         mv -f \"$w/.mcp.json\" \"$w/x\" 2>/dev/null && won=$((won+1)); done; done; \
+         echo TRIES=$n WON=$won",
+        victim.display()
+    ));
+    let mut req = request(&["sh", "-c", &script]);
+    req.limits.wall_clock_seconds = 15;
+    let attacker = RunDir::with_request(&req);
+    let mut attacker_runner = attacker.command().spawn().unwrap();
+    attacker.wait_for_started(Duration::from_secs(10));
+    let t0 = Instant::now();
+    for r in &runs {
+        let result = r.run_ok();
+        assert_eq!(result.exit_code, Some(0), "{}", r.stderr());
+        assert_eq!(r.stdout(), "{\"ok\":1}");
+        let meta = std::fs::symlink_metadata(r.work().join(".mcp.json")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.uid(), host_id(&result));
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "the runs did not overlap the race"
+    );
+    assert!(attacker_runner.wait().unwrap().success());
+    let out = attacker.stdout();
+    assert!(out.contains("WON=0"), "{out}");
+    let tries: u32 = out
+        .trim()
+        .strip_prefix("TRIES=")
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(tries > 100, "{out}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+}
+
+/// A disk filler stops at the file-size limit, and the run ends with the signal that says so.
+#[test]
+fn a_disk_filler_stops_at_the_file_size_limit() {
+    let mut req = request(&["sh", "-c", "dd if=/dev/zero of=big bs=1M count=64"]);
+    req.limits.max_file_bytes = 8 << 20;
+    let run = RunDir::with_request(&req);
+    let result = run.run_ok();
+    let size = std::fs::metadata(run.work().join("big")).unwrap().len();
+    assert!(size <= 8 << 20, "{size} bytes written");
+    assert_ne!(result.exit_code, Some(0), "{result:?}");
+}
