@@ -115,10 +115,7 @@ pub fn runner_request(config: &ActivitiesConfig, input: &StartRunnerInput) -> Ru
             "headers": {"Authorization": "Bearer ${COGWARD_RUN_TOKEN}"},
         }}});
         files.insert(".mcp.json".to_string(), mcp.to_string());
-        GatewayEgress {
-            upstream: gw.upstream.clone(),
-            port: SANDBOX_GATEWAY_PORT,
-        }
+        GatewayEgress::new(gw.upstream.clone(), SANDBOX_GATEWAY_PORT)
     });
     let l = input.limits;
     RunnerRequest {

@@ -75,7 +75,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(listen = %config.listen, "cogward API listening");
     eprintln!("cogward: API on http://{}", config.listen);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    let server = crate::http_server::serve(listener, app, shutdown_signal());
     if with_worker {
         // The SDK's worker future is not Send: run it beside the server in this task.
         tokio::select! {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod gateway;
+pub mod http_server;
 pub mod ledger;
 pub mod mirror;
 pub mod policy;

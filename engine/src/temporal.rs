@@ -92,12 +92,31 @@ pub fn temporal_bin() -> Result<PathBuf> {
 
 /// Start `temporal server start-dev` on `addr` with its SQLite file in `state_dir`, and wait until
 /// it accepts connections.
+///
+/// Its files (database, WAL, log) are private to root whatever the caller's umask: the dev
+/// server runs with umask 077 and the directory is 0700.
 pub fn start_dev_server(addr: SocketAddr, state_dir: &Path) -> Result<DevServer> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
     let bin = temporal_bin()?;
     std::fs::create_dir_all(state_dir)?;
-    let log = std::fs::File::create(state_dir.join("temporal.log"))?;
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))?;
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(state_dir.join("temporal.log"))?;
     let port = addr.port();
-    let child = Command::new(&bin)
+    let mut command = Command::new(&bin);
+    // SAFETY: umask(2) is async-signal-safe and cannot fail.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let child = command
         .args(["server", "start-dev", "--headless", "--log-level", "warn"])
         .arg("--db-filename")
         .arg(state_dir.join("temporal.db"))

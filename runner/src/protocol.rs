@@ -66,6 +66,40 @@ pub struct GatewayEgress {
     pub upstream: String,
     /// The port on the sandbox's loopback.
     pub port: u16,
+    /// Connections open at once through the port; more are closed as they arrive.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// A connection whose first byte does not arrive within this is closed.
+    #[serde(default = "default_first_byte_timeout")]
+    pub first_byte_timeout_seconds: u64,
+    /// A connection on which nothing moved either way for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
+}
+
+impl GatewayEgress {
+    /// Egress to `upstream` through `port`, with the default bounds.
+    pub fn new(upstream: String, port: u16) -> Self {
+        GatewayEgress {
+            upstream,
+            port,
+            max_connections: default_max_connections(),
+            first_byte_timeout_seconds: default_first_byte_timeout(),
+            idle_timeout_seconds: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_max_connections() -> u32 {
+    64
+}
+
+fn default_first_byte_timeout() -> u64 {
+    10
+}
+
+fn default_idle_timeout() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -47,6 +47,8 @@ pub enum RequestError {
     BadGatewayUpstream(String),
     #[error("gateway.port must not be 0")]
     ZeroGatewayPort,
+    #[error("gateway.{0} must be greater than zero")]
+    ZeroGatewayBound(&'static str),
 }
 
 /// Read and validate `path`.
@@ -127,6 +129,18 @@ pub fn validate(request: &RunnerRequest) -> Result<(), RequestError> {
         }
         if gateway.port == 0 {
             return Err(RequestError::ZeroGatewayPort);
+        }
+        for (name, value) in [
+            ("max_connections", u64::from(gateway.max_connections)),
+            (
+                "first_byte_timeout_seconds",
+                gateway.first_byte_timeout_seconds,
+            ),
+            ("idle_timeout_seconds", gateway.idle_timeout_seconds),
+        ] {
+            if value == 0 {
+                return Err(RequestError::ZeroGatewayBound(name));
+            }
         }
     }
     Ok(())

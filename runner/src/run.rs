@@ -375,7 +375,7 @@ mod linux {
         if let (Some(listener), Some(gateway)) = (sandbox.egress.take(), &request.gateway) {
             // Validated as a socket address with the request.
             if let Ok(upstream) = gateway.upstream.parse() {
-                crate::egress::forward(listener, upstream);
+                crate::egress::forward(listener, upstream, gateway.into());
             }
         }
         let started = Instant::now();

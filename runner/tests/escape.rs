@@ -451,3 +451,120 @@ fn a_disk_filler_stops_at_the_file_size_limit() {
     assert!(size <= 8 << 20, "{size} bytes written");
     assert_ne!(result.exit_code, Some(0), "{result:?}");
 }
+
+/// Connection exhaustion through the gateway port: hundreds of half-sent requests held open.
+/// At most the cap reaches the gateway at once (the rest are closed as they arrive), the
+/// runner's threads stay bounded, a connection that sends nothing or goes idle is closed, and
+/// the port still works afterwards.
+#[test]
+fn the_gateway_port_bounds_connections_and_closes_silent_and_idle_ones() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let (live, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    {
+        let (live, peak) = (live.clone(), peak.clone());
+        std::thread::spawn(move || {
+            for conn in upstream.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let n = live.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                let live = live.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while let Ok(got) = conn.read(&mut buf) {
+                        if got == 0 {
+                            break;
+                        }
+                        if buf[..got].starts_with(b"ping") {
+                            let _ = conn.write_all(b"pong");
+                        }
+                    }
+                    live.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+    }
+    let script = "import socket, time\n\
+        held = []\n\
+        for i in range(400):\n\
+        \x20   s = socket.create_connection(('127.0.0.1', 7480), timeout=5)\n\
+        \x20   s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n')\n\
+        \x20   held.append(s)\n\
+        print('OPENED', len(held), flush=True)\n\
+        time.sleep(1.5)\n\
+        closed = 0\n\
+        for s in held:\n\
+        \x20   s.setblocking(False)\n\
+        \x20   try:\n\
+        \x20       if s.recv(1) == b'': closed += 1\n\
+        \x20   except BlockingIOError: pass\n\
+        \x20   except OSError: closed += 1\n\
+        print('CLOSED', closed, flush=True)\n\
+        for s in held: s.close()\n\
+        time.sleep(0.5)\n\
+        s = socket.create_connection(('127.0.0.1', 7480), timeout=10)\n\
+        t = time.time(); d = s.recv(1)\n\
+        print('SILENT', round(time.time() - t, 1), d, flush=True)\n\
+        s = socket.create_connection(('127.0.0.1', 7480), timeout=10)\n\
+        s.sendall(b'hold'); t = time.time(); d = s.recv(1)\n\
+        print('IDLE', round(time.time() - t, 1), d, flush=True)\n\
+        s = socket.create_connection(('127.0.0.1', 7480), timeout=5)\n\
+        s.sendall(b'ping')\n\
+        print('REPLY', s.recv(4))\n";
+    let mut req = request(&[python3(), "-c", script]);
+    let mut gateway =
+        cogward_runner::protocol::GatewayEgress::new(format!("127.0.0.1:{port}"), 7480);
+    gateway.max_connections = 16;
+    gateway.first_byte_timeout_seconds = 1;
+    gateway.idle_timeout_seconds = 3;
+    req.gateway = Some(gateway);
+    req.limits.wall_clock_seconds = 30;
+    let run = RunDir::with_request(&req);
+    let mut runner = run.command().spawn().unwrap();
+    let pid = runner.id();
+    let mut most_threads = 0;
+    while runner.try_wait().unwrap().is_none() {
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            most_threads = most_threads.max(tasks.count());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let result = run.result();
+    let out = run.stdout();
+    assert_eq!(result.exit_code, Some(0), "{out}\n{}", run.stderr());
+    assert!(out.contains("OPENED 400"), "{out}");
+    let closed: usize = lines_with(&out, "CLOSED ")[0]["CLOSED ".len()..]
+        .parse()
+        .unwrap();
+    assert!(closed >= 400 - 16, "{out}");
+    assert!(
+        peak.load(Ordering::SeqCst) <= 16,
+        "the gateway saw {peak:?} at once"
+    );
+    assert!(
+        most_threads <= 16 + 4,
+        "the runner grew to {most_threads} threads"
+    );
+    let secs = |prefix: &str| -> f64 {
+        lines_with(&out, prefix)[0][prefix.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let silent = secs("SILENT ");
+    assert!(
+        (0.5..=4.0).contains(&silent),
+        "silent closed after {silent}s: {out}"
+    );
+    let idle = secs("IDLE ");
+    assert!(
+        (2.0..=8.0).contains(&idle),
+        "idle closed after {idle}s: {out}"
+    );
+    assert!(out.contains("REPLY b'pong'"), "{out}");
+}

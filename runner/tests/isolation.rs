@@ -229,10 +229,10 @@ fn gateway_port_is_the_one_way_out() {
          print(open('.mcp.json').read())\n"
     );
     let mut req = request(&[python3(), "-c", &script]);
-    req.gateway = Some(cogward_runner::protocol::GatewayEgress {
-        upstream: format!("127.0.0.1:{port}"),
-        port: 7480,
-    });
+    req.gateway = Some(cogward_runner::protocol::GatewayEgress::new(
+        format!("127.0.0.1:{port}"),
+        7480,
+    ));
     req.files
         .insert(".mcp.json".into(), r#"{"mcpServers":{}}"#.into());
     let run = RunDir::with_request(&req);

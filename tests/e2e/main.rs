@@ -7,6 +7,7 @@ mod gateway;
 mod ledger;
 mod mcp;
 mod policies;
+mod sandbox;
 mod stack;
 
 use reqwest::Method;

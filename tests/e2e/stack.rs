@@ -230,6 +230,15 @@ impl Stack {
         Ok(stack)
     }
 
+    /// Where the stack's Temporal dev server keeps its database.
+    pub fn temporal_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn api_port(&self) -> u16 {
+        self.api_port
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
@@ -260,8 +269,16 @@ impl Stack {
             .create(true)
             .append(true)
             .open(self.dir.path().join(log))?;
-        Ok(self
-            .command()
+        let mut cmd = self.command();
+        // The loosest umask there is: the engine must keep its files private anyway.
+        // SAFETY: umask(2) is async-signal-safe and cannot fail.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+                Ok(())
+            });
+        }
+        Ok(cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -618,6 +618,7 @@ fn park(
         };
         let waited = wait_for_decision(&state, &job, &mut call, group, |elapsed| {
             let token = progress_token.clone();
+            let tx = tx.clone();
             async move {
                 match token {
                     Some(token) => {
@@ -626,7 +627,12 @@ fn park(
                                                "message": "cogward: awaiting approval"}}))
                         .await
                     }
-                    None => true,
+                    // An SSE comment: the client ignores it, and the connection (and the
+                    // sandbox's splice, which closes idle ones) sees it is alive.
+                    None => tx
+                        .send(Ok(Bytes::from_static(b": awaiting approval\n\n")))
+                        .await
+                        .is_ok(),
                 }
             }
         })

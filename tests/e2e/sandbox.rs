@@ -1,0 +1,121 @@
+//! The sandbox against the engine it runs beside: a hostile agent in a real stack finds none of
+//! the engine's files, databases or ports, and the engine keeps its files private whatever the
+//! umask it was started with. The escape tests proper are the runner's (`runner/tests/escape.rs`).
+
+use crate::stack::{Stack, StackOptions, spec};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Every regular file directly in `dir` with a group or other permission bit.
+fn loose_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .filter(|e| mode(&e.path()) & 0o077 != 0)
+        .map(|e| format!("{} {:o}", e.path().display(), mode(&e.path())))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_agent_finds_nothing_of_the_engine_and_its_files_are_private() {
+    let stack = Stack::start(StackOptions::default()).unwrap();
+    let state = stack.state_dir();
+    let temporal = stack.temporal_dir().to_path_buf();
+    let mut script = String::new();
+    for p in [
+        state.clone(),
+        state.join("cogward.db"),
+        state.join("cogward.db-wal"),
+        state.join("tokens.json"),
+        state.join("runs"),
+        temporal.join("temporal.db"),
+    ] {
+        script.push_str(&format!(
+            "if [ -e '{0}' ]; then echo 'SEES {0}'; fi; ",
+            p.display()
+        ));
+    }
+    // The engine's own ports: the API (which the gateway port leads to, but only through the
+    // runner's splice) and Temporal's frontend.
+    for port in [stack.api_port(), stack.temporal.port] {
+        script.push_str(&format!(
+            "if (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; then echo 'REACHED {port}'; fi; "
+        ));
+    }
+    script.push_str("ls / | tr '\\n' ' '; echo; ls -a /work");
+    let (id, run) = stack
+        .submit_until(
+            &spec("hostile", &["bash", "-c", &script]),
+            &["succeeded", "failed"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", stack.logs());
+    let out = std::fs::read_to_string(stack.run_dir(&id).join("stdout.log")).unwrap();
+    assert!(!out.contains("SEES "), "{out}");
+    assert!(!out.contains("REACHED "), "{out}");
+    assert!(
+        out.contains(".mcp.json"),
+        "the agent's own files are there: {out}"
+    );
+
+    // Started with umask 000, the engine still keeps everything to root.
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("runs")), 0o700);
+    assert_eq!(mode(&stack.run_dir(&id)), 0o700);
+    assert!(loose_files(&state).is_empty(), "{:?}", loose_files(&state));
+    assert!(loose_files(&stack.run_dir(&id)).is_empty());
+    assert_eq!(mode(&temporal), 0o700);
+    let temporal_loose: Vec<String> = loose_files(&temporal)
+        .into_iter()
+        .filter(|f| f.contains("temporal."))
+        .collect();
+    assert!(temporal_loose.is_empty(), "{temporal_loose:?}");
+    assert!(temporal.join("temporal.db").exists());
+}
+
+/// A client that sends half a request's headers and stops is disconnected after the header
+/// timeout, and the API serves others meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_sent_request_is_closed_and_the_api_keeps_serving() {
+    let stack = Stack::start(StackOptions::default()).unwrap();
+    let mut held: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", stack.api_port())).unwrap();
+            s.write_all(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let (status, _) = stack
+        .call(reqwest::Method::GET, "/healthz", None, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let t0 = Instant::now();
+    let s = &mut held[0];
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let waited = t0.elapsed();
+    assert!(
+        waited < Duration::from_secs(20),
+        "still open after {waited:?}"
+    );
+    assert!(
+        waited >= cogward::http_server::HEADER_READ_TIMEOUT / 2,
+        "closed after {waited:?}: not by the header timeout"
+    );
+    let (_, run) = stack
+        .submit_until(&spec("after-flood", &["true"]), &["succeeded", "failed"])
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "succeeded");
+}
