@@ -28,9 +28,6 @@ pub trait PolicyDecider: Debug + Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<DecisionRecord>> + Send + '_>>;
 }
 
-/// The sandbox profile every run gets in this build.
-pub const SANDBOX_PROFILE: &str = "default";
-
 /// The `run.admission` request for a run (fields documented in the run-admission policy).
 pub fn request(input: &AdmitInput) -> Request {
     let spec = &input.spec;
@@ -46,7 +43,7 @@ pub fn request(input: &AdmitInput) -> Request {
             "run_id": input.run_id,
             "runtime": "command",
             "program": command.first().cloned().unwrap_or_default(),
-            "sandbox_profile": SANDBOX_PROFILE,
+            "sandbox_profile": spec.sandbox_profile.as_str(),
         }),
         context: json!({
             "spec_sha256": spec.digest(),

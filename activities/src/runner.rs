@@ -10,8 +10,8 @@
 use crate::ActivitiesConfig;
 use crate::spec::{RunId, RunLimits, RunnerEvidence};
 use cogward_runner::protocol::{
-    EVENTS_FILE, GatewayEgress, LOCK_FILE, Limits, PROTOCOL_VERSION, REQUEST_FILE, RESULT_FILE,
-    RunnerEvent, RunnerRequest, RunnerResult, STARTED_FILE,
+    EVENTS_FILE, GatewayEgress, LOCK_FILE, Limits, PROTOCOL_VERSION, ProfileName, REQUEST_FILE,
+    RESULT_FILE, RunnerEvent, RunnerRequest, RunnerResult, STARTED_FILE, SandboxProfile,
 };
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
@@ -42,6 +42,9 @@ pub struct StartRunnerInput {
     pub argv: Vec<String>,
     pub inputs: BTreeMap<String, String>,
     pub limits: RunLimits,
+    /// The admitted isolation profile.
+    #[serde(default)]
+    pub sandbox_profile: ProfileName,
 }
 
 /// Heartbeat details: the runner's latest progress.
@@ -133,7 +136,10 @@ pub fn runner_request(config: &ActivitiesConfig, input: &StartRunnerInput) -> Ru
             max_file_bytes: config.max_file_bytes,
             max_open_files: config.max_open_files,
         },
-        sandbox: config.sandbox.clone(),
+        sandbox: SandboxProfile {
+            name: input.sandbox_profile,
+            ..config.sandbox.clone()
+        },
         gateway,
         files,
     }
@@ -385,6 +391,7 @@ mod tests {
             argv: vec!["true".into()],
             inputs: BTreeMap::from([("k".to_string(), "v".to_string())]),
             limits: RunLimits::default(),
+            sandbox_profile: ProfileName::Standard,
         }
     }
 

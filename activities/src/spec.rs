@@ -5,7 +5,7 @@
 //! references, never transcripts or artifacts themselves.
 
 use cogward_policy_abi::Decision;
-use cogward_runner::protocol::RunnerResult;
+use cogward_runner::protocol::{ProfileName, RunnerResult};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -36,6 +36,11 @@ pub struct RunSpec {
     /// Same tenant + key → the same run, never a second one.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The isolation profile the agent runs in (`standard`, `strict`; `microvm` is reserved).
+    /// The run-admission policy decides which a tenant may use. Left out of the serialised
+    /// spec when `standard`, so digests of specs without it do not change.
+    #[serde(default, skip_serializing_if = "ProfileName::is_standard")]
+    pub sandbox_profile: ProfileName,
 }
 
 fn default_approval_timeout() -> u64 {

@@ -141,6 +141,8 @@ fn parse_id_range(s: &str) -> Result<IdRange, String> {
 impl EngineConfig {
     pub fn sandbox_profile(&self) -> SandboxProfile {
         SandboxProfile {
+            // Each run's own, from its spec (set by the StartRunner activity).
+            name: Default::default(),
             host_ids: self.sandbox_ids,
             lease_dir: self.sandbox_lease_dir.clone(),
             read_only: self

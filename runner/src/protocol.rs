@@ -139,6 +139,9 @@ fn default_max_open_files() -> u64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxProfile {
+    /// Which isolation profile the run was admitted with.
+    #[serde(default)]
+    pub name: ProfileName,
     /// Host ids the sandbox user maps to: each live run leases one of its own (uid = gid), so
     /// no two runs ever share an id. Unprivileged ids with no files of their own.
     pub host_ids: IdRange,
@@ -149,6 +152,40 @@ pub struct SandboxProfile {
     /// directory, say). Each must exist.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub read_only: Vec<String>,
+}
+
+/// The isolation profiles a run spec may declare (and the run-admission policy may allow).
+///
+/// - `standard`: the private filesystem view, Landlock over it, seccomp, rlimits, no route out
+///   but the gateway port; the agent may run TCP servers on its own loopback.
+/// - `strict`: `standard`, plus Landlock's network rules and scopes (ABI 6 or later): TCP
+///   connections only to the sandbox's egress ports, no TCP listening at all, no abstract unix
+///   socket or signal outside the sandbox.
+/// - `microvm`: reserved for a micro-VM runner this build does not have; a run declaring it is
+///   refused (`sandbox_failed`), never run with less.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileName {
+    #[default]
+    Standard,
+    Strict,
+    Microvm,
+}
+
+impl ProfileName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileName::Standard => "standard",
+            ProfileName::Strict => "strict",
+            ProfileName::Microvm => "microvm",
+        }
+    }
+
+    pub fn is_standard(&self) -> bool {
+        *self == ProfileName::Standard
+    }
 }
 
 /// `count` consecutive ids from `first`.
@@ -165,6 +202,7 @@ pub const DEFAULT_LEASE_DIR: &str = "/run/cogward/sandbox-ids";
 impl Default for SandboxProfile {
     fn default() -> Self {
         Self {
+            name: ProfileName::Standard,
             host_ids: IdRange {
                 first: 100_000,
                 count: 10_000,
@@ -178,6 +216,8 @@ impl Default for SandboxProfile {
 /// How the sandbox was built, as the result records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxEvidence {
+    /// The profile it was built to.
+    pub profile: ProfileName,
     /// The host id (uid = gid) this run leased.
     pub host_id: u32,
     /// The Landlock ABI the ruleset was built for.

@@ -341,6 +341,7 @@ mod linux {
         }
         let launched = sandbox::launch(&plan);
         run.sandbox = Some(SandboxEvidence {
+            profile: profile.name,
             host_id: lease.id,
             landlock_abi: plan.landlock.abi,
             seccomp_rules: u32::try_from(plan.seccomp_rules).unwrap_or(u32::MAX),

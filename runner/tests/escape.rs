@@ -316,6 +316,8 @@ fn landlock_apply_denies_what_it_does_not_grant() {
         handled_fs: all,
         scoped: 0,
         rules,
+        handled_net: 0,
+        net_rules: Vec::new(),
     };
     let mut cmd = std::process::Command::new("/usr/bin/cat");
     cmd.arg(&file);
@@ -567,4 +569,84 @@ fn the_gateway_port_bounds_connections_and_closes_silent_and_idle_ones() {
         "idle closed after {idle}s: {out}"
     );
     assert!(out.contains("REPLY b'pong'"), "{out}");
+}
+
+/// The strict profile: TCP only to the gateway port. Listening on TCP and connecting to any
+/// other port of the sandbox's own loopback are refused by Landlock (EACCES, not "connection
+/// refused"); under `standard` the same agent may run and reach its own server.
+#[test]
+fn strict_allows_tcp_to_the_gateway_port_only() {
+    use cogward_runner::protocol::{GatewayEgress, ProfileName};
+    use std::io::{Read, Write};
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in upstream.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4];
+            if conn.read_exact(&mut buf).is_ok() {
+                let _ = conn.write_all(b"pong");
+            }
+        }
+    });
+    let script = "import socket\n\
+        s = socket.create_connection(('127.0.0.1', 7480), timeout=5)\n\
+        s.sendall(b'ping'); print('GATEWAY', s.recv(4))\n\
+        try:\n\
+        \x20   srv = socket.socket(); srv.bind(('127.0.0.1', 9000)); srv.listen(1)\n\
+        \x20   print('LISTEN ok')\n\
+        \x20   c = socket.create_connection(('127.0.0.1', 9000), timeout=5); print('OWN ok')\n\
+        except OSError as e:\n\
+        \x20   print('LISTEN errno', e.errno)\n\
+        try:\n\
+        \x20   socket.create_connection(('127.0.0.1', 9001), timeout=5)\n\
+        except OSError as e:\n\
+        \x20   print('OTHER errno', e.errno)\n";
+    let mut outputs = Vec::new();
+    for profile in [ProfileName::Strict, ProfileName::Standard] {
+        let mut req = request(&[python3(), "-c", script]);
+        req.sandbox.name = profile;
+        req.gateway = Some(GatewayEgress::new(format!("127.0.0.1:{port}"), 7480));
+        let run = RunDir::with_request(&req);
+        let result = run.run_ok();
+        assert_eq!(result.exit_code, Some(0), "{}", run.stderr());
+        assert_eq!(result.sandbox.unwrap().profile, profile);
+        outputs.push(run.stdout());
+    }
+    let (strict, standard) = (&outputs[0], &outputs[1]);
+    assert!(strict.contains("GATEWAY b'pong'"), "{strict}");
+    assert!(
+        strict.contains(&format!("LISTEN errno {}", libc::EACCES)),
+        "{strict}"
+    );
+    assert!(
+        strict.contains(&format!("OTHER errno {}", libc::EACCES)),
+        "{strict}"
+    );
+    assert!(standard.contains("GATEWAY b'pong'"), "{standard}");
+    assert!(
+        standard.contains("LISTEN ok") && standard.contains("OWN ok"),
+        "{standard}"
+    );
+    assert!(
+        standard.contains(&format!("OTHER errno {}", libc::ECONNREFUSED)),
+        "{standard}"
+    );
+}
+
+/// A profile this build cannot provide is refused, with the reason, and nothing runs.
+#[test]
+fn the_reserved_microvm_profile_is_refused_not_downgraded() {
+    let mut req = request(&["sh", "-c", "echo ran > side_effect"]);
+    req.sandbox.name = cogward_runner::protocol::ProfileName::Microvm;
+    let run = RunDir::with_request(&req);
+    assert_eq!(
+        run.run(),
+        i32::from(cogward_runner::exit_code::SANDBOX_FAILED)
+    );
+    let result = run.result();
+    assert_eq!(result.outcome, Outcome::SandboxFailed);
+    assert!(result.detail.unwrap().contains("microvm"));
+    assert!(!run.started_exists());
+    assert!(!run.work().join("side_effect").exists());
 }

@@ -35,7 +35,7 @@ async fn ledger_count(db: &Db, event_type: &str) -> i64 {
 }
 
 /// The run's app entry of this type, parsed.
-async fn app_entry(stack: &Stack, id: &str, event_type: &str) -> Value {
+pub(crate) async fn app_entry(stack: &Stack, id: &str, event_type: &str) -> Value {
     let ledger = stack.wait_mirrored(id).await.unwrap();
     let entry = ledger["entries"]
         .as_array()

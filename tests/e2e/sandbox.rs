@@ -119,3 +119,51 @@ async fn a_half_sent_request_is_closed_and_the_api_keeps_serving() {
         .unwrap();
     assert_eq!(run["status"], "succeeded");
 }
+
+/// The isolation profile is the spec's, decided by the run-admission policy and recorded in the
+/// run's evidence; one the tenant may not use is denied, an unknown one refused at submission.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandbox_profile_is_admitted_by_policy_and_recorded() {
+    let stack = Stack::start(StackOptions::default()).unwrap();
+    let mut strict = spec("profiles", &["sh", "-c", "echo strict"]);
+    strict["sandbox_profile"] = serde_json::json!("strict");
+    let (id, run) = stack
+        .submit_until(&strict, &["succeeded", "failed"])
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", stack.logs());
+    let admission = crate::policies::app_entry(&stack, &id, "policy.decision").await;
+    assert_eq!(
+        admission["request"]["resource"]["sandbox_profile"],
+        "strict"
+    );
+    let evidence = crate::policies::app_entry(&stack, &id, "run.evidence").await;
+    let text = evidence.to_string();
+    assert!(text.contains(r#""profile":"strict""#), "{text}");
+    assert!(text.contains(r#""landlock_abi":"#), "{text}");
+
+    // The default admission data allows standard and strict only.
+    let mut microvm = spec("profiles", &["true"]);
+    microvm["sandbox_profile"] = serde_json::json!("microvm");
+    let (id, run) = stack.submit_until(&microvm, &["denied"]).await.unwrap();
+    let reason = run["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("sandbox profile microvm is not allowed"),
+        "{reason}"
+    );
+    assert!(
+        !stack.run_dir(&id).exists(),
+        "a denied run started a runner"
+    );
+
+    let mut unknown = spec("profiles", &["true"]);
+    unknown["sandbox_profile"] = serde_json::json!("host");
+    let (status, problem) = stack.submit(&unknown).await.unwrap();
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `host`")
+    );
+}

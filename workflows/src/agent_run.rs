@@ -209,6 +209,7 @@ impl AgentRun {
                     argv: command,
                     inputs: spec.inputs.clone(),
                     limits,
+                    sandbox_profile: spec.sandbox_profile,
                 },
                 ActivityOptions::with_start_to_close_timeout(timeout)
                     .heartbeat_timeout(RUNNER_HEARTBEAT_TIMEOUT)

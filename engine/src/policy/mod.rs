@@ -34,7 +34,7 @@ pub const KINDS: &[&str] = &[
 
 /// The data the built-in run-admission policy is bound with on a fresh installation: every
 /// agent of every tenant, the `command` runtime, the default sandbox, and these ceilings.
-pub const DEFAULT_ADMISSION_DATA: &str = r#"{"tenants":{"*":{"agents":["*"],"runtimes":["command"],"sandbox_profiles":["default"],"max_limits":{"cpu_seconds":3600,"memory_mb":8192,"max_processes":512,"wall_clock_seconds":14400,"grace_seconds":60}}}}"#;
+pub const DEFAULT_ADMISSION_DATA: &str = r#"{"tenants":{"*":{"agents":["*"],"runtimes":["command"],"sandbox_profiles":["standard","strict"],"max_limits":{"cpu_seconds":3600,"memory_mb":8192,"max_processes":512,"wall_clock_seconds":14400,"grace_seconds":60}}}}"#;
 
 /// The request every pushed module must answer with a well-formed decision.
 fn probe_request() -> Value {
@@ -535,7 +535,7 @@ mod tests {
             principal: "ci".into(),
             agent: agent.into(),
             action: "run.start".into(),
-            resource: json!({"runtime": "command", "program": "/bin/sh", "sandbox_profile": "default"}),
+            resource: json!({"runtime": "command", "program": "/bin/sh", "sandbox_profile": "standard"}),
             context: json!({"limits": {"cpu_seconds": 1}}),
         }
     }
@@ -555,7 +555,7 @@ mod tests {
     /// A bundle of the built-in admission module whose data allows exactly `agents` everywhere.
     async fn push_allowing(p: &Policies, ledger: &Ledger, name: &str, agents: &[&str]) {
         let data = json!({"tenants": {"*": {"agents": agents, "runtimes": ["command"],
-            "sandbox_profiles": ["default"], "max_limits": {"cpu_seconds": 10}}}});
+            "sandbox_profiles": ["standard"], "max_limits": {"cpu_seconds": 10}}}});
         let wasm = builtin("run-admission").unwrap().wasm.to_vec();
         let req = PushRequest {
             name: name.into(),

@@ -32,16 +32,23 @@ pub const ACCESS_FS_REFER: u64 = 1 << 13;
 pub const ACCESS_FS_TRUNCATE: u64 = 1 << 14;
 /// ABI 5.
 pub const ACCESS_FS_IOCTL_DEV: u64 = 1 << 15;
+/// ABI 4: TCP.
+pub const ACCESS_NET_BIND_TCP: u64 = 1 << 0;
+pub const ACCESS_NET_CONNECT_TCP: u64 = 1 << 1;
+pub const ACCESS_NET_ALL: u64 = ACCESS_NET_BIND_TCP | ACCESS_NET_CONNECT_TCP;
 /// ABI 6.
 pub const SCOPE_ABSTRACT_UNIX_SOCKET: u64 = 1 << 0;
 pub const SCOPE_SIGNAL: u64 = 1 << 1;
 
 const CREATE_RULESET_VERSION: u32 = 1 << 0;
 const RULE_PATH_BENEATH: libc::c_int = 1;
+const RULE_NET_PORT: libc::c_int = 2;
 
 /// The oldest ABI the sandbox accepts: without Landlock the second layer would be missing, and
 /// a missing layer refuses the run rather than running with less.
 pub const MIN_ABI: u32 = 1;
+/// What network rules and scopes need (network rules came with 4, scopes with 6).
+pub const MIN_ABI_NETWORK: u32 = 6;
 
 /// Every filesystem right this ABI knows: all of them are handled (denied unless granted).
 pub fn fs_rights(abi: u32) -> u64 {
@@ -74,6 +81,9 @@ pub struct Ruleset {
     pub scoped: u64,
     /// (directory, rights granted beneath it).
     pub rules: Vec<(CString, u64)>,
+    /// TCP rights handled (0: TCP is left to the network namespace), and (port, rights granted).
+    pub handled_net: u64,
+    pub net_rules: Vec<(u16, u64)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,12 +92,24 @@ pub enum LandlockError {
         "Landlock is not available on this host (ABI {0}, need {MIN_ABI}); the sandbox refuses to run without it"
     )]
     Unavailable(u32),
+    #[error(
+        "the strict profile needs Landlock ABI {MIN_ABI_NETWORK} (network rules and scopes); this host has ABI {0}, and the run is refused rather than run with less"
+    )]
+    NoNetworkRules(u32),
 }
 
-/// The agent's ruleset for a host with Landlock `abi` (0: none).
-pub fn decide(abi: u32, work: &str) -> Result<Ruleset, LandlockError> {
+/// The agent's ruleset for a host with Landlock `abi` (0: none). With `connect_only`, TCP is
+/// handled too: connecting only to those ports, listening never (the strict profile).
+pub fn decide(
+    abi: u32,
+    work: &str,
+    connect_only: Option<&[u16]>,
+) -> Result<Ruleset, LandlockError> {
     if abi < MIN_ABI {
         return Err(LandlockError::Unavailable(abi));
+    }
+    if connect_only.is_some() && abi < MIN_ABI_NETWORK {
+        return Err(LandlockError::NoNetworkRules(abi));
     }
     let all = fs_rights(abi);
     let read = ACCESS_FS_READ_FILE | ACCESS_FS_READ_DIR;
@@ -104,6 +126,13 @@ pub fn decide(abi: u32, work: &str) -> Result<Ruleset, LandlockError> {
         ("/dev/shm", all),
     ];
     rules.push((work, all));
+    let (handled_net, net_rules) = match connect_only {
+        Some(ports) => (
+            ACCESS_NET_ALL,
+            ports.iter().map(|&p| (p, ACCESS_NET_CONNECT_TCP)).collect(),
+        ),
+        None => (0, Vec::new()),
+    };
     Ok(Ruleset {
         abi,
         handled_fs: all,
@@ -112,6 +141,8 @@ pub fn decide(abi: u32, work: &str) -> Result<Ruleset, LandlockError> {
             .into_iter()
             .filter_map(|(p, r)| CString::new(p).ok().map(|p| (p, r)))
             .collect(),
+        handled_net,
+        net_rules,
     })
 }
 
@@ -143,6 +174,12 @@ struct PathBeneathAttr {
     parent_fd: i32,
 }
 
+#[repr(C)]
+struct NetPortAttr {
+    allowed_access: u64,
+    port: u64,
+}
+
 /// Restrict the calling process (and everything it starts) to `ruleset`. Needs
 /// `no_new_privs`. Allocation-free: called between `fork` and `execve`.
 #[cfg(target_os = "linux")]
@@ -150,14 +187,14 @@ pub fn apply(ruleset: &Ruleset) -> Result<(), nix::errno::Errno> {
     use nix::errno::Errno;
     let attr = RulesetAttr {
         handled_access_fs: ruleset.handled_fs,
-        handled_access_net: 0,
+        handled_access_net: ruleset.handled_net,
         scoped: ruleset.scoped,
     };
-    // Older kernels take the shorter attribute (they refuse unknown non-zero trailing fields).
-    let size = if ruleset.abi >= 6 {
-        std::mem::size_of::<RulesetAttr>()
-    } else {
-        std::mem::size_of::<u64>()
+    // Older kernels take a shorter attribute (they refuse unknown non-zero trailing fields).
+    let size = match ruleset.abi {
+        6.. => std::mem::size_of::<RulesetAttr>(),
+        4 | 5 => 2 * std::mem::size_of::<u64>(),
+        _ => std::mem::size_of::<u64>(),
     };
     // SAFETY: `attr` is a valid landlock_ruleset_attr of at least `size` bytes.
     let fd = unsafe {
@@ -209,6 +246,23 @@ fn add_rules(ruleset_fd: libc::c_int, ruleset: &Ruleset) -> Result<(), nix::errn
         unsafe { libc::close(dir) };
         Errno::result(rc)?;
     }
+    for &(port, rights) in &ruleset.net_rules {
+        let rule = NetPortAttr {
+            allowed_access: rights & ruleset.handled_net,
+            port: u64::from(port),
+        };
+        // SAFETY: `rule` is a valid landlock_net_port_attr.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_add_rule,
+                ruleset_fd,
+                RULE_NET_PORT,
+                &raw const rule,
+                0u32,
+            )
+        };
+        Errno::result(rc)?;
+    }
     Ok(())
 }
 
@@ -219,7 +273,7 @@ mod tests {
 
     #[test]
     fn no_landlock_refuses_the_sandbox() {
-        assert_eq!(decide(0, "/work"), Err(LandlockError::Unavailable(0)));
+        assert_eq!(decide(0, "/work", None), Err(LandlockError::Unavailable(0)));
     }
 
     #[test]
@@ -229,21 +283,21 @@ mod tests {
         assert_eq!(fs_rights(4) & ACCESS_FS_IOCTL_DEV, 0);
         assert_eq!(fs_rights(7), (1 << 16) - 1);
         for abi in 1..=7 {
-            let r = decide(abi, "/work").unwrap();
+            let r = decide(abi, "/work", None).unwrap();
             for (path, rights) in &r.rules {
                 assert_eq!(rights & !r.handled_fs, 0, "abi {abi} {path:?}");
             }
         }
-        assert_eq!(decide(5, "/work").unwrap().scoped, 0);
+        assert_eq!(decide(5, "/work", None).unwrap().scoped, 0);
         assert_eq!(
-            decide(7, "/work").unwrap().scoped,
+            decide(7, "/work", None).unwrap().scoped,
             SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
         );
     }
 
     #[test]
     fn only_scratch_and_work_are_writable() {
-        let r = decide(7, "/work").unwrap();
+        let r = decide(7, "/work", None).unwrap();
         let writable: Vec<&str> = r
             .rules
             .iter()

@@ -31,7 +31,7 @@ mod launch;
 pub use launch::{LaunchError, Sandbox, launch};
 pub use step::{ChildFailure, Step};
 
-use crate::protocol::RunnerRequest;
+use crate::protocol::{ProfileName, RunnerRequest};
 use rlimits::RlimitSetting;
 use std::ffi::CString;
 
@@ -80,6 +80,10 @@ pub enum PlanError {
     Landlock(#[from] landlock::LandlockError),
     #[error("the seccomp filter: {0}")]
     Seccomp(#[from] seccomp::CompileError),
+    #[error(
+        "the microvm profile needs a micro-VM runner, which this build does not have; the run is refused, not run with less"
+    )]
+    MicrovmUnavailable,
 }
 
 /// What the plan needs to know of the host it runs on.
@@ -106,6 +110,12 @@ pub fn plan(
         .map(String::as_str)
         .unwrap_or(env::DEFAULT_PATH);
     let profile = &request.sandbox;
+    let egress_ports: Vec<u16> = request.gateway.iter().map(|g| g.port).collect();
+    let landlock = match profile.name {
+        ProfileName::Standard => landlock::decide(host.landlock_abi, home, None)?,
+        ProfileName::Strict => landlock::decide(host.landlock_abi, home, Some(&egress_ports))?,
+        ProfileName::Microvm => return Err(PlanError::MicrovmUnavailable),
+    };
     let rules = seccomp::rules();
     Ok(SandboxPlan {
         argv: cstrings(request.argv.iter().cloned(), "argv")?,
@@ -121,7 +131,7 @@ pub fn plan(
         sandbox_gid: namespaces::SANDBOX_GID,
         rlimits: rlimits::decide(&request.limits),
         fs_view: fs_view::decide(host.fs, &profile.read_only)?,
-        landlock: landlock::decide(host.landlock_abi, home)?,
+        landlock,
         seccomp: seccomp::compile(&rules)?,
         seccomp_rules: rules.len(),
         loopback_up: true,
@@ -214,6 +224,40 @@ mod tests {
         }));
         assert_eq!(plan.landlock.abi, 7);
         assert_eq!(plan.seccomp_rules, seccomp::rules().len());
+    }
+
+    #[test]
+    fn strict_limits_tcp_to_the_egress_ports_and_needs_landlock_6() {
+        let mut r = request();
+        r.sandbox.name = ProfileName::Strict;
+        r.gateway = Some(crate::protocol::GatewayEgress::new(
+            "127.0.0.1:1".into(),
+            7480,
+        ));
+        let p = plan(&r, std::path::Path::new("/w"), 200_000, &host()).unwrap();
+        assert_eq!(p.landlock.handled_net, landlock::ACCESS_NET_ALL);
+        assert_eq!(
+            p.landlock.net_rules,
+            [(7480, landlock::ACCESS_NET_CONNECT_TCP)]
+        );
+        let standard = plan(&request(), std::path::Path::new("/w"), 200_000, &host()).unwrap();
+        assert_eq!(standard.landlock.handled_net, 0);
+        let old = HostFacts {
+            fs: &fs_view::RealHost,
+            landlock_abi: 5,
+        };
+        let err = plan(&r, std::path::Path::new("/w"), 200_000, &old).unwrap_err();
+        assert!(err.to_string().contains("ABI 6"), "{err}");
+    }
+
+    #[test]
+    fn microvm_is_refused_never_downgraded() {
+        let mut r = request();
+        r.sandbox.name = ProfileName::Microvm;
+        assert!(matches!(
+            plan(&r, std::path::Path::new("/w"), 200_000, &host()),
+            Err(PlanError::MicrovmUnavailable)
+        ));
     }
 
     #[test]

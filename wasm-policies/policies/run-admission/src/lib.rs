@@ -144,7 +144,7 @@ mod tests {
         assert_eq!(d.effect, Effect::Deny);
         assert_eq!(d.reasons.len(), 3, "{:?}", d.reasons);
         let d = decide(
-            r#"{"tenant":"acme","agent":"deploy-prod","resource":{"runtime":"command","program":"/bin/sh","sandbox_profile":"default"},"context":{"limits":{}}}"#,
+            r#"{"tenant":"acme","agent":"deploy-prod","resource":{"runtime":"command","program":"/bin/sh","sandbox_profile":"standard"},"context":{"limits":{}}}"#,
         );
         assert_eq!(d.effect, Effect::Escalate);
         assert_eq!(
