@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod credential;
 pub mod runner;
+pub mod secrets;
 pub mod spec;
 
 use admission::{AdmitInput, PolicyDecider};
@@ -32,6 +33,8 @@ pub struct ActivitiesConfig {
     /// RLIMIT_FSIZE and RLIMIT_NOFILE for every agent (engine-wide until the spec carries them).
     pub max_file_bytes: u64,
     pub max_open_files: u64,
+    /// Where runs' secrets are resolved from (besides the environment; see [`secrets`]).
+    pub secrets_file: Option<PathBuf>,
     /// How often the runner's events are read and the activity heartbeats.
     pub poll_interval: Duration,
     /// The gateway every run reaches its models and tools through; `None` leaves runs with no

@@ -11,7 +11,7 @@ use crate::ActivitiesConfig;
 use crate::spec::{RunId, RunLimits, RunnerEvidence};
 use cogward_runner::protocol::{
     EVENTS_FILE, GatewayEgress, LOCK_FILE, Limits, PROTOCOL_VERSION, ProfileName, REQUEST_FILE,
-    RESULT_FILE, RunnerEvent, RunnerRequest, RunnerResult, STARTED_FILE, SandboxProfile,
+    RESULT_FILE, RunnerEvent, RunnerRequest, RunnerResult, STARTED_FILE, SandboxProfile, SecretRef,
 };
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
@@ -45,6 +45,11 @@ pub struct StartRunnerInput {
     /// The admitted isolation profile.
     #[serde(default)]
     pub sandbox_profile: ProfileName,
+    #[serde(default)]
+    pub tenant: String,
+    /// Secret references, resolved for `tenant` when the runner starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// Heartbeat details: the runner's latest progress.
@@ -89,7 +94,11 @@ pub const SANDBOX_GATEWAY_PORT: u16 = 7480;
 /// Build the runner's request from the run's input: the agent's environment is exactly its run
 /// id, inputs and gateway access (a run credential and the URLs agents read: their provider
 /// base URLs point at the gateway, so agents need no change), nothing from the worker.
-pub fn runner_request(config: &ActivitiesConfig, input: &StartRunnerInput) -> RunnerRequest {
+pub fn runner_request(
+    config: &ActivitiesConfig,
+    input: &StartRunnerInput,
+    secrets: Vec<SecretRef>,
+) -> RunnerRequest {
     let mut env = BTreeMap::new();
     env.insert(
         "COGWARD_INPUTS".to_string(),
@@ -142,6 +151,7 @@ pub fn runner_request(config: &ActivitiesConfig, input: &StartRunnerInput) -> Ru
         },
         gateway,
         files,
+        secrets,
     }
 }
 
@@ -182,16 +192,18 @@ fn runner_alive(dir: &Path) -> Result<bool, StartRunnerError> {
 
 /// Start `cogward-runner exec --dir DIR` (which puts itself in a new session, so killing the
 /// worker does not kill it). The receiver fires when it exits.
+/// `stdin` (the secrets' values, or nothing) goes through a pipe, never a file.
 fn spawn_runner(
     config: &ActivitiesConfig,
     dir: &Path,
+    stdin: &[u8],
 ) -> Result<(u32, oneshot::Receiver<()>), StartRunnerError> {
     let mut child = Command::new(&config.runner_bin)
         .arg("exec")
         .arg("--dir")
         .arg(dir)
         .env_clear()
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -199,6 +211,11 @@ fn spawn_runner(
             bin: config.runner_bin.clone(),
             source,
         })?;
+    if let Some(mut pipe) = child.stdin.take() {
+        // A runner that stops before reading (its directory locked, say) closes the pipe: the
+        // write fails, and the runner, if it went on, reports what it did not get.
+        let _ = pipe.write_all(stdin);
+    }
     let pid = child.id();
     let (exited, rx) = oneshot::channel();
     // Reap it when it exits, so no zombie stays behind while this worker lives, and wake the
@@ -274,7 +291,7 @@ pub(crate) async fn start_runner(
     let dir = run_dir(config, &input.run_id);
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     if let Some(result) = read_result(&dir)? {
-        return Ok(RunnerEvidence::Finished(result));
+        return Ok(RunnerEvidence::Finished(Box::new(result)));
     }
 
     let spawned_path = dir.join(SPAWNED_FILE);
@@ -285,10 +302,28 @@ pub(crate) async fn start_runner(
         .open(&spawned_path)
     {
         Ok(mut claim) => {
-            let request = runner_request(config, &input);
+            let env = |k: &str| std::env::var(k).ok();
+            let secrets = match crate::secrets::resolve(
+                config.secrets_file.as_deref(),
+                &env,
+                &input.tenant,
+                &input.secrets,
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Nothing started, and nothing a retry could change.
+                    let _ = fs::remove_file(&spawned_path);
+                    tracing::warn!(error = %e, "run refused before its runner started");
+                    return Ok(RunnerEvidence::NotStarted {
+                        detail: e.to_string(),
+                    });
+                }
+            };
+            let request = runner_request(config, &input, crate::secrets::references(&secrets));
             let bytes = serde_json::to_vec_pretty(&request).map_err(anyhow::Error::from)?;
             write_atomic(&dir.join(REQUEST_FILE), &bytes).map_err(io_err(&dir))?;
-            let pid = match spawn_runner(config, &dir) {
+            let stdin = crate::secrets::runner_input(&secrets);
+            let pid = match spawn_runner(config, &dir, &stdin) {
                 Ok((pid, rx)) => {
                     runner_exit = Some(rx);
                     pid
@@ -320,7 +355,7 @@ pub(crate) async fn start_runner(
     let begun = Instant::now();
     loop {
         if let Some(result) = read_result(&dir)? {
-            return Ok(RunnerEvidence::Finished(result));
+            return Ok(RunnerEvidence::Finished(Box::new(result)));
         }
         if ctx.is_cancelled() && !cancel_sent {
             tracing::info!("run cancelled: asking the runner to stop the agent");
@@ -343,7 +378,7 @@ pub(crate) async fn start_runner(
         if (started || overdue) && !runner_alive(&dir)? {
             // The result may have landed just now; if not, the runner is gone.
             if let Some(result) = read_result(&dir)? {
-                return Ok(RunnerEvidence::Finished(result));
+                return Ok(RunnerEvidence::Finished(Box::new(result)));
             }
             let detail = if started {
                 "the agent started but its runner exited without a result; not re-run"
@@ -380,6 +415,7 @@ mod tests {
             max_output_bytes: 1024,
             max_file_bytes: 1 << 20,
             max_open_files: 64,
+            secrets_file: None,
             poll_interval: Duration::from_millis(100),
             gateway: None,
         }
@@ -392,12 +428,14 @@ mod tests {
             inputs: BTreeMap::from([("k".to_string(), "v".to_string())]),
             limits: RunLimits::default(),
             sandbox_profile: ProfileName::Standard,
+            tenant: "acme".into(),
+            secrets: Vec::new(),
         }
     }
 
     #[test]
     fn request_has_only_run_inputs_in_env() {
-        let req = runner_request(&config(), &input());
+        let req = runner_request(&config(), &input(), Vec::new());
         assert_eq!(req.env.len(), 1);
         assert_eq!(req.env["COGWARD_INPUTS"], r#"{"k":"v"}"#);
         assert_eq!(req.limits.memory_bytes, 1024 * 1024 * 1024);
@@ -413,7 +451,7 @@ mod tests {
             upstream: "127.0.0.1:8080".into(),
             key: key.clone(),
         });
-        let req = runner_request(&config, &input());
+        let req = runner_request(&config, &input(), Vec::new());
         let token = &req.env["COGWARD_RUN_TOKEN"];
         assert_eq!(crate::credential::verify(&key, token), Some("run-1"));
         assert_eq!(&req.env["ANTHROPIC_API_KEY"], token);

@@ -41,7 +41,14 @@ pub struct RunSpec {
     /// spec when `standard`, so digests of specs without it do not change.
     #[serde(default, skip_serializing_if = "ProfileName::is_standard")]
     pub sandbox_profile: ProfileName,
+    /// Secret references the agent gets as files in `/secrets` (resolved for the run's tenant
+    /// at run start; only names and digests are ever recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
+
+/// Most secret references one run may name.
+pub const MAX_SECRETS: usize = 32;
 
 fn default_approval_timeout() -> u64 {
     3600
@@ -136,6 +143,22 @@ impl RunSpec {
         }
         for key in self.inputs.keys() {
             check_name("inputs", key)?;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for name in &self.secrets {
+            check_name("secrets", name)?;
+            if name.bytes().all(|b| b == b'.') || !seen.insert(name) {
+                return Err(SpecError {
+                    field: "secrets",
+                    message: format!("{name:?} is not a usable file name, or is named twice"),
+                });
+            }
+        }
+        if self.secrets.len() > MAX_SECRETS {
+            return Err(SpecError {
+                field: "secrets",
+                message: format!("at most {MAX_SECRETS} secrets per run"),
+            });
         }
         let l = &self.limits;
         for (field, v) in [
@@ -365,9 +388,12 @@ pub struct DecisionRecord {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RunnerEvidence {
     /// The runner wrote its result.
-    Finished(RunnerResult),
+    Finished(Box<RunnerResult>),
     /// The agent was started once, but its runner died without a result. Never re-run.
     Lost { detail: String },
+    /// No runner was started: the run could not be given what it declared (a secret that is
+    /// not configured, say). Retrying would not help.
+    NotStarted { detail: String },
 }
 
 /// The workflow's result, and the summary its `status` query returns.

@@ -88,6 +88,10 @@ pub struct EngineConfig {
     /// address, loopback if it listens on every interface).
     #[arg(long, env = "COGWARD_GATEWAY_ADDRESS", global = true)]
     pub gateway_address: Option<String>,
+    /// Secrets runs may reference, per tenant (default: <state-dir>/secrets.json; the
+    /// environment's `COGWARD_SECRET__<TENANT>__<NAME>` serve as well).
+    #[arg(long, env = "COGWARD_SECRETS_FILE", global = true)]
+    pub secrets_file: Option<PathBuf>,
     /// Host ids sandboxes map to, `FIRST-LAST` (inclusive): each live run leases one of its own.
     #[arg(
         long,
@@ -182,6 +186,12 @@ impl EngineConfig {
             memory_bytes: self.policy_memory_mb.max(1) << 20,
             ..Default::default()
         }
+    }
+
+    pub fn secrets_file(&self) -> PathBuf {
+        self.secrets_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("secrets.json"))
     }
 
     pub fn gateway_config(&self) -> PathBuf {

@@ -17,6 +17,7 @@ pub fn activities_config(config: &EngineConfig, gateway_key: Vec<u8>) -> Activit
         max_output_bytes: 16 * 1024 * 1024,
         max_file_bytes: 1 << 30,
         max_open_files: 1024,
+        secrets_file: Some(config.secrets_file()),
         poll_interval: Duration::from_millis(25),
         gateway: Some(GatewayAccess {
             upstream: config.gateway_address(),

@@ -46,6 +46,7 @@ pub mod request;
 pub mod run;
 pub mod rundir;
 pub mod sandbox;
+pub mod secrets;
 #[cfg(target_os = "linux")]
 pub mod supervise;
 

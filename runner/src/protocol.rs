@@ -53,7 +53,23 @@ pub struct RunnerRequest {
     /// configuration, say). Paths are plain relative names: no `..`, no absolute paths.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
+    /// Secrets delivered to the agent as files in `/secrets` (a tmpfs of its own, readable by
+    /// its uid alone). Only names and digests are here: the values reach the runner on its
+    /// standard input (a JSON object, name → value), never on disk.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
 }
+
+/// A secret by reference: its name and the sha256 of its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    pub name: String,
+    pub sha256: String,
+}
+
+/// Where the agent finds its secrets, one file per name.
+pub const SECRETS_DIR: &str = "/secrets";
 
 /// Mediated egress: connections to `127.0.0.1:<port>` inside the sandbox are forwarded by the
 /// runner to `upstream` (the gateway, in the host's network namespace). The listening socket is
@@ -224,6 +240,9 @@ pub struct SandboxEvidence {
     pub landlock_abi: u32,
     /// Rows of the seccomp rule table.
     pub seccomp_rules: u32,
+    /// The secrets delivered, by name and digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
 }
 
 /// One line of `events.jsonl`.

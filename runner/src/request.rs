@@ -47,6 +47,10 @@ pub enum RequestError {
     BadGatewayUpstream(String),
     #[error("gateway.port must not be 0")]
     ZeroGatewayPort,
+    #[error(
+        "secrets: {0:?} is not a plain file name ([A-Za-z0-9._-], not `.` or `..`), or named twice"
+    )]
+    BadSecretName(String),
     #[error("gateway.{0} must be greater than zero")]
     ZeroGatewayBound(&'static str),
 }
@@ -123,6 +127,13 @@ pub fn validate(request: &RunnerRequest) -> Result<(), RequestError> {
             return Err(RequestError::BadFilePath(path.clone()));
         }
     }
+    let mut names = std::collections::BTreeSet::new();
+    for secret in &request.secrets {
+        let name = secret.name.as_str();
+        if !is_plain_relative_path(name) || name.contains('/') || !names.insert(name) {
+            return Err(RequestError::BadSecretName(secret.name.clone()));
+        }
+    }
     if let Some(gateway) = &request.gateway {
         if gateway.upstream.parse::<std::net::SocketAddr>().is_err() {
             return Err(RequestError::BadGatewayUpstream(gateway.upstream.clone()));
@@ -193,6 +204,7 @@ mod tests {
             sandbox: SandboxProfile::default(),
             gateway: None,
             files: BTreeMap::new(),
+            secrets: Vec::new(),
         }
     }
 

@@ -103,6 +103,8 @@ pub fn exec(dir: &Path) -> Result<Completion, RunError> {
     if run_dir.has_result() {
         return Ok(Completion::AlreadyFinished);
     }
+    // The secrets' values, if any, before standard input becomes /dev/null.
+    let secret_input = crate::secrets::read_stdin();
     run_dir
         .redirect_stdio()
         .map_err(io_ctx("redirecting output to runner.log"))?;
@@ -122,7 +124,7 @@ pub fn exec(dir: &Path) -> Result<Completion, RunError> {
         started_at_ms: now_ms(),
         sandbox: None,
     };
-    linux::sandboxed_run(&mut run, &signals)
+    linux::sandboxed_run(&mut run, &signals, secret_input)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -274,6 +276,7 @@ mod linux {
     pub(super) fn sandboxed_run(
         run: &mut Run<'_>,
         signals: &SignalFd,
+        secret_input: Result<Vec<u8>, crate::secrets::SecretError>,
     ) -> Result<Completion, RunError> {
         let request = run.request;
         let limits = request.limits;
@@ -291,7 +294,12 @@ mod linux {
             fs: &sandbox::fs_view::RealHost,
             landlock_abi: sandbox::landlock::host_abi(),
         };
-        let plan = match sandbox::plan(request, &run.dir.work_dir(), lease.id, &host) {
+        let secrets =
+            match secret_input.and_then(|input| crate::secrets::values(&request.secrets, &input)) {
+                Ok(s) => s,
+                Err(e) => return run.sandbox_failed(e.to_string(), empty_digest(), empty_digest()),
+            };
+        let plan = match sandbox::plan(request, &run.dir.work_dir(), lease.id, &secrets, &host) {
             Ok(p) => p,
             Err(e) => return run.sandbox_failed(e.to_string(), empty_digest(), empty_digest()),
         };
@@ -345,6 +353,7 @@ mod linux {
             host_id: lease.id,
             landlock_abi: plan.landlock.abi,
             seccomp_rules: u32::try_from(plan.seccomp_rules).unwrap_or(u32::MAX),
+            secrets: request.secrets.clone(),
         });
         let mut sandbox = match launched {
             Ok(s) => s,

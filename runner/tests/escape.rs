@@ -650,3 +650,96 @@ fn the_reserved_microvm_profile_is_refused_not_downgraded() {
     assert!(!run.started_exists());
     assert!(!run.work().join("side_effect").exists());
 }
+
+/// A secret reaches the agent as a file only it can read, from the runner's standard input; it
+/// is in no environment, and in no file of the run directory afterwards. Values that do not
+/// match the request's digests, or that are missing, refuse the run.
+#[test]
+fn secrets_arrive_as_private_files_and_nowhere_else() {
+    use cogward_runner::protocol::SecretRef;
+    use sha2::Digest;
+    use std::io::Write;
+    let value = format!("S3CR3T-{}", std::process::id());
+    let digest = hex::encode(sha2::Sha256::digest(value.as_bytes()));
+    let script = "stat -c 'MODE %a %u' /secrets/api_token; stat -c 'DIR %a' /secrets; \
+                  sha256sum /secrets/api_token | cut -d' ' -f1 | sed 's/^/SHA /'; \
+                  env | grep -c S3CR3T | sed 's/^/ENV /'; echo \"DIR_VAR $COGWARD_SECRETS_DIR\"; \
+                  if (echo x > /secrets/new) 2>/dev/null; then echo WROTE; fi";
+    let mut req = request(&["sh", "-c", script]);
+    req.secrets = vec![SecretRef {
+        name: "api_token".into(),
+        sha256: digest.clone(),
+    }];
+    let run = RunDir::with_request(&req);
+    let mut child = run
+        .command()
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!(r#"{{"api_token":"{value}"}}"#).as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{}", run.runner_log());
+    let result = run.result();
+    assert_eq!(result.exit_code, Some(0), "{}", run.stderr());
+    let out = run.stdout();
+    assert!(out.contains("MODE 400 1000"), "{out}");
+    assert!(out.contains("DIR 700"), "{out}");
+    assert!(out.contains(&format!("SHA {digest}")), "{out}");
+    assert!(out.contains("ENV 0"), "{out}");
+    assert!(out.contains("DIR_VAR /secrets"), "{out}");
+    assert!(!out.contains("WROTE"), "{out}");
+    assert_eq!(result.sandbox.unwrap().secrets[0].sha256, digest);
+    for entry in walk(&run.dir) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+            "the secret is in {}",
+            entry.display()
+        );
+    }
+
+    // A value that is not the one the request names, or none at all: refused, nothing runs.
+    for input in [r#"{"api_token":"other"}"#, ""] {
+        let run = RunDir::with_request(&req);
+        let mut child = run
+            .command()
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let code = child.wait().unwrap().code();
+        assert_eq!(
+            code,
+            Some(i32::from(cogward_runner::exit_code::SANDBOX_FAILED)),
+            "{input:?}"
+        );
+        assert_eq!(run.result().outcome, Outcome::SandboxFailed);
+        assert!(!run.started_exists());
+    }
+}
+
+/// Every regular file under `dir`, not following symlinks.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                pending.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}

@@ -481,6 +481,7 @@ fn runner_request(i: usize) -> RunnerRequest {
         sandbox: SandboxProfile::default(),
         gateway: None,
         files: BTreeMap::new(),
+        secrets: Vec::new(),
     }
 }
 

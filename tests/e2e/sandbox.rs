@@ -167,3 +167,96 @@ async fn the_sandbox_profile_is_admitted_by_policy_and_recorded() {
             .contains("unknown variant `host`")
     );
 }
+
+/// Every regular file under `dir`, not following symlinks.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                pending.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Scoped secrets end to end: resolved for the run's tenant from the secrets file and the
+/// engine's environment, delivered as files only the agent can read, recorded by name and
+/// digest — and, after the run, in no database, history, ledger, log or run file. Another
+/// tenant naming the same secret does not get it.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_reach_the_agent_as_files_and_appear_nowhere_else() {
+    use sha2::Digest;
+    let file_value = format!("FILE-SECRET-{}", std::process::id());
+    let env_value = format!("ENV-SECRET-{}", std::process::id());
+    let stack = Stack::start(StackOptions {
+        env: vec![("COGWARD_SECRET__SEC__NPM_TOKEN".into(), env_value.clone())],
+        ..Default::default()
+    })
+    .unwrap();
+    let secrets_file = stack.state_dir().join("secrets.json");
+    std::fs::write(
+        &secrets_file,
+        serde_json::json!({"tenants": {"sec": {"api_token": file_value}}}).to_string(),
+    )
+    .unwrap();
+    let script = "sha256sum /secrets/api_token /secrets/npm-token | cut -d' ' -f1; \
+                  stat -c '%a' /secrets/api_token; env | grep -c SECRET- || true";
+    let mut s = spec("sec", &["sh", "-c", script]);
+    s["secrets"] = serde_json::json!(["api_token", "npm-token"]);
+    let (id, run) = stack
+        .submit_until(&s, &["succeeded", "failed"])
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", stack.logs());
+    let digest = |v: &str| hex::encode(sha2::Sha256::digest(v.as_bytes()));
+    let out = std::fs::read_to_string(stack.run_dir(&id).join("stdout.log")).unwrap();
+    assert_eq!(
+        out,
+        format!("{}\n{}\n400\n0\n", digest(&file_value), digest(&env_value)),
+        "{out}"
+    );
+    let evidence = crate::policies::app_entry(&stack, &id, "run.evidence").await;
+    let text = evidence.to_string();
+    assert!(
+        text.contains(&digest(&file_value)) && text.contains("npm-token"),
+        "{text}"
+    );
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+
+    // The same reference from another tenant: not configured there, so no runner starts.
+    let mut other = spec("other", &["true"]);
+    other["secrets"] = serde_json::json!(["api_token"]);
+    let (other_id, run) = stack.submit_until(&other, &["failed"]).await.unwrap();
+    let reason = run["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not configured for tenant \"other\""),
+        "{reason}"
+    );
+    assert!(!stack.run_dir(&other_id).join("started").exists());
+
+    // Nowhere else: every file of the stack (databases with their WAL, Temporal's history,
+    // the ledger, logs, run directories) but the secrets file itself.
+    let mut searched = 0;
+    for f in walk(stack.temporal_dir()) {
+        if f == secrets_file {
+            continue;
+        }
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        for value in [&file_value, &env_value] {
+            assert!(
+                !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+                "a secret is in {}",
+                f.display()
+            );
+        }
+        searched += 1;
+    }
+    assert!(searched > 5, "searched only {searched} files");
+}

@@ -110,6 +110,10 @@ pub fn verdict(evidence: &RunnerEvidence) -> (RunStatus, Option<String>) {
             ),
         },
         RunnerEvidence::Lost { detail } => (RunStatus::Failed, Some(detail.clone())),
+        RunnerEvidence::NotStarted { detail } => (
+            RunStatus::Failed,
+            Some(format!("the runner was not started: {detail}")),
+        ),
     }
 }
 
@@ -210,6 +214,8 @@ impl AgentRun {
                     inputs: spec.inputs.clone(),
                     limits,
                     sandbox_profile: spec.sandbox_profile,
+                    tenant: spec.tenant.clone(),
+                    secrets: spec.secrets.clone(),
                 },
                 ActivityOptions::with_start_to_close_timeout(timeout)
                     .heartbeat_timeout(RUNNER_HEARTBEAT_TIMEOUT)

@@ -9,7 +9,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub const DEFAULT_LANG: &str = "C.UTF-8";
 /// Variables only the runner sets; a request that sets them is refused rather than overridden,
 /// so nobody believes they control them.
-pub const RUNNER_OWNED_VARS: [&str; 2] = ["HOME", "COGWARD_RUN_ID"];
+pub const RUNNER_OWNED_VARS: [&str; 3] = ["HOME", "COGWARD_RUN_ID", "COGWARD_SECRETS_DIR"];
 
 /// The agent's whole environment: the request's `env` over the defaults, plus the runner-owned
 /// variables. Nothing comes from the runner's own environment.

@@ -16,6 +16,7 @@
 //! directories, before it took the sandbox user's filesystem ids), so the state directory stays
 //! `0700` and no path the sandbox could change is followed.
 
+use crate::protocol::SECRETS_DIR;
 use std::ffi::CString;
 
 /// Where the agent's work directory appears (its cwd and `HOME`).
@@ -148,10 +149,11 @@ pub enum MountOp {
         target: CString,
         link: CString,
     },
-    /// A generated file (written before the root is made read-only).
+    /// A generated file (written before its mount is made read-only).
     WriteFile {
         path: CString,
         contents: CString,
+        mode: u32,
     },
     /// A `/proc` for the sandbox's PID namespace (nosuid, nodev, noexec).
     Proc {
@@ -200,8 +202,14 @@ pub enum ViewError {
 }
 
 /// The table that builds the agent's root. `read_only` are the profile's extra paths (a
-/// runtime's own install directory, say), bound at the same place; each must exist.
-pub fn decide(host: &dyn Host, read_only: &[String]) -> Result<Vec<MountOp>, ViewError> {
+/// runtime's own install directory, say), bound at the same place; each must exist. `secrets`
+/// (name, value) become files of a tmpfs of their own at [`SECRETS_DIR`], readable by the
+/// agent's uid alone (0400 in a 0700 directory, then read-only).
+pub fn decide(
+    host: &dyn Host,
+    read_only: &[String],
+    secrets: &[(String, String)],
+) -> Result<Vec<MountOp>, ViewError> {
     let mut b = Builder::default();
     for path in SYSTEM_PATHS {
         b.host_entry(host, path, path)?;
@@ -220,6 +228,7 @@ pub fn decide(host: &dyn Host, read_only: &[String]) -> Result<Vec<MountOp>, Vie
         b.ops.push(MountOp::WriteFile {
             path: newroot(&format!("/etc/{name}"))?,
             contents: cstring(contents)?,
+            mode: 0o644,
         });
     }
     for path in read_only {
@@ -283,12 +292,35 @@ pub fn decide(host: &dyn Host, read_only: &[String]) -> Result<Vec<MountOp>, Vie
     b.ops.push(MountOp::BindWorkDir {
         target: newroot(WORK_MOUNT)?,
     });
+    if !secrets.is_empty() {
+        let bytes: usize = secrets.iter().map(|(_, v)| v.len() + 4096).sum();
+        b.mkdir(SECRETS_DIR, 0o755)?;
+        b.ops.push(MountOp::Tmpfs {
+            path: newroot(SECRETS_DIR)?,
+            options: cstring(&format!(
+                "size={},nr_inodes={},mode=0700",
+                bytes + 65536,
+                secrets.len() + 16
+            ))?,
+        });
+        for (name, value) in secrets {
+            b.ops.push(MountOp::WriteFile {
+                path: newroot(&format!("{SECRETS_DIR}/{name}"))?,
+                contents: CString::new(value.as_str())
+                    .map_err(|_| ViewError::Nul(format!("secret {name}")))?,
+                mode: 0o400,
+            });
+        }
+        b.ops.push(MountOp::RemountReadOnly {
+            path: newroot(SECRETS_DIR)?,
+        });
+    }
     Ok(b.ops)
 }
 
 /// What the sandbox itself puts at `path` (so a profile may not bind over it).
 fn reserved(path: &str) -> Option<&'static str> {
-    ["/etc", "/dev", "/proc", "/tmp", WORK_MOUNT]
+    ["/etc", "/dev", "/proc", "/tmp", WORK_MOUNT, SECRETS_DIR]
         .into_iter()
         .find(|own| path == *own || path.starts_with(&format!("{own}/")))
         .or((path == "/").then_some("root"))
@@ -524,13 +556,17 @@ mod apply {
                 // SAFETY: valid C strings.
                 rc(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) })
             }
-            MountOp::WriteFile { path, contents } => {
+            MountOp::WriteFile {
+                path,
+                contents,
+                mode,
+            } => {
                 // SAFETY: valid C string.
                 let fd = unsafe {
                     libc::open(
                         path.as_ptr(),
                         libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                        0o644,
+                        *mode as libc::c_uint,
                     )
                 };
                 let fd = Errno::result(fd)?;
@@ -679,7 +715,7 @@ mod tests {
 
     #[test]
     fn the_view_holds_exactly_the_system_the_work_dir_and_private_scratch() {
-        let ops = decide(&debian(), &["/opt/tools".into()]).unwrap();
+        let ops = decide(&debian(), &["/opt/tools".into()], &[]).unwrap();
         let t = targets(&ops);
         for expected in [
             "/newroot/usr",
@@ -713,7 +749,7 @@ mod tests {
 
     #[test]
     fn merged_usr_symlinks_are_recreated_not_bound() {
-        let ops = decide(&debian(), &[]).unwrap();
+        let ops = decide(&debian(), &[], &[]).unwrap();
         assert!(ops.contains(&MountOp::Symlink {
             target: c"usr/bin".into(),
             link: c"/newroot/bin".into(),
@@ -724,7 +760,7 @@ mod tests {
 
     #[test]
     fn directories_exist_before_anything_is_mounted_on_or_in_them() {
-        let ops = decide(&debian(), &["/opt/tools".into()]).unwrap();
+        let ops = decide(&debian(), &["/opt/tools".into()], &[]).unwrap();
         let mut made = vec!["/newroot".to_string()];
         for op in &ops {
             let (path, creates_dir) = match op {
@@ -768,7 +804,7 @@ mod tests {
             "/opt/./t",
         ] {
             assert_eq!(
-                decide(&host, &[bad.into()]),
+                decide(&host, &[bad.into()], &[]),
                 Err(ViewError::NotAbsolute(bad.into())),
                 "{bad}"
             );
@@ -784,15 +820,44 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    decide(&host, &[reserved.into()]),
+                    decide(&host, &[reserved.into()], &[]),
                     Err(ViewError::Reserved(..))
                 ),
                 "{reserved}"
             );
         }
         assert_eq!(
-            decide(&host, &["/opt/missing".into()]),
+            decide(&host, &["/opt/missing".into()], &[]),
             Err(ViewError::Missing("/opt/missing".into()))
+        );
+    }
+
+    #[test]
+    fn secrets_get_a_private_tmpfs_of_their_own_made_read_only() {
+        let secrets = [("token".to_string(), "s3cr3t".to_string())];
+        let ops = decide(&debian(), &[], &secrets).unwrap();
+        let at = |want: &MountOp| ops.iter().position(|op| op == want).unwrap();
+        let file = at(&MountOp::WriteFile {
+            path: c"/newroot/secrets/token".into(),
+            contents: c"s3cr3t".into(),
+            mode: 0o400,
+        });
+        let ro = at(&MountOp::RemountReadOnly {
+            path: c"/newroot/secrets".into(),
+        });
+        let tmpfs = ops
+            .iter()
+            .position(|op| {
+                matches!(op, MountOp::Tmpfs { path, options }
+                if s(path) == "/newroot/secrets" && s(options).ends_with("mode=0700"))
+            })
+            .unwrap();
+        assert!(tmpfs < file && file < ro);
+        assert!(
+            !decide(&debian(), &[], &[])
+                .unwrap()
+                .iter()
+                .any(|op| format!("{op:?}").contains("secrets"))
         );
     }
 

@@ -100,10 +100,17 @@ pub fn plan(
     request: &RunnerRequest,
     work_source: &std::path::Path,
     host_id: u32,
+    secrets: &[(String, String)],
     host: &HostFacts<'_>,
 ) -> Result<SandboxPlan, PlanError> {
     let home = fs_view::WORK_MOUNT;
-    let env_map = env::agent_env(&request.env, &request.run_id, home);
+    let mut env_map = env::agent_env(&request.env, &request.run_id, home);
+    if !secrets.is_empty() {
+        env_map.insert(
+            "COGWARD_SECRETS_DIR".to_string(),
+            crate::protocol::SECRETS_DIR.to_string(),
+        );
+    }
     let program = request.argv.first().map(String::as_str).unwrap_or_default();
     let path_var = env_map
         .get("PATH")
@@ -130,7 +137,7 @@ pub fn plan(
         sandbox_uid: namespaces::SANDBOX_UID,
         sandbox_gid: namespaces::SANDBOX_GID,
         rlimits: rlimits::decide(&request.limits),
-        fs_view: fs_view::decide(host.fs, &profile.read_only)?,
+        fs_view: fs_view::decide(host.fs, &profile.read_only, secrets)?,
         landlock,
         seccomp: seccomp::compile(&rules)?,
         seccomp_rules: rules.len(),
@@ -175,6 +182,7 @@ mod tests {
             },
             gateway: None,
             files: BTreeMap::new(),
+            secrets: Vec::new(),
             sandbox: SandboxProfile::default(),
         }
     }
@@ -196,6 +204,7 @@ mod tests {
             &request(),
             std::path::Path::new("/runs/9/work"),
             200_000,
+            &[],
             &host(),
         )
         .unwrap();
@@ -234,19 +243,26 @@ mod tests {
             "127.0.0.1:1".into(),
             7480,
         ));
-        let p = plan(&r, std::path::Path::new("/w"), 200_000, &host()).unwrap();
+        let p = plan(&r, std::path::Path::new("/w"), 200_000, &[], &host()).unwrap();
         assert_eq!(p.landlock.handled_net, landlock::ACCESS_NET_ALL);
         assert_eq!(
             p.landlock.net_rules,
             [(7480, landlock::ACCESS_NET_CONNECT_TCP)]
         );
-        let standard = plan(&request(), std::path::Path::new("/w"), 200_000, &host()).unwrap();
+        let standard = plan(
+            &request(),
+            std::path::Path::new("/w"),
+            200_000,
+            &[],
+            &host(),
+        )
+        .unwrap();
         assert_eq!(standard.landlock.handled_net, 0);
         let old = HostFacts {
             fs: &fs_view::RealHost,
             landlock_abi: 5,
         };
-        let err = plan(&r, std::path::Path::new("/w"), 200_000, &old).unwrap_err();
+        let err = plan(&r, std::path::Path::new("/w"), 200_000, &[], &old).unwrap_err();
         assert!(err.to_string().contains("ABI 6"), "{err}");
     }
 
@@ -255,7 +271,7 @@ mod tests {
         let mut r = request();
         r.sandbox.name = ProfileName::Microvm;
         assert!(matches!(
-            plan(&r, std::path::Path::new("/w"), 200_000, &host()),
+            plan(&r, std::path::Path::new("/w"), 200_000, &[], &host()),
             Err(PlanError::MicrovmUnavailable)
         ));
     }
@@ -267,7 +283,7 @@ mod tests {
             landlock_abi: 0,
         };
         assert!(matches!(
-            plan(&request(), std::path::Path::new("/w"), 200_000, &facts),
+            plan(&request(), std::path::Path::new("/w"), 200_000, &[], &facts),
             Err(PlanError::Landlock(_))
         ));
     }
@@ -276,7 +292,7 @@ mod tests {
     fn request_path_is_used_for_the_program_search() {
         let mut r = request();
         r.env = BTreeMap::from([("PATH".to_string(), "/opt/tools".to_string())]);
-        let plan = plan(&r, std::path::Path::new("/w"), 200_000, &host()).unwrap();
+        let plan = plan(&r, std::path::Path::new("/w"), 200_000, &[], &host()).unwrap();
         assert_eq!(strs(&plan.exec_candidates), ["/opt/tools/sh"]);
     }
 }
