@@ -92,6 +92,14 @@ pub struct EngineConfig {
     /// environment's `COGWARD_SECRET__<TENANT>__<NAME>` serve as well).
     #[arg(long, env = "COGWARD_SECRETS_FILE", global = true)]
     pub secrets_file: Option<PathBuf>,
+    /// Largest file an agent may write (RLIMIT_FSIZE), in MiB.
+    #[arg(
+        long,
+        env = "COGWARD_SANDBOX_MAX_FILE_MB",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub sandbox_max_file_mb: u64,
     /// Host ids sandboxes map to, `FIRST-LAST` (inclusive): each live run leases one of its own.
     #[arg(
         long,

@@ -15,7 +15,7 @@ pub fn activities_config(config: &EngineConfig, gateway_key: Vec<u8>) -> Activit
         runner_bin: config.runner_bin(),
         sandbox: config.sandbox_profile(),
         max_output_bytes: 16 * 1024 * 1024,
-        max_file_bytes: 1 << 30,
+        max_file_bytes: config.sandbox_max_file_mb.saturating_mul(1 << 20),
         max_open_files: 1024,
         secrets_file: Some(config.secrets_file()),
         poll_interval: Duration::from_millis(25),

@@ -37,6 +37,8 @@
 
 pub mod capture;
 #[cfg(target_os = "linux")]
+pub mod cgroup;
+#[cfg(target_os = "linux")]
 pub mod egress;
 pub mod lease;
 pub mod manifest;

@@ -45,10 +45,24 @@ pub struct Decision {
 }
 
 /// A stop the runner initiated (deadline, cancellation) wins over how the agent then ended:
-/// the agent may exit cleanly on SIGTERM, but the run still timed out or was cancelled.
-pub fn decide(stop: Option<StopReason>, status: AgentStatus, wall_clock_seconds: u64) -> Decision {
+/// the agent may exit cleanly on SIGTERM, but the run still timed out or was cancelled. Then
+/// the out-of-memory killer (`oom_kills` in the run's group): whatever the agent did after,
+/// the run hit its memory limit.
+pub fn decide(
+    stop: Option<StopReason>,
+    status: AgentStatus,
+    wall_clock_seconds: u64,
+    oom_kills: u64,
+    memory_bytes: u64,
+) -> Decision {
     let ended = describe_status(status);
     match stop {
+        None if oom_kills > 0 => Decision {
+            outcome: Outcome::OutOfMemory,
+            detail: Some(format!(
+                "the memory limit of {memory_bytes} bytes was reached: the out-of-memory killer ended {oom_kills} process(es); the agent {ended}"
+            )),
+        },
         Some(StopReason::Deadline) => Decision {
             outcome: Outcome::TimedOut,
             detail: Some(format!(
@@ -112,24 +126,35 @@ mod tests {
 
     #[test]
     fn the_agent_own_ending_decides_when_nobody_stopped_it() {
-        let d = decide(None, AgentStatus::Exited(2), 10);
+        let d = decide(None, AgentStatus::Exited(2), 10, 0, 1);
         assert_eq!(d.outcome, Outcome::Exited);
         assert_eq!(d.detail, None);
-        let d = decide(None, AgentStatus::Signaled(libc::SIGXCPU), 10);
+        let d = decide(None, AgentStatus::Signaled(libc::SIGXCPU), 10, 0, 1);
         assert_eq!(d.outcome, Outcome::Signaled);
         assert!(d.detail.unwrap().contains("SIGXCPU"));
     }
 
     #[test]
     fn a_runner_stop_wins_over_the_agent_ending() {
-        let d = decide(Some(StopReason::Deadline), AgentStatus::Exited(0), 5);
+        let d = decide(Some(StopReason::Deadline), AgentStatus::Exited(0), 5, 1, 1);
         assert_eq!(d.outcome, Outcome::TimedOut);
         assert!(d.detail.unwrap().contains("5 s"));
         let d = decide(
             Some(StopReason::Cancelled),
             AgentStatus::Signaled(libc::SIGTERM),
             5,
+            0,
+            1,
         );
         assert_eq!(d.outcome, Outcome::Cancelled);
+    }
+
+    #[test]
+    fn an_oom_kill_is_the_outcome_whatever_the_agent_did_after() {
+        for status in [AgentStatus::Signaled(libc::SIGKILL), AgentStatus::Exited(1)] {
+            let d = decide(None, status, 5, 1, 64 << 20);
+            assert_eq!(d.outcome, Outcome::OutOfMemory);
+            assert!(d.detail.unwrap().contains("67108864 bytes"));
+        }
     }
 }

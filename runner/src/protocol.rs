@@ -240,6 +240,8 @@ pub struct SandboxEvidence {
     pub landlock_abi: u32,
     /// Rows of the seccomp rule table.
     pub seccomp_rules: u32,
+    /// The run's control group (`v2:PATH` or `v1:PATH` of its memory group).
+    pub cgroup: String,
     /// The secrets delivered, by name and digest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretRef>,
@@ -293,6 +295,8 @@ pub enum Outcome {
     Cancelled,
     /// The sandbox could not be set up; the agent never started.
     SandboxFailed,
+    /// The run's memory limit was reached and the out-of-memory killer ended its processes.
+    OutOfMemory,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

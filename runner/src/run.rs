@@ -303,6 +303,18 @@ mod linux {
             Ok(p) => p,
             Err(e) => return run.sandbox_failed(e.to_string(), empty_digest(), empty_digest()),
         };
+        // The run's control group; removed when this function returns (its processes gone).
+        let cgroup =
+            match crate::cgroup::detect(Path::new(crate::cgroup::CGROUP_ROOT)).and_then(|layout| {
+                crate::cgroup::Cgroup::create(
+                    layout,
+                    &format!("sandbox-{}", lease.id),
+                    crate::cgroup::decide(&limits),
+                )
+            }) {
+                Ok(c) => c,
+                Err(e) => return run.sandbox_failed(e.to_string(), empty_digest(), empty_digest()),
+            };
         if cancel_pending(signals).map_err(io_ctx("reading the runner's signals"))? {
             log("cancelled before the agent started");
             run.emit(RunnerEvent::Stopping {
@@ -347,12 +359,13 @@ mod linux {
         if let Err(detail) = drop_supplementary_groups() {
             return finish_unstarted(run, detail, stdout, stderr);
         }
-        let launched = sandbox::launch(&plan);
+        let launched = sandbox::launch(&plan, &cgroup);
         run.sandbox = Some(SandboxEvidence {
             profile: profile.name,
             host_id: lease.id,
             landlock_abi: plan.landlock.abi,
             seccomp_rules: u32::try_from(plan.seccomp_rules).unwrap_or(u32::MAX),
+            cgroup: cgroup.describe(),
             secrets: request.secrets.clone(),
         });
         let mut sandbox = match launched {
@@ -411,6 +424,8 @@ mod linux {
             supervised.stop,
             supervised.status,
             limits.wall_clock_seconds,
+            cgroup.oom_kills(),
+            limits.memory_bytes,
         );
         let outcome = run.finish(
             decision,

@@ -260,3 +260,53 @@ async fn secrets_reach_the_agent_as_files_and_appear_nowhere_else() {
     }
     assert!(searched > 5, "searched only {searched} files");
 }
+
+/// Bombs end their own runs with the outcome that names them, and the stack goes on serving:
+/// a fork bomb (process limits), a memory bomb (the control group's OOM kill, recorded), a disk
+/// filler (the file-size limit); then an ordinary run succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn bombs_end_their_own_runs_and_the_stack_keeps_serving() {
+    let stack = Stack::start(StackOptions {
+        env: vec![("COGWARD_SANDBOX_MAX_FILE_MB".into(), "16".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut fork_bomb = spec(
+        "bombs",
+        &["bash", "-c", "b() { b | b & }; b; sleep 2; exit 3"],
+    );
+    fork_bomb["limits"] = serde_json::json!({"max_processes": 32, "wall_clock_seconds": 10});
+    let mut memory_bomb = spec(
+        "bombs",
+        &["python3", "-c", "x = bytearray(400 * 1024 * 1024)"],
+    );
+    memory_bomb["limits"] = serde_json::json!({"memory_mb": 128});
+    let filler = spec(
+        "bombs",
+        &["sh", "-c", "dd if=/dev/zero of=big bs=1M count=64"],
+    );
+    let mut reasons = Vec::new();
+    let mut ids = Vec::new();
+    for s in [&fork_bomb, &memory_bomb, &filler] {
+        let (id, run) = stack
+            .submit_until(s, &["succeeded", "failed"])
+            .await
+            .unwrap();
+        reasons.push(run["reason"].as_str().unwrap_or_default().to_string());
+        ids.push(id);
+    }
+    // The fork bomb hit its process limit and the agent went on to its own exit code.
+    assert_eq!(reasons[0], "agent exited with code 3", "{reasons:?}");
+    assert!(reasons[1].contains("ran out of memory"), "{reasons:?}");
+    // dd was killed by SIGXFSZ (25): its shell exits 128 + 25.
+    assert_eq!(reasons[2], "agent exited with code 153", "{reasons:?}");
+    let big = std::fs::metadata(stack.run_dir(&ids[2]).join("work/big")).unwrap();
+    assert!(big.len() <= 16 << 20, "{} bytes written", big.len());
+    let (_, run) = stack
+        .submit_until(&spec("bombs", &["true"]), &["succeeded", "failed"])
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+}

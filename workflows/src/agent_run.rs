@@ -101,6 +101,13 @@ pub fn verdict(evidence: &RunnerEvidence) -> (RunStatus, Option<String>) {
                 Some("agent exceeded its wall-clock limit".into()),
             ),
             (Outcome::Cancelled, _) => (RunStatus::Cancelled, None),
+            (Outcome::OutOfMemory, _) => (
+                RunStatus::Failed,
+                Some(format!(
+                    "agent ran out of memory: {}",
+                    r.detail.clone().unwrap_or_default()
+                )),
+            ),
             (Outcome::SandboxFailed, _) => (
                 RunStatus::Failed,
                 Some(format!(

@@ -59,6 +59,8 @@ pub enum LaunchError {
     Exec(ChildFailure),
     #[error("sandbox setup did not finish within {0:?}")]
     Timeout(Duration),
+    #[error("placing the sandbox in its control group: {0}")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
 impl LaunchError {
@@ -99,7 +101,7 @@ impl Drop for KillOnDrop {
 ///
 /// The caller must be single-threaded and have SIGCHLD (and SIGTERM) blocked, so the init's
 /// exit is seen through its signalfd.
-pub fn launch(plan: &SandboxPlan) -> Result<Sandbox, LaunchError> {
+pub fn launch(plan: &SandboxPlan, cgroup: &crate::cgroup::Cgroup) -> Result<Sandbox, LaunchError> {
     let cloexec = OFlag::O_CLOEXEC;
     let (sync_read, sync_write) = pipe2(cloexec).map_err(os("creating the sync pipe"))?;
     let (setup_read, setup_write) = pipe2(cloexec).map_err(os("creating the setup pipe"))?;
@@ -160,6 +162,8 @@ pub fn launch(plan: &SandboxPlan) -> Result<Sandbox, LaunchError> {
     drop(devnull);
     let egress = egress.map(|(ours, _child_end)| ours);
 
+    // Before the init may go on: everything it starts is in the run's group.
+    cgroup.add(init_pid.as_raw())?;
     namespaces::write_id_maps(init_pid, &plan.uid_map, &plan.gid_map)?;
     write(&sync_write, &[1]).map_err(os("releasing the sandbox init"))?;
     wait_for_exec(&setup_read, SETUP_TIMEOUT).map_err(|e| match e {

@@ -45,6 +45,9 @@ pub struct RlimitSetting {
 ///   catch SIGXCPU to flush its state but can never run past the hard limit.
 /// - RLIMIT_NPROC counts per user *in the sandbox's own user namespace*, so it bounds this
 ///   sandbox (its init included) without being shared with other sandboxes on the same host uid.
+/// - RLIMIT_AS is a backstop at four times the run's memory: the memory limit itself is the
+///   control group's (actual use, tmpfs included, with the OOM kill recorded), since runtimes
+///   such as V8 reserve far more address space than they use.
 /// - No core dumps: they would land in `work/` as artifacts and can hold secrets.
 /// - RLIMIT_FSIZE: a write past `max_file_bytes` fails (`EFBIG`; SIGXFSZ, which kills by
 ///   default), so a single file cannot fill the disk.
@@ -58,8 +61,8 @@ pub fn decide(limits: &Limits) -> [RlimitSetting; 6] {
         },
         RlimitSetting {
             kind: LimitKind::AddressSpace,
-            soft: limits.memory_bytes,
-            hard: limits.memory_bytes,
+            soft: limits.memory_bytes.saturating_mul(4),
+            hard: limits.memory_bytes.saturating_mul(4),
         },
         RlimitSetting {
             kind: LimitKind::Processes,
@@ -124,7 +127,7 @@ mod tests {
             s.map(|s| (s.kind, s.soft, s.hard)),
             [
                 (LimitKind::Cpu, 5, 6),
-                (LimitKind::AddressSpace, 1 << 30, 1 << 30),
+                (LimitKind::AddressSpace, 4 << 30, 4 << 30),
                 (LimitKind::Processes, 32, 32),
                 (LimitKind::CoreDump, 0, 0),
                 (LimitKind::FileSize, 1 << 20, 1 << 20),
