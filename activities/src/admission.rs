@@ -44,6 +44,7 @@ pub fn request(input: &AdmitInput) -> Request {
             "runtime": "command",
             "program": command.first().cloned().unwrap_or_default(),
             "sandbox_profile": spec.sandbox_profile.as_str(),
+            "egress_profiles": spec.egress,
         }),
         context: json!({
             "spec_sha256": spec.digest(),

@@ -49,12 +49,15 @@ pub struct GatewayAccess {
     /// `host:port` of the engine's gateway, as the runner (in the host's network) reaches it.
     pub upstream: String,
     pub key: Vec<u8>,
+    /// `host:port` of the engine's egress proxy, if it runs: the sandbox's second way out.
+    pub egress_proxy: Option<String>,
 }
 
 impl std::fmt::Debug for GatewayAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayAccess")
             .field("upstream", &self.upstream)
+            .field("egress_proxy", &self.egress_proxy)
             .field("key", &"<redacted>")
             .finish()
     }

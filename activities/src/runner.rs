@@ -90,6 +90,11 @@ pub fn run_dir(config: &ActivitiesConfig, run_id: &RunId) -> PathBuf {
 
 /// The port on the sandbox's own loopback that leads to the gateway.
 pub const SANDBOX_GATEWAY_PORT: u16 = 7480;
+/// The port on the sandbox's own loopback that leads to the egress proxy.
+pub const SANDBOX_PROXY_PORT: u16 = 7481;
+/// What the runner writes on each egress-proxy connection before the agent's bytes, followed
+/// by the run's credential and CRLF: the proxy's proof of which run the connection is from.
+pub const EGRESS_PREAMBLE: &str = "CGW-EGRESS ";
 
 /// Build the runner's request from the run's input: the agent's environment is exactly its run
 /// id, inputs and gateway access (a run credential and the URLs agents read: their provider
@@ -105,9 +110,23 @@ pub fn runner_request(
         serde_json::to_string(&input.inputs).unwrap_or_else(|_| "{}".into()),
     );
     let mut files = BTreeMap::new();
+    let mut egress_proxy = None;
     let gateway = config.gateway.as_ref().map(|gw| {
         let base = format!("http://127.0.0.1:{SANDBOX_GATEWAY_PORT}");
         let token = crate::credential::mint(&gw.key, input.run_id.as_str());
+        if let Some(proxy) = &gw.egress_proxy {
+            // For convenience only: nothing else routes, whatever the agent sets.
+            let url = format!("http://127.0.0.1:{SANDBOX_PROXY_PORT}");
+            for name in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+                env.insert(name.to_string(), url.clone());
+            }
+            for name in ["NO_PROXY", "no_proxy"] {
+                env.insert(name.to_string(), "127.0.0.1,localhost".to_string());
+            }
+            let mut route = GatewayEgress::new(proxy.clone(), SANDBOX_PROXY_PORT);
+            route.preamble = Some(format!("{EGRESS_PREAMBLE}{token}\r\n"));
+            egress_proxy = Some(route);
+        }
         for (name, value) in [
             ("COGWARD_RUN_TOKEN", token.clone()),
             ("COGWARD_GATEWAY_URL", base.clone()),
@@ -150,6 +169,7 @@ pub fn runner_request(
             ..config.sandbox.clone()
         },
         gateway,
+        egress_proxy,
         files,
         secrets,
     }
@@ -450,6 +470,7 @@ mod tests {
         config.gateway = Some(crate::GatewayAccess {
             upstream: "127.0.0.1:8080".into(),
             key: key.clone(),
+            egress_proxy: None,
         });
         let req = runner_request(&config, &input(), Vec::new());
         let token = &req.env["COGWARD_RUN_TOKEN"];

@@ -45,7 +45,14 @@ pub struct RunSpec {
     /// at run start; only names and digests are ever recorded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Egress profiles the agent may reach through the egress proxy (the run-admission policy
+    /// decides which a tenant may use); none means nothing beyond the gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
 }
+
+/// Most egress profiles one run may name.
+pub const MAX_EGRESS_PROFILES: usize = 16;
 
 /// Most secret references one run may name.
 pub const MAX_SECRETS: usize = 32;
@@ -153,6 +160,22 @@ impl RunSpec {
                     message: format!("{name:?} is not a usable file name, or is named twice"),
                 });
             }
+        }
+        let mut profiles = std::collections::BTreeSet::new();
+        for name in &self.egress {
+            check_name("egress", name)?;
+            if !profiles.insert(name) {
+                return Err(SpecError {
+                    field: "egress",
+                    message: format!("{name:?} is named twice"),
+                });
+            }
+        }
+        if self.egress.len() > MAX_EGRESS_PROFILES {
+            return Err(SpecError {
+                field: "egress",
+                message: format!("at most {MAX_EGRESS_PROFILES} egress profiles per run"),
+            });
         }
         if self.secrets.len() > MAX_SECRETS {
             return Err(SpecError {

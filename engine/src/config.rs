@@ -92,6 +92,18 @@ pub struct EngineConfig {
     /// environment's `COGWARD_SECRET__<TENANT>__<NAME>` serve as well).
     #[arg(long, env = "COGWARD_SECRETS_FILE", global = true)]
     pub secrets_file: Option<PathBuf>,
+    /// Address the egress proxy listens on (runners forward their sandbox's proxy port here).
+    #[arg(
+        long,
+        env = "COGWARD_EGRESS_LISTEN",
+        default_value = "127.0.0.1:8081",
+        global = true
+    )]
+    pub egress_listen: SocketAddr,
+    /// Egress profiles and name mappings of this installation, added to the built-in catalog
+    /// (default: <state-dir>/egress.json; absent means the catalog alone).
+    #[arg(long, env = "COGWARD_EGRESS_CONFIG", global = true)]
+    pub egress_config: Option<PathBuf>,
     /// Largest file an agent may write (RLIMIT_FSIZE), in MiB.
     #[arg(
         long,
@@ -194,6 +206,12 @@ impl EngineConfig {
             memory_bytes: self.policy_memory_mb.max(1) << 20,
             ..Default::default()
         }
+    }
+
+    pub fn egress_config(&self) -> PathBuf {
+        self.egress_config
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("egress.json"))
     }
 
     pub fn secrets_file(&self) -> PathBuf {

@@ -61,6 +61,17 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         .await?,
     );
     tokio::spawn(crate::gateway::close_servers_of_ended_runs(gateway.clone()));
+    let egress_config = crate::egress::EgressConfig::load(&config.egress_config())?;
+    let egress_listener = tokio::net::TcpListener::bind(config.egress_listen)
+        .await
+        .with_context(|| format!("binding the egress proxy on {}", config.egress_listen))?;
+    tokio::spawn(
+        Arc::new(crate::egress::proxy::EgressProxy::new(
+            gateway.clone(),
+            egress_config,
+        ))
+        .serve(egress_listener),
+    );
     let app = api::app(AppState {
         client,
         db,

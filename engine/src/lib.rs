@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod dev;
+pub mod egress;
 pub mod gateway;
 pub mod http_server;
 pub mod ledger;

@@ -22,6 +22,7 @@ pub fn activities_config(config: &EngineConfig, gateway_key: Vec<u8>) -> Activit
         gateway: Some(GatewayAccess {
             upstream: config.gateway_address(),
             key: gateway_key,
+            egress_proxy: Some(config.egress_listen.to_string()),
         }),
     }
 }

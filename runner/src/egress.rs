@@ -24,12 +24,13 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BUFFER_BYTES: usize = 64 * 1024;
 
-/// The splice's bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The splice's bounds, and the line sent upstream first.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bounds {
     pub max_connections: usize,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    pub preamble: Option<Arc<[u8]>>,
 }
 
 impl From<&GatewayEgress> for Bounds {
@@ -38,6 +39,7 @@ impl From<&GatewayEgress> for Bounds {
             max_connections: usize::try_from(g.max_connections).unwrap_or(usize::MAX),
             first_byte_timeout: Duration::from_secs(g.first_byte_timeout_seconds),
             idle_timeout: Duration::from_secs(g.idle_timeout_seconds),
+            preamble: g.preamble.as_ref().map(|p| Arc::from(p.as_bytes())),
         }
     }
 }
@@ -65,6 +67,7 @@ pub fn forward(listener: OwnedFd, upstream: SocketAddr, bounds: Bounds) {
                     }
                     live.fetch_add(1, Ordering::AcqRel);
                     let mine = live.clone();
+                    let bounds = bounds.clone();
                     let spawned = thread::Builder::new().spawn(move || {
                         if let Err(e) = splice(inside, upstream, bounds) {
                             eprintln!("egress: connection to the gateway {upstream}: {e}");
@@ -93,6 +96,7 @@ pub fn forward(listener: OwnedFd, upstream: SocketAddr, bounds: Bounds) {
 /// Wait for the agent's first byte, connect to the gateway, then copy both ways until both
 /// sides are done or nothing moved for the idle timeout.
 fn splice(inside: TcpStream, upstream: SocketAddr, bounds: Bounds) -> io::Result<()> {
+    let idle = bounds.idle_timeout;
     if !readable_within(&inside, bounds.first_byte_timeout)? {
         return Err(io::Error::new(
             ErrorKind::TimedOut,
@@ -102,7 +106,10 @@ fn splice(inside: TcpStream, upstream: SocketAddr, bounds: Bounds) -> io::Result
             ),
         ));
     }
-    let outside = TcpStream::connect_timeout(&upstream, CONNECT_TIMEOUT)?;
+    let mut outside = TcpStream::connect_timeout(&upstream, CONNECT_TIMEOUT)?;
+    if let Some(preamble) = &bounds.preamble {
+        outside.write_all(preamble)?;
+    }
     for s in [&inside, &outside] {
         s.set_nodelay(true)?;
         s.set_nonblocking(true)?;
@@ -114,7 +121,7 @@ fn splice(inside: TcpStream, upstream: SocketAddr, bounds: Bounds) -> io::Result
             poll_fd(&inside, to_gateway.wants_read(), to_agent.wants_write()),
             poll_fd(&outside, to_agent.wants_read(), to_gateway.wants_write()),
         ];
-        let timeout = i32::try_from(bounds.idle_timeout.as_millis()).unwrap_or(i32::MAX);
+        let timeout = i32::try_from(idle.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: two initialised pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
         if n < 0 {
@@ -137,7 +144,7 @@ fn splice(inside: TcpStream, upstream: SocketAddr, bounds: Bounds) -> io::Result
             let _ = outside.shutdown(Shutdown::Both);
             return Err(io::Error::new(
                 ErrorKind::TimedOut,
-                format!("idle for {:?}; closed", bounds.idle_timeout),
+                format!("idle for {idle:?}; closed"),
             ));
         }
         to_gateway.step()?;

@@ -49,6 +49,10 @@ pub struct RunnerRequest {
     /// gateway. Without it the sandbox reaches nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayEgress>,
+    /// The sandbox's second way out, to cogward's egress proxy (HTTP CONNECT and plain HTTP to
+    /// the destinations the run's egress profiles allow), by the same mechanism.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<GatewayEgress>,
     /// Files written into `work/` before the agent starts, by relative path (the agent's MCP
     /// configuration, say). Paths are plain relative names: no `..`, no absolute paths.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -91,6 +95,10 @@ pub struct GatewayEgress {
     /// A connection on which nothing moved either way for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_seconds: u64,
+    /// A line the runner sends the upstream before the agent's first byte (the egress proxy
+    /// learns which run a connection is from: the agent cannot write it, only follow it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preamble: Option<String>,
 }
 
 impl GatewayEgress {
@@ -102,6 +110,7 @@ impl GatewayEgress {
             max_connections: default_max_connections(),
             first_byte_timeout_seconds: default_first_byte_timeout(),
             idle_timeout_seconds: default_idle_timeout(),
+            preamble: None,
         }
     }
 }

@@ -134,7 +134,7 @@ pub fn validate(request: &RunnerRequest) -> Result<(), RequestError> {
             return Err(RequestError::BadSecretName(secret.name.clone()));
         }
     }
-    if let Some(gateway) = &request.gateway {
+    for gateway in request.gateway.iter().chain(&request.egress_proxy) {
         if gateway.upstream.parse::<std::net::SocketAddr>().is_err() {
             return Err(RequestError::BadGatewayUpstream(gateway.upstream.clone()));
         }
@@ -203,6 +203,7 @@ mod tests {
             },
             sandbox: SandboxProfile::default(),
             gateway: None,
+            egress_proxy: None,
             files: BTreeMap::new(),
             secrets: Vec::new(),
         }

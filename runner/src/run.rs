@@ -395,10 +395,11 @@ mod linux {
             }
         };
         let init_pid = sandbox.init_pid;
-        if let (Some(listener), Some(gateway)) = (sandbox.egress.take(), &request.gateway) {
+        let routes = request.gateway.iter().chain(&request.egress_proxy);
+        for (listener, route) in std::mem::take(&mut sandbox.egress).into_iter().zip(routes) {
             // Validated as a socket address with the request.
-            if let Ok(upstream) = gateway.upstream.parse() {
-                crate::egress::forward(listener, upstream, gateway.into());
+            if let Ok(upstream) = route.upstream.parse() {
+                crate::egress::forward(listener, upstream, route.into());
             }
         }
         let started = Instant::now();

@@ -480,6 +480,7 @@ fn runner_request(i: usize) -> RunnerRequest {
         },
         sandbox: SandboxProfile::default(),
         gateway: None,
+        egress_proxy: None,
         files: BTreeMap::new(),
         secrets: Vec::new(),
     }

@@ -44,7 +44,7 @@ async fn a_hostile_agent_finds_nothing_of_the_engine_and_its_files_are_private()
     }
     // The engine's own ports: the API (which the gateway port leads to, but only through the
     // runner's splice) and Temporal's frontend.
-    for port in [stack.api_port(), stack.temporal.port] {
+    for port in [stack.api_port, stack.temporal.port] {
         script.push_str(&format!(
             "if (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; then echo 'REACHED {port}'; fi; "
         ));
@@ -88,7 +88,7 @@ async fn a_half_sent_request_is_closed_and_the_api_keeps_serving() {
     let stack = Stack::start(StackOptions::default()).unwrap();
     let mut held: Vec<std::net::TcpStream> = (0..50)
         .map(|_| {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", stack.api_port())).unwrap();
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", stack.api_port)).unwrap();
             s.write_all(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\n")
                 .unwrap();
             s

@@ -175,6 +175,8 @@ pub struct Stack {
     serve: Option<Child>,
     worker: Option<Child>,
     pub api_port: u16,
+    /// Where the stack's egress proxy listens.
+    pub egress_port: u16,
     pub tokens: Tokens,
     pub database_url: String,
     env: Vec<(String, String)>,
@@ -196,6 +198,7 @@ impl Stack {
             serve: None,
             worker: None,
             api_port: free_port(),
+            egress_port: free_port(),
             tokens: Tokens {
                 ci: String::new(),
                 approver: String::new(),
@@ -235,10 +238,6 @@ impl Stack {
         self.dir.path()
     }
 
-    pub fn api_port(&self) -> u16 {
-        self.api_port
-    }
-
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
@@ -253,6 +252,10 @@ impl Stack {
                 format!("http://{}", self.temporal.address()),
             )
             .env("COGWARD_LISTEN", format!("127.0.0.1:{}", self.api_port))
+            .env(
+                "COGWARD_EGRESS_LISTEN",
+                format!("127.0.0.1:{}", self.egress_port),
+            )
             .env("COGWARD_API", format!("http://127.0.0.1:{}", self.api_port))
             .env("COGWARD_MIRROR_INTERVAL_MS", "100")
             // Agents in the MCP tests run the Python SDK installed there.

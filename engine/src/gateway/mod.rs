@@ -149,6 +149,15 @@ impl Gateway {
     /// that run must not have ended.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<RunIdentity, AuthFailure> {
         let presented = presented_credential(headers).ok_or(CredentialError::Missing)?;
+        self.authenticate_credential(presented).await
+    }
+
+    /// [`Gateway::authenticate`] for a credential however it was presented (the egress proxy
+    /// reads it from the runner's preamble).
+    pub async fn authenticate_credential(
+        &self,
+        presented: &str,
+    ) -> Result<RunIdentity, AuthFailure> {
         let run_id = cogward_activities::credential::verify(&self.key, presented)
             .ok_or(CredentialError::Invalid)?;
         if let Ok(checked) = self.checked.lock()

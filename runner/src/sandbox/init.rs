@@ -145,9 +145,11 @@ pub(super) fn sandbox_init(args: &ExecArgs<'_>, fds: ChildFds) -> ! {
     if plan.loopback_up {
         check(Step::Loopback, namespaces::loopback_up());
     }
-    if let Some(port) = plan.egress_port {
-        check(Step::Egress, namespaces::egress_listener(port, fds.egress));
-        // SAFETY: closing our own descriptor; the listener now lives on in the runner.
+    if !plan.egress_ports.is_empty() {
+        for &port in &plan.egress_ports {
+            check(Step::Egress, namespaces::egress_listener(port, fds.egress));
+        }
+        // SAFETY: closing our own descriptor; the listeners now live on in the runner.
         unsafe { libc::close(fds.egress) };
     }
     check(Step::Hostname, namespaces::set_hostname(&plan.hostname));

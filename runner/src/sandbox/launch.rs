@@ -32,9 +32,10 @@ pub struct Sandbox {
     pub stderr: OwnedFd,
     /// The init writes the agent's raw wait status here just before it exits.
     pub status: OwnedFd,
-    /// The listening socket on the sandbox's loopback (see `SandboxPlan::egress_port`), for the
+    /// The listening sockets on the sandbox's loopback (see `SandboxPlan::egress_ports`, in
+    /// that order), for the
     /// runner to accept the agent's gateway connections on.
-    pub egress: Option<OwnedFd>,
+    pub egress: Vec<OwnedFd>,
     /// Our end of the sync pipe, open while we supervise: the init checks it did not hang up
     /// (that we did not die) after re-arming its parent-death signal.
     _lifeline: OwnedFd,
@@ -110,7 +111,7 @@ pub fn launch(plan: &SandboxPlan, cgroup: &crate::cgroup::Cgroup) -> Result<Sand
     let (stderr_read, stderr_write) = pipe2(cloexec).map_err(os("creating the stderr pipe"))?;
     let devnull = open("/dev/null", OFlag::O_RDWR | cloexec, Mode::empty())
         .map_err(os("opening /dev/null"))?;
-    let egress = match plan.egress_port {
+    let egress = match plan.egress_ports.first() {
         Some(_) => Some(
             socketpair(
                 AddressFamily::Unix,
@@ -177,7 +178,14 @@ pub fn launch(plan: &SandboxPlan, cgroup: &crate::cgroup::Cgroup) -> Result<Sand
         other => other,
     })?;
     // The init sent the listener before it forked the agent, so it is waiting for us.
-    let egress = egress.map(|channel| receive_fd(&channel)).transpose()?;
+    let egress = match egress {
+        Some(channel) => plan
+            .egress_ports
+            .iter()
+            .map(|_| receive_fd(&channel))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
     guard.disarm();
 
     for fd in [&stdout_read, &stderr_read, &status_read] {

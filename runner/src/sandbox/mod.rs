@@ -66,8 +66,8 @@ pub struct SandboxPlan {
     /// Bring up the network namespace's own loopback (it reaches nothing outside).
     pub loopback_up: bool,
     /// Listen on this port of the sandbox's loopback and hand the socket to the runner, which
-    /// forwards its connections to the gateway (mediated egress).
-    pub egress_port: Option<u16>,
+    /// forwards its connections to the gateway (mediated egress); then the egress proxy's.
+    pub egress_ports: Vec<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +117,12 @@ pub fn plan(
         .map(String::as_str)
         .unwrap_or(env::DEFAULT_PATH);
     let profile = &request.sandbox;
-    let egress_ports: Vec<u16> = request.gateway.iter().map(|g| g.port).collect();
+    let egress_ports: Vec<u16> = request
+        .gateway
+        .iter()
+        .chain(&request.egress_proxy)
+        .map(|g| g.port)
+        .collect();
     let landlock = match profile.name {
         ProfileName::Standard => landlock::decide(host.landlock_abi, home, None)?,
         ProfileName::Strict => landlock::decide(host.landlock_abi, home, Some(&egress_ports))?,
@@ -142,7 +147,7 @@ pub fn plan(
         seccomp: seccomp::compile(&rules)?,
         seccomp_rules: rules.len(),
         loopback_up: true,
-        egress_port: request.gateway.as_ref().map(|g| g.port),
+        egress_ports: egress_ports.clone(),
     })
 }
 
@@ -181,6 +186,7 @@ mod tests {
                 max_open_files: 64,
             },
             gateway: None,
+            egress_proxy: None,
             files: BTreeMap::new(),
             secrets: Vec::new(),
             sandbox: SandboxProfile::default(),

@@ -1,10 +1,11 @@
 //! Built-in policy `run-admission` (kind `run.admission`): may this run start?
 //!
-//! Request: `agent`, `tenant`, `resource.{runtime, program, sandbox_profile}`,
+//! Request: `agent`, `tenant`, `resource.{runtime, program, sandbox_profile, egress_profiles}`,
 //! `context.limits.{cpu_seconds, memory_mb, max_processes, wall_clock_seconds, grace_seconds}`.
 //!
 //! Data (`data.example.json`): per tenant (exact name, else `"*"`), glob lists of allowed
-//! `agents` and `programs`, lists of allowed `runtimes` and `sandbox_profiles`, `max_limits`, and
+//! `agents`, `programs` and `egress_profiles` (none if absent: a run may reach nothing beyond
+//! the gateway), lists of allowed `runtimes` and `sandbox_profiles`, `max_limits`, and
 //! `escalate` rules that send matching runs to a human group for approval. Every violated rule is
 //! named in the reasons of the `deny`.
 
@@ -22,6 +23,8 @@ pub struct TenantRules {
     #[serde(default = "any")]
     pub programs: Vec<String>,
     pub sandbox_profiles: Vec<String>,
+    #[serde(default)]
+    pub egress_profiles: Vec<String>,
     pub max_limits: BTreeMap<String, u64>,
     #[serde(default)]
     pub escalate: Vec<EscalateRule>,
@@ -55,6 +58,8 @@ pub struct Resource {
     #[serde(default)]
     pub program: String,
     pub sandbox_profile: String,
+    #[serde(default)]
+    pub egress_profiles: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +103,11 @@ impl Policy for RunAdmission {
                 "sandbox profile {} is not allowed",
                 r.resource.sandbox_profile
             ));
+        }
+        for profile in &r.resource.egress_profiles {
+            if !any_glob(&rules.egress_profiles, profile) {
+                reasons.push(format!("egress profile {profile} is not allowed"));
+            }
         }
         for (name, asked) in &r.context.limits {
             match rules.max_limits.get(name) {
