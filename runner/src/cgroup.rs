@@ -252,7 +252,7 @@ impl Drop for Cgroup {
         let deadline = Instant::now() + Duration::from_secs(2);
         for dir in &self.dirs {
             while fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
