@@ -6,6 +6,8 @@
 //!
 //! `cargo bench -p cogward-runner --bench sandbox_start` (as root).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use cogward_runner::protocol::{
     Limits, Outcome, PROTOCOL_VERSION, ProfileName, REQUEST_FILE, RESULT_FILE, RunnerRequest,
     RunnerResult, SandboxProfile,
