@@ -366,14 +366,7 @@ fn a_planted_link_in_a_preexisting_work_dir_is_not_followed() {
             }
             _ => std::os::unix::fs::symlink(victim_dir.path(), run.work()).unwrap(),
         }
-        let code = run.run();
-        assert_eq!(
-            code,
-            i32::from(cogward_runner::exit_code::SANDBOX_FAILED),
-            "{plant}: {}",
-            run.runner_log()
-        );
-        assert_eq!(run.result().outcome, Outcome::SandboxFailed, "{plant}");
+        run.assert_refused(Some(run.run()));
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep", "{plant}");
         let meta = std::fs::metadata(&victim).unwrap();
         assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "{plant}");
@@ -640,14 +633,8 @@ fn the_reserved_microvm_profile_is_refused_not_downgraded() {
     let mut req = request(&["sh", "-c", "echo ran > side_effect"]);
     req.sandbox.name = cogward_runner::protocol::ProfileName::Microvm;
     let run = RunDir::with_request(&req);
-    assert_eq!(
-        run.run(),
-        i32::from(cogward_runner::exit_code::SANDBOX_FAILED)
-    );
-    let result = run.result();
-    assert_eq!(result.outcome, Outcome::SandboxFailed);
+    let result = run.assert_refused(Some(run.run()));
     assert!(result.detail.unwrap().contains("microvm"));
-    assert!(!run.started_exists());
     assert!(!run.work().join("side_effect").exists());
 }
 
@@ -658,7 +645,6 @@ fn the_reserved_microvm_profile_is_refused_not_downgraded() {
 fn secrets_arrive_as_private_files_and_nowhere_else() {
     use cogward_runner::protocol::SecretRef;
     use sha2::Digest;
-    use std::io::Write;
     let value = format!("S3CR3T-{}", std::process::id());
     let digest = hex::encode(sha2::Sha256::digest(value.as_bytes()));
     let script = "stat -c 'MODE %a %u' /secrets/api_token; stat -c 'DIR %a' /secrets; \
@@ -671,18 +657,8 @@ fn secrets_arrive_as_private_files_and_nowhere_else() {
         sha256: digest.clone(),
     }];
     let run = RunDir::with_request(&req);
-    let mut child = run
-        .command()
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!(r#"{{"api_token":"{value}"}}"#).as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "{}", run.runner_log());
+    let code = run.run_with_stdin(format!(r#"{{"api_token":"{value}"}}"#).as_bytes());
+    assert_eq!(code, Some(0), "{}", run.runner_log());
     let result = run.result();
     assert_eq!(result.exit_code, Some(0), "{}", run.stderr());
     let out = run.stdout();
@@ -705,25 +681,7 @@ fn secrets_arrive_as_private_files_and_nowhere_else() {
     // A value that is not the one the request names, or none at all: refused, nothing runs.
     for input in [r#"{"api_token":"other"}"#, ""] {
         let run = RunDir::with_request(&req);
-        let mut child = run
-            .command()
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let code = child.wait().unwrap().code();
-        assert_eq!(
-            code,
-            Some(i32::from(cogward_runner::exit_code::SANDBOX_FAILED)),
-            "{input:?}"
-        );
-        assert_eq!(run.result().outcome, Outcome::SandboxFailed);
-        assert!(!run.started_exists());
+        run.assert_refused(run.run_with_stdin(input.as_bytes()));
     }
 }
 

@@ -192,16 +192,9 @@ fn a_missing_read_only_path_is_sandbox_failed_never_unsandboxed() {
     let mut req = request(&["sh", "-c", "echo ran > side_effect"]);
     req.sandbox.read_only = vec!["/opt/cogward-does-not-exist".into()];
     let run = RunDir::with_request(&req);
-    assert_eq!(
-        run.run(),
-        i32::from(cogward_runner::exit_code::SANDBOX_FAILED)
-    );
-    let result = run.result();
-    assert_eq!(result.outcome, Outcome::SandboxFailed);
+    let result = run.assert_refused(Some(run.run()));
     let detail = result.detail.unwrap();
     assert!(detail.contains("/opt/cogward-does-not-exist"), "{detail}");
-    assert_eq!(result.exit_code, None);
-    assert!(!run.started_exists(), "the agent counts as started");
     assert!(!run.work().join("side_effect").exists());
 }
 

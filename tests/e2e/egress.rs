@@ -44,7 +44,10 @@ def connect(target, via=7481):
 print('HTTP', urllib.request.urlopen(f'http://pkg.test:{port}/plain', timeout=10).read().decode())
 s, status = connect(f'pkg.test:{port}')
 s.sendall(b'GET /tunnel HTTP/1.1\r\nHost: pkg.test\r\n\r\n')
-print('TUNNEL', status, s.recv(4096).decode().split('\r\n\r\n')[-1])
+answer = b''
+while chunk := s.recv(4096):
+    answer += chunk
+print('TUNNEL', status, answer.decode().split('\r\n\r\n')[-1])
 # Refused at the proxy.
 for target in [f'evil.test:{port}', f'pkg.test:{port + 1}', f'127.0.0.1:{api}', f'localhost:{api}']:
     print('CONNECT', target, connect(target)[1])
@@ -68,13 +71,7 @@ print('RELAYED', connect('evil.test:443', via=9999)[1])
 
 async fn ledger_of(stack: &Stack, id: &str, event_type: &str) -> Vec<Value> {
     let ledger = stack.wait_mirrored(id).await.unwrap();
-    ledger["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["event_type"] == event_type)
-        .map(|e| serde_json::from_str(e["body"].as_str().unwrap()).unwrap())
-        .collect()
+    crate::stack::app_bodies(&ledger, event_type)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -555,15 +555,7 @@ async fn an_agent_in_a_runner_uses_mcp_and_models_through_the_gateway() {
     assert!(stdout.contains(r#""output_tokens": 7"#), "{stdout}");
 
     let ledger = stack.wait_mirrored(&id).await.unwrap();
-    let bodies = |event_type: &str| -> Vec<Value> {
-        ledger["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["event_type"] == event_type)
-            .map(|e| serde_json::from_str(e["body"].as_str().unwrap()).unwrap())
-            .collect()
-    };
+    let bodies = |event_type: &str| crate::stack::app_bodies(&ledger, event_type);
     let tools = bodies("gateway.tool_call");
     let got: Vec<(&str, &str)> = tools
         .iter()

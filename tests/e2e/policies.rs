@@ -37,13 +37,10 @@ async fn ledger_count(db: &Db, event_type: &str) -> i64 {
 /// The run's app entry of this type, parsed.
 pub(crate) async fn app_entry(stack: &Stack, id: &str, event_type: &str) -> Value {
     let ledger = stack.wait_mirrored(id).await.unwrap();
-    let entry = ledger["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event_type"] == event_type)
-        .unwrap_or_else(|| panic!("no {event_type} entry for {id}: {ledger}"));
-    serde_json::from_str(entry["body"].as_str().unwrap()).unwrap()
+    crate::stack::app_bodies(&ledger, event_type)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no {event_type} entry for {id}: {ledger}"))
 }
 
 fn cli_ok(stack: &Stack, args: &[&str]) -> String {

@@ -584,6 +584,21 @@ pub async fn wait_file(path: &Path) {
     }
 }
 
+/// The bodies of the application entries of `event_type` in a ledger listing
+/// (`Stack::wait_mirrored`), in order.
+pub fn app_bodies(ledger: &Value, event_type: &str) -> Vec<Value> {
+    ledger["entries"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["event_type"] == event_type)
+                .filter_map(|e| serde_json::from_str(e["body"].as_str()?).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A minimal valid run spec running `command` for `tenant`.
 pub fn spec(tenant: &str, command: &[&str]) -> Value {
     serde_json::json!({
