@@ -206,7 +206,10 @@ impl Stack {
             },
             database_url,
             env: opts.env,
-            http: reqwest::Client::new(),
+            // A connection per request: the API closes a connection after an oversized request
+            // (and idle ones after its header timeout); a pooled client could send the next
+            // request on one it is closing.
+            http: crate::gateway::fresh_connections(),
             dir,
         };
         if let Some(config) = &opts.gateway_config {
