@@ -399,10 +399,11 @@ fn a_racing_run_cannot_replace_files_the_runner_writes() {
         script.push_str(&format!(" '{}'", r.work().display()));
     }
     script.push_str(&format!(
-        "; do n=$((n+1)); ln -sf '{}' \"$w/.mcp.json\" 2>/dev/null && won=$((won+1)); \
+        "; do n=$((n+1)); ln -sf '{v}' \"$w/.mcp.json\" 2>/dev/null && won=$((won+1)); \
+         ln -f '{v}' \"$w/.mcp.json\" 2>/dev/null && won=$((won+1)); \
          mv -f \"$w/.mcp.json\" \"$w/x\" 2>/dev/null && won=$((won+1)); done; done; \
          echo TRIES=$n WON=$won",
-        victim.display()
+        v = victim.display()
     ));
     let mut req = request(&["sh", "-c", &script]);
     req.limits.wall_clock_seconds = 15;
@@ -484,7 +485,7 @@ fn the_gateway_port_bounds_connections_and_closes_silent_and_idle_ones() {
     }
     let script = "import socket, time\n\
         held = []\n\
-        for i in range(400):\n\
+        for i in range(2500):\n\
         \x20   s = socket.create_connection(('127.0.0.1', 7480), timeout=5)\n\
         \x20   s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n')\n\
         \x20   held.append(s)\n\
@@ -517,6 +518,7 @@ fn the_gateway_port_bounds_connections_and_closes_silent_and_idle_ones() {
     gateway.idle_timeout_seconds = 3;
     req.gateway = Some(gateway);
     req.limits.wall_clock_seconds = 30;
+    req.limits.max_open_files = 4096;
     let run = RunDir::with_request(&req);
     let mut runner = run.command().spawn().unwrap();
     let pid = runner.id();
@@ -530,11 +532,11 @@ fn the_gateway_port_bounds_connections_and_closes_silent_and_idle_ones() {
     let result = run.result();
     let out = run.stdout();
     assert_eq!(result.exit_code, Some(0), "{out}\n{}", run.stderr());
-    assert!(out.contains("OPENED 400"), "{out}");
+    assert!(out.contains("OPENED 2500"), "{out}");
     let closed: usize = lines_with(&out, "CLOSED ")[0]["CLOSED ".len()..]
         .parse()
         .unwrap();
-    assert!(closed >= 400 - 16, "{out}");
+    assert!(closed >= 2500 - 16, "{out}");
     assert!(
         peak.load(Ordering::SeqCst) <= 16,
         "the gateway saw {peak:?} at once"
