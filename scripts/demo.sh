@@ -136,6 +136,11 @@ step "the verdict"
 wait_status "$run_id" succeeded failed rejected expired cancelled denied
 cogward run status "$run_id" --json
 echo "agent stdout:"; cat "$COGWARD_STATE_DIR/runs/$run_id/stdout.log"
+echo "its sandbox, as the evidence records it:"
+cogward run status "$run_id" --json | python3 -c '
+import json, sys
+sb = json.load(sys.stdin)["summary"]["evidence"]["sandbox"]
+print("  profile %(profile)s, host id %(host_id)s (its own), Landlock ABI %(landlock_abi)s, %(seccomp_rules)s seccomp rules, cgroup %(cgroup)s" % sb)'
 
 step "the run's ledger: every Temporal history event plus admission, policy decisions, the model and tool calls, approvals, evidence, verdict"
 wait_mirrored "$run_id"

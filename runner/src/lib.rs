@@ -14,11 +14,12 @@
 //! 4. leases a host id of its own for the run ([`lease`]), then **decides** the sandbox
 //!    ([`sandbox::plan`]): argv, exact environment, program search, id maps, rlimits, the
 //!    filesystem view, the Landlock ruleset, the seccomp program — plain data, unit-tested.
-//! 5. claims `started` with `O_EXCL` ([`rundir`]). It exists already: a previous runner
+//! 5. writes the agent's files into a fresh, root-only `work/` and only then hands it to the
+//!    leased id (a `work/` that cannot be prepared refuses the run, nothing started); claims
+//!    `started` with `O_EXCL` ([`rundir`]). It exists already: a previous runner
 //!    started the agent and died; exit [`exit_code::ALREADY_STARTED`] without starting it
 //!    again. This is what makes the agent run at most once per run directory.
-//! 6. writes the agent's files into a fresh, root-only `work/` and only then hands it to the
-//!    leased id; **applies** the sandbox (`sandbox::launch`): `clone` into new user, PID, mount,
+//! 6. **applies** the sandbox (`sandbox::launch`): `clone` into new user, PID, mount,
 //!    network, UTS and IPC namespaces; the parent maps one id (1000 inside → the leased host
 //!    id); the child (the sandbox's PID 1, a tiny init) builds the private root (`pivot_root`
 //!    onto a tmpfs: read-only system paths, `work/` bound from a descriptor at `/work`, own

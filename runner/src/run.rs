@@ -4,8 +4,8 @@ use crate::capture::StreamCapture;
 use crate::exit_code;
 use crate::outcome::{self, AgentStatus, Decision};
 use crate::protocol::{
-    Outcome, PROTOCOL_VERSION, REQUEST_FILE, RunnerEvent, RunnerRequest, RunnerResult, STDERR_FILE,
-    STDOUT_FILE, SandboxEvidence, StreamDigest,
+    Outcome, PROTOCOL_VERSION, REQUEST_FILE, RunnerEvent, RunnerRequest, RunnerResult,
+    STARTED_FILE, STDERR_FILE, STDOUT_FILE, SandboxEvidence, StreamDigest,
 };
 use crate::request::{self, RequestError};
 use crate::rundir::{ClaimError, EventLog, LockError, RunDir, StartedClaim, now_ms};
@@ -331,6 +331,16 @@ mod linux {
         run.dir
             .restrict_access()
             .map_err(io_ctx("restricting access to the run directory"))?;
+        // Before the claim: a work directory that cannot be prepared (a link planted in one
+        // that already existed, say) refuses the run with nothing started. (Unless an earlier
+        // runner started the agent: then its work directory is evidence, left as it is.)
+        if run.dir.has_started() {
+            return Err(ClaimError::AlreadyStarted(run.dir.file(STARTED_FILE)).into());
+        }
+        if let Err(e) = run.dir.prepare_work(&request.files, lease.id) {
+            let detail = format!("preparing the work directory and the agent's files: {e}");
+            return run.sandbox_failed(detail, empty_digest(), empty_digest());
+        }
 
         // The point of no return: from here the agent counts as started, forever.
         run.started_at_ms = now_ms();
@@ -352,10 +362,6 @@ mod linux {
         let stdout = StreamCapture::new(stdout_file, cap);
         let stderr = StreamCapture::new(stderr_file, cap);
 
-        if let Err(e) = run.dir.prepare_work(&request.files, lease.id) {
-            let detail = format!("preparing the work directory and the agent's files: {e}");
-            return finish_unstarted(run, detail, stdout, stderr);
-        }
         if let Err(detail) = drop_supplementary_groups() {
             return finish_unstarted(run, detail, stdout, stderr);
         }

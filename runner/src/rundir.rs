@@ -127,6 +127,11 @@ impl RunDir {
         self.file(RESULT_FILE).exists()
     }
 
+    /// Whether an agent was started from this directory (by this runner or one that died).
+    pub fn has_started(&self) -> bool {
+        self.file(STARTED_FILE).exists()
+    }
+
     /// Point the runner's stdin at /dev/null and stdout/stderr at `runner.log`: the runner
     /// outlives whoever started it, so its diagnostics go to the run directory. Also keeps
     /// descriptors 0–2 taken, so no pipe created later lands on them.
