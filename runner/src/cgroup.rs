@@ -145,13 +145,14 @@ impl Cgroup {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(io_err(&parent)(e)),
                 }
-                let wanted = if *cpu {
-                    "+memory +pids +cpu"
-                } else {
-                    "+memory +pids"
-                };
                 for at in [root, &parent] {
-                    write(&at.join("cgroup.subtree_control"), wanted)?;
+                    let control = at.join("cgroup.subtree_control");
+                    write(&control, "+memory +pids")?;
+                    if *cpu {
+                        // Best effort: v2 refuses the cpu controller while real-time tasks
+                        // sit in the root; the weight is then left at its default.
+                        let _ = fs::write(&control, "+cpu");
+                    }
                 }
                 let dir = parent.join(name);
                 fresh_dir(&dir)?;
@@ -166,8 +167,9 @@ impl Cgroup {
                     e => Err(e),
                 })?;
                 write(&dir.join("pids.max"), &pids)?;
-                if *cpu {
-                    write(&dir.join("cpu.weight"), &limits.cpu_weight.to_string())?;
+                let weight = dir.join("cpu.weight");
+                if *cpu && weight.exists() {
+                    write(&weight, &limits.cpu_weight.to_string())?;
                 }
                 (vec![dir.clone()], dir)
             }
