@@ -171,12 +171,34 @@ async fn run_writer(db: Db, mut rx: mpsc::Receiver<Job>) {
 }
 
 /// Every job's entries, and its journal row, in one transaction; the outcomes per job.
+///
+/// A batch that fails (a full disk, a lost server) fails its callers only: its connection is
+/// closed rather than handed back to the pool, since a failed `COMMIT` can leave it inside a
+/// transaction that every later batch would trip over; the next batch takes a fresh one.
 async fn commit(db: &Db, jobs: &[Job]) -> Result<Vec<Vec<AppendOutcome>>> {
-    let mut tx = match db.backend {
-        Backend::Sqlite => db.pool.begin_with("BEGIN IMMEDIATE").await?,
-        Backend::Postgres => db.pool.begin().await?,
+    let mut conn = db
+        .pool
+        .acquire()
+        .await
+        .context("acquiring a database connection")?;
+    let result = commit_on(&mut conn, db.backend, jobs).await;
+    if result.is_err() {
+        conn.close_on_drop();
+    }
+    result
+}
+
+async fn commit_on(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    backend: Backend,
+    jobs: &[Job],
+) -> Result<Vec<Vec<AppendOutcome>>> {
+    use sqlx::Connection;
+    let mut tx = match backend {
+        Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+        Backend::Postgres => conn.begin().await?,
     };
-    let lock = match db.backend {
+    let lock = match backend {
         Backend::Sqlite => "SELECT seq, hash FROM ledger_head WHERE id = 1",
         Backend::Postgres => "SELECT seq, hash FROM ledger_head WHERE id = 1 FOR UPDATE",
     };
@@ -279,4 +301,80 @@ async fn insert_journal_row(
     .await
     .context("writing the events journal")?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A tmpfs of its own, unmounted when dropped.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        fn mount(bytes: u64) -> SmallDisk {
+            let dir = tempfile::tempdir().unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                dir.path(),
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={bytes}").as_str()),
+            )
+            .expect("mounting a tmpfs (the test runs as root)");
+            SmallDisk(dir)
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    fn entry(i: usize, body_bytes: usize) -> NewEntry {
+        NewEntry::app(
+            "test",
+            format!("run-{i}"),
+            "test.entry",
+            json!({"i": i, "pad": "x".repeat(body_bytes)}),
+        )
+    }
+
+    /// Regression: one failed commit (the disk full) left the writer's connection inside a
+    /// transaction, and every later append failed until the process restarted. Now the batch
+    /// that hit the full disk fails, and once there is space again the next one succeeds and
+    /// the chain verifies.
+    #[tokio::test]
+    async fn the_writer_recovers_from_a_full_disk_by_itself() {
+        let disk = SmallDisk::mount(4 << 20);
+        let url = format!("sqlite://{}", disk.0.path().join("ledger.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        let ledger = Ledger::start(db.clone());
+        ledger.append(vec![entry(0, 10)]).await.unwrap();
+
+        let filler = disk.0.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        drop(f);
+        let mut failures = 0;
+        for i in 1..=5 {
+            if ledger.append(vec![entry(i, 256 << 10)]).await.is_err() {
+                failures += 1;
+            }
+        }
+        assert!(failures > 0, "the full disk never refused an append");
+
+        std::fs::remove_file(&filler).unwrap();
+        for i in 10..15 {
+            ledger
+                .append(vec![entry(i, 10)])
+                .await
+                .expect("an append after space came back");
+        }
+        let report = super::super::verify::verify(&db).await.unwrap();
+        assert!(report.ok, "{:?}", report.first_bad);
+    }
 }
