@@ -45,6 +45,49 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// The database cannot take writes (or answer) right now: its disk is full, its server is gone,
+/// no connection could be had. Retrying later can succeed; callers answer 503.
+#[derive(Debug, thiserror::Error)]
+#[error("storage unavailable: {0}")]
+pub struct StorageUnavailable(pub String);
+
+/// Whether `e` (anywhere in its chain) is a storage failure rather than a bug or bad input.
+pub fn is_storage_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.is::<StorageUnavailable>()
+            || cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(sqlx_unavailable)
+    })
+}
+
+fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let message = db.message().to_ascii_lowercase();
+            let sqlite = code.len() < 5 && code.parse::<u32>().is_ok();
+            let storage = if sqlite {
+                // SQLITE_IOERR (10), SQLITE_FULL (13), SQLITE_CANTOPEN (14), with their
+                // extended codes (the low byte is the primary code).
+                code.parse::<u32>()
+                    .is_ok_and(|c| matches!(c & 0xff, 10 | 13 | 14))
+            } else {
+                // PostgreSQL: insufficient resources (53…), connection exception (08…),
+                // operator intervention (57P…).
+                code.starts_with("53") || code.starts_with("08") || code.starts_with("57P")
+            };
+            storage || message.contains("disk is full") || message.contains("disk i/o error")
+        }
+        _ => false,
+    }
+}
+
 #[derive(Clone)]
 pub struct Db {
     pub pool: AnyPool,
@@ -129,5 +172,27 @@ impl Db {
             tracing::info!(name, "migration applied");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_failures_are_told_apart_from_other_errors() {
+        let io = anyhow::Error::from(sqlx::Error::Io(std::io::Error::other("gone")));
+        assert!(is_storage_unavailable(&io));
+        assert!(is_storage_unavailable(
+            &anyhow::Error::from(sqlx::Error::PoolTimedOut).context("acquiring")
+        ));
+        assert!(is_storage_unavailable(&anyhow::Error::new(
+            StorageUnavailable("full".into())
+        )));
+        assert!(!is_storage_unavailable(&anyhow::anyhow!("a bug")));
+        assert!(!is_storage_unavailable(&anyhow::Error::from(
+            sqlx::Error::RowNotFound
+        )));
     }
 }

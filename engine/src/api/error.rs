@@ -46,9 +46,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Anything unexpected is a 500 with the cause logged, not leaked.
+/// A storage failure (full disk, database gone) is a 503 `storage_unavailable`: retrying later
+/// can succeed. Anything else unexpected is a 500 with the cause logged, not leaked.
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
+        if crate::db::is_storage_unavailable(&e) {
+            tracing::error!(error = %format!("{e:#}"), "storage unavailable");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the database cannot take this now (full, or unreachable); retry later",
+            );
+        }
         tracing::error!(error = %format!("{e:#}"), "internal error");
         problem(
             StatusCode::INTERNAL_SERVER_ERROR,

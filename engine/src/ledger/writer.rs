@@ -23,7 +23,14 @@ pub enum AppendOutcome {
     Duplicate,
 }
 
-type Reply = oneshot::Sender<Result<Vec<AppendOutcome>, String>>;
+/// A batch's failure as its callers get it: the message, and whether it was the storage's.
+#[derive(Debug, Clone)]
+struct BatchError {
+    message: String,
+    unavailable: bool,
+}
+
+type Reply = oneshot::Sender<Result<Vec<AppendOutcome>, BatchError>>;
 
 /// One caller's entries, and the journal row (if any) committed with them.
 struct Job {
@@ -99,7 +106,14 @@ impl Ledger {
             .map_err(|_| anyhow!("ledger writer stopped"))?;
         rx.await
             .map_err(|_| anyhow!("ledger writer stopped"))?
-            .map_err(|e| anyhow!("ledger append failed: {e}"))
+            .map_err(|e| {
+                let message = format!("ledger append failed: {}", e.message);
+                if e.unavailable {
+                    anyhow::Error::new(crate::db::StorageUnavailable(message))
+                } else {
+                    anyhow!(message)
+                }
+            })
     }
 
     /// Entries of one run (its workflow id), in chain order.
@@ -162,8 +176,12 @@ async fn run_writer(db: Db, mut rx: mpsc::Receiver<Job>) {
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), entries = count, "ledger append failed");
+                let failed = BatchError {
+                    message: format!("{e:#}"),
+                    unavailable: crate::db::is_storage_unavailable(&e),
+                };
                 for job in jobs {
-                    let _ = job.reply.send(Err(format!("{e:#}")));
+                    let _ = job.reply.send(Err(failed.clone()));
                 }
             }
         }
@@ -361,7 +379,11 @@ mod tests {
         drop(f);
         let mut failures = 0;
         for i in 1..=5 {
-            if ledger.append(vec![entry(i, 256 << 10)]).await.is_err() {
+            if let Err(e) = ledger.append(vec![entry(i, 256 << 10)]).await {
+                assert!(
+                    crate::db::is_storage_unavailable(&e),
+                    "a full disk is a storage failure: {e:#}"
+                );
                 failures += 1;
             }
         }
