@@ -64,6 +64,13 @@ pub struct RunnerRequest {
     pub secrets: Vec<SecretRef>,
 }
 
+impl RunnerRequest {
+    /// The sandbox's ways out, in the order of its ports: the gateway, then the egress proxy.
+    pub fn routes(&self) -> impl Iterator<Item = &GatewayEgress> {
+        self.gateway.iter().chain(&self.egress_proxy)
+    }
+}
+
 /// A secret by reference: its name and the sha256 of its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

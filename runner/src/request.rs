@@ -134,7 +134,7 @@ pub fn validate(request: &RunnerRequest) -> Result<(), RequestError> {
             return Err(RequestError::BadSecretName(secret.name.clone()));
         }
     }
-    for gateway in request.gateway.iter().chain(&request.egress_proxy) {
+    for gateway in request.routes() {
         if gateway.upstream.parse::<std::net::SocketAddr>().is_err() {
             return Err(RequestError::BadGatewayUpstream(gateway.upstream.clone()));
         }

@@ -273,6 +273,54 @@ mod linux {
             .map_err(|e| format!("dropping the runner's supplementary groups {groups:?}: {e}"))
     }
 
+    /// What the sandbox is built from, all held until the runner exits: the leased host id (no
+    /// other live run gets it), the plan, and the control group (removed when dropped, its
+    /// processes gone).
+    struct Prepared {
+        lease: crate::lease::IdLease,
+        plan: sandbox::SandboxPlan,
+        cgroup: crate::cgroup::Cgroup,
+    }
+
+    /// Lease an id, check the secrets, decide the plan, create the cgroup. An error is the
+    /// reason the sandbox cannot be built; nothing has started.
+    fn prepare(
+        run: &Run<'_>,
+        secret_input: Result<Vec<u8>, crate::secrets::SecretError>,
+    ) -> Result<Prepared, String> {
+        let request = run.request;
+        let profile = &request.sandbox;
+        let lease = crate::lease::acquire(
+            Path::new(&profile.lease_dir),
+            profile.host_ids,
+            &request.run_id,
+        )
+        .map_err(|e| e.to_string())?;
+        let secrets = secret_input
+            .and_then(|input| crate::secrets::values(&request.secrets, &input))
+            .map_err(|e| e.to_string())?;
+        let host = sandbox::HostFacts {
+            fs: &sandbox::fs_view::RealHost,
+            landlock_abi: sandbox::landlock::host_abi(),
+        };
+        let plan = sandbox::plan(request, &run.dir.work_dir(), lease.id, &secrets, &host)
+            .map_err(|e| e.to_string())?;
+        let cgroup = crate::cgroup::detect(Path::new(crate::cgroup::CGROUP_ROOT))
+            .and_then(|layout| {
+                crate::cgroup::Cgroup::create(
+                    layout,
+                    &format!("sandbox-{}", lease.id),
+                    crate::cgroup::decide(&request.limits),
+                )
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Prepared {
+            lease,
+            plan,
+            cgroup,
+        })
+    }
+
     pub(super) fn sandboxed_run(
         run: &mut Run<'_>,
         signals: &SignalFd,
@@ -280,41 +328,14 @@ mod linux {
     ) -> Result<Completion, RunError> {
         let request = run.request;
         let limits = request.limits;
-        let profile = &request.sandbox;
-        // Held until the runner exits: no other live run gets this host id.
-        let lease = match crate::lease::acquire(
-            Path::new(&profile.lease_dir),
-            profile.host_ids,
-            &request.run_id,
-        ) {
-            Ok(l) => l,
-            Err(e) => return run.sandbox_failed(e.to_string(), empty_digest(), empty_digest()),
-        };
-        let host = sandbox::HostFacts {
-            fs: &sandbox::fs_view::RealHost,
-            landlock_abi: sandbox::landlock::host_abi(),
-        };
-        let secrets =
-            match secret_input.and_then(|input| crate::secrets::values(&request.secrets, &input)) {
-                Ok(s) => s,
-                Err(e) => return run.sandbox_failed(e.to_string(), empty_digest(), empty_digest()),
-            };
-        let plan = match sandbox::plan(request, &run.dir.work_dir(), lease.id, &secrets, &host) {
+        let Prepared {
+            lease,
+            plan,
+            cgroup,
+        } = match prepare(run, secret_input) {
             Ok(p) => p,
-            Err(e) => return run.sandbox_failed(e.to_string(), empty_digest(), empty_digest()),
+            Err(detail) => return run.sandbox_failed(detail, empty_digest(), empty_digest()),
         };
-        // The run's control group; removed when this function returns (its processes gone).
-        let cgroup =
-            match crate::cgroup::detect(Path::new(crate::cgroup::CGROUP_ROOT)).and_then(|layout| {
-                crate::cgroup::Cgroup::create(
-                    layout,
-                    &format!("sandbox-{}", lease.id),
-                    crate::cgroup::decide(&limits),
-                )
-            }) {
-                Ok(c) => c,
-                Err(e) => return run.sandbox_failed(e.to_string(), empty_digest(), empty_digest()),
-            };
         if cancel_pending(signals).map_err(io_ctx("reading the runner's signals"))? {
             log("cancelled before the agent started");
             run.emit(RunnerEvent::Stopping {
@@ -366,8 +387,14 @@ mod linux {
             return finish_unstarted(run, detail, stdout, stderr);
         }
         let launched = sandbox::launch(&plan, &cgroup);
+        if let Err(e) = &launched
+            && e.is_sandbox_failure()
+        {
+            return finish_unstarted(run, e.to_string(), stdout, stderr);
+        }
+        // The sandbox was built (even if the agent's program then could not be executed).
         run.sandbox = Some(SandboxEvidence {
-            profile: profile.name,
+            profile: request.sandbox.name,
             host_id: lease.id,
             landlock_abi: plan.landlock.abi,
             seccomp_rules: u32::try_from(plan.seccomp_rules).unwrap_or(u32::MAX),
@@ -376,10 +403,6 @@ mod linux {
         });
         let mut sandbox = match launched {
             Ok(s) => s,
-            Err(e) if e.is_sandbox_failure() => {
-                run.sandbox = None;
-                return finish_unstarted(run, e.to_string(), stdout, stderr);
-            }
             Err(e) => {
                 // The sandbox worked; the program did not exist or could not be executed.
                 // Reported like a shell does (127), with the reason.
@@ -401,8 +424,10 @@ mod linux {
             }
         };
         let init_pid = sandbox.init_pid;
-        let routes = request.gateway.iter().chain(&request.egress_proxy);
-        for (listener, route) in std::mem::take(&mut sandbox.egress).into_iter().zip(routes) {
+        for (listener, route) in std::mem::take(&mut sandbox.egress)
+            .into_iter()
+            .zip(request.routes())
+        {
             // Validated as a socket address with the request.
             if let Ok(upstream) = route.upstream.parse() {
                 crate::egress::forward(listener, upstream, route.into());

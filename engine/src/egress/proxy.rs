@@ -114,8 +114,7 @@ impl EgressProxy {
         self.append(
             &run,
             "egress.connection",
-            json!({"run_id": run.run_id, "tenant": run.tenant, "agent": run.agent,
-                   "destination": destination, "address": address.to_string(),
+            json!({"destination": destination, "address": address.to_string(),
                    "profile": profile, "method": target.method, "outcome": outcome}),
         )
         .await?;
@@ -175,13 +174,16 @@ impl EgressProxy {
         self.append(
             run,
             "security.egress_denied",
-            json!({"run_id": run.run_id, "tenant": run.tenant, "agent": run.agent,
-                   "destination": destination, "reason": reason, "profiles": profiles}),
+            json!({"destination": destination, "reason": reason, "profiles": profiles}),
         )
         .await
     }
 
-    async fn append(&self, run: &RunIdentity, event_type: &str, body: Value) -> Result<()> {
+    /// One ledger entry about `run`: `body` plus the run's identity.
+    async fn append(&self, run: &RunIdentity, event_type: &str, mut body: Value) -> Result<()> {
+        body["run_id"] = json!(run.run_id);
+        body["tenant"] = json!(run.tenant);
+        body["agent"] = json!(run.agent);
         let entry = NewEntry::app(
             &self.gateway.namespace,
             run.run_id.clone(),

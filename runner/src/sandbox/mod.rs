@@ -117,12 +117,7 @@ pub fn plan(
         .map(String::as_str)
         .unwrap_or(env::DEFAULT_PATH);
     let profile = &request.sandbox;
-    let egress_ports: Vec<u16> = request
-        .gateway
-        .iter()
-        .chain(&request.egress_proxy)
-        .map(|g| g.port)
-        .collect();
+    let egress_ports: Vec<u16> = request.routes().map(|g| g.port).collect();
     let landlock = match profile.name {
         ProfileName::Standard => landlock::decide(host.landlock_abi, home, None)?,
         ProfileName::Strict => landlock::decide(host.landlock_abi, home, Some(&egress_ports))?,
