@@ -261,6 +261,19 @@ async fn audit_verify(config: &EngineConfig, json: bool) -> Result<u8> {
             "OK: {} entries, chain head seq {} hash {}",
             report.entries, report.head_seq, report.head_hash
         );
+        let open = &report.calls_without_outcome;
+        if !open.is_empty() {
+            println!(
+                "NOTE: {} gateway call(s) have an intent but no outcome (in flight, or lost in a crash; charged their reservation):",
+                open.len()
+            );
+            for c in open.iter().take(20) {
+                println!(
+                    "  seq {} run {} call {} {}",
+                    c.seq, c.run_id, c.call_id, c.target
+                );
+            }
+        }
     }
     Ok(if report.ok { 0 } else { 1 })
 }

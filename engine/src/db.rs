@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0006_mcp.sql",
         include_str!("../../migrations/0006_mcp.sql"),
     ),
+    (
+        7,
+        "0007_single_use_approvals.sql",
+        include_str!("../../migrations/0007_single_use_approvals.sql"),
+    ),
 ];
 
 /// The database cannot take writes (or answer) right now: its disk is full, its server is gone,

@@ -57,10 +57,12 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
             policies.clone(),
             gateway_config,
             config.namespace.clone(),
+            config.state_dir.join("spool"),
         )
         .await?,
     );
     tokio::spawn(crate::gateway::close_servers_of_ended_runs(gateway.clone()));
+    tokio::spawn(crate::gateway::spool::drain(gateway.clone()));
     let egress_config = crate::egress::EgressConfig::load(&config.egress_config())?;
     let egress_listener = tokio::net::TcpListener::bind(config.egress_listen)
         .await

@@ -15,9 +15,17 @@ pub struct GatewayConfig {
     /// `provider` the model-access policy sees.
     #[serde(default)]
     pub providers: BTreeMap<String, Provider>,
-    /// USD per million tokens, first match wins; a model without a price costs 0.
+    /// USD per million tokens, first match wins (globs over the normalised, lowercase model
+    /// name); a call to a model without a price is refused (price it at 0 to make it free).
     #[serde(default)]
     pub prices: Vec<Price>,
+    /// A call's input is reserved at one token per this many request bytes (a conservative
+    /// estimate: English text is ~4 bytes per token).
+    #[serde(default = "default_input_bytes_per_token")]
+    pub input_bytes_per_token: u64,
+    /// The output ceiling set on an OpenAI request that names none (and reserved for it).
+    #[serde(default = "default_max_output_tokens")]
+    pub default_max_output_tokens: u64,
     /// Tenant → tier for the model-access policy (`"*"`: every other tenant; default
     /// `standard`).
     #[serde(default)]
@@ -37,6 +45,14 @@ pub struct GatewayConfig {
     /// How long an escalated tool call waits for its approval before it is refused.
     #[serde(default = "default_tool_approval_timeout")]
     pub tool_approval_timeout_seconds: u64,
+}
+
+fn default_input_bytes_per_token() -> u64 {
+    2
+}
+
+fn default_max_output_tokens() -> u64 {
+    4096
 }
 
 fn default_tool_approval_timeout() -> u64 {
@@ -216,18 +232,30 @@ impl GatewayConfig {
             .filter(move |s| s.tenants.iter().any(|t| glob_match(t, tenant)))
     }
 
-    /// Cost in micro-USD of a call's tokens (0 for an unpriced model).
-    pub fn cost_micro_usd(&self, provider: &str, model: &str, input: u64, output: u64) -> u64 {
-        let Some(p) = self
+    /// Cost in micro-USD of a call's tokens; `None` for an unpriced model.
+    pub fn cost_micro_usd(
+        &self,
+        provider: &str,
+        model: &str,
+        input: u64,
+        output: u64,
+    ) -> Option<u64> {
+        let p = self
             .prices
             .iter()
-            .find(|p| p.provider == provider && glob_match(&p.model, model))
-        else {
-            return 0;
-        };
+            .find(|p| p.provider == provider && glob_match(&normalize_model(&p.model), model))?;
         // USD per million tokens = micro-USD per token.
-        (input as f64 * p.input_usd_per_mtok + output as f64 * p.output_usd_per_mtok).round() as u64
+        Some(
+            (input as f64 * p.input_usd_per_mtok + output as f64 * p.output_usd_per_mtok).round()
+                as u64,
+        )
     }
+}
+
+/// A model name as policy, pricing and forwarding all see it: trimmed and lowercase (provider
+/// model ids are lowercase; `CLAUDE-SONNET-4-5 ` is the same model).
+pub fn normalize_model(name: &str) -> String {
+    name.trim().to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -236,7 +264,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prices_match_by_glob_and_unpriced_models_cost_nothing() {
+    fn prices_match_by_glob_and_unpriced_models_have_no_price() {
         let config: GatewayConfig = serde_json::from_value(serde_json::json!({
             "prices": [
                 {"provider": "anthropic", "model": "claude-sonnet-*", "input_usd_per_mtok": 3.0, "output_usd_per_mtok": 15.0},
@@ -247,13 +275,14 @@ mod tests {
         .unwrap();
         assert_eq!(
             config.cost_micro_usd("anthropic", "claude-sonnet-4-5", 1000, 100),
-            4500
+            Some(4500)
         );
         assert_eq!(
             config.cost_micro_usd("anthropic", "claude-haiku", 10, 10),
-            20
+            Some(20)
         );
-        assert_eq!(config.cost_micro_usd("openai", "gpt-4o", 1000, 1000), 0);
+        assert_eq!(config.cost_micro_usd("openai", "gpt-4o", 1000, 1000), None);
+        assert_eq!(normalize_model(" CLAUDE-Sonnet-4-5"), "claude-sonnet-4-5");
         assert_eq!(config.tier("acme"), "premium");
         assert_eq!(config.tier("globex"), "standard");
     }

@@ -40,7 +40,7 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use temporalio_client::{WorkflowQueryOptions, WorkflowSignalOptions};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Largest JSON-RPC message accepted.
 pub const MCP_BODY_LIMIT: usize = 1024 * 1024;
@@ -498,8 +498,25 @@ async fn call_tool(
     match effect {
         Effect::Permit => {
             call.decision = CallDecision::Permit;
-            let answer = job.forward(&mut call).await;
-            Ok(axum::Json(job.finish(&mut call, answer).await?).into_response())
+            job.record_intent(&mut call).await?;
+            // From here the call runs to its recorded outcome whether or not the client stays.
+            let (reply, answer) = oneshot::channel();
+            tokio::spawn(async move {
+                let result = job.forward(&mut call).await;
+                if reply.is_closed() {
+                    call.outcome = "client_gone".into();
+                }
+                let _ = reply.send(job.finish(&mut call, result).await);
+            });
+            let answer = answer.await.map_err(|_| {
+                rpc_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    id,
+                    -32603,
+                    "cogward: the call's task ended without an answer",
+                )
+            })??;
+            Ok(axum::Json(answer).into_response())
         }
         Effect::Deny => {
             let text = format!(
@@ -538,6 +555,19 @@ struct CallJob {
 }
 
 impl CallJob {
+    /// Record the call's intent; an error (nothing may be forwarded) as the JSON-RPC answer.
+    async fn record_intent(&self, call: &mut CallRecord) -> Result<(), RpcError> {
+        self.gw.record_intent(call).await.map_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "tool call refused: its intent could not be recorded");
+            rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &self.id,
+                -32603,
+                "cogward: the call could not be recorded in the audit ledger, so it was not forwarded",
+            )
+        })
+    }
+
     /// Forward the call; the tool result (or our refusal when the upstream failed).
     async fn forward(&self, call: &mut CallRecord) -> Value {
         let started = Instant::now();
@@ -575,10 +605,11 @@ impl CallJob {
         }
     }
 
-    /// Record the call; the JSON-RPC answer, or an error when the record cannot be written.
+    /// Settle the call's outcome; the JSON-RPC answer, or an error when the outcome is not
+    /// durable.
     async fn finish(&self, call: &mut CallRecord, result: Value) -> Result<Value, RpcError> {
         call.latency = self.started.elapsed();
-        self.gw.record(call).await.map_err(|e| {
+        self.gw.settle(call).await.map_err(|e| {
             tracing::error!(error = %format!("{e:#}"), "tool call refused: its record could not be written");
             rpc_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -616,7 +647,7 @@ fn park(
                 tx.send(Ok(Bytes::from(event))).await.is_ok()
             }
         };
-        let waited = wait_for_decision(&state, &job, &mut call, group, |elapsed| {
+        let progress = |elapsed: Duration| {
             let token = progress_token.clone();
             let tx = tx.clone();
             async move {
@@ -635,14 +666,35 @@ fn park(
                         .is_ok(),
                 }
             }
-        })
-        .await;
+        };
+        // A decision is for one execution: the first copy to claim it uses it, and a copy
+        // that finds it claimed (or expired) parks as a new request.
+        let mut reattach = true;
+        let waited = loop {
+            match wait_for_decision(&state, &job, &mut call, group.clone(), reattach, &progress)
+                .await
+            {
+                Ok(Parked::Decided(d)) => match claim(&job.gw, &call).await {
+                    Ok(true) => break Ok(Parked::Decided(d)),
+                    Ok(false) => reattach = false,
+                    Err(e) => break Err(e),
+                },
+                other => break other,
+            }
+        };
         let answer = match waited {
             Ok(Parked::Decided(d)) if d.verdict == ApprovalVerdict::Approved => {
                 call.detail["approver"] = json!(d.approver);
+                if let Err(e) = job.record_intent(&mut call).await {
+                    send(json!({"jsonrpc": "2.0", "id": e.id, "error": {"code": e.code, "message": e.message}})).await;
+                    return;
+                }
                 let result = job.forward(&mut call).await;
                 if call.outcome == "ok" {
                     call.outcome = "approved".into();
+                }
+                if tx.is_closed() {
+                    call.outcome = "client_gone".into();
                 }
                 result
             }
@@ -684,6 +736,7 @@ fn park(
             }
         };
         if let Some(call_id) = call.detail.get("parked_call_id").and_then(Value::as_str) {
+            // Expired or the run ended: no later copy re-attaches to it.
             let _ = sqlx::query("UPDATE parked_tool_calls SET released = 1 WHERE call_id = $1")
                 .bind(call_id)
                 .execute(&job.gw.db.pool)
@@ -700,13 +753,48 @@ fn park(
     super::event_stream(rx)
 }
 
-/// Find or create the parked row, tell the workflow, and wait for its decision.
+/// The version of the policy that escalated the call (module and data digests): part of what
+/// an approval is for.
+fn escalating_policy(call: &CallRecord) -> String {
+    call.decisions
+        .last()
+        .and_then(|d| d.policy.as_ref())
+        .map(|p| format!("{}:{}", p.module_sha256, p.data_sha256))
+        .unwrap_or_default()
+}
+
+/// When parked rows created before now stop counting (their approval has expired).
+fn approval_cutoff(gw: &Gateway) -> String {
+    let timeout = chrono::Duration::seconds(gw.config.tool_approval_timeout_seconds as i64);
+    (chrono::Utc::now() - timeout).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Claim the decided parked row for this execution; false when another copy already used it or
+/// it has expired.
+async fn claim(gw: &Gateway, call: &CallRecord) -> anyhow::Result<bool> {
+    let Some(parked) = call.detail.get("parked_call_id").and_then(Value::as_str) else {
+        return Ok(false);
+    };
+    let claimed = sqlx::query(
+        "UPDATE parked_tool_calls SET released = 1 WHERE call_id = $1 AND released = 0 \
+         AND created_at >= $2",
+    )
+    .bind(parked)
+    .bind(approval_cutoff(gw))
+    .execute(&gw.db.pool)
+    .await?
+    .rows_affected();
+    Ok(claimed == 1)
+}
+
+/// Find (`reattach`) or create the parked row, tell the workflow, and wait for its decision.
 async fn wait_for_decision<F, Fut>(
     state: &AppState,
     job: &CallJob,
     call: &mut CallRecord,
     group: Option<String>,
-    progress: F,
+    reattach: bool,
+    progress: &F,
 ) -> anyhow::Result<Parked>
 where
     F: Fn(Duration) -> Fut,
@@ -714,26 +802,36 @@ where
 {
     let db = &job.gw.db;
     let run_id = call.run.run_id.clone();
-    let existing: Option<String> = sqlx::query_scalar(
-        "SELECT call_id FROM parked_tool_calls WHERE run_id = $1 AND tool = $2 AND args_sha256 = $3 \
-         AND released = 0 ORDER BY created_at LIMIT 1",
-    )
-    .bind(&run_id)
-    .bind(&call.target)
-    .bind(&call.args_sha256)
-    .fetch_optional(&db.pool)
-    .await?;
+    let policy = escalating_policy(call);
+    let existing: Option<String> = if reattach {
+        sqlx::query_scalar(
+            "SELECT call_id FROM parked_tool_calls WHERE run_id = $1 AND tool = $2 \
+             AND args_sha256 = $3 AND policy_sha256 = $4 AND released = 0 AND created_at >= $5 \
+             ORDER BY created_at LIMIT 1",
+        )
+        .bind(&run_id)
+        .bind(&call.target)
+        .bind(&call.args_sha256)
+        .bind(&policy)
+        .bind(approval_cutoff(&job.gw))
+        .fetch_optional(&db.pool)
+        .await?
+    } else {
+        None
+    };
     let parked_id = match existing {
         Some(id) => id,
         None => {
-            let id = call.call_id.clone();
+            let id = uuid::Uuid::new_v4().to_string();
             sqlx::query(
-                "INSERT INTO parked_tool_calls (call_id, run_id, tool, args_sha256, created_at) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO parked_tool_calls (call_id, run_id, tool, args_sha256, policy_sha256, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&id)
             .bind(&run_id)
             .bind(&call.target)
             .bind(&call.args_sha256)
+            .bind(&policy)
             .bind(crate::now_rfc3339())
             .execute(&db.pool)
             .await?;

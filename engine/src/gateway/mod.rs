@@ -11,8 +11,10 @@
 //! Responses); [`mcp`] serves MCP to agents and [`upstream`] reaches the MCP servers.
 
 pub mod config;
+pub mod json;
 pub mod mcp;
 pub mod model;
+pub mod spool;
 pub mod upstream;
 
 use crate::db::Db;
@@ -33,6 +35,7 @@ use std::time::{Duration, Instant};
 /// How long a checked credential is trusted before the run's status is read again (so a run
 /// that ended is refused within this long).
 const CREDENTIAL_TTL: Duration = Duration::from_secs(1);
+const ADMISSION_STRIPES: usize = 64;
 
 pub struct Gateway {
     pub db: Db,
@@ -46,6 +49,11 @@ pub struct Gateway {
     pub upstreams: upstream::Upstreams,
     /// MCP session id → run id (the database is the record; this saves a read per request).
     pub sessions: Mutex<HashMap<String, String>>,
+    /// Outcomes the ledger could not take yet.
+    pub spool: spool::Spool,
+    /// Serialises each tenant's budget decisions with their reservations (striped by tenant),
+    /// so concurrent calls cannot all spend the same headroom.
+    admission: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// The run a call is made for.
@@ -122,6 +130,7 @@ impl Gateway {
         policies: Arc<Policies>,
         config: GatewayConfig,
         namespace: String,
+        spool_dir: std::path::PathBuf,
     ) -> Result<Self> {
         let key = load_key(&db).await?;
         let http = reqwest::Client::builder()
@@ -142,7 +151,22 @@ impl Gateway {
             checked: Mutex::new(HashMap::new()),
             upstreams,
             sessions: Mutex::new(HashMap::new()),
+            spool: spool::Spool::open(spool_dir)?,
+            admission: (0..ADMISSION_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         })
+    }
+
+    /// Hold while deciding a call against its tenant's and run's budgets and recording its
+    /// reservation.
+    pub async fn admission_lock(&self, tenant: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tenant.hash(&mut h);
+        self.admission[(h.finish() % ADMISSION_STRIPES as u64) as usize]
+            .lock()
+            .await
     }
 
     /// The run a call is for: its credential must verify under the key, name a known run, and
@@ -192,52 +216,75 @@ impl Gateway {
         &self.http
     }
 
-    /// Make one call's record durable: its decisions and summary in the ledger and its journal
-    /// row, in one transaction (group-committed with concurrent calls). An error means the call
-    /// must be refused.
-    pub async fn record(&self, call: &CallRecord) -> Result<i64> {
-        let entry = |event_type: &str, body: Value| {
-            NewEntry::app(&self.namespace, call.run.run_id.clone(), event_type, body)
-        };
-        let mut entries: Vec<NewEntry> = call
-            .decisions
-            .iter()
-            .flat_map(crate::policy::decision_entries)
-            .map(|(event_type, body)| entry(event_type, body))
-            .collect();
-        entries.push(entry(call.event_type, call.summary()));
-        let now = chrono::Utc::now();
-        let journal = JournalRow {
-            call_id: call.call_id.clone(),
-            at: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            day: now.format("%Y-%m-%d").to_string(),
-            run_id: call.run.run_id.clone(),
-            tenant: call.run.tenant.clone(),
-            agent: call.run.agent.clone(),
-            kind: call.kind.to_string(),
-            target: call.target.clone(),
-            decision: call.decision.as_str().to_string(),
-            outcome: call.outcome.clone(),
-            upstream_status: call.upstream_status.map(i64::from),
-            latency_us: call.latency.as_micros() as i64,
-            input_tokens: call.input_tokens as i64,
-            output_tokens: call.output_tokens as i64,
-            cost_micro_usd: call.cost_micro_usd as i64,
-            args_sha256: call.args_sha256.clone(),
-            policy_sha256: call
-                .decisions
-                .last()
-                .and_then(|d| d.policy.as_ref())
-                .map(|p| p.module_sha256.clone()),
-        };
-        let outcomes = self
-            .ledger
+    /// Record a permitted call's intent before anything is forwarded: its decisions, and a
+    /// `gateway.call_intent` entry with what it reserves, plus its journal row (outcome
+    /// `pending`, charged the reservation until the outcome settles it). An error means nothing
+    /// may be forwarded.
+    pub async fn record_intent(&self, call: &mut CallRecord) -> Result<()> {
+        let mut entries = self.decision_entries(call);
+        entries.push(self.entry(call, "gateway.call_intent", call.intent_summary()));
+        let journal = call.journal_row("pending", call.reserved);
+        self.ledger
             .append_with_journal(entries, Some(journal))
             .await?;
-        match outcomes.last() {
-            Some(crate::ledger::AppendOutcome::Appended { seq }) => Ok(*seq),
-            _ => anyhow::bail!("the call's ledger entry was not appended"),
+        call.intent_recorded = true;
+        Ok(())
+    }
+
+    /// Record a call's outcome (`gateway.model_call` / `gateway.tool_call`) and settle its
+    /// journal row; for a call refused before any intent, its decisions too. An error means the
+    /// record is not durable.
+    pub async fn record(&self, call: &CallRecord) -> Result<i64> {
+        let (entries, journal) = self.outcome_record(call);
+        append_record(&self.ledger, entries, journal).await
+    }
+
+    /// Settle a forwarded call: its outcome recorded, or (when the ledger cannot take it) kept
+    /// in the durable spool and retried from there until it is. An error means neither holds,
+    /// so the answer must be withheld; the record is still retried from memory.
+    pub async fn settle(self: &Arc<Self>, call: &CallRecord) -> Result<()> {
+        let (entries, journal) = self.outcome_record(call);
+        let Err(e) = append_record(&self.ledger, entries.clone(), journal.clone()).await else {
+            return Ok(());
+        };
+        tracing::warn!(error = %format!("{e:#}"), call_id = %call.call_id,
+                       "a call's outcome could not be recorded; spooling it");
+        let record = spool::Spooled { entries, journal };
+        match self.spool.keep(&call.call_id, &record) {
+            Ok(()) => Ok(()),
+            Err(spool_error) => {
+                let ledger = self.ledger.clone();
+                tokio::spawn(spool::retry_in_memory(ledger, record));
+                Err(e.context(format!("spooling it failed too: {spool_error:#}")))
+            }
         }
+    }
+
+    fn entry(&self, call: &CallRecord, event_type: &str, body: Value) -> NewEntry {
+        NewEntry::app(&self.namespace, call.run.run_id.clone(), event_type, body)
+    }
+
+    fn decision_entries(&self, call: &CallRecord) -> Vec<NewEntry> {
+        call.decisions
+            .iter()
+            .flat_map(crate::policy::decision_entries)
+            .map(|(event_type, body)| self.entry(call, event_type, body))
+            .collect()
+    }
+
+    fn outcome_record(&self, call: &CallRecord) -> (Vec<NewEntry>, JournalRow) {
+        let mut entries = if call.intent_recorded {
+            Vec::new()
+        } else {
+            self.decision_entries(call)
+        };
+        entries.push(self.entry(call, call.event_type, call.summary()));
+        let charged = Reservation {
+            input_tokens: call.input_tokens,
+            output_tokens: call.output_tokens,
+            cost_micro_usd: call.cost_micro_usd,
+        };
+        (entries, call.journal_row(&call.outcome, charged))
     }
 
     /// What a run has used so far, and what its tenant has spent today (from the journal).
@@ -261,6 +308,19 @@ impl Gateway {
             run_cost_micro_usd: row.try_get::<i64, _>("cost")?.max(0) as u64,
             tenant_cost_micro_usd: tenant_cost.max(0) as u64,
         })
+    }
+}
+
+/// Append a call's entries with its journal row; the seq of the last entry.
+async fn append_record(
+    ledger: &Ledger,
+    entries: Vec<NewEntry>,
+    journal: JournalRow,
+) -> Result<i64> {
+    let outcomes = ledger.append_with_journal(entries, Some(journal)).await?;
+    match outcomes.last() {
+        Some(crate::ledger::AppendOutcome::Appended { seq }) => Ok(*seq),
+        _ => anyhow::bail!("the call's ledger entry was not appended"),
     }
 }
 
@@ -335,6 +395,19 @@ pub struct CallRecord {
     pub cost_micro_usd: u64,
     /// Call-kind specifics (endpoint, streaming, ...).
     pub detail: Value,
+    /// What the call holds against its budgets from its intent until its outcome.
+    pub reserved: Reservation,
+    /// Whether its intent (and with it its decisions) is in the ledger.
+    pub intent_recorded: bool,
+}
+
+/// Tokens and cost a call is charged in the journal: reserved at its intent, measured at its
+/// outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micro_usd: u64,
 }
 
 impl CallRecord {
@@ -367,7 +440,48 @@ impl CallRecord {
             output_tokens: 0,
             cost_micro_usd: 0,
             detail,
+            reserved: Reservation::default(),
+            intent_recorded: false,
         }
+    }
+
+    fn journal_row(&self, outcome: &str, charged: Reservation) -> JournalRow {
+        let now = chrono::Utc::now();
+        JournalRow {
+            call_id: self.call_id.clone(),
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            day: now.format("%Y-%m-%d").to_string(),
+            run_id: self.run.run_id.clone(),
+            tenant: self.run.tenant.clone(),
+            agent: self.run.agent.clone(),
+            kind: self.kind.to_string(),
+            target: self.target.clone(),
+            decision: self.decision.as_str().to_string(),
+            outcome: outcome.to_string(),
+            upstream_status: self.upstream_status.map(i64::from),
+            latency_us: self.latency.as_micros() as i64,
+            input_tokens: charged.input_tokens as i64,
+            output_tokens: charged.output_tokens as i64,
+            cost_micro_usd: charged.cost_micro_usd as i64,
+            args_sha256: self.args_sha256.clone(),
+            policy_sha256: self
+                .decisions
+                .last()
+                .and_then(|d| d.policy.as_ref())
+                .map(|p| p.module_sha256.clone()),
+        }
+    }
+
+    fn intent_summary(&self) -> Value {
+        json!({
+            "call_id": self.call_id, "run_id": self.run.run_id, "tenant": self.run.tenant,
+            "agent": self.run.agent, "kind": self.kind, "target": self.target,
+            "args_sha256": self.args_sha256, "decision": self.decision.as_str(),
+            "reasons": self.reasons, "outcome_event": self.event_type,
+            "reserved": {"input_tokens": self.reserved.input_tokens,
+                         "output_tokens": self.reserved.output_tokens,
+                         "cost_usd": self.reserved.cost_micro_usd as f64 / 1e6},
+        })
     }
 
     fn summary(&self) -> Value {

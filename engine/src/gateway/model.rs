@@ -10,8 +10,9 @@
 //! response is released: for a stream, before the terminal event (`message_stop`, `[DONE]`,
 //! `response.completed`) is passed on.
 
+use super::config::normalize_model;
 use super::config::{Provider, Wire};
-use super::{AuthFailure, CallDecision, CallRecord, Gateway, RunIdentity, sha256_hex};
+use super::{AuthFailure, CallDecision, CallRecord, Gateway, Reservation, RunIdentity, sha256_hex};
 use crate::api::AppState;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -25,14 +26,12 @@ use cogward_policy_abi::{Effect, Obligation, Request, kinds};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Largest model request accepted (conversations with their context), in bytes.
 pub const MODEL_BODY_LIMIT: usize = 32 * 1024 * 1024;
 /// Largest non-streamed provider response passed on, in bytes.
 const RESPONSE_LIMIT: usize = 64 * 1024 * 1024;
-/// Output tokens assumed for a budget estimate when the request sets no maximum.
-const DEFAULT_MAX_OUTPUT: u64 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -191,37 +190,38 @@ async fn handle(
             format!("cogward: no provider {provider_name:?} speaking this API is configured"),
         );
     };
-    let mut request = match serde_json::from_slice::<Value>(&body) {
+    let bad_request = |message: String| {
+        provider_error(
+            wire,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("cogward: {message}"),
+        )
+    };
+    let mut request = match super::json::parse_strict(&body) {
         Ok(v) if v.is_object() => v,
-        _ => {
-            return provider_error(
-                wire,
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "cogward: the request body is not a JSON object",
-            );
-        }
+        Ok(_) => return bad_request("the request body is not a JSON object".into()),
+        Err(e) => return bad_request(format!("the request body is not valid JSON: {e}")),
     };
     let Some(requested_model) = request
         .get("model")
         .and_then(Value::as_str)
-        .map(str::to_string)
+        .map(normalize_model)
     else {
-        return provider_error(
-            wire,
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "cogward: `model` is required",
-        );
+        return bad_request("`model` is required".into());
     };
     let stream = request
         .get("stream")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let max_output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-        .iter()
-        .find_map(|k| request.get(*k).and_then(Value::as_u64))
-        .unwrap_or(DEFAULT_MAX_OUTPUT);
+    let max_output = match output_ceiling(&gw, endpoint, &mut request) {
+        Ok(n) => n,
+        Err(message) => return bad_request(message),
+    };
+    if stream && endpoint == Endpoint::ChatCompletions {
+        // Without it a stream carries no usage, and the call could not be metered.
+        request["stream_options"]["include_usage"] = Value::Bool(true);
+    }
     let mut call = CallRecord::new(
         "gateway.model_call",
         "model",
@@ -232,7 +232,10 @@ async fn handle(
                "endpoint": endpoint.path(), "stream": stream}),
     );
 
-    match decide(
+    // The decision, its reservation and the intent's record are one step per tenant, so
+    // concurrent calls cannot all spend the same headroom.
+    let admission = gw.admission_lock(&run.tenant).await;
+    let refused = decide(
         &gw,
         &run,
         &provider_name,
@@ -241,14 +244,15 @@ async fn handle(
         max_output,
         &mut call,
     )
-    .await
-    {
+    .await;
+    match refused {
         Ok(Some((status, kind, message))) => {
+            drop(admission);
             call.latency = started.elapsed();
             return match gw.record(&call).await {
                 Ok(_) => {
                     let mut resp = provider_error(wire, status, kind, message);
-                    mark(&mut resp, &call);
+                    mark(&mut resp, &call, None);
                     resp
                 }
                 Err(e) => refused_unrecorded(wire, &e),
@@ -257,28 +261,69 @@ async fn handle(
         Ok(None) => {}
         Err(e) => return refused_unrecorded(wire, &e),
     }
+    if let Err(e) = gw.record_intent(&mut call).await {
+        return refused_unrecorded(wire, &e);
+    }
+    drop(admission);
+
     let model = call.detail["model"]
         .as_str()
         .unwrap_or(&requested_model)
         .to_string();
-    let body = if model == requested_model {
-        body
-    } else {
-        request["model"] = Value::String(model.clone());
-        Bytes::from(serde_json::to_vec(&request).unwrap_or_default())
+    request["model"] = Value::String(model.clone());
+    let body = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
+    // From here the call runs to its recorded outcome whether or not the client stays.
+    let (reply, answer) = oneshot::channel();
+    tokio::spawn(async move {
+        if call.throttle_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(call.throttle_ms)).await;
+        }
+        forward(
+            gw, &provider, endpoint, &headers, body, model, call, started, reply,
+        )
+        .await;
+    });
+    answer.await.unwrap_or_else(|_| {
+        provider_error(
+            wire,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "cogward: the call's task ended without an answer",
+        )
+    })
+}
+
+/// The output tokens the request may produce: its own maximum, or (for the OpenAI APIs, where
+/// it is optional) the configured default, written into the request so the provider keeps to
+/// what was reserved.
+fn output_ceiling(gw: &Gateway, endpoint: Endpoint, request: &mut Value) -> Result<u64, String> {
+    let keys: &[&str] = match endpoint {
+        Endpoint::Messages => &["max_tokens"],
+        Endpoint::ChatCompletions => &["max_completion_tokens", "max_tokens"],
+        Endpoint::Responses => &["max_output_tokens"],
     };
-    if call.throttle_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(call.throttle_ms)).await;
+    for key in keys {
+        match request.get(*key) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                return v
+                    .as_u64()
+                    .ok_or_else(|| format!("`{key}` must be a non-negative integer"));
+            }
+        }
     }
-    forward(
-        gw, &provider, endpoint, &headers, body, model, call, started,
-    )
-    .await
+    let ceiling = gw.config.default_max_output_tokens.max(1);
+    if endpoint == Endpoint::Messages {
+        // Required by the API: the provider refuses the request itself.
+        return Ok(ceiling);
+    }
+    request[keys[0]] = Value::from(ceiling);
+    Ok(ceiling)
 }
 
 /// Decide the call: model access, then budget. `Some((status, error type, message))` when it
-/// is refused; `None` when it may go ahead (with `call.throttle_ms` to wait first and
-/// `call.detail.model` the model to call).
+/// is refused; `None` when it may go ahead (with `call.throttle_ms` to wait first,
+/// `call.detail.model` the model to call and `call.reserved` what it holds).
 async fn decide(
     gw: &Gateway,
     run: &RunIdentity,
@@ -296,6 +341,7 @@ async fn decide(
     if access.decision.effect == Effect::Deny
         && let Some(pin) = pinned_version(&access.decision.reasons)
     {
+        let pin = normalize_model(&pin);
         let pinned = gw
             .policies
             .decide_request(model_access_request(gw, run, provider, &pin))
@@ -319,12 +365,24 @@ async fn decide(
             format!("cogward: model call denied by policy: {why}"),
         )));
     }
+    let estimated_input = body_len.div_ceil(gw.config.input_bytes_per_token.max(1));
+    let Some(estimated_cost) =
+        gw.config
+            .cost_micro_usd(provider, &model, estimated_input, max_output)
+    else {
+        call.reasons
+            .push(format!("no price is configured for {provider}/{model}"));
+        return Ok(Some((
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!(
+                "cogward: model {model} of provider {provider} has no configured price, so its \
+                 calls cannot be metered (an operator can price it at 0 to make it free)"
+            ),
+        )));
+    };
 
     let usage = gw.usage(run).await?;
-    let estimated_input = body_len / 4;
-    let estimated_cost = gw
-        .config
-        .cost_micro_usd(provider, &model, estimated_input, max_output);
     let budget = gw
         .policies
         .decide_request(run.request(
@@ -342,6 +400,11 @@ async fn decide(
         .await?;
     let refusal = budget_refusal(&budget, gw.config.max_throttle_ms, call);
     call.decisions.push(budget);
+    call.reserved = Reservation {
+        input_tokens: estimated_input,
+        output_tokens: max_output,
+        cost_micro_usd: estimated_cost,
+    };
     Ok(refusal)
 }
 
@@ -381,9 +444,13 @@ fn budget_refusal(
     None
 }
 
-/// Headers naming the call, for the agent's logs and for support.
-fn mark(resp: &mut Response, call: &CallRecord) {
+/// Headers naming the call (and the provider's id of its answer), for the agent's logs and
+/// for support.
+fn mark(resp: &mut Response, call: &CallRecord, provider_request_id: Option<HeaderValue>) {
     let headers = resp.headers_mut();
+    if let Some(id) = provider_request_id {
+        headers.insert("x-cogward-provider-request-id", id);
+    }
     if let Ok(v) = HeaderValue::from_str(&call.call_id) {
         headers.insert("x-cogward-call-id", v);
     }
@@ -393,6 +460,9 @@ fn mark(resp: &mut Response, call: &CallRecord) {
     );
 }
 
+/// Forward a call whose intent is recorded, settle its outcome, and send the answer to
+/// `reply` (whose receiver is gone when the client hung up: the outcome is then
+/// `client_gone`, still recorded and charged).
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     gw: Arc<Gateway>,
@@ -403,7 +473,8 @@ async fn forward(
     model: String,
     mut call: CallRecord,
     started: Instant,
-) -> Response {
+    reply: oneshot::Sender<Response>,
+) {
     let wire = endpoint.wire();
     let url = format!(
         "{}{}",
@@ -436,17 +507,29 @@ async fn forward(
             Wire::Openai => req.bearer_auth(key),
         };
     }
-    let provider_name = call.detail["provider"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let tokens = Tokens {
+        gw: gw.clone(),
+        provider: call.detail["provider"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        model,
+    };
     let sent = Instant::now();
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
+            // Refused at connect: the provider saw nothing. Otherwise it may have billed.
+            let usage = (!e.is_connect()).then_some(None);
             let message = format!("cogward: the provider could not be reached: {e}");
-            return upstream_failed(&gw, call, started, wire, "upstream_unreachable", message)
-                .await;
+            let outcome = "upstream_unreachable";
+            call.upstream_latency = sent.elapsed();
+            let resp = upstream_failed(
+                &gw, call, &tokens, usage, started, wire, outcome, message, &reply,
+            )
+            .await;
+            let _ = reply.send(resp);
+            return;
         }
     };
     call.upstream_latency = sent.elapsed();
@@ -458,58 +541,98 @@ async fn forward(
         "upstream_error"
     }
     .into();
+    let request_id = provider_request_id(resp.headers());
+    if let Some(id) = &request_id {
+        call.detail["provider_request_id"] = Value::String(id.to_str().unwrap_or_default().into());
+    }
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     let streaming = content_type
         .as_ref()
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let tokens = Tokens {
-        gw: gw.clone(),
-        provider: provider_name,
-        model,
-    };
     if streaming {
-        return relay_stream(gw, endpoint, resp, call, tokens, started);
+        let mut out = relay_stream(gw, endpoint, resp, call.clone(), tokens, started);
+        mark(&mut out, &call, request_id);
+        let _ = reply.send(out);
+        return;
     }
     let bytes = match read_capped(resp, RESPONSE_LIMIT).await {
         Ok(b) => b,
         Err(e) => {
             let message = format!("cogward: reading the provider's response: {e}");
-            return upstream_failed(&gw, call, started, wire, "upstream_error", message).await;
+            let resp = upstream_failed(
+                &gw,
+                call,
+                &tokens,
+                Some(None),
+                started,
+                wire,
+                "upstream_error",
+                message,
+                &reply,
+            )
+            .await;
+            let _ = reply.send(resp);
+            return;
         }
     };
-    if let Some((input, output)) = serde_json::from_slice::<Value>(&bytes)
+    let usage = serde_json::from_slice::<Value>(&bytes)
         .ok()
-        .and_then(|v| endpoint.usage(&v))
-    {
-        tokens.apply(&mut call, input, output);
+        .and_then(|v| endpoint.usage(&v));
+    // An error answer with no usage was not billed.
+    let complete = usage.is_some() || !status.is_success();
+    tokens.charge(&mut call, usage.unwrap_or_default(), complete);
+    if reply.is_closed() {
+        call.outcome = "client_gone".into();
     }
     call.latency = started.elapsed();
-    if let Err(e) = gw.record(&call).await {
-        return refused_unrecorded(wire, &e);
+    if let Err(e) = gw.settle(&call).await {
+        let _ = reply.send(refused_unrecorded(wire, &e));
+        return;
     }
     let mut out = Response::new(Body::from(bytes));
     *out.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     if let Some(ct) = content_type {
         out.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
-    mark(&mut out, &call);
-    out
+    mark(&mut out, &call, request_id);
+    let _ = reply.send(out);
 }
 
-/// Record a call the provider failed (`outcome`) and answer 502 with `message`.
+/// The provider's id of its answer (`request-id` from Anthropic, `x-request-id` from OpenAI).
+fn provider_request_id(headers: &reqwest::header::HeaderMap) -> Option<HeaderValue> {
+    ["request-id", "x-request-id"]
+        .iter()
+        .find_map(|h| headers.get(*h))
+        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+}
+
+/// Settle a call the provider failed (`outcome`; `usage` `None` when the provider saw
+/// nothing, `Some(None)` when it may have billed the reservation) and answer 502.
+#[allow(clippy::too_many_arguments)]
 async fn upstream_failed(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     mut call: CallRecord,
+    tokens: &Tokens,
+    usage: Option<Option<(u64, u64)>>,
     started: Instant,
     wire: Wire,
     outcome: &str,
     message: String,
+    reply: &oneshot::Sender<Response>,
 ) -> Response {
-    call.outcome = outcome.to_string();
+    if let Some(observed) = usage {
+        tokens.charge(&mut call, observed.unwrap_or_default(), false);
+    }
+    call.outcome = if reply.is_closed() {
+        "client_gone"
+    } else {
+        outcome
+    }
+    .to_string();
     call.latency = started.elapsed();
-    match gw.record(&call).await {
-        Ok(_) => provider_error(wire, StatusCode::BAD_GATEWAY, "api_error", message),
+    match gw.settle(&call).await {
+        Ok(()) => provider_error(wire, StatusCode::BAD_GATEWAY, "api_error", message),
         Err(e) => refused_unrecorded(wire, &e),
     }
 }
@@ -522,13 +645,26 @@ struct Tokens {
 }
 
 impl Tokens {
-    fn apply(&self, call: &mut CallRecord, input: u64, output: u64) {
+    /// Charge the call what the provider reported (`complete`), or, when the usage is missing
+    /// or partial (no usage in the answer, a cut stream, a client gone), at least what it
+    /// reserved.
+    fn charge(&self, call: &mut CallRecord, observed: (u64, u64), complete: bool) {
+        let (input, output) = if complete {
+            observed
+        } else {
+            call.detail["usage"] = Value::String("reserved".into());
+            (
+                observed.0.max(call.reserved.input_tokens),
+                observed.1.max(call.reserved.output_tokens),
+            )
+        };
         call.input_tokens = input;
         call.output_tokens = output;
-        call.cost_micro_usd =
-            self.gw
-                .config
-                .cost_micro_usd(&self.provider, &self.model, input, output);
+        call.cost_micro_usd = self
+            .gw
+            .config
+            .cost_micro_usd(&self.provider, &self.model, input, output)
+            .unwrap_or(call.reserved.cost_micro_usd);
     }
 }
 
@@ -556,7 +692,7 @@ fn event_end(buf: &[u8]) -> Option<usize> {
 
 /// Read one SSE event's usage into `usage` (stream usage is cumulative); true when it is the
 /// stream's terminal event.
-fn observe_event(endpoint: Endpoint, event: &[u8], usage: &mut (u64, u64)) -> bool {
+fn observe_event(endpoint: Endpoint, event: &[u8], usage: &mut Option<(u64, u64)>) -> bool {
     let text = String::from_utf8_lossy(event);
     let data: String = text
         .lines()
@@ -573,10 +709,13 @@ fn observe_event(endpoint: Endpoint, event: &[u8], usage: &mut (u64, u64)) -> bo
     let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
     let mut take = |source: &Value, keep_input: bool| {
         if let Some((input, output)) = endpoint.usage(source) {
-            if !(keep_input && input == 0) {
-                usage.0 = input;
-            }
-            usage.1 = output;
+            let before = usage.map_or(0, |u| u.0);
+            let input = if keep_input && input == 0 {
+                before
+            } else {
+                input
+            };
+            *usage = Some((input, output));
         }
     };
     match endpoint {
@@ -601,9 +740,10 @@ fn observe_event(endpoint: Endpoint, event: &[u8], usage: &mut (u64, u64)) -> bo
     false
 }
 
-/// Pass a provider's event stream through as it arrives, reading usage on the way; the record
-/// is written before the terminal event is passed on, and if it cannot be, an error event
-/// takes the terminal event's place.
+/// Pass a provider's event stream through as it arrives, reading usage on the way; the outcome
+/// is settled before the terminal event is passed on, and if it cannot be, an error event takes
+/// the terminal event's place. A stream whose usage is missing or cut short (the client gone,
+/// the provider's stream broken) is charged at least its reservation.
 fn relay_stream(
     gw: Arc<Gateway>,
     endpoint: Endpoint,
@@ -616,14 +756,17 @@ fn relay_stream(
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(32);
     tokio::spawn(async move {
         let mut buf: Vec<u8> = Vec::new();
-        let mut usage = (0u64, 0u64);
-        let finish = |call: &mut CallRecord, usage: (u64, u64), outcome: Option<&str>| {
-            tokens.apply(call, usage.0, usage.1);
-            if let Some(o) = outcome {
-                call.outcome = o.to_string();
-            }
-            call.latency = started.elapsed();
-        };
+        let mut usage: Option<(u64, u64)> = None;
+        let settle =
+            async |call: &mut CallRecord, usage: Option<(u64, u64)>, outcome: Option<&str>| {
+                let complete = outcome.is_none() && usage.is_some();
+                tokens.charge(call, usage.unwrap_or_default(), complete);
+                if let Some(o) = outcome {
+                    call.outcome = o.to_string();
+                }
+                call.latency = started.elapsed();
+                gw.settle(call).await
+            };
         loop {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
@@ -631,9 +774,9 @@ fn relay_stream(
                     while let Some(end) = event_end(&buf) {
                         let event: Vec<u8> = buf.drain(..end).collect();
                         if observe_event(endpoint, &event, &mut usage) {
-                            finish(&mut call, usage, None);
-                            let last = match gw.record(&call).await {
-                                Ok(_) => event,
+                            let gone = tx.is_closed().then_some("client_gone");
+                            let last = match settle(&mut call, usage, gone).await {
+                                Ok(()) => event,
                                 Err(e) => {
                                     tracing::error!(error = %format!("{e:#}"), "streamed model call could not be recorded");
                                     stream_error_event(endpoint.wire())
@@ -643,15 +786,13 @@ fn relay_stream(
                             return;
                         }
                         if tx.send(Ok(Bytes::from(event))).await.is_err() {
-                            finish(&mut call, usage, Some("client_disconnected"));
-                            let _ = gw.record(&call).await;
+                            let _ = settle(&mut call, usage, Some("client_gone")).await;
                             return;
                         }
                     }
                 }
                 Ok(None) | Err(_) => {
-                    finish(&mut call, usage, Some("stream_incomplete"));
-                    let recorded = gw.record(&call).await;
+                    let recorded = settle(&mut call, usage, Some("stream_incomplete")).await;
                     if !buf.is_empty() && recorded.is_ok() {
                         let _ = tx.send(Ok(Bytes::from(std::mem::take(&mut buf)))).await;
                     }
@@ -701,7 +842,7 @@ mod tests {
 
     #[test]
     fn stream_events_accumulate_usage_and_find_the_terminal_event() {
-        let mut u = (0, 0);
+        let mut u = None;
         let start = br#"event: message_start
 data: {"type":"message_start","message":{"usage":{"input_tokens":12,"output_tokens":1}}}
 
@@ -709,14 +850,14 @@ data: {"type":"message_start","message":{"usage":{"input_tokens":12,"output_toke
         assert!(!observe_event(Endpoint::Messages, start, &mut u));
         let delta = b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":30}}\n\n";
         assert!(!observe_event(Endpoint::Messages, delta, &mut u));
-        assert_eq!(u, (12, 30));
+        assert_eq!(u, Some((12, 30)));
         assert!(observe_event(
             Endpoint::Messages,
             b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
             &mut u
         ));
 
-        let mut u = (0, 0);
+        let mut u = None;
         let chunk =
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}\n\n";
         assert!(!observe_event(Endpoint::ChatCompletions, chunk, &mut u));
@@ -725,12 +866,12 @@ data: {"type":"message_start","message":{"usage":{"input_tokens":12,"output_toke
             b"data: [DONE]\n\n",
             &mut u
         ));
-        assert_eq!(u, (5, 6));
+        assert_eq!(u, Some((5, 6)));
 
-        let mut u = (0, 0);
+        let mut u = None;
         let done = b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":1,\"output_tokens\":2}}}\n\n";
         assert!(observe_event(Endpoint::Responses, done, &mut u));
-        assert_eq!(u, (1, 2));
+        assert_eq!(u, Some((1, 2)));
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub use writer::{AppendOutcome, Ledger};
 
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// A Temporal history event, mirrored as is.
@@ -44,7 +44,7 @@ impl EntryKind {
 }
 
 /// An entry to append; the writer assigns `seq`, `recorded_at` and the hashes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewEntry {
     pub kind: EntryKind,
     pub namespace: String,

@@ -23,6 +23,44 @@ pub struct VerifyReport {
     pub head_hash: String,
     pub ok: bool,
     pub first_bad: Option<BadEntry>,
+    /// Gateway calls whose intent is in the chain but whose outcome is not: in flight while the
+    /// chain was read, or lost in a crash between forwarding and recording. `(run, call id)`.
+    pub calls_without_outcome: Vec<CallWithoutOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallWithoutOutcome {
+    pub seq: i64,
+    pub run_id: String,
+    pub call_id: String,
+    pub target: String,
+}
+
+/// Intents waiting for their outcomes, as the chain is walked.
+#[derive(Default)]
+struct OpenCalls(std::collections::BTreeMap<String, CallWithoutOutcome>);
+
+impl OpenCalls {
+    fn observe(&mut self, seq: i64, event_type: &str, body: &serde_json::Value) {
+        let call_id = || body["call_id"].as_str().unwrap_or_default().to_string();
+        match event_type {
+            "gateway.call_intent" => {
+                self.0.insert(
+                    call_id(),
+                    CallWithoutOutcome {
+                        seq,
+                        run_id: body["run_id"].as_str().unwrap_or_default().into(),
+                        call_id: call_id(),
+                        target: body["target"].as_str().unwrap_or_default().into(),
+                    },
+                );
+            }
+            "gateway.model_call" | "gateway.tool_call" => {
+                self.0.remove(&call_id());
+            }
+            _ => {}
+        }
+    }
 }
 
 pub async fn verify(db: &Db) -> Result<VerifyReport> {
@@ -34,12 +72,14 @@ pub async fn verify(db: &Db) -> Result<VerifyReport> {
     let mut expected_seq = 1i64;
     let mut prev = GENESIS_HASH.to_string();
     let mut count = 0u64;
+    let mut open = OpenCalls::default();
     let bad = |seq: i64, reason: String, count: u64| VerifyReport {
         entries: count,
         head_seq,
         head_hash: head_hash.clone(),
         ok: false,
         first_bad: Some(BadEntry { seq, reason }),
+        calls_without_outcome: Vec::new(),
     };
     loop {
         let rows = sqlx::query(concat!(
@@ -71,7 +111,7 @@ pub async fn verify(db: &Db) -> Result<VerifyReport> {
                 ));
             }
             match serde_json::from_str::<serde_json::Value>(&e.body) {
-                Ok(v) if canonical_string(&v) == e.body => {}
+                Ok(v) if canonical_string(&v) == e.body => open.observe(e.seq, &e.event_type, &v),
                 Ok(_) => return Ok(bad(e.seq, "body is not in canonical form".into(), count)),
                 Err(err) => return Ok(bad(e.seq, format!("body is not JSON: {err}"), count)),
             }
@@ -113,5 +153,6 @@ pub async fn verify(db: &Db) -> Result<VerifyReport> {
         head_hash,
         ok: true,
         first_bad: None,
+        calls_without_outcome: open.0.into_values().collect(),
     })
 }

@@ -41,8 +41,9 @@ struct Job {
 
 /// A row of the events journal (`gateway_calls`), written in the same transaction as the ledger
 /// entries of the call it describes (one commit for both), with `ledger_seq` set to the seq of
-/// the call's last entry.
-#[derive(Debug, Clone, PartialEq)]
+/// the call's last entry. A call's intent writes its row (outcome `pending`, the reservation as
+/// its tokens and cost); its outcome overwrites the row with what it measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JournalRow {
     pub call_id: String,
     pub at: String,
@@ -295,7 +296,12 @@ async fn insert_journal_row(
         "INSERT INTO gateway_calls (call_id, at, day, run_id, tenant, agent, kind, target, \
          decision, outcome, upstream_status, latency_us, input_tokens, output_tokens, \
          cost_micro_usd, args_sha256, policy_sha256, ledger_seq) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+         ON CONFLICT (call_id) DO UPDATE SET target = excluded.target, decision = excluded.decision, \
+         outcome = excluded.outcome, upstream_status = excluded.upstream_status, \
+         latency_us = excluded.latency_us, input_tokens = excluded.input_tokens, \
+         output_tokens = excluded.output_tokens, cost_micro_usd = excluded.cost_micro_usd, \
+         policy_sha256 = excluded.policy_sha256, ledger_seq = excluded.ledger_seq",
     )
     .bind(&row.call_id)
     .bind(&row.at)
