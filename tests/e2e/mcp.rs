@@ -777,3 +777,145 @@ async fn a_per_run_server_lives_as_long_as_its_run() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `tools/call` over plain HTTP in `session`, waiting at most `timeout`: the answer's body
+/// (JSON, or the SSE stream of a parked call), or `None` when it did not come in time.
+async fn call_raw(
+    url: &str,
+    token: &str,
+    session: &str,
+    name: &str,
+    arguments: Value,
+    timeout: Duration,
+) -> Option<String> {
+    let http = reqwest::Client::builder()
+        .timeout(timeout)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .header("mcp-session-id", session)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                      "params": {"name": name, "arguments": arguments}}))
+        .send()
+        .await
+        .ok()?;
+    resp.text().await.ok()
+}
+
+/// One approval is one execution: copies of an approved call sent afterwards park as new
+/// requests instead of riding on it. And a tool call whose client hangs up still runs to its
+/// recorded outcome (`client_gone`).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_executes_once_and_a_hung_up_tool_call_is_recorded() {
+    let Some(everything) = everything_js() else {
+        return;
+    };
+    let m = mcp_stack(&everything, false).await;
+    let (stack, db) = (&m.stack, m.db.clone());
+    let (id, token) = running_run(stack, &db).await;
+    let url = stack.url("/mcp");
+    let session = open_session(&fresh_connections(), &url, &token, "2025-11-25").await;
+    let args = json!({"a": 2, "b": 40});
+
+    // The agent's client gives up while the call is parked; the approval comes later.
+    let first = {
+        let (url, token, session, args) =
+            (url.clone(), token.clone(), session.clone(), args.clone());
+        tokio::spawn(async move {
+            call_raw(
+                &url,
+                &token,
+                &session,
+                "everything_get-sum",
+                args,
+                Duration::from_secs(2),
+            )
+            .await
+        })
+    };
+    let parked = parked_call(stack, &id, 0).await;
+    assert!(first.await.unwrap().is_none_or(|b| !b.contains("42")));
+    let (status, v) = decide(stack, &stack.tokens.approver, &id, "approve", &parked).await;
+    assert_eq!(status, 202, "{v}");
+
+    // Five retries of the approved call at once: they re-attach to it, one executes, the
+    // others park as new requests.
+    let copies: Vec<_> = (0..5)
+        .map(|_| {
+            let (url, token, session, args) =
+                (url.clone(), token.clone(), session.clone(), args.clone());
+            tokio::spawn(async move {
+                call_raw(
+                    &url,
+                    &token,
+                    &session,
+                    "everything_get-sum",
+                    args,
+                    Duration::from_secs(4),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for copy in copies {
+        if copy.await.unwrap().is_some_and(|body| body.contains("42")) {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 1, "one approval, one execution");
+    let executed = tool_call_entries(&db, &id)
+        .await
+        .into_iter()
+        .filter(|e| e["target"] == "everything.get-sum" && e["outcome"] == "approved")
+        .count();
+    assert_eq!(executed, 1, "one approval, one execution");
+    let (_, v) = tool_calls(stack, &id).await;
+    assert!(
+        v["tool_calls"].as_array().unwrap().len() >= 2,
+        "the copies did not park as a new request: {v}"
+    );
+
+    // A long tool call whose client hangs up after half a second.
+    let gone = call_raw(
+        &url,
+        &token,
+        &session,
+        "everything_trigger-long-running-operation",
+        json!({"duration": 2, "steps": 2}),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(gone.is_none(), "the long operation answered within 0.5 s");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = count(
+            &db,
+            "SELECT COUNT(*) FROM gateway_calls WHERE target = 'everything.trigger-long-running-operation' AND outcome = 'client_gone'",
+        )
+        .await;
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hung-up tool call was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let intents = count(
+        &db,
+        "SELECT COUNT(*) FROM ledger_entries WHERE event_type = 'gateway.call_intent'",
+    )
+    .await;
+    assert_eq!(
+        intents, 2,
+        "the approved call and the long one each have an intent"
+    );
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+}
