@@ -42,13 +42,13 @@ pub struct ActivitiesConfig {
     pub gateway: Option<GatewayAccess>,
 }
 
-/// Where runners forward their sandbox's gateway port, and the key run credentials are minted
-/// under ([`credential`]).
+/// Where runners forward their sandbox's gateway port, and who issues and revokes run
+/// credentials ([`credential`]).
 #[derive(Clone)]
 pub struct GatewayAccess {
     /// `host:port` of the engine's gateway, as the runner (in the host's network) reaches it.
     pub upstream: String,
-    pub key: Vec<u8>,
+    pub credentials: std::sync::Arc<dyn Credentials>,
     /// `host:port` of the engine's egress proxy, if it runs: the sandbox's second way out.
     pub egress_proxy: Option<String>,
 }
@@ -58,9 +58,21 @@ impl std::fmt::Debug for GatewayAccess {
         f.debug_struct("GatewayAccess")
             .field("upstream", &self.upstream)
             .field("egress_proxy", &self.egress_proxy)
-            .field("key", &"<redacted>")
-            .finish()
+            .finish_non_exhaustive()
     }
+}
+
+/// The engine's side of run credentials: a credential admits calls from when it is issued
+/// (just before the runner starts) until it is revoked (as soon as the agent has exited, before
+/// the run's evidence is returned), and at no other time.
+pub trait Credentials: Send + Sync {
+    /// Issue `run_id`'s credential (again, for a retried start); the credential.
+    fn issue<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<String>>;
+    /// Revoke it, and wait (bounded) for calls admitted before to be recorded.
+    fn revoke<'a>(&'a self, run_id: &'a str) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
 }
 
 /// The activities of the `AgentRun` workflow, registered on the worker as one set.

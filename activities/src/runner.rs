@@ -103,6 +103,7 @@ pub fn runner_request(
     config: &ActivitiesConfig,
     input: &StartRunnerInput,
     secrets: Vec<SecretRef>,
+    credential: Option<&str>,
 ) -> RunnerRequest {
     let mut env = BTreeMap::new();
     env.insert(
@@ -111,9 +112,9 @@ pub fn runner_request(
     );
     let mut files = BTreeMap::new();
     let mut egress_proxy = None;
-    let gateway = config.gateway.as_ref().map(|gw| {
+    let gateway = config.gateway.as_ref().zip(credential).map(|(gw, token)| {
         let base = format!("http://127.0.0.1:{SANDBOX_GATEWAY_PORT}");
-        let token = crate::credential::mint(&gw.key, input.run_id.as_str());
+        let token = token.to_string();
         if let Some(proxy) = &gw.egress_proxy {
             // For convenience only: nothing else routes, whatever the agent sets.
             let url = format!("http://127.0.0.1:{SANDBOX_PROXY_PORT}");
@@ -303,7 +304,25 @@ impl EventTail {
     }
 }
 
+/// Start the run's runner (or follow the one an earlier attempt started) until it has a result;
+/// then revoke the run's credential, so no gateway call can be made after the agent exited.
 pub(crate) async fn start_runner(
+    config: &ActivitiesConfig,
+    ctx: &ActivityContext,
+    input: StartRunnerInput,
+) -> Result<RunnerEvidence, ActivityError> {
+    let run_id = input.run_id.clone();
+    let evidence = run_to_result(config, ctx, input).await?;
+    if let Some(gw) = &config.gateway {
+        gw.credentials
+            .revoke(run_id.as_str())
+            .await
+            .map_err(|e| e.context("revoking the run's credential"))?;
+    }
+    Ok(evidence)
+}
+
+async fn run_to_result(
     config: &ActivitiesConfig,
     ctx: &ActivityContext,
     input: StartRunnerInput,
@@ -339,7 +358,21 @@ pub(crate) async fn start_runner(
                     });
                 }
             };
-            let request = runner_request(config, &input, crate::secrets::references(&secrets));
+            let credential = match &config.gateway {
+                Some(gw) => Some(gw.credentials.issue(input.run_id.as_str()).await.map_err(
+                    |e| {
+                        let _ = fs::remove_file(&spawned_path);
+                        e.context("issuing the run's credential")
+                    },
+                )?),
+                None => None,
+            };
+            let request = runner_request(
+                config,
+                &input,
+                crate::secrets::references(&secrets),
+                credential.as_deref(),
+            );
             let bytes = serde_json::to_vec_pretty(&request).map_err(anyhow::Error::from)?;
             write_atomic(&dir.join(REQUEST_FILE), &bytes).map_err(io_err(&dir))?;
             let stdin = crate::secrets::runner_input(&secrets);
@@ -455,7 +488,7 @@ mod tests {
 
     #[test]
     fn request_has_only_run_inputs_in_env() {
-        let req = runner_request(&config(), &input(), Vec::new());
+        let req = runner_request(&config(), &input(), Vec::new(), None);
         assert_eq!(req.env.len(), 1);
         assert_eq!(req.env["COGWARD_INPUTS"], r#"{"k":"v"}"#);
         assert_eq!(req.limits.memory_bytes, 1024 * 1024 * 1024);
@@ -465,16 +498,31 @@ mod tests {
 
     #[test]
     fn with_a_gateway_the_agent_gets_a_credential_for_its_run_and_the_urls() {
+        struct Issued;
+        impl crate::Credentials for Issued {
+            fn issue<'a>(
+                &'a self,
+                _: &'a str,
+            ) -> futures::future::BoxFuture<'a, anyhow::Result<String>> {
+                Box::pin(async { unreachable!("the request takes the issued credential") })
+            }
+            fn revoke<'a>(
+                &'a self,
+                _: &'a str,
+            ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+                Box::pin(async { Ok(()) })
+            }
+        }
         let mut config = config();
-        let key = b"k".to_vec();
         config.gateway = Some(crate::GatewayAccess {
             upstream: "127.0.0.1:8080".into(),
-            key: key.clone(),
+            credentials: std::sync::Arc::new(Issued),
             egress_proxy: None,
         });
-        let req = runner_request(&config, &input(), Vec::new());
+        let issued = crate::credential::mint("k1", b"k", "run-1");
+        let req = runner_request(&config, &input(), Vec::new(), Some(&issued));
         let token = &req.env["COGWARD_RUN_TOKEN"];
-        assert_eq!(crate::credential::verify(&key, token), Some("run-1"));
+        assert_eq!(token, &issued);
         assert_eq!(&req.env["ANTHROPIC_API_KEY"], token);
         assert_eq!(&req.env["OPENAI_API_KEY"], token);
         assert_eq!(

@@ -84,6 +84,10 @@ pub struct EngineConfig {
     /// <state-dir>/gateway.json; absent means no providers).
     #[arg(long, env = "COGWARD_GATEWAY_CONFIG", global = true)]
     pub gateway_config: Option<PathBuf>,
+    /// The key file run credentials are minted under (default: <state-dir>/gateway-keys.json,
+    /// created 0600 on first use; see docs/operations.md for rotation).
+    #[arg(long, env = "COGWARD_GATEWAY_KEYS", global = true)]
+    pub gateway_keys: Option<PathBuf>,
     /// `host:port` runners forward their sandbox's gateway port to (default: the API's listen
     /// address, loopback if it listens on every interface).
     #[arg(long, env = "COGWARD_GATEWAY_ADDRESS", global = true)]
@@ -224,6 +228,12 @@ impl EngineConfig {
         self.gateway_config
             .clone()
             .unwrap_or_else(|| self.state_dir.join("gateway.json"))
+    }
+
+    pub fn gateway_keys(&self) -> PathBuf {
+        self.gateway_keys
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("gateway-keys.json"))
     }
 
     pub fn gateway_address(&self) -> String {

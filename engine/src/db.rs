@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0007_single_use_approvals.sql",
         include_str!("../../migrations/0007_single_use_approvals.sql"),
     ),
+    (
+        8,
+        "0008_run_credentials.sql",
+        include_str!("../../migrations/0008_run_credentials.sql"),
+    ),
 ];
 
 /// The database cannot take writes (or answer) right now: its disk is full, its server is gone,

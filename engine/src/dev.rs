@@ -58,6 +58,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
             gateway_config,
             config.namespace.clone(),
             config.state_dir.join("spool"),
+            Arc::new(crate::gateway::keys::KeyRing::open(config.gateway_keys())?),
         )
         .await?,
     );

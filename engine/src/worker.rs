@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
-pub fn activities_config(config: &EngineConfig, gateway_key: Vec<u8>) -> ActivitiesConfig {
+pub fn activities_config(
+    config: &EngineConfig,
+    credentials: Arc<crate::gateway::RunCredentials>,
+) -> ActivitiesConfig {
     ActivitiesConfig {
         state_dir: config.state_dir.clone(),
         runner_bin: config.runner_bin(),
@@ -21,7 +24,7 @@ pub fn activities_config(config: &EngineConfig, gateway_key: Vec<u8>) -> Activit
         poll_interval: Duration::from_millis(25),
         gateway: Some(GatewayAccess {
             upstream: config.gateway_address(),
-            key: gateway_key,
+            credentials,
             egress_proxy: Some(config.egress_listen.to_string()),
         }),
     }
@@ -41,9 +44,12 @@ pub async fn run(config: &EngineConfig) -> Result<()> {
     );
     // Admission decisions need the policy store (the same database the API uses).
     let db = crate::db::Db::connect(&config.database_url()).await?;
-    let gateway_key = crate::gateway::load_key(&db).await?;
+    let credentials = Arc::new(crate::gateway::RunCredentials {
+        db: db.clone(),
+        keys: Arc::new(crate::gateway::keys::KeyRing::open(config.gateway_keys())?),
+    });
     let policies = Arc::new(crate::policy::Policies::new(db, config.policy_limits())?);
-    let activities = activities_config(config, gateway_key);
+    let activities = activities_config(config, credentials);
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();

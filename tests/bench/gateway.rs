@@ -275,8 +275,7 @@ fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let db = cogward::db::Db::connect(&format!("sqlite://{}", env.state_dir().join("cogward.db").display())).await?;
-        let key: String = sqlx::query_scalar("SELECT key_hex FROM gateway_key WHERE id = 1").fetch_one(&db.pool).await?;
-        let credential = cogward_activities::credential::mint(&hex::decode(key)?, &run_id);
+        let (credential, _) = cogward::gateway::keys::KeyRing::open(env.state_dir().join("gateway-keys.json"))?.mint(&run_id)?;
 
         let direct = Side { name: "direct", url: upstream_url.clone(), bearer: None, tool: "echo" };
         let gateway = Side { name: "gateway", url: format!("{api}/mcp"), bearer: Some(credential), tool: "everything_echo" };

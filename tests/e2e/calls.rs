@@ -60,7 +60,7 @@ async fn calls_stack(budget: Value, database_url: Option<String>, dir: tempfile:
         .submit_until(&spec("acme", &["sleep", "300"]), &["running"])
         .await
         .unwrap();
-    let token = credential(&db, &run_id).await;
+    let token = credential(&stack, &run_id);
     Calls {
         stack,
         provider,
@@ -497,4 +497,101 @@ async fn kill_9_with_calls_in_flight_loses_no_call_the_provider_saw() {
     )
     .await;
     assert!(pending_tokens > 0);
+}
+
+/// A credential admits calls only while its agent runs: not at the approval gate (before the
+/// runner started), not once the agent has exited; so no gateway entry of a run follows its
+/// `run.finished`, even with a client hammering the gateway with the run's credential.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credential_admits_calls_only_while_its_agent_runs() {
+    let c = calls_stack(generous(), None, tempfile::tempdir().unwrap()).await;
+    let http = fresh_connections();
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+
+    let mut gated = spec("acme", &["sleep", "1"]);
+    gated["requires_approval"] = json!(true);
+    let (status, run) = c
+        .stack
+        .submit_as(&c.stack.tokens.lead, &gated)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{run}");
+    let id = run["run_id"].as_str().unwrap().to_string();
+    c.stack
+        .wait_status(&id, &["awaiting_approval"], crate::RUN_TIMEOUT)
+        .await
+        .unwrap();
+    let token = credential(&c.stack, &id);
+    let send = |token: String| {
+        let (http, url, body) = (
+            http.clone(),
+            c.stack.url("/gw/anthropic/v1/messages"),
+            body.clone(),
+        );
+        async move {
+            let resp = http
+                .post(url)
+                .header("x-api-key", token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        }
+    };
+    let (status, text) = send(token.clone()).await;
+    assert_eq!(
+        status, 401,
+        "a run at its approval gate called a model: {text}"
+    );
+    assert!(text.contains("has not started"), "{text}");
+
+    // Approve, and call with its credential as fast as possible until it has finished.
+    let (status, v) = c
+        .stack
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/approve"),
+            Some(&c.stack.tokens.approver),
+            Some(br#"{"comment": "ok"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert!(status < 300, "{status} {v}");
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + crate::RUN_TIMEOUT;
+    loop {
+        statuses.push(send(token.clone()).await.0);
+        let run = c.stack.run(&id).await.unwrap();
+        if run["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{run}");
+    }
+    assert!(
+        statuses.contains(&200),
+        "never admitted while running: {statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&401), "{statuses:?}");
+    let ledger = c.stack.wait_mirrored(&id).await.unwrap();
+    let seq_of = |event_type: &str| -> Vec<i64> {
+        ledger["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event_type"] == event_type)
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect()
+    };
+    let finished = seq_of("run.finished");
+    let last_call = seq_of("gateway.model_call").into_iter().max().unwrap();
+    assert!(
+        last_call < finished[0],
+        "a gateway entry (seq {last_call}) follows run.finished (seq {})",
+        finished[0]
+    );
 }

@@ -310,14 +310,14 @@ async fn model_calls_through_the_gateway_on_sqlite() {
     model_calls_from_a_run(&stack, &provider).await;
 }
 
-/// The run credential of `run_id`, minted as `start_runner` does (with the installation's key,
-/// read from the database: the test plays the part of the worker).
-pub async fn credential(db: &Db, run_id: &str) -> String {
-    let key: String = sqlx::query_scalar("SELECT key_hex FROM gateway_key WHERE id = 1")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    cogward_activities::credential::mint(&hex::decode(key).unwrap(), run_id)
+/// The run credential of `run_id`, minted as the worker does (under the installation's key
+/// file: the test plays the part of the worker).
+pub fn credential(stack: &Stack, run_id: &str) -> String {
+    cogward::gateway::keys::KeyRing::open(stack.state_dir().join("gateway-keys.json"))
+        .unwrap()
+        .mint(run_id)
+        .unwrap()
+        .0
 }
 
 /// A client that opens a connection per request: after an oversized request the server closes
@@ -331,12 +331,12 @@ pub fn fresh_connections() -> reqwest::Client {
 
 /// A run of tenant acme whose agent just sleeps, running: its id and its credential (the tests
 /// then call the gateway as that agent would).
-pub async fn running_run(stack: &Stack, db: &Db) -> (String, String) {
+pub async fn running_run(stack: &Stack) -> (String, String) {
     let (id, _) = stack
         .submit_until(&spec("acme", &["sleep", "300"]), &["running"])
         .await
         .unwrap();
-    let token = credential(db, &id).await;
+    let token = credential(stack, &id);
     (id, token)
 }
 
@@ -366,7 +366,7 @@ async fn budgets_throttle_then_deny_and_bad_calls_change_nothing() {
     let budget = json!({"tenants": {"acme": {"run_max_tokens": 400, "throttle_from": 0.5, "max_delay_ms": 300}}});
     push_and_bind(&stack, "budget", "tight", "budget.spend", "acme", &budget);
     let db = Db::connect(&stack.database_url).await.unwrap();
-    let (id, token) = running_run(&stack, &db).await;
+    let (id, token) = running_run(&stack).await;
     let http = fresh_connections();
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
                       "messages": [{"role": "user", "content": "w ".repeat(30)}]});
@@ -383,7 +383,9 @@ async fn budgets_throttle_then_deny_and_bad_calls_change_nothing() {
 
     // Bad input first: each refused with a clear error, nothing recorded, nothing forwarded.
     let before = counts(&db).await;
-    let forged = cogward_activities::credential::mint(b"not the installation key", &id);
+    // The installation's key id, another key.
+    let key_id = token.split('.').nth(1).unwrap();
+    let forged = cogward_activities::credential::mint(key_id, b"not the installation key", &id);
     let other_run = token.replace(&id, "run-0000000000000000000000000000");
     let ok_body = body.to_string().into_bytes();
     for (key, body, path, status, kind) in [

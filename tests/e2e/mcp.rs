@@ -270,7 +270,7 @@ async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart
     let mut m = mcp_stack(&everything, true).await;
     let db = m.db.clone();
     let stack = &mut m.stack;
-    let (id, token) = running_run(stack, &db).await;
+    let (id, token) = running_run(stack).await;
     let url = stack.url("/mcp");
 
     // Scope: get-env is invisible, and refused when called anyway; unknown tools are errors.
@@ -438,8 +438,8 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
     };
     let m = mcp_stack(&everything, false).await;
     let (stack, db) = (&m.stack, m.db.clone());
-    let (id, token) = running_run(stack, &db).await;
-    let (_, other_token) = running_run(stack, &db).await;
+    let (id, token) = running_run(stack).await;
+    let (_, other_token) = running_run(stack).await;
     let url = stack.url("/mcp");
     let http = fresh_connections();
     let session = open_session(&http, &url, &token, "2025-11-25").await;
@@ -456,7 +456,8 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
         )
     };
     let before = counts().await;
-    let forged = cogward_activities::credential::mint(b"another key", &id);
+    let key_id = token.split('.').nth(1).unwrap();
+    let forged = cogward_activities::credential::mint(key_id, b"another key", &id);
     let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                       "params": {"name": "everything_echo", "arguments": {"message": "x"}}})
     .to_string();
@@ -639,7 +640,7 @@ async fn a_failing_upstream_opens_its_circuit_and_closes_it_when_back() {
     let scope = json!({"tenants": {"acme": {"default_scope": ["flaky.echo"]}}});
     push_and_bind(&stack, "tool-access", "tools", "tool.call", "acme", &scope);
     let db = Db::connect(&stack.database_url).await.unwrap();
-    let (id, token) = running_run(&stack, &db).await;
+    let (id, token) = running_run(&stack).await;
     let url = stack.url("/mcp");
     let http = reqwest::Client::new();
     let session = open_session(&http, &url, &token, "2025-11-25").await;
@@ -753,12 +754,12 @@ async fn a_per_run_server_lives_as_long_as_its_run() {
         config["mcp_servers"][0]["transport"]["stdio"]["env"] = json!({"COGWARD_TEST_MARK": mark});
     })
     .await;
-    let (stack, db) = (&m.stack, m.db.clone());
+    let stack = &m.stack;
     let url = stack.url("/mcp");
     let http = reqwest::Client::new();
     let mut runs = Vec::new();
     for _ in 0..2 {
-        let (id, token) = running_run(stack, &db).await;
+        let (id, token) = running_run(stack).await;
         let session = open_session(&http, &url, &token, "2025-11-25").await;
         let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                           "params": {"name": "everything_echo", "arguments": {"message": "mine"}}});
@@ -816,7 +817,7 @@ async fn an_approval_executes_once_and_a_hung_up_tool_call_is_recorded() {
     };
     let m = mcp_stack(&everything, false).await;
     let (stack, db) = (&m.stack, m.db.clone());
-    let (id, token) = running_run(stack, &db).await;
+    let (id, token) = running_run(stack).await;
     let url = stack.url("/mcp");
     let session = open_session(&fresh_connections(), &url, &token, "2025-11-25").await;
     let args = json!({"a": 2, "b": 40});

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod json;
+pub mod keys;
 pub mod mcp;
 pub mod model;
 pub mod spool;
@@ -32,9 +33,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a checked credential is trusted before the run's status is read again (so a run
-/// that ended is refused within this long).
-const CREDENTIAL_TTL: Duration = Duration::from_secs(1);
 const ADMISSION_STRIPES: usize = 64;
 
 pub struct Gateway {
@@ -43,9 +41,8 @@ pub struct Gateway {
     pub policies: Arc<Policies>,
     pub config: GatewayConfig,
     pub namespace: String,
-    key: Vec<u8>,
+    keys: Arc<keys::KeyRing>,
     http: reqwest::Client,
-    checked: Mutex<HashMap<String, (RunIdentity, Instant)>>,
     pub upstreams: upstream::Upstreams,
     /// MCP session id → run id (the database is the record; this saves a read per request).
     pub sessions: Mutex<HashMap<String, String>>,
@@ -85,27 +82,75 @@ pub enum CredentialError {
     Missing,
     #[error("the run credential is not valid")]
     Invalid,
-    #[error("run {0} has ended; its credential no longer admits calls")]
+    #[error("run {0} has ended (or its agent has exited); its credential no longer admits calls")]
     Ended(String),
+    #[error("run {0}'s agent has not started; its credential admits no calls yet")]
+    NotIssued(String),
 }
 
-/// The installation's credential key: created once, on first use, in the database every engine
-/// process shares (so the worker that mints and the API that checks agree).
-pub async fn load_key(db: &Db) -> Result<Vec<u8>> {
-    let fresh = hex::encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
-    sqlx::query(
-        "INSERT INTO gateway_key (id, key_hex, created_at) VALUES (1, $1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(&fresh)
-    .bind(crate::now_rfc3339())
-    .execute(&db.pool)
-    .await
-    .context("creating the gateway key")?;
-    let key: String = sqlx::query_scalar("SELECT key_hex FROM gateway_key WHERE id = 1")
-        .fetch_one(&db.pool)
-        .await
-        .context("reading the gateway key")?;
-    hex::decode(key).context("the stored gateway key is not hex")
+/// The engine's run credentials: minted under the key file's current key, issued and revoked
+/// in `run_credentials` (shared by every engine process of the installation).
+pub struct RunCredentials {
+    pub db: Db,
+    pub keys: Arc<keys::KeyRing>,
+}
+
+/// How long a revocation waits for calls admitted before it to be recorded.
+const REVOKE_SETTLE: Duration = Duration::from_secs(10);
+
+impl cogward_activities::Credentials for RunCredentials {
+    fn issue<'a>(&'a self, run_id: &'a str) -> futures::future::BoxFuture<'a, Result<String>> {
+        Box::pin(async move {
+            let (credential, key_id) = self.keys.mint(run_id)?;
+            sqlx::query(
+                "INSERT INTO run_credentials (run_id, key_id, issued_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (run_id) DO UPDATE SET key_id = excluded.key_id, \
+                 issued_at = excluded.issued_at, revoked_at = NULL",
+            )
+            .bind(run_id)
+            .bind(&key_id)
+            .bind(crate::now_rfc3339())
+            .execute(&self.db.pool)
+            .await
+            .context("issuing a run credential")?;
+            Ok(credential)
+        })
+    }
+
+    /// Revoke, then wait until the run's calls admitted before have their outcomes (a call
+    /// admitted just before the revocation records its intent within milliseconds), so no
+    /// gateway entry of the run follows its evidence unless one outlives the bound.
+    fn revoke<'a>(&'a self, run_id: &'a str) -> futures::future::BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE run_credentials SET revoked_at = $2 WHERE run_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(run_id)
+            .bind(crate::now_rfc3339())
+            .execute(&self.db.pool)
+            .await
+            .context("revoking a run credential")?;
+            let deadline = Instant::now() + REVOKE_SETTLE;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while Instant::now() < deadline {
+                let pending: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM gateway_calls WHERE run_id = $1 AND outcome = 'pending'",
+                )
+                .bind(run_id)
+                .fetch_one(&self.db.pool)
+                .await?;
+                if pending == 0 {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::warn!(
+                run_id,
+                "calls of an exited agent are still in flight; its evidence goes first"
+            );
+            Ok(())
+        })
+    }
 }
 
 /// The credential a request carries: `Authorization: Bearer …` (OpenAI clients, MCP) or
@@ -131,8 +176,8 @@ impl Gateway {
         config: GatewayConfig,
         namespace: String,
         spool_dir: std::path::PathBuf,
+        keys: Arc<keys::KeyRing>,
     ) -> Result<Self> {
-        let key = load_key(&db).await?;
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -146,9 +191,8 @@ impl Gateway {
             policies,
             config,
             namespace,
-            key,
+            keys,
             http,
-            checked: Mutex::new(HashMap::new()),
             upstreams,
             sessions: Mutex::new(HashMap::new()),
             spool: spool::Spool::open(spool_dir)?,
@@ -182,34 +226,35 @@ impl Gateway {
         &self,
         presented: &str,
     ) -> Result<RunIdentity, AuthFailure> {
-        let run_id = cogward_activities::credential::verify(&self.key, presented)
+        let run_id = self
+            .keys
+            .verify(presented)
             .ok_or(CredentialError::Invalid)?;
-        if let Ok(checked) = self.checked.lock()
-            && let Some((identity, at)) = checked.get(run_id)
-            && at.elapsed() < CREDENTIAL_TTL
-        {
-            return Ok(identity.clone());
-        }
-        let row = sqlx::query("SELECT tenant, agent, status FROM runs WHERE run_id = $1")
-            .bind(run_id)
-            .fetch_optional(&self.db.pool)
-            .await?
-            .ok_or(CredentialError::Invalid)?;
+        // Read on every call: a revocation (the agent exited) or the run's end holds from the
+        // next call on.
+        let row = sqlx::query(
+            "SELECT r.tenant, r.agent, r.status, c.run_id AS issued, c.revoked_at FROM runs r \
+             LEFT JOIN run_credentials c ON c.run_id = r.run_id WHERE r.run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.db.pool)
+        .await?
+        .ok_or(CredentialError::Invalid)?;
         let status: String = row.try_get("status")?;
+        let revoked: Option<String> = row.try_get("revoked_at")?;
+        let issued: Option<String> = row.try_get("issued")?;
         let ended = RunStatus::parse(&status).is_none_or(RunStatus::is_terminal);
-        if ended {
+        if ended || revoked.is_some() {
             return Err(CredentialError::Ended(run_id.to_string()).into());
         }
-        let identity = RunIdentity {
+        if issued.is_none() {
+            return Err(CredentialError::NotIssued(run_id.to_string()).into());
+        }
+        Ok(RunIdentity {
             run_id: run_id.to_string(),
             tenant: row.try_get("tenant")?,
             agent: row.try_get("agent")?,
-        };
-        if let Ok(mut checked) = self.checked.lock() {
-            checked.retain(|_, (_, at)| at.elapsed() < CREDENTIAL_TTL);
-            checked.insert(run_id.to_string(), (identity.clone(), Instant::now()));
-        }
-        Ok(identity)
+        })
     }
 
     pub fn http(&self) -> &reqwest::Client {
