@@ -20,13 +20,17 @@ export PATH="$PWD/target/debug:$PATH"
 export COGWARD_STATE_DIR="$PWD/.cogward"
 export COGWARD_TEMPORAL_ADDRESS="${COGWARD_TEMPORAL_ADDRESS:-http://127.0.0.1:7233}"
 export COGWARD_LISTEN="${COGWARD_LISTEN:-127.0.0.1:8080}"
+export COGWARD_GATEWAY_LISTEN="${COGWARD_GATEWAY_LISTEN:-127.0.0.1:8082}"
 export COGWARD_API="http://$COGWARD_LISTEN"
 mkdir -p "$COGWARD_STATE_DIR"
 
-if (exec 3<>"/dev/tcp/${COGWARD_LISTEN%:*}/${COGWARD_LISTEN##*:}") 2>/dev/null; then
-    echo "something already listens on $COGWARD_LISTEN (a running cogward dev?); stop it or set COGWARD_LISTEN" >&2
-    exit 1
-fi
+for pair in "COGWARD_LISTEN=$COGWARD_LISTEN" "COGWARD_GATEWAY_LISTEN=$COGWARD_GATEWAY_LISTEN"; do
+    addr=${pair#*=}
+    if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then
+        echo "something already listens on $addr (a running cogward dev?); stop it or set ${pair%%=*}" >&2
+        exit 1
+    fi
+done
 log "starting a stand-in model provider (tests/fakes/fake_provider.py) for the gateway"
 export DEMO_PROVIDER_KEY="demo-provider-key-$$"
 python3 tests/fakes/fake_provider.py --port 0 --api-key "$DEMO_PROVIDER_KEY" \

@@ -64,6 +64,19 @@ pub enum Command {
     /// Policy bundles: push, list, bind, test, replay.
     #[command(subcommand)]
     Policy(crate::policy::cli::PolicyCommand),
+    /// The gateway's credential keys.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Put a new key first in the key file (it mints from now on; older keys still verify),
+    /// or with --retire ID remove one (credentials it signed stop verifying).
+    RotateKey {
+        #[arg(long)]
+        retire: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,6 +256,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             run_command(&api, cmd).await
         }
         Command::Policy(cmd) => crate::policy::cli::run(&cli, cmd).await,
+        Command::Gateway(GatewayCommand::RotateKey { retire }) => {
+            let path = cli.engine.gateway_keys();
+            // Created first if it does not exist yet.
+            crate::gateway::keys::KeyRing::open(path.clone())?;
+            println!("{}", crate::gateway::keys::rotate(&path, retire.as_deref())?);
+            Ok(0)
+        }
     }
 }
 

@@ -88,8 +88,17 @@ pub struct EngineConfig {
     /// created 0600 on first use; see docs/operations.md for rotation).
     #[arg(long, env = "COGWARD_GATEWAY_KEYS", global = true)]
     pub gateway_keys: Option<PathBuf>,
-    /// `host:port` runners forward their sandbox's gateway port to (default: the API's listen
-    /// address, loopback if it listens on every interface).
+    /// Address the gateway listens on (its own listener: model providers' APIs and MCP, nothing
+    /// of the operator API).
+    #[arg(
+        long,
+        env = "COGWARD_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8082",
+        global = true
+    )]
+    pub gateway_listen: SocketAddr,
+    /// `host:port` runners forward their sandbox's gateway port to (default: the gateway's
+    /// listen address, loopback if it listens on every interface).
     #[arg(long, env = "COGWARD_GATEWAY_ADDRESS", global = true)]
     pub gateway_address: Option<String>,
     /// Secrets runs may reference, per tenant (default: <state-dir>/secrets.json; the
@@ -238,7 +247,7 @@ impl EngineConfig {
 
     pub fn gateway_address(&self) -> String {
         self.gateway_address.clone().unwrap_or_else(|| {
-            let mut addr = self.listen;
+            let mut addr = self.gateway_listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }

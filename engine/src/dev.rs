@@ -37,18 +37,27 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
             .with_binding_cache(std::time::Duration::from_secs(1)),
     );
     policies.bootstrap(&ledger).await?;
-    let client = temporal::connect(&config.temporal, &config.namespace).await?;
+    let temporal =
+        temporal::TemporalHandle::connecting(config.temporal.clone(), config.namespace.clone());
+    // Usually Temporal answers at once: start serving connected then.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), temporal.wait()).await;
     let (mirror_wake, wake) = MirrorWake::channel();
-    tokio::spawn(
-        Mirror {
-            client: client.clone(),
-            ledger: ledger.clone(),
-            namespace: config.namespace.clone(),
-            interval: config.mirror_interval(),
-            wake,
+    let mirror = {
+        let (temporal, ledger) = (temporal.clone(), ledger.clone());
+        let (namespace, interval) = (config.namespace.clone(), config.mirror_interval());
+        async move {
+            Mirror {
+                client: temporal.wait().await,
+                ledger,
+                namespace,
+                interval,
+                wake,
+            }
+            .run()
+            .await
         }
-        .run(),
-    );
+    };
+    tokio::spawn(mirror);
     let gateway_config = GatewayConfig::load(&config.gateway_config())?;
     let gateway = Arc::new(
         Gateway::new(
@@ -75,21 +84,35 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         ))
         .serve(egress_listener),
     );
-    let app = api::app(AppState {
-        client,
+    let state = AppState {
+        temporal,
         db,
         ledger,
         tokens: Arc::new(tokens),
         mirror_wake,
         policies,
         gateway,
-    });
+    };
+    let gateway_listener = tokio::net::TcpListener::bind(config.gateway_listen)
+        .await
+        .with_context(|| format!("binding the gateway on {}", config.gateway_listen))?;
+    eprintln!("cogward: gateway on http://{}", config.gateway_listen);
+    let gateway_server = crate::http_server::serve(
+        gateway_listener,
+        api::gateway_app(state.clone()),
+        shutdown_signal(),
+    );
+    let app = api::app(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(listen = %config.listen, "cogward API listening");
     eprintln!("cogward: API on http://{}", config.listen);
-    let server = crate::http_server::serve(listener, app, shutdown_signal());
+    let api_server = crate::http_server::serve(listener, app, shutdown_signal());
+    let server = async move {
+        let (api, gateway) = tokio::join!(api_server, gateway_server);
+        api.and(gateway)
+    };
     if with_worker {
         // The SDK's worker future is not Send: run it beside the server in this task.
         tokio::select! {

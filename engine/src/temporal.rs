@@ -30,6 +30,66 @@ pub async fn connect(address: &str, namespace: &str) -> Result<Client> {
     }
 }
 
+/// A Temporal client that may not be connected yet: `serve` starts without Temporal and keeps
+/// trying (the API answers 503 `temporal_unavailable` for what needs it meanwhile; the gateway
+/// keeps serving live runs).
+#[derive(Clone, Default)]
+pub struct TemporalHandle(std::sync::Arc<tokio::sync::OnceCell<Client>>);
+
+impl TemporalHandle {
+    /// Connect in the background, retrying until it succeeds.
+    pub fn connecting(address: String, namespace: String) -> Self {
+        let handle = Self::default();
+        let cell = handle.0.clone();
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                match connect(&address, &namespace).await {
+                    Ok(client) => {
+                        let _ = cell.set(client);
+                        if warned {
+                            tracing::info!(%address, "connected to Temporal");
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        if !warned {
+                            eprintln!(
+                                "cogward: Temporal at {address} is unreachable ({e:#}); serving meanwhile, retrying"
+                            );
+                        }
+                        tracing::warn!(error = %format!("{e:#}"), "Temporal unreachable; retrying");
+                        warned = true;
+                    }
+                }
+            }
+        });
+        handle
+    }
+
+    /// A handle on a client already connected.
+    pub fn connected(client: Client) -> Self {
+        Self(std::sync::Arc::new(tokio::sync::OnceCell::new_with(Some(
+            client,
+        ))))
+    }
+
+    /// The client, if connected.
+    pub fn get(&self) -> Option<Client> {
+        self.0.get().cloned()
+    }
+
+    /// Wait until connected.
+    pub async fn wait(&self) -> Client {
+        loop {
+            if let Some(c) = self.get() {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// Whether a Temporal client error says the workflow does not exist. (The client's error types
 /// do not expose the gRPC code for every call, so the message is what is shared.)
 pub fn is_not_found(e: &impl std::fmt::Display) -> bool {

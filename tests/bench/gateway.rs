@@ -195,6 +195,7 @@ fn main() -> Result<()> {
         dir: dir.path().to_path_buf(),
         temporal_port: free_port_triple(),
         api_port: free_port(),
+        gateway_port: free_port(),
         cogward: release_bin("cogward"),
         runner: release_bin("cogward-runner"),
     };
@@ -278,7 +279,7 @@ fn main() -> Result<()> {
         let (credential, _) = cogward::gateway::keys::KeyRing::open(env.state_dir().join("gateway-keys.json"))?.mint(&run_id)?;
 
         let direct = Side { name: "direct", url: upstream_url.clone(), bearer: None, tool: "echo" };
-        let gateway = Side { name: "gateway", url: format!("{api}/mcp"), bearer: Some(credential), tool: "everything_echo" };
+        let gateway = Side { name: "gateway", url: format!("http://127.0.0.1:{}/mcp", env.gateway_port), bearer: Some(credential), tool: "everything_echo" };
         let started = Instant::now();
         let mut rows = Vec::new();
         println!("MCP tools/call echo, server-everything over Streamable HTTP; {CALLS} calls per side and level");

@@ -1029,6 +1029,7 @@ fn main() -> Result<()> {
         dir: tmp.path().to_path_buf(),
         temporal_port: free_port_triple(),
         api_port: free_port(),
+        gateway_port: free_port(),
         cogward,
         runner,
     };

@@ -105,7 +105,7 @@ impl Calls {
         path: &str,
         body: &[u8],
     ) -> reqwest::Result<reqwest::Response> {
-        http.post(self.stack.url(path))
+        http.post(self.stack.gw_url(path))
             .header("x-api-key", &self.token)
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
@@ -445,7 +445,7 @@ async fn kill_9_with_calls_in_flight_loses_no_call_the_provider_saw() {
     let calls = wire_calls("claude-sonnet-4-5-slow", "gpt-4o-mini-slow");
     let mut pending = Vec::new();
     for (path, body) in calls.clone() {
-        let url = c.stack.url(path);
+        let url = c.stack.gw_url(path);
         let token = c.token.clone();
         pending.push(tokio::spawn(async move {
             let _ = fresh_connections()
@@ -527,7 +527,7 @@ async fn a_credential_admits_calls_only_while_its_agent_runs() {
     let send = |token: String| {
         let (http, url, body) = (
             http.clone(),
-            c.stack.url("/gw/anthropic/v1/messages"),
+            c.stack.gw_url("/gw/anthropic/v1/messages"),
             body.clone(),
         );
         async move {

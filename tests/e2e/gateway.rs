@@ -372,7 +372,7 @@ async fn budgets_throttle_then_deny_and_bad_calls_change_nothing() {
                       "messages": [{"role": "user", "content": "w ".repeat(30)}]});
     let send = |key: Option<&str>, body: Vec<u8>, path: &str| {
         let mut req = http
-            .post(stack.url(path))
+            .post(stack.gw_url(path))
             .header("content-type", "application/json")
             .body(body);
         if let Some(k) = key {

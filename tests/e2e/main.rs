@@ -711,3 +711,56 @@ async fn submission_while_temporal_is_down_is_a_503_and_records_nothing() {
         .await
         .unwrap();
 }
+
+/// `serve --worker` started while Temporal is down keeps serving (health, 503s for what needs
+/// Temporal, nothing recorded), past the 20 s after which it used to exit, and works once
+/// Temporal is back: the worker and the mirror connect by themselves.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_started_without_temporal_keeps_serving_and_works_once_it_is_up() {
+    let mut stack = Stack::start(StackOptions::default()).unwrap();
+    stack.temporal.kill9();
+    stack.kill9_and_restart_serve_listening().unwrap();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert!(stack.serve_alive(), "serve exited:\n{}", stack.logs());
+    let (status, health) = stack
+        .call(Method::GET, "/healthz", None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, &health["temporal"]),
+        (200, &json!(false)),
+        "{health}"
+    );
+    let (status, problem) = stack.submit(&spec("down", &["true"])).await.unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (503, Some("temporal_unavailable")),
+        "{problem}"
+    );
+    let (_, list) = stack
+        .call(Method::GET, "/v1/runs", Some(&stack.tokens.ci), None)
+        .await
+        .unwrap();
+    assert_eq!(list, json!([]), "a run that never started was recorded");
+
+    stack.temporal.kill9_and_restart().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, health) = stack
+            .call(Method::GET, "/healthz", None, None)
+            .await
+            .unwrap();
+        if health["temporal"] == json!(true) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, run) = stack.submit(&spec("down", &["true"])).await.unwrap();
+    assert_eq!(status, 201, "{run}");
+    stack
+        .wait_status(&run_id(&run), &["succeeded"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+    stack.wait_mirrored(&run_id(&run)).await.unwrap();
+}

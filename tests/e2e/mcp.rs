@@ -271,7 +271,7 @@ async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart
     let db = m.db.clone();
     let stack = &mut m.stack;
     let (id, token) = running_run(stack).await;
-    let url = stack.url("/mcp");
+    let url = stack.gw_url("/mcp");
 
     // Scope: get-env is invisible, and refused when called anyway; unknown tools are errors.
     let lines = run_client(
@@ -440,7 +440,7 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
     let (stack, db) = (&m.stack, m.db.clone());
     let (id, token) = running_run(stack).await;
     let (_, other_token) = running_run(stack).await;
-    let url = stack.url("/mcp");
+    let url = stack.gw_url("/mcp");
     let http = fresh_connections();
     let session = open_session(&http, &url, &token, "2025-11-25").await;
     let other_session = open_session(&http, &url, &other_token, "2025-11-25").await;
@@ -455,6 +455,17 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
             count(&db, "SELECT COUNT(*) FROM mcp_sessions").await,
         )
     };
+    // A browser page on a rebinding name: refused whatever it carries.
+    let resp = http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("origin", "http://evil.example")
+        .header("mcp-session-id", &session)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
     let before = counts().await;
     let key_id = token.split('.').nth(1).unwrap();
     let forged = cogward_activities::credential::mint(key_id, b"another key", &id);
@@ -641,7 +652,7 @@ async fn a_failing_upstream_opens_its_circuit_and_closes_it_when_back() {
     push_and_bind(&stack, "tool-access", "tools", "tool.call", "acme", &scope);
     let db = Db::connect(&stack.database_url).await.unwrap();
     let (id, token) = running_run(&stack).await;
-    let url = stack.url("/mcp");
+    let url = stack.gw_url("/mcp");
     let http = reqwest::Client::new();
     let session = open_session(&http, &url, &token, "2025-11-25").await;
     let echo = || async {
@@ -755,7 +766,7 @@ async fn a_per_run_server_lives_as_long_as_its_run() {
     })
     .await;
     let stack = &m.stack;
-    let url = stack.url("/mcp");
+    let url = stack.gw_url("/mcp");
     let http = reqwest::Client::new();
     let mut runs = Vec::new();
     for _ in 0..2 {
@@ -818,7 +829,7 @@ async fn an_approval_executes_once_and_a_hung_up_tool_call_is_recorded() {
     let m = mcp_stack(&everything, false).await;
     let (stack, db) = (&m.stack, m.db.clone());
     let (id, token) = running_run(stack).await;
-    let url = stack.url("/mcp");
+    let url = stack.gw_url("/mcp");
     let session = open_session(&fresh_connections(), &url, &token, "2025-11-25").await;
     let args = json!({"a": 2, "b": 40});
 

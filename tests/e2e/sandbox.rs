@@ -310,3 +310,51 @@ async fn bombs_end_their_own_runs_and_the_stack_keeps_serving() {
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
 }
+
+const API_PROBE: &str = r#"
+import json, os, socket, urllib.request, urllib.error
+api = int(json.loads(os.environ['COGWARD_INPUTS'])['api'])
+gw, tok = os.environ['COGWARD_GATEWAY_URL'], os.environ['COGWARD_RUN_TOKEN']
+run = tok.split('.')[2]
+for method, path in [('GET', '/v1/runs'), ('GET', f'/v1/runs/{run}'), ('POST', '/v1/runs'),
+                     ('POST', f'/v1/runs/{run}/approve'), ('POST', f'/v1/runs/{run}/cancel'),
+                     ('GET', '/v1/policies'), ('GET', '/healthz'), ('GET', '/gw/anthropic/v1/runs')]:
+    req = urllib.request.Request(gw + path, method=method, data=b'{}' if method == 'POST' else None,
+                                 headers={'authorization': 'Bearer ' + tok, 'x-api-key': tok,
+                                          'content-type': 'application/json'})
+    try:
+        r = urllib.request.urlopen(req, timeout=10)
+        print('GW', method, path, r.status, r.read().decode()[:100])
+    except urllib.error.HTTPError as e:
+        print('GW', method, path, e.code, e.read().decode()[:300].replace('\n', ' '))
+try:
+    socket.create_connection(('127.0.0.1', api), timeout=3)
+    print('DIRECT WORKED')
+except OSError:
+    print('DIRECT failed')
+"#;
+
+/// The sandbox's way out is the gateway's own listener: every operator API path is unknown
+/// there (in the provider's error format), and the API's port is not reachable at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_api_is_unreachable_from_a_sandbox() {
+    let stack = Stack::start(StackOptions::default()).unwrap();
+    let mut s = spec("acme", &["python3", "-c", API_PROBE]);
+    s["inputs"] = serde_json::json!({"api": stack.api_port.to_string()});
+    let (id, run) = stack
+        .submit_until(&s, &["succeeded", "failed"])
+        .await
+        .unwrap();
+    let out = std::fs::read_to_string(stack.run_dir(&id).join("stdout.log")).unwrap();
+    let err = std::fs::read_to_string(stack.run_dir(&id).join("stderr.log")).unwrap();
+    assert_eq!(run["status"], "succeeded", "{out}\n{err}");
+    let probes: Vec<&str> = out.lines().filter(|l| l.starts_with("GW ")).collect();
+    assert_eq!(probes.len(), 8, "{out}");
+    for line in &probes {
+        assert!(line.contains(" 404 "), "reachable from the sandbox: {line}");
+        assert!(line.contains("cogward: the gateway serves no"), "{line}");
+    }
+    assert!(out.contains("DIRECT failed"), "{out}");
+    // Nothing happened to the run by the requests it made.
+    assert_eq!(run["status"], "succeeded");
+}

@@ -63,6 +63,28 @@ fn wait_port(port: u16, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Wait until the API on `port` answers and is connected to Temporal.
+fn wait_ready(port: u16, timeout: Duration) -> Result<()> {
+    use std::io::{Read, Write};
+    wait_port(port, timeout)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut answer = String::new();
+        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ =
+                conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let _ = conn.read_to_string(&mut answer);
+        }
+        if answer.contains("\"temporal\":true") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the API on {port} is not connected to Temporal after {timeout:?}: {answer}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn kill9(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -175,6 +197,8 @@ pub struct Stack {
     serve: Option<Child>,
     worker: Option<Child>,
     pub api_port: u16,
+    /// Where the stack's gateway listens (its own listener, not the API's).
+    pub gateway_port: u16,
     /// Where the stack's egress proxy listens.
     pub egress_port: u16,
     pub tokens: Tokens,
@@ -198,6 +222,7 @@ impl Stack {
             serve: None,
             worker: None,
             api_port: free_port(),
+            gateway_port: free_port(),
             egress_port: free_port(),
             tokens: Tokens {
                 ci: String::new(),
@@ -229,7 +254,7 @@ impl Stack {
             &["serve", "--worker"]
         };
         stack.serve = Some(stack.spawn(serve_args, "serve.log")?);
-        wait_port(stack.api_port, Duration::from_secs(30))?;
+        wait_ready(stack.api_port, Duration::from_secs(30))?;
         if opts.separate_worker {
             stack.start_worker()?;
         }
@@ -255,6 +280,10 @@ impl Stack {
                 format!("http://{}", self.temporal.address()),
             )
             .env("COGWARD_LISTEN", format!("127.0.0.1:{}", self.api_port))
+            .env(
+                "COGWARD_GATEWAY_LISTEN",
+                format!("127.0.0.1:{}", self.gateway_port),
+            )
             .env(
                 "COGWARD_EGRESS_LISTEN",
                 format!("127.0.0.1:{}", self.egress_port),
@@ -309,6 +338,13 @@ impl Stack {
 
     /// `kill -9` the API process (`cogward serve`), then start it again and wait for it.
     pub fn kill9_and_restart_serve(&mut self) -> Result<()> {
+        self.kill9_and_restart_serve_listening()?;
+        wait_ready(self.api_port, Duration::from_secs(30))
+    }
+
+    /// [`Self::kill9_and_restart_serve`], waiting only until the API listens (Temporal may be
+    /// down).
+    pub fn kill9_and_restart_serve_listening(&mut self) -> Result<()> {
         if let Some(mut s) = self.serve.take() {
             kill9(&mut s);
         }
@@ -319,6 +355,13 @@ impl Stack {
         };
         self.serve = Some(self.spawn(args, "serve.log")?);
         wait_port(self.api_port, Duration::from_secs(30))
+    }
+
+    /// Whether `cogward serve` is still running.
+    pub fn serve_alive(&mut self) -> bool {
+        self.serve
+            .as_mut()
+            .is_some_and(|s| matches!(s.try_wait(), Ok(None)))
     }
 
     pub fn start_worker(&mut self) -> Result<()> {
@@ -349,6 +392,11 @@ impl Stack {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    /// A URL on the stack's gateway.
+    pub fn gw_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.gateway_port)
     }
 
     /// One API call: (status, JSON body).

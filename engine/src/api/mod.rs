@@ -12,7 +12,7 @@ use crate::ledger::Ledger;
 use crate::mirror::MirrorWake;
 use crate::policy::Policies;
 use auth::Tokens;
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -24,7 +24,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub client: Client,
+    pub temporal: crate::temporal::TemporalHandle,
     pub db: Db,
     pub ledger: Ledger,
     pub tokens: Arc<Tokens>,
@@ -45,16 +45,30 @@ impl FromRef<AppState> for Arc<Tokens> {
     }
 }
 
+impl AppState {
+    /// The Temporal client, or 503 `temporal_unavailable` while it is not connected.
+    pub fn client(&self) -> Result<Client, error::ApiError> {
+        self.temporal.get().ok_or_else(|| {
+            error::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporal_unavailable",
+                "Temporal is unreachable; retry later",
+            )
+        })
+    }
+}
+
+/// The operator API: runs, policies, health. Not the gateway (see [`gateway_app`]).
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route(
             "/healthz",
-            get(|| async { Json(serde_json::json!({"ok": true})) }),
+            get(|State(state): State<AppState>| async move {
+                Json(serde_json::json!({"ok": true, "temporal": state.temporal.get().is_some()}))
+            }),
         )
         .merge(runs::router())
         .merge(policies::router())
-        .merge(crate::gateway::model::router())
-        .merge(crate::gateway::mcp::router())
         .fallback(|| async {
             error::problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -66,6 +80,18 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The gateway's own listener, the only thing sandboxes are spliced to: the provider APIs and
+/// MCP, nothing of the operator API. An unknown path answers in the format of the provider it
+/// names (Anthropic's for `/gw/<anthropic-wire provider>/…`, OpenAI's otherwise).
+pub fn gateway_app(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::gateway::model::router())
+        .merge(crate::gateway::mcp::router())
+        .fallback(crate::gateway::model::unknown_path)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -102,6 +102,8 @@ async fn submit(
             e.to_string(),
         )
     })?;
+    // Nothing is recorded for a run Temporal cannot take now.
+    let client = state.client()?;
     let fresh = uuid::Uuid::new_v4().simple().to_string();
     let run_id = RunId::for_submission(&spec.tenant, spec.idempotency_key.as_deref(), &fresh);
     let now = crate::now_rfc3339();
@@ -141,11 +143,7 @@ async fn submit(
     let options = WorkflowStartOptions::new(TASK_QUEUE, run_id.to_string())
         .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
         .build();
-    match state
-        .client
-        .start_workflow(AgentRun::run, input, options)
-        .await
-    {
+    match client.start_workflow(AgentRun::run, input, options).await {
         Ok(_) => {}
         Err(WorkflowStartError::AlreadyStarted { .. }) => {}
         Err(e) => {
@@ -154,8 +152,7 @@ async fn submit(
             // not exist. A start that timed out may have happened; the mirror must follow it.
             let unreachable = matches!(&e, WorkflowStartError::Rpc(status) if status.code() == tonic::Code::Unavailable);
             let never_started = unreachable
-                || state
-                    .client
+                || client
                     .get_workflow_handle::<AgentRun>(run_id.as_str())
                     .describe(WorkflowDescribeOptions::default())
                     .await
@@ -205,7 +202,7 @@ async fn show(
         return Ok(Json(record.into()));
     }
     let handle = state
-        .client
+        .client()?
         .get_workflow_handle::<AgentRun>(record.run_id.as_str());
     let result = tokio::time::timeout(
         Duration::from_secs(wait),
@@ -288,7 +285,7 @@ async fn decide(
         ));
     }
     let handle = state
-        .client
+        .client()?
         .get_workflow_handle::<AgentRun>(record.run_id.as_str());
     // Ask the workflow itself: the index may lag the gate by a mirror interval.
     let live = if record.status.is_terminal() {
@@ -435,7 +432,7 @@ async fn decide_tool_call(
         comment,
     };
     state
-        .client
+        .client()?
         .get_workflow_handle::<AgentRun>(record.run_id.as_str())
         .signal(
             AgentRun::decide_tool_call,
@@ -468,7 +465,7 @@ async fn tool_calls(
         record.summary.map(|s| s.tool_approvals).unwrap_or_default()
     } else {
         state
-            .client
+            .client()?
             .get_workflow_handle::<AgentRun>(record.run_id.as_str())
             .query(AgentRun::status, (), WorkflowQueryOptions::default())
             .await
@@ -536,7 +533,7 @@ async fn cancel(
         .unwrap_or_else(|| "cancelled by operator".into());
     let reason = format!("{reason} (by {})", principal.name);
     let handle = state
-        .client
+        .client()?
         .get_workflow_handle::<AgentRun>(record.run_id.as_str());
     handle
         .cancel(

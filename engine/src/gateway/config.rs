@@ -42,6 +42,10 @@ pub struct GatewayConfig {
     /// When an upstream MCP server counts as down, and for how long.
     #[serde(default)]
     pub breaker: Breaker,
+    /// Browser origins allowed to call `/mcp` (agents send no `Origin`; a request that carries
+    /// one not listed is refused, against DNS rebinding).
+    #[serde(default)]
+    pub mcp_allowed_origins: Vec<String>,
     /// How long an escalated tool call waits for its approval before it is refused.
     #[serde(default = "default_tool_approval_timeout")]
     pub tool_approval_timeout_seconds: u64,

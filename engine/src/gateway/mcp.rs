@@ -24,6 +24,7 @@ use super::upstream::UpstreamError;
 use super::{AuthFailure, CallDecision, CallRecord, Gateway, RunIdentity, sha256_hex};
 use crate::api::AppState;
 use crate::ledger::canonical_string;
+use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -109,7 +110,28 @@ fn authenticate_error(e: AuthFailure) -> RpcError {
     }
 }
 
-async fn handle_get() -> Response {
+/// A request from a browser origin not allowed (DNS rebinding: a page the agent's user opened
+/// reaching the gateway on loopback) is refused before anything else.
+fn origin_refused(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
+    let origin = headers.get(axum::http::header::ORIGIN)?;
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|o| gw.config.mcp_allowed_origins.iter().any(|a| a == o));
+    (!allowed).then(|| {
+        rpc_error(
+            StatusCode::FORBIDDEN,
+            &Value::Null,
+            -32600,
+            "cogward: requests from this Origin are not allowed",
+        )
+        .into_response()
+    })
+}
+
+async fn handle_get(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = origin_refused(&state.gateway, &headers) {
+        return refused;
+    }
     // No server-initiated stream: the spec's answer is 405.
     rpc_error(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -122,6 +144,9 @@ async fn handle_get() -> Response {
 
 async fn handle_delete(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let gw = &state.gateway;
+    if let Some(refused) = origin_refused(gw, &headers) {
+        return refused;
+    }
     let run = match gw.authenticate(&headers).await {
         Ok(r) => r,
         Err(e) => return authenticate_error(e).into_response(),
@@ -146,6 +171,9 @@ async fn handle_post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Some(refused) = origin_refused(&state.gateway, &headers) {
+        return refused;
+    }
     match dispatch(&state, &headers, body).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -167,7 +195,7 @@ async fn dispatch(
             format!("cogward: {}", e.body_text()),
         )
     })?;
-    let message: Value = serde_json::from_slice(&body).map_err(|e| {
+    let message: Value = super::json::parse_strict(&body).map_err(|e| {
         rpc_error(
             StatusCode::BAD_REQUEST,
             &Value::Null,
@@ -840,7 +868,9 @@ where
     };
     call.detail["parked_call_id"] = json!(parked_id);
     let handle = state
-        .client
+        .temporal
+        .get()
+        .context("Temporal is unreachable, so the call cannot be parked for approval")?
         .get_workflow_handle::<AgentRun>(run_id.as_str());
     // Every time, also on a re-attach: the workflow ignores a call id it knows.
     handle

@@ -93,6 +93,23 @@ pub fn router() -> Router<AppState> {
         .layer(DefaultBodyLimit::max(MODEL_BODY_LIMIT))
 }
 
+/// The gateway's answer to a path it does not serve, in the format of the provider the path
+/// names.
+pub async fn unknown_path(State(gw): State<Arc<Gateway>>, uri: axum::http::Uri) -> Response {
+    let provider = uri
+        .path()
+        .strip_prefix("/gw/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|name| gw.config.providers.get(name));
+    let wire = provider.map_or(Wire::Openai, |p| p.wire);
+    provider_error(
+        wire,
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        format!("cogward: the gateway serves no {}", uri.path()),
+    )
+}
+
 /// An error in the provider's own format, so the agent's SDK reports it as it would the
 /// provider's.
 fn provider_error(

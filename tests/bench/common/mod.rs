@@ -139,6 +139,7 @@ pub struct Env {
     pub dir: PathBuf,
     pub temporal_port: u16,
     pub api_port: u16,
+    pub gateway_port: u16,
     pub cogward: PathBuf,
     pub runner: PathBuf,
 }
@@ -169,6 +170,10 @@ impl Env {
                 format!("http://127.0.0.1:{}", self.temporal_port),
             )
             .env("COGWARD_LISTEN", format!("127.0.0.1:{}", self.api_port))
+            .env(
+                "COGWARD_GATEWAY_LISTEN",
+                format!("127.0.0.1:{}", self.gateway_port),
+            )
             .env("COGWARD_RUNNER_BIN", &self.runner);
         c
     }
