@@ -149,10 +149,24 @@ pub enum RunCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the whole hash chain offline, from the database alone.
+    /// Verify the whole hash chain offline, from the database alone; with --checkpoint, also
+    /// that the database still holds exactly what each signed checkpoint in FILE signed.
     Verify {
         #[arg(long)]
         json: bool,
+        /// A checkpoint file (one signed checkpoint per line).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The public key checkpoints must be signed with, hex (default: the installation's
+        /// signing key file's).
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Sign a checkpoint of the chain as it is now: appended to the checkpoint file and printed.
+    Checkpoint {
+        /// Default: <state-dir>/checkpoints.jsonl.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
     /// Rebuild a run's workflow history from the ledger alone and replay it against this build's
     /// workflow code (exit 1 on nondeterminism).
@@ -227,7 +241,29 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Dev => crate::dev::dev(&cli.engine).await.map(|_| 0),
         Command::Serve { worker } => crate::dev::serve(&cli.engine, *worker).await.map(|_| 0),
         Command::Worker => crate::worker::run(&cli.engine).await.map(|_| 0),
-        Command::Audit(AuditCommand::Verify { json }) => audit_verify(&cli.engine, *json).await,
+        Command::Audit(AuditCommand::Verify {
+            json,
+            checkpoint,
+            public_key,
+        }) => {
+            audit_verify(
+                &cli.engine,
+                *json,
+                checkpoint.as_deref(),
+                public_key.as_deref(),
+            )
+            .await
+        }
+        Command::Audit(AuditCommand::Checkpoint { file }) => {
+            use crate::ledger::checkpoint;
+            let db = crate::db::Db::connect(&cli.engine.database_url()).await?;
+            let key = checkpoint::signing_key(&cli.engine.ledger_signing_key())?;
+            let c = checkpoint::make(&db, &key).await?;
+            let file = file.clone().unwrap_or_else(|| cli.engine.checkpoint_file());
+            checkpoint::append(&file, &c)?;
+            println!("{}", serde_json::to_string(&c)?);
+            Ok(0)
+        }
         Command::Audit(AuditCommand::Replay { run_id }) => audit_replay(&cli.engine, run_id).await,
         Command::Tokens(TokensCommand::Add {
             name,
@@ -260,15 +296,48 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let path = cli.engine.gateway_keys();
             // Created first if it does not exist yet.
             crate::gateway::keys::KeyRing::open(path.clone())?;
-            println!("{}", crate::gateway::keys::rotate(&path, retire.as_deref())?);
+            println!(
+                "{}",
+                crate::gateway::keys::rotate(&path, retire.as_deref())?
+            );
             Ok(0)
         }
     }
 }
 
-async fn audit_verify(config: &EngineConfig, json: bool) -> Result<u8> {
+async fn audit_verify(
+    config: &EngineConfig,
+    json: bool,
+    checkpoints: Option<&std::path::Path>,
+    public_key: Option<&str>,
+) -> Result<u8> {
+    use crate::ledger::checkpoint;
     let db = crate::db::Db::connect(&config.database_url()).await?;
-    let report = crate::ledger::verify(&db).await?;
+    let mut report = crate::ledger::verify(&db).await?;
+    if let Some(file) = checkpoints {
+        let trusted = match public_key {
+            Some(k) => checkpoint::public_key(k)?,
+            None => checkpoint::signing_key(&config.ledger_signing_key())?.verifying_key(),
+        };
+        for c in checkpoint::read_file(file)? {
+            let problem = checkpoint::check(&db, &c, &trusted).await?;
+            report
+                .checkpoints
+                .push(crate::ledger::verify::CheckpointCheck {
+                    at: c.at,
+                    size: c.size,
+                    problem,
+                });
+        }
+        if report.checkpoints.iter().any(|c| c.problem.is_some()) {
+            report.ok = false;
+        }
+    }
+    for c in &report.checkpoints {
+        if !json && let Some(p) = &c.problem {
+            println!("FAILED: {p}");
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if let Some(bad) = &report.first_bad {
@@ -281,6 +350,12 @@ async fn audit_verify(config: &EngineConfig, json: bool) -> Result<u8> {
             "OK: {} entries, chain head seq {} hash {}",
             report.entries, report.head_seq, report.head_hash
         );
+        if !report.checkpoints.is_empty() && report.ok {
+            println!(
+                "OK: the database holds exactly what {} signed checkpoint(s) signed",
+                report.checkpoints.len()
+            );
+        }
         let open = &report.calls_without_outcome;
         if !open.is_empty() {
             println!(
@@ -303,10 +378,17 @@ async fn audit_replay(config: &EngineConfig, run_id: &str) -> Result<u8> {
     let ledger = crate::ledger::Ledger::start(db);
     let events = crate::ledger::replay::history_from_ledger(&ledger, run_id).await?;
     let n = events.len();
+    let problems = crate::ledger::replay::check_app_entries(&ledger, run_id, &events).await?;
+    if !problems.is_empty() {
+        for p in &problems {
+            println!("FAILED: {p}");
+        }
+        return Ok(1);
+    }
     match crate::ledger::replay::replay_events(events).await {
         Ok(()) => {
             println!(
-                "OK: {n} history events of {run_id}, rebuilt from the ledger, replay against this build"
+                "OK: {n} history events of {run_id}, rebuilt from the ledger, replay against this build, and its application entries match them"
             );
             Ok(0)
         }

@@ -84,6 +84,21 @@ pub struct EngineConfig {
     /// <state-dir>/gateway.json; absent means no providers).
     #[arg(long, env = "COGWARD_GATEWAY_CONFIG", global = true)]
     pub gateway_config: Option<PathBuf>,
+    /// The ledger checkpoint signing key (default: <state-dir>/ledger-signing-key.json, created
+    /// 0600 on first use).
+    #[arg(long, env = "COGWARD_LEDGER_SIGNING_KEY", global = true)]
+    pub ledger_signing_key: Option<PathBuf>,
+    /// Where signed checkpoints are appended (default: <state-dir>/checkpoints.jsonl).
+    #[arg(long, env = "COGWARD_CHECKPOINT_FILE", global = true)]
+    pub checkpoint_file: Option<PathBuf>,
+    /// How often `serve` signs a checkpoint while the ledger grows, in seconds (0: never).
+    #[arg(
+        long,
+        env = "COGWARD_CHECKPOINT_INTERVAL_S",
+        default_value_t = 300,
+        global = true
+    )]
+    pub checkpoint_interval_s: u64,
     /// The key file run credentials are minted under (default: <state-dir>/gateway-keys.json,
     /// created 0600 on first use; see docs/operations.md for rotation).
     #[arg(long, env = "COGWARD_GATEWAY_KEYS", global = true)]
@@ -237,6 +252,18 @@ impl EngineConfig {
         self.gateway_config
             .clone()
             .unwrap_or_else(|| self.state_dir.join("gateway.json"))
+    }
+
+    pub fn ledger_signing_key(&self) -> PathBuf {
+        self.ledger_signing_key
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("ledger-signing-key.json"))
+    }
+
+    pub fn checkpoint_file(&self) -> PathBuf {
+        self.checkpoint_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("checkpoints.jsonl"))
     }
 
     pub fn gateway_keys(&self) -> PathBuf {

@@ -73,6 +73,15 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
     );
     tokio::spawn(crate::gateway::close_servers_of_ended_runs(gateway.clone()));
     tokio::spawn(crate::gateway::spool::drain(gateway.clone()));
+    if config.checkpoint_interval_s > 0 {
+        let key = crate::ledger::checkpoint::signing_key(&config.ledger_signing_key())?;
+        tokio::spawn(crate::ledger::checkpoint::on_schedule(
+            db.clone(),
+            key,
+            config.checkpoint_file(),
+            std::time::Duration::from_secs(config.checkpoint_interval_s),
+        ));
+    }
     let egress_config = crate::egress::EgressConfig::load(&config.egress_config())?;
     let egress_listener = tokio::net::TcpListener::bind(config.egress_listen)
         .await

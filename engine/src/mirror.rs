@@ -199,6 +199,21 @@ impl Mirror {
     }
 }
 
+/// Every application entry a run's history implies, as `(event id, event type, body)`: what
+/// the mirror wrote, and what `audit replay` checks the ledger's application entries against.
+pub fn derived_app_entries(events: &[HistoryEvent]) -> Vec<(i64, &'static str, Value)> {
+    let derived = Derivation::new(events);
+    events
+        .iter()
+        .flat_map(|ev| {
+            derived
+                .app_entries(ev)
+                .into_iter()
+                .map(move |(t, body)| (ev.event_id, t, body))
+        })
+        .collect()
+}
+
 /// What one read of a run's history adds.
 struct RunDelta {
     entries: Vec<NewEntry>,

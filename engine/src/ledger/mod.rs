@@ -12,6 +12,7 @@
 //!  "workflow_id":"run-…"}
 //! ```
 
+pub mod checkpoint;
 pub mod replay;
 pub mod verify;
 pub mod writer;

@@ -37,6 +37,50 @@ pub async fn history_from_ledger(ledger: &Ledger, run_id: &str) -> Result<Vec<Hi
     Ok(events)
 }
 
+/// Check the run's application entries derived from its history (admission, approval and its
+/// approver, tool approvals, evidence, verdict) against the history events they came from, as
+/// the ledger holds them: an entry edited (and the chain recomputed) differs from what its event
+/// implies; an entry added or removed has no counterpart. The problems found, by seq.
+pub async fn check_app_entries(
+    ledger: &Ledger,
+    run_id: &str,
+    events: &[HistoryEvent],
+) -> Result<Vec<String>> {
+    use std::collections::BTreeMap;
+    let mut expected: BTreeMap<(i64, String), serde_json::Value> =
+        crate::mirror::derived_app_entries(events)
+            .into_iter()
+            .map(|(id, t, body)| ((id, t.to_string()), body))
+            .collect();
+    let mut problems = Vec::new();
+    for entry in ledger.entries_for_workflow(run_id).await? {
+        let Some(event_id) = entry.event_id.filter(|_| entry.kind == "app") else {
+            continue;
+        };
+        let key = (event_id, entry.event_type.clone());
+        match expected.remove(&key) {
+            Some(body) if super::canonical_string(&body) == entry.body => {}
+            Some(body) => problems.push(format!(
+                "entry {} ({} of event {event_id}) differs from what its history event implies:                  ledger {} / history {}",
+                entry.seq,
+                entry.event_type,
+                entry.body,
+                super::canonical_string(&body)
+            )),
+            None => problems.push(format!(
+                "entry {} ({} of event {event_id}) is implied by no history event",
+                entry.seq, entry.event_type
+            )),
+        }
+    }
+    for ((event_id, event_type), _) in expected {
+        problems.push(format!(
+            "{event_type} of history event {event_id} is missing from the ledger"
+        ));
+    }
+    Ok(problems)
+}
+
 /// Replay `events` against `AgentRun`; an error names the nondeterminism.
 pub async fn replay_events(events: Vec<HistoryEvent>) -> Result<()> {
     let options = WorkflowReplayerOptions::new()

@@ -26,6 +26,15 @@ pub struct VerifyReport {
     /// Gateway calls whose intent is in the chain but whose outcome is not: in flight while the
     /// chain was read, or lost in a crash between forwarding and recording. `(run, call id)`.
     pub calls_without_outcome: Vec<CallWithoutOutcome>,
+    /// Each signed checkpoint checked (`audit verify --checkpoint`), with what it found.
+    pub checkpoints: Vec<CheckpointCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointCheck {
+    pub at: String,
+    pub size: i64,
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -80,6 +89,7 @@ pub async fn verify(db: &Db) -> Result<VerifyReport> {
         ok: false,
         first_bad: Some(BadEntry { seq, reason }),
         calls_without_outcome: Vec::new(),
+        checkpoints: Vec::new(),
     };
     loop {
         let rows = sqlx::query(concat!(
@@ -154,5 +164,6 @@ pub async fn verify(db: &Db) -> Result<VerifyReport> {
         ok: true,
         first_bad: None,
         calls_without_outcome: open.0.into_values().collect(),
+        checkpoints: Vec::new(),
     })
 }
