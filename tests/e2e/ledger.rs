@@ -191,20 +191,23 @@ mod checkpoints {
         (url, copy)
     }
 
+    /// A ledger row as stored.
+    type Row = (
+        i64,
+        String,
+        String,
+        String,
+        String,
+        Option<i64>,
+        String,
+        String,
+        String,
+        String,
+        String,
+    );
+
     async fn entries(db: &Db) -> Vec<LedgerEntry> {
-        let rows: Vec<(
-            i64,
-            String,
-            String,
-            String,
-            String,
-            Option<i64>,
-            String,
-            String,
-            String,
-            String,
-            String,
-        )> = sqlx::query_as(
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT seq, kind, namespace, workflow_id, temporal_run_id, event_id, event_type, \
                  recorded_at, body, prev_hash, hash FROM ledger_entries ORDER BY seq",
         )
