@@ -88,6 +88,10 @@ pub fn run_dir(config: &ActivitiesConfig, run_id: &RunId) -> PathBuf {
     config.state_dir.join("runs").join(run_id.as_str())
 }
 
+/// Largest evidence the activity returns into workflow history (Temporal refuses payloads over
+/// 2 MiB; the result of a run stays far below this).
+const MAX_EVIDENCE_BYTES: usize = 256 * 1024;
+
 /// The port on the sandbox's own loopback that leads to the gateway.
 pub const SANDBOX_GATEWAY_PORT: u16 = 7480;
 /// The port on the sandbox's own loopback that leads to the egress proxy.
@@ -312,7 +316,22 @@ pub(crate) async fn start_runner(
     input: StartRunnerInput,
 ) -> Result<RunnerEvidence, ActivityError> {
     let run_id = input.run_id.clone();
-    let evidence = run_to_result(config, ctx, input).await?;
+    let mut evidence = run_to_result(config, ctx, input).await?;
+    // Everything that grows with the agent's work stays in the run directory; this is the
+    // backstop: evidence history could not take would make the activity fail forever.
+    let size = serde_json::to_vec(&evidence).map_or(0, |v| v.len());
+    if size > MAX_EVIDENCE_BYTES {
+        tracing::error!(
+            size,
+            "the runner's evidence is too large for workflow history"
+        );
+        evidence = RunnerEvidence::Lost {
+            detail: format!(
+                "the runner's evidence ({size} bytes) exceeds the {MAX_EVIDENCE_BYTES} bytes \
+                 workflow history takes; its result.json is in the run directory"
+            ),
+        };
+    }
     if let Some(gw) = &config.gateway {
         gw.credentials
             .revoke(run_id.as_str())

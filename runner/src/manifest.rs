@@ -5,7 +5,7 @@
 //! symlinks are never followed (not even for directories): an agent cannot make the runner,
 //! which is root, read a host file by linking to it.
 
-use crate::protocol::Artifact;
+use crate::protocol::{Artifact, MANIFEST_MAX_FILES, MANIFEST_MAX_HASHED_BYTES};
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use sha2::{Digest, Sha256};
 use std::io;
@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Manifest {
-    /// Sorted by path.
-    pub artifacts: Vec<Artifact>,
+    /// The manifest as written to the run directory.
+    pub file: crate::protocol::Manifest,
     /// Entries left out because their path is not UTF-8 (the protocol's paths are strings).
     pub skipped: Vec<PathBuf>,
 }
@@ -28,6 +28,7 @@ pub fn build(work: &Path) -> io::Result<Manifest> {
 /// Walk the directory `root` and hash every regular file in it.
 pub fn build_from(root: Dir) -> io::Result<Manifest> {
     let mut manifest = Manifest::default();
+    let mut hashed = 0u64;
     let mut pending = vec![(root, PathBuf::new())];
     while let Some((dir, rel_dir)) = pending.pop() {
         for entry in dir.entries()? {
@@ -39,10 +40,21 @@ pub fn build_from(root: Dir) -> io::Result<Manifest> {
             if kind.is_dir() {
                 pending.push((entry.open_dir()?, rel));
             } else if kind.is_file() {
+                let m = &mut manifest.file;
+                let size = entry.metadata()?.len();
+                m.files += 1;
+                m.bytes += size;
+                if m.artifacts.len() >= MANIFEST_MAX_FILES
+                    || hashed + size > MANIFEST_MAX_HASHED_BYTES
+                {
+                    m.truncated = true;
+                    continue;
+                }
                 match artifact_path(&rel) {
                     Some(path) => {
                         let (sha256, bytes) = hash_file(&dir, Path::new(&name))?;
-                        manifest.artifacts.push(Artifact {
+                        hashed += bytes;
+                        m.artifacts.push(Artifact {
                             path,
                             sha256,
                             bytes,
@@ -53,7 +65,7 @@ pub fn build_from(root: Dir) -> io::Result<Manifest> {
             }
         }
     }
-    sort(&mut manifest.artifacts);
+    sort(&mut manifest.file.artifacts);
     Ok(manifest)
 }
 
@@ -102,6 +114,7 @@ mod tests {
         fs::write(w.join("b.txt"), b"bb").unwrap();
         let m = build(w).unwrap();
         let got: Vec<(&str, u64)> = m
+            .file
             .artifacts
             .iter()
             .map(|a| (a.path.as_str(), a.bytes))
@@ -115,7 +128,7 @@ mod tests {
                 ("z.txt", 1)
             ]
         );
-        assert_eq!(m.artifacts[2].sha256, sha(b"deep"));
+        assert_eq!(m.file.artifacts[2].sha256, sha(b"deep"));
         assert!(m.skipped.is_empty());
     }
 
@@ -129,7 +142,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), w.join("dirlink")).unwrap();
         fs::write(w.join("real"), b"r").unwrap();
         let m = build(w).unwrap();
-        let paths: Vec<&str> = m.artifacts.iter().map(|a| a.path.as_str()).collect();
+        let paths: Vec<&str> = m.file.artifacts.iter().map(|a| a.path.as_str()).collect();
         assert_eq!(paths, ["real"]);
     }
 
@@ -153,7 +166,7 @@ mod tests {
         let name = std::ffi::OsStr::from_bytes(b"bad\xff");
         fs::write(dir.path().join(name), b"x").unwrap();
         let m = build(dir.path()).unwrap();
-        assert!(m.artifacts.is_empty());
+        assert!(m.file.artifacts.is_empty());
         assert_eq!(m.skipped, [PathBuf::from(name)]);
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of this protocol; the runner refuses a request with another one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 pub const REQUEST_FILE: &str = "request.json";
 pub const LOCK_FILE: &str = "lock";
@@ -322,6 +322,40 @@ pub struct StreamDigest {
     pub truncated: bool,
 }
 
+/// The artifact manifest's file in the run directory: every file the agent left in `work/`
+/// (up to the caps), as [`Manifest`]. It grows with the agent's work, so it never travels
+/// through workflow history: the result carries its digest and counts ([`ArtifactsSummary`]).
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// Most files a manifest lists, and most bytes it hashes in all; files beyond are counted, not
+/// listed, and the manifest says `truncated`.
+pub const MANIFEST_MAX_FILES: usize = 100_000;
+pub const MANIFEST_MAX_HASHED_BYTES: u64 = 8 << 30;
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Sorted by path.
+    pub artifacts: Vec<Artifact>,
+    /// Every regular file found, listed or not, and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+    /// Whether files were left out of `artifacts` (the caps).
+    pub truncated: bool,
+}
+
+/// What the result (and so history and the ledger) says of the manifest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactsSummary {
+    /// The manifest's file name in the run directory.
+    pub manifest: String,
+    /// sha256 of that file's bytes.
+    pub sha256: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub listed: u64,
+    pub truncated: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Artifact {
     /// Path relative to `work/`, with `/` separators.
@@ -341,8 +375,8 @@ pub struct RunnerResult {
     pub detail: Option<String>,
     pub stdout: StreamDigest,
     pub stderr: StreamDigest,
-    /// Sorted by path.
-    pub artifacts: Vec<Artifact>,
+    /// The artifact manifest, by digest (the list itself is [`MANIFEST_FILE`]).
+    pub artifacts: ArtifactsSummary,
     /// How the sandbox was built (absent when it never was).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxEvidence>,

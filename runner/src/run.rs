@@ -161,7 +161,7 @@ impl Run<'_> {
     ) -> Result<Outcome, RunError> {
         let mut detail = decision.detail;
         let work = self.dir.work_dir();
-        let artifacts = if work.is_dir() {
+        let manifest = if work.is_dir() {
             match manifest::build(&work) {
                 Ok(m) => {
                     for skipped in &m.skipped {
@@ -170,7 +170,7 @@ impl Run<'_> {
                             skipped.display()
                         ));
                     }
-                    m.artifacts
+                    m.file
                 }
                 Err(e) => {
                     log(format_args!("building the artifact manifest: {e}"));
@@ -179,12 +179,16 @@ impl Run<'_> {
                         Some(d) => format!("{d}; {note}"),
                         None => note,
                     });
-                    Vec::new()
+                    Default::default()
                 }
             }
         } else {
-            Vec::new()
+            Default::default()
         };
+        let artifacts = self
+            .dir
+            .write_manifest(&manifest)
+            .map_err(io_ctx("writing manifest.json"))?;
         let result = RunnerResult {
             protocol: PROTOCOL_VERSION,
             run_id: self.request.run_id.clone(),

@@ -6,8 +6,8 @@
 //! even see them: its filesystem view holds `work/` alone).
 
 use crate::protocol::{
-    EVENTS_FILE, LOCK_FILE, REQUEST_FILE, RESULT_FILE, RUNNER_LOG_FILE, RunnerEvent, RunnerResult,
-    STARTED_FILE, WORK_DIR,
+    ArtifactsSummary, EVENTS_FILE, LOCK_FILE, MANIFEST_FILE, Manifest, REQUEST_FILE, RESULT_FILE,
+    RUNNER_LOG_FILE, RunnerEvent, RunnerResult, STARTED_FILE, WORK_DIR,
 };
 use cap_std::fs::{Dir, OpenOptionsExt as _};
 use nix::sys::stat::Mode;
@@ -249,17 +249,37 @@ impl RunDir {
 
     /// Write `result.json` atomically and durably: a reader sees no result or the whole one.
     pub fn write_result(&self, result: &RunnerResult) -> io::Result<()> {
-        let tmp_name = format!("{RESULT_FILE}.tmp");
         let mut bytes = serde_json::to_vec_pretty(result)?;
         bytes.push(b'\n');
+        self.write_atomic(RESULT_FILE, &bytes)
+    }
+
+    /// Write the artifact manifest (before the result that names it); its summary, with the
+    /// digest of the bytes written.
+    pub fn write_manifest(&self, manifest: &Manifest) -> io::Result<ArtifactsSummary> {
+        let bytes = serde_json::to_vec(manifest)?;
+        self.write_atomic(MANIFEST_FILE, &bytes)?;
+        use sha2::Digest;
+        Ok(ArtifactsSummary {
+            manifest: MANIFEST_FILE.to_string(),
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            files: manifest.files,
+            bytes: manifest.bytes,
+            listed: manifest.artifacts.len() as u64,
+            truncated: manifest.truncated,
+        })
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp_name = format!("{name}.tmp");
         let mut tmp = self.open_owned(
             &tmp_name,
             OpenOptions::new().write(true).create(true).truncate(true),
         )?;
-        tmp.write_all(&bytes)?;
+        tmp.write_all(bytes)?;
         tmp.sync_all()?;
         drop(tmp);
-        std::fs::rename(self.file(&tmp_name), self.file(RESULT_FILE))?;
+        std::fs::rename(self.file(&tmp_name), self.file(name))?;
         self.sync()
     }
 
@@ -370,7 +390,7 @@ mod tests {
             detail: None,
             stdout: digest.clone(),
             stderr: digest,
-            artifacts: vec![],
+            artifacts: Default::default(),
             sandbox: None,
             started_at_ms: 1,
             finished_at_ms: 2,

@@ -32,10 +32,16 @@ fn artifacts_and_stdout_digest_match_what_the_agent_wrote() {
         "echo hi > out.txt; mkdir -p d/e; printf x > d/e/f; echo hello",
     ]);
     let result = run.run_ok();
-    let paths: Vec<&str> = result.artifacts.iter().map(|a| a.path.as_str()).collect();
+    // The result names the manifest by digest; the list is in the run directory.
+    let bytes = std::fs::read(run.path(&result.artifacts.manifest)).unwrap();
+    assert_eq!(result.artifacts.sha256, sha256_hex(&bytes));
+    assert_eq!((result.artifacts.files, result.artifacts.listed), (2, 2));
+    assert!(!result.artifacts.truncated);
+    let manifest: cogward_runner::protocol::Manifest = serde_json::from_slice(&bytes).unwrap();
+    let paths: Vec<&str> = manifest.artifacts.iter().map(|a| a.path.as_str()).collect();
     assert_eq!(paths, ["d/e/f", "out.txt"]);
-    assert_eq!(result.artifacts[1].sha256, sha256_hex(b"hi\n"));
-    assert_eq!(result.artifacts[1].bytes, 3);
+    assert_eq!(manifest.artifacts[1].sha256, sha256_hex(b"hi\n"));
+    assert_eq!(manifest.artifacts[1].bytes, 3);
     assert_eq!(result.stdout.sha256, sha256_hex(b"hello\n"));
     assert_eq!(result.stdout.bytes, 6);
     assert!(!result.stdout.truncated);

@@ -65,7 +65,15 @@ async fn approval_run_end_to_end(stack: &Stack) {
     let evidence = &done["summary"]["evidence"];
     assert_eq!(evidence["kind"], "finished", "{evidence}");
     assert_eq!(evidence["exit_code"], 0);
-    let artifacts = evidence["artifacts"].as_array().unwrap();
+    let summary = &evidence["artifacts"];
+    let manifest_bytes = std::fs::read(stack.run_dir(&id).join("manifest.json")).unwrap();
+    assert_eq!(
+        summary["sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest_bytes)),
+        "the evidence names the manifest by digest"
+    );
+    let manifest: Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let artifacts = manifest["artifacts"].as_array().unwrap();
     let out_txt = artifacts
         .iter()
         .find(|a| a["path"] == "out.txt")

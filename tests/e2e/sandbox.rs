@@ -358,3 +358,52 @@ async fn the_operator_api_is_unreachable_from_a_sandbox() {
     // Nothing happened to the run by the requests it made.
     assert_eq!(run["status"], "succeeded");
 }
+
+/// A run that leaves 30,000 files ends with its verdict: the manifest is in the run directory,
+/// named by digest in the evidence, and workflow history stays small.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_leaving_30000_files_ends_and_its_history_stays_small() {
+    use sha2::Digest;
+    let stack = Stack::start(StackOptions::default()).unwrap();
+    let script = "import os\nos.makedirs('out', exist_ok=True)\n\
+                  for i in range(30000):\n    open(f'out/f{i:05}.txt', 'w').write(str(i))\n";
+    let (id, run) = stack
+        .submit_until(
+            &spec("acme", &["python3", "-c", script]),
+            &["succeeded", "failed"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let summary = &run["summary"]["evidence"]["artifacts"];
+    // Its 30,000, and what the runner put in work/ for it (.mcp.json).
+    assert_eq!(summary["files"], summary["listed"], "{summary}");
+    assert_eq!(summary["truncated"], false);
+    let bytes = std::fs::read(stack.run_dir(&id).join("manifest.json")).unwrap();
+    assert_eq!(summary["sha256"], hex::encode(sha2::Sha256::digest(&bytes)));
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let listed = manifest["artifacts"].as_array().unwrap();
+    assert_eq!(listed.len() as u64, summary["files"].as_u64().unwrap());
+    let outs = listed
+        .iter()
+        .filter(|a| a["path"].as_str().unwrap().starts_with("out/"))
+        .count();
+    assert_eq!(outs, 30000);
+
+    let ledger = stack.wait_mirrored(&id).await.unwrap();
+    let sizes: Vec<usize> = ledger["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "history")
+        .map(|e| e["body"].as_str().unwrap().len())
+        .collect();
+    let total: usize = sizes.iter().sum();
+    let largest = sizes.iter().max().copied().unwrap_or(0);
+    eprintln!(
+        "history: {} events, {total} bytes, largest {largest}",
+        sizes.len()
+    );
+    assert!(largest < 16 * 1024, "a history event of {largest} bytes");
+    assert!(total < 128 * 1024, "history of {total} bytes");
+}
