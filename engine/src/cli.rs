@@ -184,6 +184,9 @@ pub enum TokensCommand {
         /// Comma-separated approval groups the principal belongs to.
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
+        /// Comma-separated tenants (globs) it may act on; '*' for a platform operator.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tenants: Vec<String>,
     },
 }
 
@@ -269,6 +272,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             name,
             roles,
             groups,
+            tenants,
         }) => {
             let roles = roles
                 .iter()
@@ -278,8 +282,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             crate::state_dir::prepare(&cli.engine.state_dir)?;
-            let token =
-                crate::dev::add_principal(&cli.engine.tokens_file(), name, roles, groups.clone())?;
+            let token = crate::dev::add_principal(
+                &cli.engine.tokens_file(),
+                name,
+                roles,
+                groups.clone(),
+                tenants.clone(),
+            )?;
             println!("{token}");
             Ok(0)
         }

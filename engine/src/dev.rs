@@ -173,7 +173,12 @@ pub fn add_principal(
     name: &str,
     roles: Vec<Role>,
     groups: Vec<String>,
+    tenants: Vec<String>,
 ) -> Result<String> {
+    anyhow::ensure!(
+        !tenants.is_empty(),
+        "a principal needs the tenants it may act on (--tenants acme,globex, or '*' for a platform operator)"
+    );
     let mut file: TokensFile = match std::fs::read_to_string(tokens_file) {
         Ok(text) => serde_json::from_str(&text)
             .with_context(|| format!("parsing {}", tokens_file.display()))?,
@@ -191,6 +196,7 @@ pub fn add_principal(
         token_sha256: token_digest(&token),
         roles,
         groups,
+        tenants,
     });
     write_private(tokens_file, &serde_json::to_string_pretty(&file)?)?;
     Ok(token)
@@ -213,7 +219,10 @@ fn ensure_dev_credentials(config: &EngineConfig) -> Result<()> {
             vec!["release-managers".to_string(), "security".to_string()],
         ),
     ] {
-        out.insert(name, add_principal(&tokens_file, name, roles, groups)?);
+        out.insert(
+            name,
+            add_principal(&tokens_file, name, roles, groups, vec!["*".into()])?,
+        );
     }
     write_private(&creds, &serde_json::to_string_pretty(&out)?)?;
     eprintln!("cogward: development tokens written to {}", creds.display());

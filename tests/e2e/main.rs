@@ -772,3 +772,120 @@ async fn serve_started_without_temporal_keeps_serving_and_works_once_it_is_up() 
         .unwrap();
     stack.wait_mirrored(&run_id(&run)).await.unwrap();
 }
+
+/// A principal of tenant globex can see, approve, cancel and bind nothing of tenant acme: acme's
+/// runs are not found for it, acme's bindings and shared bundles are refused, and nothing of
+/// acme changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_principal_of_one_tenant_reaches_nothing_of_another() {
+    let mut stack = Stack::start(StackOptions::default()).unwrap();
+    let globex = stack
+        .add_principal_for(
+            "globex-ops",
+            "submit,read,approve,operate",
+            &["release-managers"],
+            "globex",
+        )
+        .unwrap();
+    stack.kill9_and_restart_serve().unwrap();
+    let mut gated = spec("acme", &["true"]);
+    gated["requires_approval"] = json!(true);
+    let (status, run) = stack.submit_as(&stack.tokens.lead, &gated).await.unwrap();
+    assert_eq!(status, 201, "{run}");
+    let id = run_id(&run);
+    stack
+        .wait_status(&id, &["awaiting_approval"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+
+    let body = || Some(br#"{"comment": "mine now"}"#.to_vec());
+    for (method, path, payload) in [
+        (Method::GET, format!("/v1/runs/{id}"), None),
+        (Method::GET, format!("/v1/runs/{id}/history"), None),
+        (Method::GET, format!("/v1/runs/{id}/tool-calls"), None),
+        (Method::POST, format!("/v1/runs/{id}/approve"), body()),
+        (Method::POST, format!("/v1/runs/{id}/reject"), body()),
+        (
+            Method::POST,
+            format!("/v1/runs/{id}/cancel"),
+            Some(br#"{"reason": "mine now"}"#.to_vec()),
+        ),
+    ] {
+        let (status, v) = stack
+            .call(method.clone(), &path, Some(&globex), payload)
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (404, Some("run_not_found")),
+            "{method} {path}: {v}"
+        );
+    }
+    let (status, list) = stack
+        .call(Method::GET, "/v1/runs?tenant=acme", Some(&globex), None)
+        .await
+        .unwrap();
+    assert_eq!((status, list), (200, json!([])));
+    let (status, v) = stack
+        .submit_as(&globex, &spec("acme", &["true"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("forbidden_tenant")),
+        "{v}"
+    );
+    for tenant in ["acme", "*", "glo*"] {
+        let binding = json!({"tenant": tenant, "kind": "run.admission", "name": "x", "version": 1});
+        let (status, v) = stack
+            .call(
+                Method::PUT,
+                "/v1/policies/bindings",
+                Some(&globex),
+                Some(binding.to_string().into_bytes()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (403, Some("forbidden_tenant")),
+            "{tenant}: {v}"
+        );
+    }
+    let push = json!({"name": "globex-admission", "wasm_base64": "AA==", "data": {}});
+    let (status, v) = stack
+        .call(
+            Method::POST,
+            "/v1/policies",
+            Some(&globex),
+            Some(push.to_string().into_bytes()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("forbidden_tenant")),
+        "{v}"
+    );
+
+    // Nothing of acme changed; globex works on its own.
+    let acme = stack.run(&id).await.unwrap();
+    assert_eq!(acme["status"], "awaiting_approval", "{acme}");
+    let (status, own) = stack
+        .submit_as(&globex, &spec("globex", &["true"]))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{own}");
+    let (status, list) = stack
+        .call(Method::GET, "/v1/runs", Some(&globex), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let tenants: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["globex"], "{list}");
+}

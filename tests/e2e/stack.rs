@@ -323,9 +323,28 @@ impl Stack {
 
     /// Add a principal to the tokens file (the API reads it at start) and return its token.
     pub fn add_principal(&self, name: &str, roles: &str, groups: &[&str]) -> Result<String> {
+        self.add_principal_for(name, roles, groups, "*")
+    }
+
+    /// [`Self::add_principal`] acting on `tenants` only (comma-separated globs).
+    pub fn add_principal_for(
+        &self,
+        name: &str,
+        roles: &str,
+        groups: &[&str],
+        tenants: &str,
+    ) -> Result<String> {
         std::fs::create_dir_all(self.state_dir())?;
         let mut cmd = self.command();
-        cmd.args(["tokens", "add", name, "--roles", roles]);
+        cmd.args([
+            "tokens",
+            "add",
+            name,
+            "--roles",
+            roles,
+            "--tenants",
+            tenants,
+        ]);
         if !groups.is_empty() {
             cmd.args(["--groups", &groups.join(",")]);
         }

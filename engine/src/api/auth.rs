@@ -34,6 +34,9 @@ pub struct PrincipalEntry {
     /// Approval groups (a policy's `require_approval` obligation names one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// The tenants it may act on (globs; `*` for platform operators). None listed: none.
+    #[serde(default)]
+    pub tenants: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -47,9 +50,36 @@ pub struct Principal {
     pub name: String,
     pub roles: Vec<Role>,
     pub groups: Vec<String>,
+    pub tenants: Vec<String>,
 }
 
 impl Principal {
+    /// Whether it may see and act on `tenant`'s runs and bindings.
+    pub fn may_act_on(&self, tenant: &str) -> bool {
+        self.tenants
+            .iter()
+            .any(|t| cogward_policy_sdk::glob_match(t, tenant))
+    }
+
+    /// Whether it acts for every tenant (a platform operator).
+    pub fn is_platform(&self) -> bool {
+        self.tenants.iter().any(|t| t == "*")
+    }
+
+    /// Refuse unless it may act on `tenant` (for objects it names, not ones it looks up: an
+    /// object of another tenant is answered as not found).
+    pub fn require_tenant(&self, tenant: &str) -> Result<(), ApiError> {
+        if self.may_act_on(tenant) {
+            Ok(())
+        } else {
+            Err(problem(
+                StatusCode::FORBIDDEN,
+                "forbidden_tenant",
+                format!("principal {:?} may not act on tenant {tenant:?}", self.name),
+            ))
+        }
+    }
+
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.roles.contains(&role) {
             Ok(())
@@ -84,6 +114,7 @@ impl Tokens {
                         name: p.name,
                         roles: p.roles,
                         groups: p.groups,
+                        tenants: p.tenants,
                     },
                 )
             })
@@ -151,12 +182,15 @@ mod tests {
                 token_sha256: token_digest("s3cret"),
                 roles: vec![Role::Submit],
                 groups: vec![],
+                tenants: vec!["acme".into(), "team-*".into()],
             }],
         });
         let p = tokens.authenticate(Some("Bearer s3cret")).unwrap();
         assert_eq!(p.name, "ci");
         assert!(p.require(Role::Submit).is_ok());
         assert_eq!(p.require(Role::Approve).unwrap_err().0.code, "forbidden");
+        assert!(p.may_act_on("acme") && p.may_act_on("team-a") && !p.may_act_on("globex"));
+        assert!(!p.is_platform());
         assert_eq!(
             tokens.authenticate(None).unwrap_err().0.code,
             "unauthenticated"

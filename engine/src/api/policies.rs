@@ -45,6 +45,14 @@ async fn push(
     ApiJson(body): ApiJson<PushBody>,
 ) -> Result<(StatusCode, Json<Pushed>), ApiError> {
     principal.require(Role::Operate)?;
+    // Bundles are shared by every tenant (bindings choose them per tenant).
+    if !principal.is_platform() {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "forbidden_tenant",
+            "pushing a policy bundle needs a platform operator ('*'); bind one for your tenant",
+        ));
+    }
     let wasm = B64.decode(body.wasm_base64.trim()).map_err(|e| {
         problem(
             StatusCode::BAD_REQUEST,
@@ -92,9 +100,18 @@ async fn list(
 ) -> Result<Json<PolicyList>, ApiError> {
     principal.require(Role::Read)?;
     let store = state.policies.store();
+    let bindings = store
+        .bindings()
+        .await?
+        .into_iter()
+        .filter(|b| {
+            principal.is_platform()
+                || (!b.tenant.contains(['*', '?']) && principal.may_act_on(&b.tenant))
+        })
+        .collect();
     Ok(Json(PolicyList {
         bundles: store.bundles().await?,
-        bindings: store.bindings().await?,
+        bindings,
     }))
 }
 
@@ -119,6 +136,19 @@ async fn bind(
     ApiJson(body): ApiJson<BindBody>,
 ) -> Result<Json<Binding>, ApiError> {
     principal.require(Role::Operate)?;
+    // A glob binds many tenants: only a platform operator may.
+    let glob = body.tenant.contains(['*', '?']);
+    if glob && !principal.is_platform() {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "forbidden_tenant",
+            format!(
+                "binding tenant pattern {:?} needs a platform operator ('*')",
+                body.tenant
+            ),
+        ));
+    }
+    principal.require_tenant(&body.tenant)?;
     let binding = Binding {
         tenant: body.tenant,
         agent: body.agent,

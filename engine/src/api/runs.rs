@@ -78,15 +78,21 @@ fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
     })
 }
 
-async fn load(state: &AppState, id: &str) -> Result<RunRecord, ApiError> {
+/// The run `id`, if it exists and `principal` may act on its tenant: another tenant's run is
+/// not found, exactly as one that does not exist.
+async fn load(state: &AppState, principal: &Principal, id: &str) -> Result<RunRecord, ApiError> {
     let run_id = parse_run_id(id)?;
-    Runs(&state.db).get(&run_id).await?.ok_or_else(|| {
-        problem(
-            StatusCode::NOT_FOUND,
-            "run_not_found",
-            format!("no run {run_id}"),
-        )
-    })
+    Runs(&state.db)
+        .get(&run_id)
+        .await?
+        .filter(|r| principal.may_act_on(&r.tenant))
+        .ok_or_else(|| {
+            problem(
+                StatusCode::NOT_FOUND,
+                "run_not_found",
+                format!("no run {run_id}"),
+            )
+        })
 }
 
 async fn submit(
@@ -102,6 +108,7 @@ async fn submit(
             e.to_string(),
         )
     })?;
+    principal.require_tenant(&spec.tenant)?;
     // Nothing is recorded for a run Temporal cannot take now.
     let client = state.client()?;
     let fresh = uuid::Uuid::new_v4().simple().to_string();
@@ -196,7 +203,7 @@ async fn show(
     ApiQuery(params): ApiQuery<ShowParams>,
 ) -> Result<Json<RunView>, ApiError> {
     principal.require(Role::Read)?;
-    let record = load(&state, &id).await?;
+    let record = load(&state, &principal, &id).await?;
     let wait = params.wait.unwrap_or(0).min(300);
     if wait == 0 || record.status.is_terminal() {
         return Ok(Json(record.into()));
@@ -255,7 +262,12 @@ async fn list(
         limit: params.limit.unwrap_or(100).clamp(1, 1000),
     };
     let runs = Runs(&state.db).list(&filter).await?;
-    Ok(Json(runs.into_iter().map(RunView::from).collect()))
+    Ok(Json(
+        runs.into_iter()
+            .filter(|r| principal.may_act_on(&r.tenant))
+            .map(RunView::from)
+            .collect(),
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -276,7 +288,7 @@ async fn decide(
     approve: bool,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
     principal.require(Role::Approve)?;
-    let record = load(&state, &id).await?;
+    let record = load(&state, &principal, &id).await?;
     if record.submitted_by == principal.name {
         return Err(problem(
             StatusCode::FORBIDDEN,
@@ -460,7 +472,7 @@ async fn tool_calls(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     principal.require(Role::Read)?;
-    let record = load(&state, &id).await?;
+    let record = load(&state, &principal, &id).await?;
     let approvals = if record.status.is_terminal() {
         record.summary.map(|s| s.tool_approvals).unwrap_or_default()
     } else {
@@ -520,7 +532,7 @@ async fn cancel(
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
     principal.require(Role::Operate)?;
     let body: CancelBody = optional_json(&body)?;
-    let record = load(&state, &id).await?;
+    let record = load(&state, &principal, &id).await?;
     if record.status.is_terminal() {
         return Err(problem(
             StatusCode::CONFLICT,
@@ -568,7 +580,7 @@ async fn history(
     Path(id): Path<String>,
 ) -> Result<Json<HistoryView>, ApiError> {
     principal.require(Role::Read)?;
-    let record = load(&state, &id).await?;
+    let record = load(&state, &principal, &id).await?;
     let entries = state
         .ledger
         .entries_for_workflow(record.run_id.as_str())

@@ -205,7 +205,7 @@ pub fn add_principal(env: &Env, roles: &str) -> Result<String> {
     std::fs::create_dir_all(env.state_dir())?;
     let out = env
         .cogward()
-        .args(["tokens", "add", "bench", "--roles", roles])
+        .args(["tokens", "add", "bench", "--roles", roles, "--tenants", "*"])
         .output()
         .context("cogward tokens add")?;
     if !out.status.success() {
