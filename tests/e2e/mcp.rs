@@ -931,3 +931,63 @@ async fn an_approval_executes_once_and_a_hung_up_tool_call_is_recorded() {
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
 }
+
+/// A permit carrying `redact` has the field removed from the tool's result (recorded), and a
+/// policy deciding on an argument's value denies the call before it is forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn redactions_and_argument_rules_are_enforced_on_tool_calls() {
+    let Some(everything) = everything_js() else {
+        return;
+    };
+    let m = mcp_stack(&everything, false).await;
+    let (stack, db) = (&m.stack, m.db.clone());
+    let mut data = tool_access();
+    data["tenants"]["acme"]["arguments"] = json!([{"tools": ["everything.echo"], "pointer": "/message",
+        "deny": ["*rm -rf*"], "reason": "destructive commands are not echoed"}]);
+    data["tenants"]["acme"]["redact"] =
+        json!([{"tools": ["everything.echo"], "fields": ["/content/0/text"]}]);
+    push_and_bind(
+        stack,
+        "tool-access",
+        "tools-obligations",
+        "tool.call",
+        "acme",
+        &data,
+    );
+    // The API reuses a binding for a second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (id, token) = running_run(stack).await;
+    let url = stack.gw_url("/mcp");
+    let http = fresh_connections();
+    let session = open_session(&http, &url, &token, "2025-11-25").await;
+    let echo = |message: &str| {
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+               "params": {"name": "everything_echo", "arguments": {"message": message}}})
+    };
+
+    let v = rpc(&http, &url, &token, &session, echo("the token is s3cr3t")).await;
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert_eq!(text, "[redacted by cogward]", "{v}");
+    assert!(!v.to_string().contains("s3cr3t"), "{v}");
+
+    let v = rpc(&http, &url, &token, &session, echo("now rm -rf / please")).await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("argument /message") && text.contains("destructive commands"),
+        "{text}"
+    );
+
+    let entries = tool_call_entries(&db, &id).await;
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0]["outcome"], "ok");
+    assert_eq!(entries[0]["detail"]["redacted"], json!(["/content/0/text"]));
+    assert_eq!(entries[1]["decision"], "deny");
+    // Only the permitted call was forwarded: it alone has an intent.
+    let intents = count(
+        &db,
+        "SELECT COUNT(*) FROM ledger_entries WHERE event_type = 'gateway.call_intent'",
+    )
+    .await;
+    assert_eq!(intents, 1);
+}

@@ -20,6 +20,7 @@
 //! no or bad run credential (401), over 1 MiB (413).
 
 use super::config::McpServer;
+use super::obligations::{self, Site};
 use super::upstream::UpstreamError;
 use super::{AuthFailure, CallDecision, CallRecord, Gateway, RunIdentity, sha256_hex};
 use crate::api::AppState;
@@ -33,9 +34,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use cogward_activities::spec::{
-    ApprovalDecision, ApprovalVerdict, DecisionRecord, RunId, RunStatus, ToolApprovalRequest,
+    ApprovalDecision, ApprovalVerdict, RunId, RunStatus, ToolApprovalRequest,
 };
-use cogward_policy_abi::{Effect, Obligation, Request, kinds};
+use cogward_policy_abi::{Effect, Request, kinds};
 use cogward_workflows::AgentRun;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -377,11 +378,22 @@ async fn session(
     Ok(session_id.to_string())
 }
 
-fn tool_request(run: &RunIdentity, action: &str, server: &str, tool: &str) -> Request {
+/// A tool-access request; a `call` carries the call's arguments (policies may decide on them).
+fn tool_request(
+    run: &RunIdentity,
+    action: &str,
+    server: &str,
+    tool: &str,
+    arguments: Option<&Value>,
+) -> Request {
+    let mut resource = json!({"server": server, "tool": tool});
+    if let Some(args) = arguments {
+        resource["arguments"] = args.clone();
+    }
     run.request(
         kinds::TOOL_CALL,
         action,
-        json!({"server": server, "tool": tool}),
+        resource,
         json!({"run_id": run.run_id}),
     )
 }
@@ -400,7 +412,7 @@ async fn list_tools(gw: &Gateway, run: &RunIdentity) -> Value {
         for tool in listed.iter() {
             let visible = match gw
                 .policies
-                .decide_request(tool_request(run, "list", &server.name, &tool.name))
+                .decide_request(tool_request(run, "list", &server.name, &tool.name, None))
                 .await
             {
                 Ok(r) => r.decision.effect != Effect::Deny,
@@ -492,7 +504,13 @@ async fn call_tool(
     let full_name = format!("{}.{tool}", server.name);
     let decision = gw
         .policies
-        .decide_request(tool_request(run, "call", &server.name, tool))
+        .decide_request(tool_request(
+            run,
+            "call",
+            &server.name,
+            tool,
+            Some(&args_value),
+        ))
         .await
         .map_err(|e| {
             tracing::error!(error = %format!("{e:#}"), "deciding a tool call");
@@ -512,9 +530,23 @@ async fn call_tool(
         json!({"server": server.name, "tool": tool, "name": name}),
     );
     call.reasons = decision.decision.reasons.clone();
-    let effect = decision.decision.effect;
-    let group = approval_group(&decision);
+    let planned = obligations::plan(
+        [&decision.decision],
+        Site::ToolCall,
+        gw.config.max_throttle_ms,
+    );
     call.decisions.push(decision);
+    let (effect, group) = match planned {
+        Ok(plan) => {
+            call.throttle_ms = plan.throttle_ms;
+            call.redact = plan.redact;
+            (plan.effect, plan.approval_group)
+        }
+        Err(why) => {
+            call.reasons.push(why);
+            (Effect::Deny, None)
+        }
+    };
     let job = CallJob {
         gw: gw.clone(),
         server: server.clone(),
@@ -565,13 +597,6 @@ async fn call_tool(
     }
 }
 
-fn approval_group(record: &DecisionRecord) -> Option<String> {
-    record.decision.obligations.iter().find_map(|o| match o {
-        Obligation::RequireApproval { group } => Some(group.clone()),
-        _ => None,
-    })
-}
-
 /// A decided call on its way: forward it, record it, answer it.
 struct CallJob {
     gw: Arc<Gateway>,
@@ -596,8 +621,12 @@ impl CallJob {
         })
     }
 
-    /// Forward the call; the tool result (or our refusal when the upstream failed).
+    /// Forward the call (after the throttle its decision asks for); the tool result with the
+    /// redactions applied (or our refusal when the upstream failed).
     async fn forward(&self, call: &mut CallRecord) -> Value {
+        if call.throttle_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(call.throttle_ms)).await;
+        }
         let started = Instant::now();
         let answer = self
             .gw
@@ -619,6 +648,10 @@ impl CallJob {
                     obj.remove("resultType");
                     call.detail["is_error"] =
                         obj.get("isError").cloned().unwrap_or(Value::Bool(false));
+                }
+                if !call.redact.is_empty() {
+                    let applied = obligations::redact(&mut v, &call.redact);
+                    call.detail["redacted"] = json!(applied);
                 }
                 v
             }

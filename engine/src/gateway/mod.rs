@@ -15,6 +15,7 @@ pub mod json;
 pub mod keys;
 pub mod mcp;
 pub mod model;
+pub mod obligations;
 pub mod spool;
 pub mod upstream;
 
@@ -442,6 +443,8 @@ pub struct CallRecord {
     pub detail: Value,
     /// What the call holds against its budgets from its intent until its outcome.
     pub reserved: Reservation,
+    /// Fields (JSON pointers) a `redact` obligation removes from its result.
+    pub redact: Vec<String>,
     /// Whether its intent (and with it its decisions) is in the ledger.
     pub intent_recorded: bool,
 }
@@ -486,6 +489,7 @@ impl CallRecord {
             cost_micro_usd: 0,
             detail,
             reserved: Reservation::default(),
+            redact: Vec::new(),
             intent_recorded: false,
         }
     }

@@ -12,6 +12,7 @@
 
 use super::config::normalize_model;
 use super::config::{Provider, Wire};
+use super::obligations::{self, Site};
 use super::{AuthFailure, CallDecision, CallRecord, Gateway, Reservation, RunIdentity, sha256_hex};
 use crate::api::AppState;
 use axum::Router;
@@ -21,8 +22,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use cogward_activities::spec::DecisionRecord;
-use cogward_policy_abi::{Effect, Obligation, Request, kinds};
+use cogward_policy_abi::{Effect, Request, kinds};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,19 +138,6 @@ fn refused_unrecorded(wire: Wire, e: &anyhow::Error) -> Response {
     )
 }
 
-/// The version a model-access deny says the model is pinned to ("... is pinned to X for tier
-/// T"; with several pins, the first).
-fn pinned_version(reasons: &[String]) -> Option<String> {
-    reasons.iter().find_map(|r| {
-        let pin = r
-            .split_once(" is pinned to ")?
-            .1
-            .split_whitespace()
-            .next()?;
-        Some(pin.to_string())
-    })
-}
-
 fn model_access_request(gw: &Gateway, run: &RunIdentity, provider: &str, model: &str) -> Request {
     run.request(
         kinds::MODEL_CALL,
@@ -259,6 +246,7 @@ async fn handle(
         &requested_model,
         body.len() as u64,
         max_output,
+        stream,
         &mut call,
     )
     .await;
@@ -341,6 +329,7 @@ fn output_ceiling(gw: &Gateway, endpoint: Endpoint, request: &mut Value) -> Resu
 /// Decide the call: model access, then budget. `Some((status, error type, message))` when it
 /// is refused; `None` when it may go ahead (with `call.throttle_ms` to wait first,
 /// `call.detail.model` the model to call and `call.reserved` what it holds).
+#[allow(clippy::too_many_arguments)]
 async fn decide(
     gw: &Gateway,
     run: &RunIdentity,
@@ -348,26 +337,20 @@ async fn decide(
     requested_model: &str,
     body_len: u64,
     max_output: u64,
+    stream: bool,
     call: &mut CallRecord,
 ) -> anyhow::Result<Option<(StatusCode, &'static str, String)>> {
     let mut model = requested_model.to_string();
-    let mut access = gw
+    let access = gw
         .policies
         .decide_request(model_access_request(gw, run, provider, &model))
         .await?;
-    if access.decision.effect == Effect::Deny
-        && let Some(pin) = pinned_version(&access.decision.reasons)
+    let site = Site::ModelCall { streaming: stream };
+    // A version pin is the access decision's obligation: applied before pricing and budget.
+    if let Ok(p) = obligations::plan([&access.decision], site, 0)
+        && let Some(pin) = p.pin_model
     {
-        let pin = normalize_model(&pin);
-        let pinned = gw
-            .policies
-            .decide_request(model_access_request(gw, run, provider, &pin))
-            .await?;
-        if pinned.decision.effect == Effect::Permit {
-            call.decisions.push(access);
-            access = pinned;
-            model = pin;
-        }
+        model = normalize_model(&pin);
     }
     let effect = access.decision.effect;
     call.reasons = access.decision.reasons.clone();
@@ -415,7 +398,36 @@ async fn decide(
             }),
         ))
         .await?;
-    let refusal = budget_refusal(&budget, gw.config.max_throttle_ms, call);
+    call.reasons.extend(budget.decision.reasons.iter().cloned());
+    let planned = obligations::plan(
+        call.decisions
+            .iter()
+            .map(|d| &d.decision)
+            .chain([&budget.decision]),
+        site,
+        gw.config.max_throttle_ms,
+    );
+    let refusal = match planned {
+        Err(why) => {
+            call.reasons.push(why.clone());
+            Some((
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                format!("cogward: model call denied: {why}"),
+            ))
+        }
+        Ok(plan) if plan.effect != Effect::Permit => Some((
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!("cogward: budget: {}", budget.decision.reasons.join("; ")),
+        )),
+        Ok(plan) => {
+            call.decision = CallDecision::Permit;
+            call.throttle_ms = plan.throttle_ms;
+            call.redact = plan.redact;
+            None
+        }
+    };
     call.decisions.push(budget);
     call.reserved = Reservation {
         input_tokens: estimated_input,
@@ -423,42 +435,6 @@ async fn decide(
         cost_micro_usd: estimated_cost,
     };
     Ok(refusal)
-}
-
-/// Apply the budget decision: a throttle delay to honour, or the refusal.
-fn budget_refusal(
-    budget: &DecisionRecord,
-    max_throttle_ms: u64,
-    call: &mut CallRecord,
-) -> Option<(StatusCode, &'static str, String)> {
-    let d = &budget.decision;
-    call.reasons.extend(d.reasons.iter().cloned());
-    let mut unsupported = Vec::new();
-    for o in &d.obligations {
-        match o {
-            Obligation::Throttle { delay_ms } => {
-                call.throttle_ms = call.throttle_ms.max((*delay_ms).min(max_throttle_ms));
-            }
-            other => unsupported.push(format!("{other:?}")),
-        }
-    }
-    if d.effect != Effect::Permit || !unsupported.is_empty() {
-        call.throttle_ms = 0;
-        let mut why = d.reasons.join("; ");
-        if !unsupported.is_empty() {
-            why = format!(
-                "{why}; obligations a model call cannot honour: {}",
-                unsupported.join(", ")
-            );
-        }
-        return Some((
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            format!("cogward: budget: {why}"),
-        ));
-    }
-    call.decision = CallDecision::Permit;
-    None
 }
 
 /// Headers naming the call (and the provider's id of its answer), for the agent's logs and
@@ -567,6 +543,24 @@ async fn forward(
         .as_ref()
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    if streaming && !call.redact.is_empty() {
+        // Asked for a JSON answer it could redact, the provider streamed: nothing is passed on.
+        let message = "cogward: the provider streamed an answer a redact obligation applies to";
+        let resp = upstream_failed(
+            &gw,
+            call,
+            &tokens,
+            Some(None),
+            started,
+            wire,
+            "obligation_unenforceable",
+            message.into(),
+            &reply,
+        )
+        .await;
+        let _ = reply.send(resp);
+        return;
+    }
     if streaming {
         let mut out = relay_stream(gw, endpoint, resp, call.clone(), tokens, started);
         mark(&mut out, &call, request_id);
@@ -593,9 +587,16 @@ async fn forward(
             return;
         }
     };
-    let usage = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .and_then(|v| endpoint.usage(&v));
+    let parsed = serde_json::from_slice::<Value>(&bytes).ok();
+    let usage = parsed.as_ref().and_then(|v| endpoint.usage(v));
+    let bytes = match parsed {
+        Some(mut v) if !call.redact.is_empty() => {
+            let applied = obligations::redact(&mut v, &call.redact);
+            call.detail["redacted"] = json!(applied);
+            Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+        }
+        _ => bytes,
+    };
     // An error answer with no usage was not billed.
     let complete = usage.is_some() || !status.is_success();
     tokens.charge(&mut call, usage.unwrap_or_default(), complete);
@@ -896,19 +897,5 @@ data: {"type":"message_start","message":{"usage":{"input_tokens":12,"output_toke
         assert_eq!(event_end(b"data: a\n\ndata: b"), Some(9));
         assert_eq!(event_end(b"data: a\r\n\r\n"), Some(11));
         assert_eq!(event_end(b"data: a\n"), None);
-    }
-
-    #[test]
-    fn a_pin_is_read_from_the_deny_reason() {
-        let reasons = vec![
-            "model claude-opus-4-1 of provider anthropic is pinned to claude-opus-4-1-20250805 \
-             for tier premium"
-                .to_string(),
-        ];
-        assert_eq!(
-            pinned_version(&reasons).as_deref(),
-            Some("claude-opus-4-1-20250805")
-        );
-        assert_eq!(pinned_version(&["no".to_string()]), None);
     }
 }

@@ -62,15 +62,22 @@ pub struct Request {
     pub context: Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Ordered by strictness: `permit < escalate < deny`, so decisions of several policies combine
+/// into the strictest ([`Effect::strictest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
     Permit,
-    Deny,
     Escalate,
+    Deny,
 }
 
 impl Effect {
+    /// The strictest of `effects` (`permit` for none).
+    pub fn strictest(effects: impl IntoIterator<Item = Effect>) -> Effect {
+        effects.into_iter().max().unwrap_or(Effect::Permit)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Effect::Permit => "permit",
@@ -92,6 +99,8 @@ pub enum Obligation {
     Redact { field: String },
     /// Delay the action by this long before it proceeds (budget throttling).
     Throttle { delay_ms: u64 },
+    /// Call this model instead of the one requested (a version pin), with `permit`.
+    PinModel { model: String },
 }
 
 /// A policy's answer.

@@ -19,11 +19,13 @@
 //! lists the regions each provider may serve (a provider absent from it serves none).
 //!
 //! Decision: `deny` when the tenant or tier has no allowlist; when no entry allows the provider
-//! and model; when every entry that allows the model pins another version (the reason names the
-//! pinned version: "... is pinned to <pin> for tier <tier>", so the gateway can retry with it); when the
-//! provider may not serve the region — every violation named. Otherwise `permit`.
+//! and model; when the provider may not serve the region — every violation named. When every
+//! entry that allows the model pins another version, `permit` with a `pin_model` obligation
+//! naming the (first) pinned version, which the gateway calls instead. Otherwise `permit`.
 
-use cogward_policy_sdk::{Decision, Effect, Policy, export_policy, for_tenant, glob_match};
+use cogward_policy_sdk::{
+    Decision, Effect, Obligation, Policy, export_policy, for_tenant, glob_match,
+};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -151,6 +153,7 @@ impl Policy for ModelAccess {
         let region = lower(&r.context.region);
         let (p, m) = (&r.resource.provider, &r.resource.model);
         let mut reasons = Vec::new();
+        let mut pinned: Option<String> = None;
 
         match allowlist.get(provider.as_ref()) {
             None => reasons.push(format!(
@@ -181,11 +184,8 @@ impl Policy for ModelAccess {
                             r.context.tier
                         ));
                     } else {
-                        reasons.push(format!(
-                            "model {m} of provider {p} is pinned to {} for tier {}",
-                            pins.join(" or "),
-                            r.context.tier
-                        ));
+                        // The first pin is the version to call instead.
+                        pinned = Some(pins[0].to_string());
                     }
                 }
             }
@@ -199,6 +199,25 @@ impl Policy for ModelAccess {
                 "provider {p} may not serve region {}",
                 r.context.region
             ));
+        }
+        if let (true, Some(pin)) = (reasons.is_empty(), &pinned) {
+            return Decision {
+                effect: Effect::Permit,
+                reasons: vec![format!(
+                    "model {m} of provider {p} is pinned to {pin} for tier {}",
+                    r.context.tier
+                )],
+                obligations: vec![Obligation::PinModel { model: pin.clone() }],
+            };
+        }
+        if let Some(pin) = &pinned {
+            reasons.insert(
+                0,
+                format!(
+                    "model {m} of provider {p} is pinned to {pin} for tier {}",
+                    r.context.tier
+                ),
+            );
         }
         if reasons.is_empty() {
             Decision::permit()
@@ -233,9 +252,15 @@ mod tests {
     }
 
     #[test]
-    fn a_pin_is_named_and_the_pinned_version_is_allowed() {
+    fn a_pin_is_an_obligation_and_the_pinned_version_is_allowed() {
         let d = ask("acme", "anthropic", "claude-opus-4-1", "premium", "eu");
-        assert_eq!(d.effect, Effect::Deny);
+        assert_eq!(d.effect, Effect::Permit);
+        assert_eq!(
+            d.obligations,
+            vec![Obligation::PinModel {
+                model: "claude-opus-4-1-20250805".into()
+            }]
+        );
         assert_eq!(
             d.reasons,
             vec![

@@ -13,7 +13,10 @@
 //!     "profiles": {"<name>": [tool glob]},    // named scopes agent entries can reuse
 //!     "agents": {"<agent name or glob>": {"profiles": ["<name>"], "scope": [tool glob]}},
 //!     "deny": [tool glob],                    // nobody in the tenant, whatever their scope
-//!     "sensitive": [{"tools": [tool glob], "group": "<approvers>", "reason": "..."}]
+//!     "sensitive": [{"tools": [tool glob], "group": "<approvers>", "reason": "..."}],
+//!     "arguments": [{"tools": [tool glob], "pointer": "/json/pointer", "deny": [value glob],
+//!                    "reason": "..."}],           // deny a call on an argument's value
+//!     "redact": [{"tools": [tool glob], "fields": ["/json/pointer into the result"]}]
 //! }}}
 //! ```
 //!
@@ -26,10 +29,14 @@
 //! 1. no rules for the tenant, or an action other than `call`/`list` → `deny`;
 //! 2. the tool matches a `deny` glob → `deny` (naming the glob); a tool outside the agent's scope
 //!    → `deny` ("tool X is outside agent Y's scope"); both are named when both hold;
-//! 3. the tool matches a `sensitive` rule (the first in order): `call` → `escalate` with a
+//! 3. (`call`) an `arguments` rule of the tool whose `pointer` names a value in the call's
+//!    `resource.arguments` matching one of its `deny` globs (the value as text: a string
+//!    itself, anything else as JSON) → `deny`, naming the argument and the rule's reason;
+//! 4. the tool matches a `sensitive` rule (the first in order): `call` → `escalate` with a
 //!    `require_approval` obligation for the rule's `group`; `list` → `permit` (sensitive tools
 //!    stay visible);
-//! 4. otherwise `permit`.
+//! 5. otherwise `permit`; either way a `call` of a tool some `redact` rule names carries a
+//!    `redact` obligation per field (the gateway removes them from the tool's result).
 //!
 //! [`Policy::new`] indexes every tenant once: agents by exact name (a `BTreeMap`) with glob keys
 //! apart, and every tool-glob list split into exact names (a `BTreeSet`), prefixes (globs whose
@@ -62,6 +69,27 @@ pub struct TenantRules {
     pub deny: Vec<String>,
     #[serde(default)]
     pub sensitive: Vec<SensitiveRule>,
+    #[serde(default)]
+    pub arguments: Vec<ArgumentRule>,
+    #[serde(default)]
+    pub redact: Vec<RedactRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgumentRule {
+    pub tools: Vec<String>,
+    pub pointer: String,
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactRule {
+    pub tools: Vec<String>,
+    pub fields: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +129,9 @@ pub struct Resource<'a> {
     pub server: Cow<'a, str>,
     #[serde(borrow)]
     pub tool: Cow<'a, str>,
+    /// The call's arguments (`call` only).
+    #[serde(default)]
+    pub arguments: Option<Value>,
 }
 
 /// A list of tool globs, split for lookup.
@@ -197,6 +228,8 @@ struct TenantIndex {
     /// (agent glob, its scope), in key order.
     glob_agents: Vec<(String, ToolSet)>,
     sensitive: Vec<Sensitive>,
+    arguments: Vec<(ToolSet, ArgumentRule)>,
+    redact: Vec<(ToolSet, Vec<String>)>,
 }
 
 impl TenantIndex {
@@ -231,7 +264,38 @@ impl TenantIndex {
                 })
             })
             .collect::<Result<_, String>>()?;
+        let arguments = rules
+            .arguments
+            .into_iter()
+            .map(|a| {
+                if !a.pointer.starts_with('/') {
+                    return Err(format!(
+                        "arguments: pointer {:?} must start with /",
+                        a.pointer
+                    ));
+                }
+                Ok((
+                    ToolSet::new(&a.tools).map_err(|e| format!("arguments: {e}"))?,
+                    a,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        let redact = rules
+            .redact
+            .into_iter()
+            .map(|r| {
+                if let Some(bad) = r.fields.iter().find(|f| !f.starts_with('/')) {
+                    return Err(format!("redact: field {bad:?} must be a JSON pointer"));
+                }
+                Ok((
+                    ToolSet::new(&r.tools).map_err(|e| format!("redact: {e}"))?,
+                    r.fields,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Self {
+            arguments,
+            redact,
             deny: ToolSet::new(&rules.deny).map_err(|e| format!("deny: {e}"))?,
             default_scope: ToolSet::new(&rules.default_scope)
                 .map_err(|e| format!("default_scope: {e}"))?,
@@ -299,6 +363,30 @@ impl Policy for ToolAccess {
         if !rules.in_scope(&r.agent, &tool) {
             reasons.push(format!("tool {tool} is outside agent {}'s scope", r.agent));
         }
+        if call && let Some(args) = &r.resource.arguments {
+            for (tools, rule) in &rules.arguments {
+                if !tools.matches(&tool) {
+                    continue;
+                }
+                let Some(value) = args.pointer(&rule.pointer) else {
+                    continue;
+                };
+                let text = match value {
+                    Value::String(s) => Cow::Borrowed(s.as_str()),
+                    other => Cow::Owned(other.to_string()),
+                };
+                if let Some(glob) = rule.deny.iter().find(|g| glob_match(g, &text)) {
+                    reasons.push(format!(
+                        "argument {} of tool {tool} matches {glob:?}{}",
+                        rule.pointer,
+                        rule.reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+        }
         if !reasons.is_empty() {
             return Decision {
                 effect: Effect::Deny,
@@ -306,7 +394,7 @@ impl Policy for ToolAccess {
                 obligations: Vec::new(),
             };
         }
-        match rules.sensitive.iter().find(|s| s.tools.matches(&tool)) {
+        let mut decision = match rules.sensitive.iter().find(|s| s.tools.matches(&tool)) {
             Some(rule) if call => {
                 let reason = match &rule.reason {
                     Some(reason) => format!("tool {tool} is sensitive: {reason}"),
@@ -318,7 +406,19 @@ impl Policy for ToolAccess {
                 Decision::escalate(&rule.group, reason)
             }
             _ => Decision::permit(),
+        };
+        if call {
+            for (tools, fields) in &rules.redact {
+                if tools.matches(&tool) {
+                    decision.obligations.extend(
+                        fields
+                            .iter()
+                            .map(|f| cogward_policy_sdk::Obligation::Redact { field: f.clone() }),
+                    );
+                }
+            }
         }
+        decision
     }
 }
 
@@ -751,6 +851,66 @@ mod tests {
     use cogward_policy_sdk::Obligation;
 
     cogward_policy_sdk::example_tests!(ToolAccess);
+
+    fn with_rules(rules: serde_json::Value) -> ToolAccess {
+        let data: Data = serde_json::from_value(json!({"tenants": {"acme": rules}})).unwrap();
+        ToolAccess::new(data).unwrap()
+    }
+
+    fn call(policy: &ToolAccess, tool: &str, arguments: serde_json::Value) -> Decision {
+        let text = json!({"tenant": "acme", "agent": "a", "action": "call",
+                          "resource": {"server": "shell", "tool": tool, "arguments": arguments}})
+        .to_string();
+        policy.evaluate(&serde_json::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn an_argument_value_can_deny_a_call_and_results_carry_redactions() {
+        let policy = with_rules(json!({
+            "default_scope": ["shell.*"],
+            "arguments": [{"tools": ["shell.run"], "pointer": "/command", "deny": ["*rm -rf*", "sudo *"],
+                           "reason": "destructive"},
+                          {"tools": ["shell.*"], "pointer": "/opts/depth", "deny": ["9?"]}],
+            "redact": [{"tools": ["shell.read"], "fields": ["/structuredContent/token"]}]
+        }));
+        let d = call(
+            &policy,
+            "run",
+            json!({"command": "cd / && rm -rf --no-preserve-root ."}),
+        );
+        assert_eq!(d.effect, Effect::Deny);
+        assert_eq!(
+            d.reasons,
+            vec![r#"argument /command of tool shell.run matches "*rm -rf*": destructive"#]
+        );
+        let d = call(
+            &policy,
+            "run",
+            json!({"command": "ls", "opts": {"depth": 95}}),
+        );
+        assert_eq!(
+            d.effect,
+            Effect::Deny,
+            "a number is matched as its JSON text"
+        );
+        assert_eq!(
+            call(&policy, "run", json!({"command": "ls"})).effect,
+            Effect::Permit
+        );
+        assert_eq!(call(&policy, "run", json!({})).effect, Effect::Permit);
+        let d = call(&policy, "read", json!({"path": "x"}));
+        assert_eq!(d.effect, Effect::Permit);
+        assert_eq!(
+            d.obligations,
+            vec![Obligation::Redact {
+                field: "/structuredContent/token".into()
+            }]
+        );
+        let bad: Data = serde_json::from_value(json!({"tenants": {"acme": {
+            "arguments": [{"tools": ["*"], "pointer": "command", "deny": ["x"]}]}}}))
+        .unwrap();
+        assert!(ToolAccess::new(bad).is_err(), "a pointer must start with /");
+    }
 
     #[test]
     fn denies_name_their_rules_and_escalation_names_the_group() {
