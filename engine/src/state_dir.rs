@@ -54,6 +54,53 @@ fn tighten_files(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// 32 bytes from the operating system's random source (through uuid's v4 generator).
+pub fn random_32() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    out[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    out
+}
+
+/// A private file (0600) holding a key: created exclusively with `contents` if it does not
+/// exist (two processes racing to create it agree), then read with `read`, waiting briefly
+/// while another process may still be writing it.
+pub fn private_file<T>(
+    path: &Path,
+    contents: impl FnOnce() -> Result<Vec<u8>>,
+    read: impl Fn(&Path) -> Result<T>,
+) -> Result<T> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(mut f) => {
+            f.write_all(&contents()?)?;
+            f.sync_all()?;
+            read(path)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mut last = read(path);
+            for _ in 0..50 {
+                if last.is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                last = read(path);
+            }
+            last
+        }
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

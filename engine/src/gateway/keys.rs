@@ -57,10 +57,7 @@ impl std::fmt::Debug for KeyRing {
 }
 
 fn new_key() -> Key {
-    let bytes: Vec<u8> = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
-        .iter()
-        .flat_map(|u| *u.as_bytes())
-        .collect();
+    let bytes = crate::state_dir::random_32();
     let id = format!("k{}", &crate::gateway::sha256_hex(&bytes)[..8]);
     Key {
         id,
@@ -103,36 +100,15 @@ fn write(path: &Path, file: &KeyFile) -> Result<()> {
 }
 
 impl KeyRing {
-    /// Open the key file, creating it with one fresh key if it does not exist (two processes
-    /// racing to create it agree: the file is created exclusively).
+    /// Open the key file, creating it with one fresh key if it does not exist.
     pub fn open(path: PathBuf) -> Result<Self> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(mut f) => {
-                let file = KeyFile {
-                    keys: vec![new_key()],
-                };
-                f.write_all(&serde_json::to_vec_pretty(&file)?)?;
-                f.sync_all()?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Another process may be writing it right now.
-                for _ in 0..50 {
-                    if read(&path).is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            }
-            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
-        }
+        let contents = || {
+            let file = KeyFile {
+                keys: vec![new_key()],
+            };
+            Ok(serde_json::to_vec_pretty(&file)?)
+        };
+        crate::state_dir::private_file(&path, contents, read)?;
         let ring = Self {
             path,
             loaded: Mutex::new(Loaded {

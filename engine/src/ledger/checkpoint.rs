@@ -48,46 +48,16 @@ struct KeyFile {
 
 /// The installation's checkpoint signing key, created (0600) if `path` does not exist.
 pub fn signing_key(path: &Path) -> Result<SigningKey> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(mut f) => {
-            let seed: Vec<u8> = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
-                .iter()
-                .flat_map(|u| *u.as_bytes())
-                .collect();
-            let mut bytes = [0u8; 32];
-            bytes.copy_from_slice(&seed);
-            let key = SigningKey::from_bytes(&bytes);
-            let file = KeyFile {
-                secret: hex::encode(key.to_bytes()),
-                public: hex::encode(key.verifying_key().to_bytes()),
-                created_at: crate::now_rfc3339(),
-            };
-            f.write_all(&serde_json::to_vec_pretty(&file)?)?;
-            f.sync_all()?;
-            Ok(key)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mut last = None;
-            // Another process may be writing it right now.
-            for _ in 0..50 {
-                match read_key(path) {
-                    Ok(k) => return Ok(k),
-                    Err(e) => last = Some(e),
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(last.unwrap_or_else(|| anyhow::anyhow!("unreadable key file")))
-        }
-        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
-    }
+    let contents = || {
+        let key = SigningKey::from_bytes(&crate::state_dir::random_32());
+        let file = KeyFile {
+            secret: hex::encode(key.to_bytes()),
+            public: hex::encode(key.verifying_key().to_bytes()),
+            created_at: crate::now_rfc3339(),
+        };
+        Ok(serde_json::to_vec_pretty(&file)?)
+    };
+    crate::state_dir::private_file(path, contents, read_key)
 }
 
 fn read_key(path: &Path) -> Result<SigningKey> {
