@@ -991,3 +991,52 @@ async fn redactions_and_argument_rules_are_enforced_on_tool_calls() {
     .await;
     assert_eq!(intents, 1);
 }
+
+/// Tool calls count against the run's call ceiling when a budget is bound: the call past it is
+/// refused before it is forwarded, and recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_calls_count_against_the_runs_call_ceiling() {
+    let Some(everything) = everything_js() else {
+        return;
+    };
+    let m = mcp_stack(&everything, false).await;
+    let (stack, db) = (&m.stack, m.db.clone());
+    let budget =
+        json!({"tenants": {"acme": {"run_max_calls": 2, "throttle_from": 1.0, "max_delay_ms": 0}}});
+    push_and_bind(stack, "budget", "calls", "budget.spend", "acme", &budget);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (id, token) = running_run(stack).await;
+    let url = stack.gw_url("/mcp");
+    let http = fresh_connections();
+    let session = open_session(&http, &url, &token, "2025-11-25").await;
+    let mut answers = Vec::new();
+    for i in 0..3 {
+        let v = rpc(
+            &http,
+            &url,
+            &token,
+            &session,
+            json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                   "params": {"name": "everything_echo", "arguments": {"message": format!("m{i}")}}}),
+        )
+        .await;
+        answers.push(v);
+    }
+    assert_eq!(
+        answers[0]["result"]["content"][0]["text"], "Echo: m0",
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers[1]["result"]["content"][0]["text"], "Echo: m1",
+        "{answers:?}"
+    );
+    assert_eq!(answers[2]["result"]["isError"], true, "{answers:?}");
+    let text = answers[2]["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("run_max_calls"), "{text}");
+    let entries = tool_call_entries(&db, &id).await;
+    let outcomes: Vec<&str> = entries
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["ok", "ok", "denied"]);
+}

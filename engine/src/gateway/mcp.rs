@@ -557,8 +557,25 @@ async fn call_tool(
     };
     match effect {
         Effect::Permit => {
+            // The call counts against the run's budget (its call ceiling) when one is bound;
+            // deciding it and recording the intent are one step per tenant.
+            let admission = gw.admission_lock(&run.tenant).await;
+            if let Some(refused) = over_budget(&gw, run, &mut call).await.map_err(|e| {
+                tracing::error!(error = %format!("{e:#}"), "deciding a tool call's budget");
+                rpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    id,
+                    -32603,
+                    "cogward: the call could not be decided",
+                )
+            })? {
+                drop(admission);
+                let answer = refusal(refused, &call);
+                return Ok(axum::Json(job.finish(&mut call, answer).await?).into_response());
+            }
             call.decision = CallDecision::Permit;
             job.record_intent(&mut call).await?;
+            drop(admission);
             // From here the call runs to its recorded outcome whether or not the client stays.
             let (reply, answer) = oneshot::channel();
             tokio::spawn(async move {
@@ -593,6 +610,49 @@ async fn call_tool(
                 .and_then(|m| m.get("progressToken"))
                 .cloned();
             Ok(park(state.clone(), job, call, group, progress_token))
+        }
+    }
+}
+
+/// The budget's refusal of a permitted tool call (its text), if a budget policy is bound for
+/// the run and the call does not fit (the run's call ceiling); the decision joins the call's.
+async fn over_budget(
+    gw: &Gateway,
+    run: &RunIdentity,
+    call: &mut CallRecord,
+) -> anyhow::Result<Option<String>> {
+    let kind = cogward_policy_abi::kinds::BUDGET;
+    if !gw.policies.is_bound(&run.tenant, &run.agent, kind).await? {
+        return Ok(None);
+    }
+    let resource = json!({"run": run.run_id, "tool": call.target});
+    let budget = gw.decide_budget(run, resource, 0, 0).await?;
+    let planned = obligations::plan(
+        [&budget.decision],
+        Site::ToolCall,
+        gw.config.max_throttle_ms,
+    );
+    let reasons = budget.decision.reasons.clone();
+    call.decisions.push(budget);
+    match planned {
+        Ok(plan) if plan.effect == Effect::Permit => {
+            call.throttle_ms = call.throttle_ms.max(plan.throttle_ms);
+            Ok(None)
+        }
+        Ok(_) => {
+            call.reasons.extend(reasons.iter().cloned());
+            Ok(Some(format!(
+                "cogward: call to {} refused by the budget: {}",
+                call.target,
+                reasons.join("; ")
+            )))
+        }
+        Err(why) => {
+            call.reasons.push(why.clone());
+            Ok(Some(format!(
+                "cogward: call to {} refused: {why}",
+                call.target
+            )))
         }
     }
 }

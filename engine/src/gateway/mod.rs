@@ -333,11 +333,41 @@ impl Gateway {
         (entries, call.journal_row(&call.outcome, charged))
     }
 
+    /// The budget decision for a call of `run` that would add `estimated_tokens` and
+    /// `estimated_cost` (micro-USD) and one call to what the run and its tenant have used
+    /// (reservations of calls in flight included).
+    pub async fn decide_budget(
+        &self,
+        run: &RunIdentity,
+        resource: Value,
+        estimated_tokens: u64,
+        estimated_cost: u64,
+    ) -> Result<DecisionRecord> {
+        let usage = self.usage(run).await?;
+        self.policies
+            .decide_request(run.request(
+                cogward_policy_abi::kinds::BUDGET,
+                "spend",
+                resource,
+                json!({
+                    "run_tokens": usage.run_tokens,
+                    "run_cost_usd": usage.run_cost_micro_usd as f64 / 1e6,
+                    "tenant_cost_usd": usage.tenant_cost_micro_usd as f64 / 1e6,
+                    "run_calls": usage.run_calls,
+                    "estimated_tokens": estimated_tokens,
+                    "estimated_cost_usd": estimated_cost as f64 / 1e6,
+                }),
+            ))
+            .await
+    }
+
     /// What a run has used so far, and what its tenant has spent today (from the journal).
     pub async fn usage(&self, run: &RunIdentity) -> Result<Usage> {
         let row = sqlx::query(
             "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) AS tokens, \
-             COALESCE(SUM(cost_micro_usd), 0) AS cost FROM gateway_calls WHERE run_id = $1",
+             COALESCE(SUM(cost_micro_usd), 0) AS cost, \
+             COALESCE(SUM(CASE WHEN decision = 'permit' THEN 1 ELSE 0 END), 0) AS calls \
+             FROM gateway_calls WHERE run_id = $1",
         )
         .bind(&run.run_id)
         .fetch_one(&self.db.pool)
@@ -352,6 +382,7 @@ impl Gateway {
         Ok(Usage {
             run_tokens: row.try_get::<i64, _>("tokens")?.max(0) as u64,
             run_cost_micro_usd: row.try_get::<i64, _>("cost")?.max(0) as u64,
+            run_calls: row.try_get::<i64, _>("calls")?.max(0) as u64,
             tenant_cost_micro_usd: tenant_cost.max(0) as u64,
         })
     }
@@ -391,6 +422,8 @@ impl From<sqlx::Error> for AuthFailure {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
+    /// Permitted calls of the run so far (model and tool), in flight included.
+    pub run_calls: u64,
     pub run_tokens: u64,
     pub run_cost_micro_usd: u64,
     pub tenant_cost_micro_usd: u64,

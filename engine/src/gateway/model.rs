@@ -382,21 +382,13 @@ async fn decide(
         )));
     };
 
-    let usage = gw.usage(run).await?;
     let budget = gw
-        .policies
-        .decide_request(run.request(
-            kinds::BUDGET,
-            "spend",
+        .decide_budget(
+            run,
             json!({"run": run.run_id, "provider": provider, "model": model}),
-            json!({
-                "run_tokens": usage.run_tokens,
-                "run_cost_usd": usage.run_cost_micro_usd as f64 / 1e6,
-                "tenant_cost_usd": usage.tenant_cost_micro_usd as f64 / 1e6,
-                "estimated_tokens": estimated_input + max_output,
-                "estimated_cost_usd": estimated_cost as f64 / 1e6,
-            }),
-        ))
+            estimated_input + max_output,
+            estimated_cost,
+        )
         .await?;
     call.reasons.extend(budget.decision.reasons.iter().cloned());
     let planned = obligations::plan(

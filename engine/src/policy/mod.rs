@@ -439,6 +439,11 @@ impl Policies {
         Ok(())
     }
 
+    /// Whether a bundle is bound for `kind` for this tenant and agent.
+    pub async fn is_bound(&self, tenant: &str, agent: &str, kind: &str) -> Result<bool> {
+        Ok(self.resolve(tenant, agent, kind).await?.is_some())
+    }
+
     /// Decide one request with the bundle bound for it.
     pub async fn decide_request(&self, request: Request) -> Result<DecisionRecord> {
         let value = serde_json::to_value(&request)?;

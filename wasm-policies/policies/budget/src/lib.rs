@@ -2,20 +2,23 @@
 //!
 //! Request: `tenant`, `context.{run_tokens, run_cost_usd, tenant_cost_usd, estimated_tokens,
 //! estimated_cost_usd}` — what the run has used so far, what the tenant has spent today, and
-//! what this call is estimated to use. All five are required and must not be negative.
+//! what this call is estimated to use. All five are required and must not be negative;
+//! `run_calls` (the run's permitted gateway calls so far, model and tool) is optional (0).
 //!
 //! Data (`data.example.json`): per tenant (exact name, else `"*"`):
 //!
 //! ```text
 //! {"tenants": {"<tenant>" | "*": {
 //!     "run_max_tokens": u64?, "run_max_cost_usd": f64?, "tenant_daily_max_cost_usd": f64?,
+//!     "run_max_calls": u64?,  // gateway calls (model and tool) per run; this call counts 1
 //!     "throttle_from": f64,   // fraction of a ceiling where throttling starts, in [0, 1]
 //!     "max_delay_ms": u64     // the delay at the ceiling
 //! }}}
 //! ```
 //!
 //! A ceiling left out does not apply. For each ceiling, the usage after the call is
-//! `(used + estimated) / ceiling`: at or above 1.0 the call is denied, naming every ceiling it
+//! `(used + estimated) / ceiling`: at or above 1.0 the call is denied (above, for
+//! `run_max_calls`: that many calls are admitted), naming every ceiling it
 //! would reach; at or above `throttle_from` it is permitted with one `throttle` obligation whose
 //! delay grows linearly from 0 at `throttle_from` to `max_delay_ms` at 1.0 (the largest over the
 //! ceilings), each throttling ceiling named in the reasons; below, it is permitted as is.
@@ -37,6 +40,8 @@ pub struct Budget {
     pub run_max_cost_usd: Option<f64>,
     #[serde(default)]
     pub tenant_daily_max_cost_usd: Option<f64>,
+    #[serde(default)]
+    pub run_max_calls: Option<u64>,
     pub throttle_from: f64,
     pub max_delay_ms: u64,
 }
@@ -54,6 +59,8 @@ pub struct Context {
     pub tenant_cost_usd: f64,
     pub estimated_tokens: u64,
     pub estimated_cost_usd: f64,
+    #[serde(default)]
+    pub run_calls: u64,
 }
 
 /// One ceiling, ready to compare against.
@@ -71,6 +78,7 @@ enum Usage {
     RunTokens,
     RunCost,
     TenantCost,
+    RunCalls,
 }
 
 impl Usage {
@@ -80,6 +88,7 @@ impl Usage {
             Usage::RunTokens => (c.run_tokens as f64, c.estimated_tokens as f64),
             Usage::RunCost => (c.run_cost_usd, c.estimated_cost_usd),
             Usage::TenantCost => (c.tenant_cost_usd, c.estimated_cost_usd),
+            Usage::RunCalls => (c.run_calls as f64, 1.0),
         }
     }
 }
@@ -115,6 +124,11 @@ impl TenantBudget {
                 "tenant_daily_max_cost_usd",
                 b.tenant_daily_max_cost_usd,
                 Usage::TenantCost,
+            ),
+            (
+                "run_max_calls",
+                b.run_max_calls.map(|n| n as f64),
+                Usage::RunCalls,
             ),
         ] {
             if let Some(max) = max {
@@ -168,7 +182,12 @@ impl Policy for BudgetPolicy {
             let (used, estimated) = ceiling.usage.of(c);
             let after = used + estimated;
             let fraction = after / ceiling.max;
-            if fraction >= 1.0 {
+            // A count ceiling admits exactly that many calls; an amount is refused on reaching it.
+            let over = match ceiling.usage {
+                Usage::RunCalls => after > ceiling.max,
+                _ => fraction >= 1.0,
+            };
+            if over {
                 exceeded.push(format!(
                     "{} would reach {} of the {} ceiling {} ({used} used + {estimated} estimated)",
                     ceiling.name,
@@ -176,7 +195,7 @@ impl Policy for BudgetPolicy {
                     ceiling.name,
                     ceiling.max
                 ));
-            } else if fraction >= b.throttle_from {
+            } else if fraction >= b.throttle_from && fraction < 1.0 {
                 // fraction < 1.0 <= throttle_from is impossible here, so the span is positive.
                 let span = 1.0 - b.throttle_from;
                 let delay = ((fraction - b.throttle_from) / span * b.max_delay_ms as f64).round();
@@ -283,6 +302,30 @@ mod tests {
         let d = spend("acme", 0, -1.0, 0.0, 0, 0.0);
         assert_eq!(d.effect, Effect::Deny);
         assert!(d.reasons[0].contains("run_cost_usd"), "{d:?}");
+    }
+
+    #[test]
+    fn a_call_ceiling_counts_every_gateway_call() {
+        let data: Data = serde_json::from_value(serde_json::json!({"tenants": {"acme": {
+            "run_max_calls": 3, "throttle_from": 1.0, "max_delay_ms": 0}}}))
+        .unwrap();
+        let policy = BudgetPolicy::new(data).unwrap();
+        let ask = |calls: u64| {
+            let text = serde_json::json!({"tenant": "acme", "context": {
+                "run_tokens": 0, "run_cost_usd": 0.0, "tenant_cost_usd": 0.0,
+                "estimated_tokens": 0, "estimated_cost_usd": 0.0, "run_calls": calls}})
+            .to_string();
+            policy.evaluate(&serde_json::from_str(&text).unwrap())
+        };
+        assert_eq!(ask(1).effect, Effect::Permit);
+        assert_eq!(
+            ask(2).effect,
+            Effect::Permit,
+            "the third call is the last one"
+        );
+        let d = ask(3);
+        assert_eq!(d.effect, Effect::Deny, "a fourth passes the ceiling");
+        assert!(d.reasons[0].contains("run_max_calls"), "{:?}", d.reasons);
     }
 
     #[test]
