@@ -1,11 +1,14 @@
 //! The gateway: the only way an agent in a runner reaches models and tools.
 //!
-//! Every call arrives with the run's credential (minted by `start_runner`, see
-//! `cogward_activities::credential`), is decided by the policies bound for the run's tenant and
-//! agent, and is recorded twice before its response is released: in the audit ledger (the
-//! decisions, as `policy.decision` entries `cogward policy replay` re-evaluates, and one
-//! `gateway.*_call` entry) and in the events journal (`gateway_calls`, which budgets are summed
-//! from). A call whose record cannot be written is refused.
+//! Every call arrives with the run's credential (issued when its runner starts, revoked when
+//! its agent exits; see `cogward_activities::credential` and [`keys`]), is decided by the
+//! policies bound for the run's tenant and agent, and is recorded in order: its intent (the
+//! decisions as `policy.decision` entries `cogward policy replay` re-evaluates, and a
+//! `gateway.call_intent` entry with its reservation, plus its `gateway_calls` journal row) before
+//! anything is forwarded — a call whose intent cannot be recorded is refused — and its outcome
+//! (`gateway.*_call`, the journal row settled) before its answer is released, through the
+//! [`spool`] when the ledger cannot take it. A refused call is recorded once, decisions and
+//! outcome together.
 //!
 //! [`model`] serves the provider APIs (Anthropic Messages, OpenAI Chat Completions and
 //! Responses); [`mcp`] serves MCP to agents and [`upstream`] reaches the MCP servers.
@@ -118,9 +121,11 @@ impl cogward_activities::Credentials for RunCredentials {
         })
     }
 
-    /// Revoke, then wait until the run's calls admitted before have their outcomes (a call
-    /// admitted just before the revocation records its intent within milliseconds), so no
-    /// gateway entry of the run follows its evidence unless one outlives the bound.
+    /// Revoke, then wait until the run's calls admitted before have their outcomes, so no
+    /// gateway entry of the run follows its evidence unless one outlives the bound. By now the
+    /// agent's connections are closed (its runner has exited), so a call not yet past its
+    /// intent is dropped with its connection; the short pause covers one that is just
+    /// recording it.
     fn revoke<'a>(&'a self, run_id: &'a str) -> futures::future::BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             sqlx::query(
@@ -132,7 +137,7 @@ impl cogward_activities::Credentials for RunCredentials {
             .await
             .context("revoking a run credential")?;
             let deadline = Instant::now() + REVOKE_SETTLE;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             while Instant::now() < deadline {
                 let pending: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM gateway_calls WHERE run_id = $1 AND outcome = 'pending'",

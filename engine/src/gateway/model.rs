@@ -2,13 +2,15 @@
 //! Completions and Responses (`/gw/<provider>/v1/chat/completions`, `.../v1/responses`),
 //! streaming included, forwarded to the configured provider with the engine's key.
 //!
-//! Per call: the run's credential; the model-access policy (a version pin it names is applied
-//! by rewriting the model); the budget policy with what the run and its tenant have used so
-//! far (from the journal) and this call's estimate (`throttle` → the call waits, `deny` → it is
-//! refused before the provider is called); then the provider. Token counts come from the
-//! provider's usage fields, cost from the configured prices. The record is written before the
-//! response is released: for a stream, before the terminal event (`message_stop`, `[DONE]`,
-//! `response.completed`) is passed on.
+//! Per call: the run's credential; the body parsed strictly and the model name normalised;
+//! then, under the tenant's admission lock, the model-access policy (a `pin_model` obligation
+//! rewrites the model), the price, the budget policy with what the run and its tenant have used
+//! so far (from the journal, reservations of calls in flight included) and this call's
+//! reservation, and the intent recorded — all before anything is forwarded. Then, detached from
+//! the client, the provider; token counts from its usage fields (at least the reservation when
+//! they are missing or cut short), cost from the configured prices; the outcome settled
+//! (ledger, else the spool) before the response is released: for a stream, before the terminal
+//! event (`message_stop`, `[DONE]`, `response.completed`) is passed on.
 
 use super::config::normalize_model;
 use super::config::{Provider, Wire};
