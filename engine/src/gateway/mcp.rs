@@ -558,9 +558,8 @@ async fn call_tool(
     match effect {
         Effect::Permit => {
             // The call counts against the run's budget (its call ceiling) when one is bound;
-            // deciding it and recording the intent are one step per tenant.
-            let admission = gw.admission_lock(&run.tenant).await;
-            if let Some(refused) = over_budget(&gw, run, &mut call).await.map_err(|e| {
+            // then deciding it and recording the intent are one step per tenant.
+            let undecided = |e: anyhow::Error| {
                 tracing::error!(error = %format!("{e:#}"), "deciding a tool call's budget");
                 rpc_error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -568,7 +567,19 @@ async fn call_tool(
                     -32603,
                     "cogward: the call could not be decided",
                 )
-            })? {
+            };
+            let budgeted = gw
+                .policies
+                .is_bound(&run.tenant, &run.agent, kinds::BUDGET)
+                .await
+                .map_err(undecided)?;
+            let admission = match budgeted {
+                true => Some(gw.admission_lock(&run.tenant).await),
+                false => None,
+            };
+            if budgeted
+                && let Some(refused) = over_budget(&gw, run, &mut call).await.map_err(undecided)?
+            {
                 drop(admission);
                 let answer = refusal(refused, &call);
                 return Ok(axum::Json(job.finish(&mut call, answer).await?).into_response());
@@ -614,17 +625,13 @@ async fn call_tool(
     }
 }
 
-/// The budget's refusal of a permitted tool call (its text), if a budget policy is bound for
-/// the run and the call does not fit (the run's call ceiling); the decision joins the call's.
+/// The bound budget's refusal of a permitted tool call (its text), if the call does not fit
+/// (the run's call ceiling); the decision joins the call's.
 async fn over_budget(
     gw: &Gateway,
     run: &RunIdentity,
     call: &mut CallRecord,
 ) -> anyhow::Result<Option<String>> {
-    let kind = cogward_policy_abi::kinds::BUDGET;
-    if !gw.policies.is_bound(&run.tenant, &run.agent, kind).await? {
-        return Ok(None);
-    }
     let resource = json!({"run": run.run_id, "tool": call.target});
     let budget = gw.decide_budget(run, resource, 0, 0).await?;
     let planned = obligations::plan(
