@@ -284,9 +284,24 @@ async fn budgets_have_no_side_routes() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // A stream names its call too, and the provider's id of its answer.
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let call_id = header("x-cogward-call-id").expect("x-cogward-call-id on a stream");
+    assert_eq!(header("x-cogward-decision").as_deref(), Some("permit"));
+    let provider_id = header("x-cogward-provider-request-id").expect("the provider's request id");
+    assert!(provider_id.starts_with("req_"), "{provider_id}");
     let text = resp.text().await.unwrap();
     assert!(text.contains("[DONE]"), "{text}");
     let streamed = c.entries("gateway.model_call").await.pop().unwrap();
+    assert_eq!(streamed["call_id"], call_id.as_str());
+    assert_eq!(
+        streamed["detail"]["provider_request_id"],
+        provider_id.as_str()
+    );
     assert_eq!(streamed["detail"]["stream"], true);
     assert_eq!(
         streamed["tokens"],
