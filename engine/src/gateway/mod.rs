@@ -124,8 +124,7 @@ impl cogward_activities::Credentials for RunCredentials {
     /// Revoke, then wait until the run's calls admitted before have their outcomes, so no
     /// gateway entry of the run follows its evidence unless one outlives the bound. By now the
     /// agent's connections are closed (its runner has exited), so a call not yet past its
-    /// intent is dropped with its connection; the short pause covers one that is just
-    /// recording it.
+    /// intent is dropped with its connection.
     fn revoke<'a>(&'a self, run_id: &'a str) -> futures::future::BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             sqlx::query(
@@ -137,7 +136,6 @@ impl cogward_activities::Credentials for RunCredentials {
             .await
             .context("revoking a run credential")?;
             let deadline = Instant::now() + REVOKE_SETTLE;
-            tokio::time::sleep(Duration::from_millis(20)).await;
             while Instant::now() < deadline {
                 let pending: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM gateway_calls WHERE run_id = $1 AND outcome = 'pending'",
