@@ -73,6 +73,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
     );
     tokio::spawn(crate::gateway::close_servers_of_ended_runs(gateway.clone()));
     tokio::spawn(crate::gateway::spool::drain(gateway.clone()));
+    tokio::spawn(crate::gateway::settle_abandoned_calls(gateway.clone()));
     if config.checkpoint_interval_s > 0 {
         let key = crate::ledger::checkpoint::signing_key(&config.ledger_signing_key())?;
         tokio::spawn(crate::ledger::checkpoint::on_schedule(

@@ -20,6 +20,13 @@ fn open_access() -> Value {
 
 fn config(provider_url: &str) -> Value {
     let mut c = crate::gateway::gateway_config(provider_url);
+    // Calls take at most 3 s (the fake's slow models take 2), so one still pending 4 s later
+    // was abandoned by a dead process.
+    for p in ["anthropic", "openai"] {
+        c["providers"][p]["timeout_seconds"] = json!(3);
+    }
+    c["abandoned_call_grace_seconds"] = json!(1);
+    c["max_throttle_ms"] = json!(500);
     c["prices"] = json!([
         {"provider": "anthropic", "model": "claude-sonnet-4-5*", "input_usd_per_mtok": 3.0, "output_usd_per_mtok": 15.0},
         {"provider": "openai", "model": "gpt-4o-mini*", "input_usd_per_mtok": 0.15, "output_usd_per_mtok": 0.6}
@@ -137,7 +144,11 @@ impl Calls {
             if got >= n {
                 return;
             }
-            assert!(Instant::now() < deadline, "{sql}: {got} of {n}");
+            assert!(
+                Instant::now() < deadline,
+                "{sql}: {got} of {n}\n{}",
+                self.stack.logs()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -452,8 +463,9 @@ async fn a_full_disk_refuses_calls_before_forwarding_and_everything_recovers() {
 }
 
 /// `kill -9` the engine with calls in flight at the provider: after the restart, every call the
-/// provider saw has its intent in the ledger, and `audit verify` names the ones whose outcome
-/// was lost.
+/// provider saw has its intent in the ledger, `audit verify` names the ones whose outcome was
+/// lost, and once no such call can still be in flight they are settled `outcome_unknown`,
+/// charged their reservation.
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_with_calls_in_flight_loses_no_call_the_provider_saw() {
     let mut c = calls_stack(generous(), None, tempfile::tempdir().unwrap()).await;
@@ -512,6 +524,33 @@ async fn kill_9_with_calls_in_flight_loses_no_call_the_provider_saw() {
     )
     .await;
     assert!(pending_tokens > 0);
+
+    // Past the longest timeout, the restarted gateway settles them as outcome_unknown.
+    let lost = open.len() as i64;
+    c.wait_count(
+        "SELECT COUNT(*) FROM gateway_calls WHERE outcome = 'outcome_unknown'",
+        lost,
+    )
+    .await;
+    let unknown_tokens = count(
+        &c.db,
+        "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM gateway_calls WHERE outcome = 'outcome_unknown'",
+    )
+    .await;
+    assert_eq!(
+        unknown_tokens, pending_tokens,
+        "charged exactly their reservations"
+    );
+    let unknown = c
+        .entries("gateway.model_call")
+        .await
+        .into_iter()
+        .filter(|e| e["outcome"] == "outcome_unknown")
+        .count() as i64;
+    assert_eq!(unknown, lost);
+    let (code, report) = c.stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["calls_without_outcome"], json!([]), "{report}");
 }
 
 /// A credential admits calls only while its agent runs: not at the approval gate (before the

@@ -46,9 +46,18 @@ pub struct GatewayConfig {
     /// one not listed is refused, against DNS rebinding).
     #[serde(default)]
     pub mcp_allowed_origins: Vec<String>,
+    /// How long past the longest upstream timeout a call still `pending` counts as abandoned (its
+    /// process died between forwarding and recording): it is then settled `outcome_unknown`,
+    /// charged its reservation.
+    #[serde(default = "default_abandoned_grace")]
+    pub abandoned_call_grace_seconds: u64,
     /// How long an escalated tool call waits for its approval before it is refused.
     #[serde(default = "default_tool_approval_timeout")]
     pub tool_approval_timeout_seconds: u64,
+}
+
+fn default_abandoned_grace() -> u64 {
+    60
 }
 
 fn default_input_bytes_per_token() -> u64 {
@@ -220,6 +229,21 @@ impl GatewayConfig {
             }
         }
         Ok(config)
+    }
+
+    /// After how long a `pending` call cannot be in flight any more: the longest provider or
+    /// MCP server timeout, plus the grace.
+    pub fn abandoned_after(&self) -> std::time::Duration {
+        let longest = self
+            .providers
+            .values()
+            .map(|p| p.timeout_seconds)
+            .chain(self.mcp_servers.iter().map(|s| s.timeout_seconds))
+            .max()
+            .unwrap_or(0);
+        // A throttled call waits before it is forwarded.
+        let throttle = self.max_throttle_ms.div_ceil(1000);
+        std::time::Duration::from_secs(longest + throttle + self.abandoned_call_grace_seconds)
     }
 
     pub fn tier(&self, tenant: &str) -> &str {

@@ -594,6 +594,79 @@ impl CallRecord {
     }
 }
 
+/// The outcome recorded for a call whose process died between forwarding it and recording
+/// what happened.
+pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
+
+/// Settle calls left `pending` longer than any of them can be in flight (their process died
+/// between forwarding and recording): a `gateway.*_call` entry with outcome
+/// `outcome_unknown`, charged the reservation the journal row holds. A spooled real outcome, if
+/// one turns up later, is appended after it. Until the process exits.
+pub async fn settle_abandoned_calls(gw: Arc<Gateway>) {
+    let every = gw
+        .config
+        .abandoned_after()
+        .clamp(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = settle_abandoned_once(&gw).await {
+            tracing::warn!(error = %format!("{e:#}"), "settling abandoned gateway calls");
+        }
+    }
+}
+
+async fn settle_abandoned_once(gw: &Gateway) -> Result<()> {
+    let cutoff = chrono::Utc::now()
+        - chrono::Duration::from_std(gw.config.abandoned_after()).unwrap_or_default();
+    let rows = sqlx::query(
+        "SELECT call_id, run_id, tenant, agent, kind, target, decision, upstream_status, \
+         latency_us, input_tokens, output_tokens, cost_micro_usd, args_sha256, policy_sha256, at, day \
+         FROM gateway_calls WHERE outcome = 'pending' AND at < $1 ORDER BY at LIMIT 100",
+    )
+    .bind(cutoff.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    .fetch_all(&gw.db.pool)
+    .await?;
+    for row in rows {
+        let journal = JournalRow {
+            call_id: row.try_get("call_id")?,
+            at: row.try_get("at")?,
+            day: row.try_get("day")?,
+            run_id: row.try_get("run_id")?,
+            tenant: row.try_get("tenant")?,
+            agent: row.try_get("agent")?,
+            kind: row.try_get("kind")?,
+            target: row.try_get("target")?,
+            decision: row.try_get("decision")?,
+            outcome: OUTCOME_UNKNOWN.to_string(),
+            upstream_status: row.try_get("upstream_status")?,
+            latency_us: row.try_get("latency_us")?,
+            input_tokens: row.try_get("input_tokens")?,
+            output_tokens: row.try_get("output_tokens")?,
+            cost_micro_usd: row.try_get("cost_micro_usd")?,
+            args_sha256: row.try_get("args_sha256")?,
+            policy_sha256: row.try_get("policy_sha256")?,
+        };
+        let event_type = if journal.kind == "tool" {
+            "gateway.tool_call"
+        } else {
+            "gateway.model_call"
+        };
+        let body = json!({
+            "call_id": journal.call_id, "run_id": journal.run_id, "tenant": journal.tenant,
+            "agent": journal.agent, "target": journal.target, "args_sha256": journal.args_sha256,
+            "decision": journal.decision, "outcome": OUTCOME_UNKNOWN,
+            "tokens": {"input": journal.input_tokens, "output": journal.output_tokens},
+            "cost_usd": journal.cost_micro_usd as f64 / 1e6,
+            "detail": {"usage": "reserved",
+                       "reason": "the call was forwarded but its outcome was never recorded (its gateway process died)"},
+        });
+        let entry = NewEntry::app(&gw.namespace, journal.run_id.clone(), event_type, body);
+        tracing::warn!(call_id = %journal.call_id, "settling an abandoned gateway call as outcome_unknown");
+        append_record(&gw.ledger, vec![entry], journal).await?;
+    }
+    Ok(())
+}
+
 /// Every few seconds, close the per-run MCP servers of runs that ended (until the process
 /// exits).
 pub async fn close_servers_of_ended_runs(gw: Arc<Gateway>) {

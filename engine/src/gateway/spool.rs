@@ -100,14 +100,15 @@ async fn replay(ledger: &Ledger, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether the call's journal row carries an outcome (it is written with the outcome's entry).
+/// Whether the call's journal row carries its outcome (it is written with the outcome's entry;
+/// `outcome_unknown`, written for an abandoned call, is corrected by the real one).
 async fn settled(db: &Db, call_id: &str) -> Result<bool> {
     let outcome: Option<String> =
         sqlx::query_scalar("SELECT outcome FROM gateway_calls WHERE call_id = $1")
             .bind(call_id)
             .fetch_optional(&db.pool)
             .await?;
-    Ok(outcome.is_some_and(|o| o != "pending"))
+    Ok(outcome.is_some_and(|o| o != "pending" && o != super::OUTCOME_UNKNOWN))
 }
 
 /// Retry the spool until the process exits.
