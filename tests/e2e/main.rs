@@ -695,10 +695,8 @@ async fn temporal_server_restarted_mid_run_finishes_once() {
     assert_ran_once(&stack, &id).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn submission_while_temporal_is_down_is_a_503_and_records_nothing() {
-    let mut stack = Stack::start(StackOptions::default()).unwrap();
-    stack.temporal.kill9();
+/// With Temporal unreachable, a submission is 503 `temporal_unavailable` and leaves no run.
+async fn a_submission_is_refused_and_nothing_recorded(stack: &Stack) {
     let (status, problem) = stack.submit(&spec("down", &["true"])).await.unwrap();
     assert_eq!(
         (status, problem["code"].as_str()),
@@ -710,6 +708,13 @@ async fn submission_while_temporal_is_down_is_a_503_and_records_nothing() {
         .await
         .unwrap();
     assert_eq!(list, json!([]), "a run that never started was recorded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submission_while_temporal_is_down_is_a_503_and_records_nothing() {
+    let mut stack = Stack::start(StackOptions::default()).unwrap();
+    stack.temporal.kill9();
+    a_submission_is_refused_and_nothing_recorded(&stack).await;
     // Back up: the same submission goes through.
     stack.temporal.kill9_and_restart().unwrap();
     let (status, run) = stack.submit(&spec("down", &["true"])).await.unwrap();
@@ -739,17 +744,7 @@ async fn serve_started_without_temporal_keeps_serving_and_works_once_it_is_up() 
         (200, &json!(false)),
         "{health}"
     );
-    let (status, problem) = stack.submit(&spec("down", &["true"])).await.unwrap();
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (503, Some("temporal_unavailable")),
-        "{problem}"
-    );
-    let (_, list) = stack
-        .call(Method::GET, "/v1/runs", Some(&stack.tokens.ci), None)
-        .await
-        .unwrap();
-    assert_eq!(list, json!([]), "a run that never started was recorded");
+    a_submission_is_refused_and_nothing_recorded(&stack).await;
 
     stack.temporal.kill9_and_restart().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
