@@ -507,15 +507,14 @@ async fn forward(
         Ok(r) => r,
         Err(e) => {
             // Refused at connect: the provider saw nothing. Otherwise it may have billed.
-            let usage = (!e.is_connect()).then_some(None);
+            let billed = !e.is_connect();
             let message = format!("cogward: the provider could not be reached: {e}");
             let outcome = "upstream_unreachable";
             call.upstream_latency = sent.elapsed();
-            let resp = upstream_failed(
-                &gw, call, &tokens, usage, started, wire, outcome, message, &reply,
+            upstream_failed(
+                &gw, call, &tokens, billed, started, wire, outcome, message, reply,
             )
             .await;
-            let _ = reply.send(resp);
             return;
         }
     };
@@ -540,19 +539,19 @@ async fn forward(
     if streaming && !call.redact.is_empty() {
         // Asked for a JSON answer it could redact, the provider streamed: nothing is passed on.
         let message = "cogward: the provider streamed an answer a redact obligation applies to";
-        let resp = upstream_failed(
+        let outcome = "obligation_unenforceable";
+        upstream_failed(
             &gw,
             call,
             &tokens,
-            Some(None),
+            true,
             started,
             wire,
-            "obligation_unenforceable",
+            outcome,
             message.into(),
-            &reply,
+            reply,
         )
         .await;
-        let _ = reply.send(resp);
         return;
     }
     if streaming {
@@ -565,19 +564,11 @@ async fn forward(
         Ok(b) => b,
         Err(e) => {
             let message = format!("cogward: reading the provider's response: {e}");
-            let resp = upstream_failed(
-                &gw,
-                call,
-                &tokens,
-                Some(None),
-                started,
-                wire,
-                "upstream_error",
-                message,
-                &reply,
+            let outcome = "upstream_error";
+            upstream_failed(
+                &gw, call, &tokens, true, started, wire, outcome, message, reply,
             )
             .await;
-            let _ = reply.send(resp);
             return;
         }
     };
@@ -619,22 +610,22 @@ fn provider_request_id(headers: &reqwest::header::HeaderMap) -> Option<HeaderVal
         .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
 }
 
-/// Settle a call the provider failed (`outcome`; `usage` `None` when the provider saw
-/// nothing, `Some(None)` when it may have billed the reservation) and answer 502.
+/// Settle a call the provider failed (`outcome`; `billed` when the provider may have billed
+/// it, so it is charged its reservation) and answer `reply` 502 with `message`.
 #[allow(clippy::too_many_arguments)]
 async fn upstream_failed(
     gw: &Arc<Gateway>,
     mut call: CallRecord,
     tokens: &Tokens,
-    usage: Option<Option<(u64, u64)>>,
+    billed: bool,
     started: Instant,
     wire: Wire,
     outcome: &str,
     message: String,
-    reply: &oneshot::Sender<Response>,
-) -> Response {
-    if let Some(observed) = usage {
-        tokens.charge(&mut call, observed.unwrap_or_default(), false);
+    reply: oneshot::Sender<Response>,
+) {
+    if billed {
+        tokens.charge(&mut call, (0, 0), false);
     }
     call.outcome = if reply.is_closed() {
         "client_gone"
@@ -643,10 +634,11 @@ async fn upstream_failed(
     }
     .to_string();
     call.latency = started.elapsed();
-    match gw.settle(&call).await {
+    let resp = match gw.settle(&call).await {
         Ok(()) => provider_error(wire, StatusCode::BAD_GATEWAY, "api_error", message),
         Err(e) => refused_unrecorded(wire, &e),
-    }
+    };
+    let _ = reply.send(resp);
 }
 
 /// Turns usage into the call's tokens and cost.
