@@ -830,38 +830,29 @@ async fn a_principal_of_one_tenant_reaches_nothing_of_another() {
         (403, Some("forbidden_tenant")),
         "{v}"
     );
-    for tenant in ["acme", "*", "glo*"] {
-        let binding = json!({"tenant": tenant, "kind": "run.admission", "name": "x", "version": 1});
+    // Binding for acme or for a tenant pattern, and pushing a shared bundle.
+    let mut forbidden: Vec<(Method, &str, Value)> = ["acme", "*", "glo*"]
+        .into_iter()
+        .map(|tenant| {
+            let binding =
+                json!({"tenant": tenant, "kind": "run.admission", "name": "x", "version": 1});
+            (Method::PUT, "/v1/policies/bindings", binding)
+        })
+        .collect();
+    let push = json!({"name": "globex-admission", "wasm_base64": "AA==", "data": {}});
+    forbidden.push((Method::POST, "/v1/policies", push));
+    for (method, path, body) in forbidden {
+        let payload = Some(body.to_string().into_bytes());
         let (status, v) = stack
-            .call(
-                Method::PUT,
-                "/v1/policies/bindings",
-                Some(&globex),
-                Some(binding.to_string().into_bytes()),
-            )
+            .call(method.clone(), path, Some(&globex), payload)
             .await
             .unwrap();
         assert_eq!(
             (status, v["code"].as_str()),
             (403, Some("forbidden_tenant")),
-            "{tenant}: {v}"
+            "{method} {path} {body}: {v}"
         );
     }
-    let push = json!({"name": "globex-admission", "wasm_base64": "AA==", "data": {}});
-    let (status, v) = stack
-        .call(
-            Method::POST,
-            "/v1/policies",
-            Some(&globex),
-            Some(push.to_string().into_bytes()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (status, v["code"].as_str()),
-        (403, Some("forbidden_tenant")),
-        "{v}"
-    );
 
     // Nothing of acme changed; globex works on its own.
     let acme = stack.run(&id).await.unwrap();
