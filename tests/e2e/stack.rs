@@ -253,8 +253,28 @@ impl Stack {
         } else {
             &["serve", "--worker"]
         };
-        stack.serve = Some(stack.spawn(serve_args, "serve.log")?);
-        wait_ready(stack.api_port, Duration::from_secs(30))?;
+        // A port picked free can be taken by another test's process before `serve` binds it:
+        // then `serve` exits at once, and it is started again on fresh ports.
+        let mut attempts = 0;
+        loop {
+            stack.serve = Some(stack.spawn(serve_args, "serve.log")?);
+            let ready = wait_ready(stack.api_port, Duration::from_secs(30));
+            let exited = stack
+                .serve
+                .as_mut()
+                .is_some_and(|s| matches!(s.try_wait(), Ok(Some(_))));
+            attempts += 1;
+            match ready {
+                Ok(()) if !exited => break,
+                _ if exited && attempts < 3 => {
+                    stack.api_port = free_port();
+                    stack.gateway_port = free_port();
+                    stack.egress_port = free_port();
+                }
+                Ok(()) => bail!("serve exited after start:\n{}", stack.logs()),
+                Err(e) => return Err(e.context(stack.logs())),
+            }
+        }
         if opts.separate_worker {
             stack.start_worker()?;
         }
