@@ -851,6 +851,17 @@ async fn an_approval_executes_once_and_a_hung_up_tool_call_is_recorded() {
     };
     let parked = parked_call(stack, &id, 0).await;
     assert!(first.await.unwrap().is_none_or(|b| !b.contains("42")));
+    // The gateway sees the hang-up within a poll of the parked call and leaves the decision
+    // to come for a retry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stack.serve_log().contains("its decision waits for a retry") {
+        assert!(
+            Instant::now() < deadline,
+            "the parked call's hang-up was not noticed\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (status, v) = decide(stack, &stack.tokens.approver, &id, "approve", &parked).await;
     assert_eq!(status, 202, "{v}");
 
@@ -867,7 +878,7 @@ async fn an_approval_executes_once_and_a_hung_up_tool_call_is_recorded() {
                     &session,
                     "everything_get-sum",
                     args,
-                    Duration::from_secs(4),
+                    Duration::from_secs(10),
                 )
                 .await
             })

@@ -630,6 +630,11 @@ impl Stack {
         self.state_dir().join("runs").join(run_id)
     }
 
+    /// Everything `serve` has logged so far.
+    pub fn serve_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
     /// Logs of every process, for a failing test's message.
     pub fn logs(&self) -> String {
         ["serve.log", "worker.log", "temporal.log"]

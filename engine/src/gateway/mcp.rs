@@ -755,6 +755,8 @@ enum Parked {
     Decided(ApprovalDecision),
     Expired,
     RunEnded,
+    /// The client went away before a decision it could use: the decision stays for its retry.
+    ClientGone,
 }
 
 /// Park an escalated call until a human decides it; answer as an SSE stream (progress
@@ -798,10 +800,21 @@ fn park(
         // A decision is for one execution: the first copy to claim it uses it, and a copy
         // that finds it claimed (or expired) parks as a new request.
         let mut reattach = true;
+        let gone = || tx.is_closed();
         let waited = loop {
-            match wait_for_decision(&state, &job, &mut call, group.clone(), reattach, &progress)
-                .await
+            match wait_for_decision(
+                &state,
+                &job,
+                &mut call,
+                group.clone(),
+                reattach,
+                &progress,
+                &gone,
+            )
+            .await
             {
+                // A copy whose client has hung up must not use the decision up: its retry will.
+                Ok(Parked::Decided(_)) if gone() => break Ok(Parked::ClientGone),
                 Ok(Parked::Decided(d)) => match claim(&job.gw, &call).await {
                     Ok(true) => break Ok(Parked::Decided(d)),
                     Ok(false) => reattach = false,
@@ -843,6 +856,11 @@ fn park(
                     format!("cogward: call to {} was not approved in time", call.target),
                     &call,
                 )
+            }
+            Ok(Parked::ClientGone) => {
+                tracing::info!(run_id = %call.run.run_id, tool = %call.target,
+                    "the client of a parked tool call went away; its decision waits for a retry");
+                return;
             }
             Ok(Parked::RunEnded) => {
                 call.outcome = "run_ended".into();
@@ -923,6 +941,7 @@ async fn wait_for_decision<F, Fut>(
     group: Option<String>,
     reattach: bool,
     progress: &F,
+    gone: &(dyn Fn() -> bool + Sync),
 ) -> anyhow::Result<Parked>
 where
     F: Fn(Duration) -> Fut,
@@ -991,11 +1010,13 @@ where
     let parked_at = Instant::now();
     let mut last_progress = Instant::now() - PROGRESS_EVERY;
     loop {
+        if gone() {
+            return Ok(Parked::ClientGone);
+        }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             if !progress(parked_at.elapsed()).await {
-                // The client went away; the decision will wait for its retry.
-                anyhow::bail!("the client disconnected while the call was parked");
+                return Ok(Parked::ClientGone);
             }
         }
         let summary = handle
