@@ -1,5 +1,6 @@
 # Sourced by scripts/demo.sh and scripts/test.sh: installs what cogward needs, idempotently, and
-# exports COGWARD_TEMPORAL_BIN, COGWARD_TOOLS_DIR, COGWARD_MCP_PYTHON and COGWARD_EVERYTHING_JS.
+# exports COGWARD_TEMPORAL_BIN, COGWARD_TOOLS_DIR, COGWARD_MCP_PYTHON, COGWARD_EVERYTHING_JS and
+# COGWARD_AGENTS_DIR.
 # Safe to run again; does nothing that is already done.
 set -euo pipefail
 
@@ -57,6 +58,22 @@ if ! { [ -f "$COGWARD_EVERYTHING_JS" ] && grep -Eq '"version": *"2026\.8\.31"' "
     log "installing @modelcontextprotocol/server-everything 2026.8.31 into $COGWARD_TOOLS_DIR/node"
     npm install -q --no-audit --no-fund --prefix "$COGWARD_TOOLS_DIR/node" \
         @modelcontextprotocol/server-everything@2026.8.31 >&2
+    tools_installed=1
+fi
+# The agent CLIs of the claude-code and codex runtimes (Claude Code, Codex CLI), exactly as pinned
+# by integrity hash in agents/package-lock.json; the sandbox binds this directory read-only.
+# npm's download cache (~/.npm) lives outside the clone, so a second clone installs offline.
+export COGWARD_AGENTS_DIR="${COGWARD_AGENTS_DIR:-$COGWARD_TOOLS_DIR/agents}"
+agents_lock=$(dirname "${BASH_SOURCE[0]}")/../agents/package-lock.json
+agents_stamp="$COGWARD_AGENTS_DIR/.installed-lock-sha256"
+agents_want=$(sha256sum "$agents_lock" | cut -d' ' -f1)
+if [ "$(cat "$agents_stamp" 2>/dev/null)" != "$agents_want" ]; then
+    command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+    log "installing the agent CLIs (Claude Code, Codex CLI; ~640 MB) into $COGWARD_AGENTS_DIR"
+    mkdir -p "$COGWARD_AGENTS_DIR"
+    cp "$(dirname "$agents_lock")/package.json" "$agents_lock" "$COGWARD_AGENTS_DIR/"
+    npm ci -q --no-audit --no-fund --prefix "$COGWARD_AGENTS_DIR" >&2
+    echo "$agents_want" >"$agents_stamp"
     tools_installed=1
 fi
 [ -z "$tools_installed" ] || chmod -R a+rX "$COGWARD_TOOLS_DIR"

@@ -2,7 +2,9 @@
 //! engine evaluates; see `wasm-policies/`). This file builds the decision request from the run
 //! and turns the decision into the run's verdict.
 
-use crate::spec::{Admission, AdmissionVerdict, DecisionRecord, RunId, RunSpec, RuntimeSpec};
+use crate::spec::{
+    Admission, AdmissionVerdict, CommandRuntime, DecisionRecord, RunId, RunSpec, RuntimeSpec,
+};
 use cogward_policy_abi::{Effect, Obligation, Request, kinds};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -31,7 +33,13 @@ pub trait PolicyDecider: Debug + Send + Sync + 'static {
 /// The `run.admission` request for a run (fields documented in the run-admission policy).
 pub fn request(input: &AdmitInput) -> Request {
     let spec = &input.spec;
-    let RuntimeSpec::Command { command } = &spec.runtime;
+    let program = match &spec.runtime {
+        RuntimeSpec::Command(CommandRuntime { command }) => {
+            command.first().cloned().unwrap_or_default()
+        }
+        other => other.name().to_string(),
+    };
+    let task = spec.runtime.task();
     let l = &spec.limits;
     Request {
         kind: kinds::RUN_ADMISSION.into(),
@@ -41,8 +49,10 @@ pub fn request(input: &AdmitInput) -> Request {
         action: "run.start".into(),
         resource: json!({
             "run_id": input.run_id,
-            "runtime": "command",
-            "program": command.first().cloned().unwrap_or_default(),
+            "runtime": spec.runtime.name(),
+            "program": program,
+            "model": task.map(|t| t.model.as_str()),
+            "mcp_servers": task.map(|t| t.mcp_servers.as_slice()).unwrap_or_default(),
             "sandbox_profile": spec.sandbox_profile.as_str(),
             "egress_profiles": spec.egress,
         }),

@@ -5,6 +5,7 @@
 //! attempt observes the first attempt's effect instead of repeating it.
 
 pub mod admission;
+pub mod agent_cli;
 pub mod credential;
 pub mod runner;
 pub mod secrets;
@@ -40,6 +41,8 @@ pub struct ActivitiesConfig {
     /// The gateway every run reaches its models and tools through; `None` leaves runs with no
     /// way out of their sandbox at all.
     pub gateway: Option<GatewayAccess>,
+    /// Where the agent CLIs (the `claude-code` and `codex` runtimes) are installed.
+    pub agent_clis: agent_cli::AgentClis,
 }
 
 /// Where runners forward their sandbox's gateway port, and who issues and revokes run

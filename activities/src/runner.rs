@@ -8,7 +8,8 @@
 //!   a result. It is never silently re-run.
 
 use crate::ActivitiesConfig;
-use crate::spec::{RunId, RunLimits, RunnerEvidence};
+use crate::agent_cli::GatewayUrls;
+use crate::spec::{CommandRuntime, RunId, RunLimits, RunnerEvidence, RuntimeSpec};
 use cogward_runner::protocol::{
     EVENTS_FILE, GatewayEgress, LOCK_FILE, Limits, PROTOCOL_VERSION, ProfileName, REQUEST_FILE,
     RESULT_FILE, RunnerEvent, RunnerRequest, RunnerResult, STARTED_FILE, SandboxProfile, SecretRef,
@@ -39,7 +40,7 @@ const RUNNER_START_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StartRunnerInput {
     pub run_id: RunId,
-    pub argv: Vec<String>,
+    pub runtime: RuntimeSpec,
     pub inputs: BTreeMap<String, String>,
     pub limits: RunLimits,
     /// The admitted isolation profile.
@@ -102,13 +103,15 @@ pub const EGRESS_PREAMBLE: &str = "CGW-EGRESS ";
 
 /// Build the runner's request from the run's input: the agent's environment is exactly its run
 /// id, inputs and gateway access (a run credential and the URLs agents read: their provider
-/// base URLs point at the gateway, so agents need no change), nothing from the worker.
+/// base URLs point at the gateway, so agents need no change), nothing from the worker. An
+/// agent-CLI runtime adds its command line, opt-outs and configuration ([`crate::agent_cli`]);
+/// `Err` if its CLI is not installed here.
 pub fn runner_request(
     config: &ActivitiesConfig,
     input: &StartRunnerInput,
     secrets: Vec<SecretRef>,
     credential: Option<&str>,
-) -> RunnerRequest {
+) -> Result<RunnerRequest, String> {
     let mut env = BTreeMap::new();
     env.insert(
         "COGWARD_INPUTS".to_string(),
@@ -116,8 +119,8 @@ pub fn runner_request(
     );
     let mut files = BTreeMap::new();
     let mut egress_proxy = None;
+    let base = format!("http://127.0.0.1:{SANDBOX_GATEWAY_PORT}");
     let gateway = config.gateway.as_ref().zip(credential).map(|(gw, token)| {
-        let base = format!("http://127.0.0.1:{SANDBOX_GATEWAY_PORT}");
         let token = token.to_string();
         if let Some(proxy) = &gw.egress_proxy {
             // For convenience only: nothing else routes, whatever the agent sets.
@@ -150,14 +153,38 @@ pub fn runner_request(
             "url": format!("{base}/mcp"),
             "headers": {"Authorization": "Bearer ${COGWARD_RUN_TOKEN}"},
         }}});
-        files.insert(".mcp.json".to_string(), mcp.to_string());
+        if matches!(input.runtime, RuntimeSpec::Command(_)) {
+            files.insert(".mcp.json".to_string(), mcp.to_string());
+        }
         GatewayEgress::new(gw.upstream.clone(), SANDBOX_GATEWAY_PORT)
     });
+    let urls = gateway.as_ref().map(|_| GatewayUrls { base: &base });
+    let mut sandbox = SandboxProfile {
+        name: input.sandbox_profile,
+        ..config.sandbox.clone()
+    };
+    let mut home_files = BTreeMap::new();
+    let argv = match config.agent_clis.launch(&input.runtime, urls)? {
+        None => match &input.runtime {
+            RuntimeSpec::Command(CommandRuntime { command }) => command.clone(),
+            _ => Vec::new(),
+        },
+        Some(launch) => {
+            env.extend(launch.env);
+            home_files = launch.home_files;
+            for path in launch.read_only {
+                if !sandbox.read_only.contains(&path) {
+                    sandbox.read_only.push(path);
+                }
+            }
+            launch.argv
+        }
+    };
     let l = input.limits;
-    RunnerRequest {
+    Ok(RunnerRequest {
         protocol: PROTOCOL_VERSION,
         run_id: input.run_id.to_string(),
-        argv: input.argv.clone(),
+        argv,
         env,
         limits: Limits {
             cpu_seconds: l.cpu_seconds,
@@ -169,15 +196,13 @@ pub fn runner_request(
             max_file_bytes: config.max_file_bytes,
             max_open_files: config.max_open_files,
         },
-        sandbox: SandboxProfile {
-            name: input.sandbox_profile,
-            ..config.sandbox.clone()
-        },
+        sandbox,
         gateway,
         egress_proxy,
         files,
+        home_files,
         secrets,
-    }
+    })
 }
 
 fn read_result(dir: &Path) -> Result<Option<RunnerResult>, StartRunnerError> {
@@ -386,12 +411,19 @@ async fn run_to_result(
                 )?),
                 None => None,
             };
-            let request = runner_request(
+            let request = match runner_request(
                 config,
                 &input,
                 crate::secrets::references(&secrets),
                 credential.as_deref(),
-            );
+            ) {
+                Ok(request) => request,
+                Err(detail) => {
+                    let _ = fs::remove_file(&spawned_path);
+                    tracing::warn!(%detail, "run refused before its runner started");
+                    return Ok(RunnerEvidence::NotStarted { detail });
+                }
+            };
             let bytes = serde_json::to_vec_pretty(&request).map_err(anyhow::Error::from)?;
             write_atomic(&dir.join(REQUEST_FILE), &bytes).map_err(io_err(&dir))?;
             let stdin = crate::secrets::runner_input(&secrets);
@@ -490,13 +522,18 @@ mod tests {
             secrets_file: None,
             poll_interval: Duration::from_millis(100),
             gateway: None,
+            agent_clis: crate::agent_cli::AgentClis {
+                dir: "/nonexistent/agents".into(),
+            },
         }
     }
 
     fn input() -> StartRunnerInput {
         StartRunnerInput {
             run_id: RunId("run-1".into()),
-            argv: vec!["true".into()],
+            runtime: RuntimeSpec::Command(CommandRuntime {
+                command: vec!["true".into()],
+            }),
             inputs: BTreeMap::from([("k".to_string(), "v".to_string())]),
             limits: RunLimits::default(),
             sandbox_profile: ProfileName::Standard,
@@ -507,7 +544,7 @@ mod tests {
 
     #[test]
     fn request_has_only_run_inputs_in_env() {
-        let req = runner_request(&config(), &input(), Vec::new(), None);
+        let req = runner_request(&config(), &input(), Vec::new(), None).unwrap();
         assert_eq!(req.env.len(), 1);
         assert_eq!(req.env["COGWARD_INPUTS"], r#"{"k":"v"}"#);
         assert_eq!(req.limits.memory_bytes, 1024 * 1024 * 1024);
@@ -539,7 +576,7 @@ mod tests {
             egress_proxy: None,
         });
         let issued = crate::credential::mint("k1", b"k", "run-1");
-        let req = runner_request(&config, &input(), Vec::new(), Some(&issued));
+        let req = runner_request(&config, &input(), Vec::new(), Some(&issued)).unwrap();
         let token = &req.env["COGWARD_RUN_TOKEN"];
         assert_eq!(token, &issued);
         assert_eq!(&req.env["ANTHROPIC_API_KEY"], token);
@@ -555,6 +592,28 @@ mod tests {
         let gw = req.gateway.unwrap();
         assert_eq!((gw.upstream.as_str(), gw.port), ("127.0.0.1:8080", 7480));
         assert!(!req.files[".mcp.json"].contains(token.as_str()));
+
+        // An agent CLI: its command line and configuration, its installation bound read-only,
+        // nothing in `work/`; and refused before it starts when the CLI is not installed.
+        let mut input = input();
+        input.runtime = serde_json::from_str(
+            r#"{"type":"claude-code","prompt":"p","model":"m","mcp_servers":["everything"]}"#,
+        )
+        .unwrap();
+        let err = runner_request(&config, &input, Vec::new(), Some(&issued)).unwrap_err();
+        assert!(err.contains("claude-code is not installed"), "{err}");
+        let agents = tempfile::tempdir().unwrap();
+        let pkg = agents.path().join("node_modules/@anthropic-ai/claude-code");
+        std::fs::create_dir_all(pkg.join("bin")).unwrap();
+        std::fs::write(pkg.join("bin/claude.exe"), "").unwrap();
+        std::fs::write(pkg.join("package.json"), r#"{"version":"9.9.9"}"#).unwrap();
+        config.agent_clis.dir = agents.path().to_path_buf();
+        let req = runner_request(&config, &input, Vec::new(), Some(&issued)).unwrap();
+        assert!(req.argv[0].ends_with("bin/claude.exe"));
+        assert!(req.files.is_empty(), "{:?}", req.files);
+        assert!(req.home_files[".cogward/mcp.json"].contains("/mcp"));
+        assert_eq!(req.sandbox.read_only, [agents.path().display().to_string()]);
+        assert_eq!(req.env["ANTHROPIC_API_KEY"], issued);
     }
 
     #[test]

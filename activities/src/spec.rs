@@ -61,12 +61,158 @@ fn default_approval_timeout() -> u64 {
     3600
 }
 
-/// The agent runtime. Claude Code and Codex CLI arrive as further variants.
+/// The agent runtime: any program, or one of the agent CLIs cogward knows how to govern
+/// (started non-interactively in the sandbox, its model and MCP traffic at the gateway).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "kebab-case")]
 pub enum RuntimeSpec {
     /// Any program with arguments.
-    Command { command: Vec<String> },
+    Command(CommandRuntime),
+    /// Claude Code (`claude -p`), model traffic on the Anthropic Messages wire.
+    ClaudeCode(AgentTask),
+    /// Codex CLI (`codex exec`), model traffic on the OpenAI Responses wire.
+    Codex(AgentTask),
+}
+
+/// A plain program.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRuntime {
+    /// Program and arguments.
+    pub command: Vec<String>,
+}
+
+/// What an agent CLI is asked to do, and with what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTask {
+    /// The task, as the CLI's prompt.
+    pub prompt: String,
+    /// The model, as the gateway's providers and prices name it.
+    pub model: String,
+    /// The gateway's MCP servers (catalog names) the agent may use; none means no MCP at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<String>,
+    /// Claude Code only: the built-in tools it may use without asking (`Bash`, `Edit`,
+    /// `Write`, `Read`, ...). MCP tools are decided by the gateway's tool-access policy, so
+    /// every tool of `mcp_servers` is offered and each call decided there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_tools: Vec<String>,
+    /// Claude Code only: most agentic turns (`--max-turns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+}
+
+/// Most MCP servers one agent task may name.
+pub const MAX_MCP_SERVERS: usize = 16;
+/// Longest task prompt accepted (bytes).
+pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
+
+impl RuntimeSpec {
+    /// The runtime's name, as the run-admission policy sees it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuntimeSpec::Command(_) => "command",
+            RuntimeSpec::ClaudeCode(_) => "claude-code",
+            RuntimeSpec::Codex(_) => "codex",
+        }
+    }
+
+    /// The agent CLI's task, if the runtime is one.
+    pub fn task(&self) -> Option<&AgentTask> {
+        match self {
+            RuntimeSpec::Command(_) => None,
+            RuntimeSpec::ClaudeCode(t) | RuntimeSpec::Codex(t) => Some(t),
+        }
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let err = |field, message: &str| {
+            Err(SpecError {
+                field,
+                message: message.into(),
+            })
+        };
+        let task = match self {
+            RuntimeSpec::Command(CommandRuntime { command }) => {
+                if command.is_empty() || command[0].is_empty() {
+                    return err("runtime.command", "must name a program");
+                }
+                if command.iter().any(|s| s.contains('\0')) {
+                    return err("runtime.command", "must not contain NUL bytes");
+                }
+                return Ok(());
+            }
+            RuntimeSpec::ClaudeCode(task) => task,
+            RuntimeSpec::Codex(task) => {
+                if !task.allowed_tools.is_empty() {
+                    return err(
+                        "runtime.allowed_tools",
+                        "Codex CLI has no tool allowlist (its shell and patch tools are governed by the sandbox)",
+                    );
+                }
+                if task.max_turns.is_some() {
+                    return err(
+                        "runtime.max_turns",
+                        "Codex CLI has no turn limit; bound the run with limits.wall_clock_seconds",
+                    );
+                }
+                task
+            }
+        };
+        if task.prompt.trim().is_empty() || task.prompt.len() > MAX_PROMPT_BYTES {
+            return err("runtime.prompt", "must be 1-65536 bytes, not blank");
+        }
+        if task.prompt.contains('\0') {
+            return err("runtime.prompt", "must not contain NUL bytes");
+        }
+        check_model(&task.model)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for name in &task.mcp_servers {
+            check_name("runtime.mcp_servers", name)?;
+            if !seen.insert(name) {
+                return err("runtime.mcp_servers", "names a server twice");
+            }
+        }
+        if task.mcp_servers.len() > MAX_MCP_SERVERS {
+            return err("runtime.mcp_servers", "at most 16 MCP servers per run");
+        }
+        for tool in &task.allowed_tools {
+            let ok = !tool.is_empty()
+                && tool.len() <= 200
+                && tool.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'*' | b':')
+                });
+            if !ok {
+                return err(
+                    "runtime.allowed_tools",
+                    "each must be 1-200 characters of [A-Za-z0-9_.:*-] (a tool name, not a pattern with arguments)",
+                );
+            }
+        }
+        if task.max_turns == Some(0) {
+            return err("runtime.max_turns", "must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+/// Model names: 1-128 characters of `[A-Za-z0-9._:/@-]` (passed to a CLI's `--model`).
+fn check_model(model: &str) -> Result<(), SpecError> {
+    let ok = !model.is_empty()
+        && model.len() <= 128
+        && !model.starts_with('-')
+        && model.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError {
+            field: "runtime.model",
+            message: "must be 1-128 characters of [A-Za-z0-9._:/@-], not starting with '-'".into(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,20 +277,10 @@ impl RunSpec {
         }
         check_name("agent", &self.agent)?;
         check_name("tenant", &self.tenant)?;
-        let RuntimeSpec::Command { command } = &self.runtime;
-        if command.is_empty() || command[0].is_empty() {
+        self.runtime.validate()?;
+        if self.inputs.values().any(|s| s.contains('\0')) {
             return Err(SpecError {
-                field: "runtime.command",
-                message: "must name a program".into(),
-            });
-        }
-        if command
-            .iter()
-            .chain(self.inputs.values())
-            .any(|s| s.contains('\0'))
-        {
-            return Err(SpecError {
-                field: "runtime.command",
+                field: "inputs",
                 message: "must not contain NUL bytes".into(),
             });
         }
@@ -501,6 +637,66 @@ mod tests {
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
 
+    fn agent_spec(runtime: &str) -> Result<RunSpec, serde_json::Error> {
+        serde_json::from_str(&format!(
+            r#"{{"spec_version":1,"agent":"a","tenant":"t","runtime":{runtime}}}"#
+        ))
+    }
+
+    #[test]
+    fn agent_cli_runtimes_parse_validate_and_refuse_what_they_cannot_honour() {
+        let s = agent_spec(
+            r#"{"type":"claude-code","prompt":"fix it","model":"claude-sonnet-4-5","mcp_servers":["everything"],"allowed_tools":["Bash","Edit"],"max_turns":8}"#,
+        )
+        .unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.runtime.name(), "claude-code");
+        assert_eq!(s.runtime.task().unwrap().mcp_servers, ["everything"]);
+        let s = agent_spec(r#"{"type":"codex","prompt":"fix it","model":"gpt-5"}"#).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.runtime.name(), "codex");
+        // The tag is not a field of the task, unknown fields are.
+        let err = agent_spec(r#"{"type":"codex","prompt":"p","model":"m","sudo":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        for (runtime, field) in [
+            (
+                r#"{"type":"codex","prompt":"p","model":"m","allowed_tools":["Bash"]}"#,
+                "runtime.allowed_tools",
+            ),
+            (
+                r#"{"type":"codex","prompt":"p","model":"m","max_turns":3}"#,
+                "runtime.max_turns",
+            ),
+            (
+                r#"{"type":"claude-code","prompt":"  ","model":"m"}"#,
+                "runtime.prompt",
+            ),
+            (
+                r#"{"type":"claude-code","prompt":"p","model":"--dangerously-skip-permissions"}"#,
+                "runtime.model",
+            ),
+            (
+                r#"{"type":"claude-code","prompt":"p","model":"m","mcp_servers":["a","a"]}"#,
+                "runtime.mcp_servers",
+            ),
+            (
+                r#"{"type":"claude-code","prompt":"p","model":"m","mcp_servers":["../x"]}"#,
+                "runtime.mcp_servers",
+            ),
+            (
+                r#"{"type":"claude-code","prompt":"p","model":"m","allowed_tools":["Bash(rm -rf /)"]}"#,
+                "runtime.allowed_tools",
+            ),
+            (
+                r#"{"type":"claude-code","prompt":"p","model":"m","max_turns":0}"#,
+                "runtime.max_turns",
+            ),
+        ] {
+            let err = agent_spec(runtime).unwrap().validate().unwrap_err();
+            assert_eq!(err.field, field, "{runtime}: {err}");
+        }
+    }
+
     #[test]
     fn validation_names_the_field() {
         let mut s = spec();
@@ -510,7 +706,7 @@ mod tests {
         s.spec_version = 2;
         assert_eq!(s.validate().unwrap_err().field, "spec_version");
         let mut s = spec();
-        s.runtime = RuntimeSpec::Command { command: vec![] };
+        s.runtime = RuntimeSpec::Command(CommandRuntime { command: vec![] });
         assert_eq!(s.validate().unwrap_err().field, "runtime.command");
         let mut s = spec();
         s.limits.cpu_seconds = 0;

@@ -166,6 +166,15 @@ pub struct EngineConfig {
         global = true
     )]
     pub sandbox_read_only: Vec<String>,
+    /// Where the agent CLIs of the `claude-code` and `codex` runtimes are installed (an npm
+    /// prefix; `scripts/setup.sh` installs them there from `agents/package-lock.json`).
+    #[arg(
+        long,
+        env = "COGWARD_AGENTS_DIR",
+        default_value = "/opt/cogward-tools/agents",
+        global = true
+    )]
+    pub agents_dir: PathBuf,
 }
 
 /// `FIRST-LAST`, inclusive, not including 0.

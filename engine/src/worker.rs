@@ -27,6 +27,9 @@ pub fn activities_config(
             credentials,
             egress_proxy: Some(config.egress_listen.to_string()),
         }),
+        agent_clis: cogward_activities::agent_cli::AgentClis {
+            dir: config.agents_dir.clone(),
+        },
     }
 }
 

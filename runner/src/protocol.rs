@@ -57,6 +57,10 @@ pub struct RunnerRequest {
     /// configuration, say). Paths are plain relative names: no `..`, no absolute paths.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
+    /// Files written into the agent's private home (`HOME`, a tmpfs of its own, never an
+    /// artifact) before it starts: an agent CLI's configuration. Same path rules as `files`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub home_files: BTreeMap<String, String>,
     /// Secrets delivered to the agent as files in `/secrets` (a tmpfs of its own, readable by
     /// its uid alone). Only names and digests are here: the values reach the runner on its
     /// standard input (a JSON object, name → value), never on disk.

@@ -127,6 +127,12 @@ pub fn validate(request: &RunnerRequest) -> Result<(), RequestError> {
             return Err(RequestError::BadFilePath(path.clone()));
         }
     }
+    for (path, contents) in &request.home_files {
+        if !is_plain_relative_path(path) {
+            return Err(RequestError::BadFilePath(path.clone()));
+        }
+        check_no_nul(&format!("home file {path}"), contents)?;
+    }
     let mut names = std::collections::BTreeSet::new();
     for secret in &request.secrets {
         let name = secret.name.as_str();
@@ -205,6 +211,7 @@ mod tests {
             gateway: None,
             egress_proxy: None,
             files: BTreeMap::new(),
+            home_files: BTreeMap::new(),
             secrets: Vec::new(),
         }
     }
@@ -253,6 +260,13 @@ mod tests {
         let mut r = request();
         r.files.insert(".codex/config.toml".into(), "x".into());
         validate(&r).unwrap();
+        let mut r = request();
+        r.home_files.insert("../.ssh/id".into(), "x".into());
+        assert!(matches!(validate(&r), Err(RequestError::BadFilePath(_))));
+        let mut r = request();
+        r.home_files
+            .insert(".codex/config.toml".into(), "a\0b".into());
+        assert!(matches!(validate(&r), Err(RequestError::Nul { .. })));
     }
 
     #[test]

@@ -38,7 +38,6 @@ fn the_view_holds_nothing_of_the_host_but_read_only_system_paths() {
         "/etc/gshadow",
         "/etc/sudoers",
         "/root",
-        "/home",
         "/run",
         "/var",
         "/sys",
@@ -61,9 +60,12 @@ fn the_view_holds_nothing_of_the_host_but_read_only_system_paths() {
         "/proc/x",
         "/tmp/ok",
         "/dev/shm/ok",
+        "/home/agent/ok",
         "/work/ok",
     ];
-    let mut script = String::from("echo ROOT $(ls -a / | tr '\\n' ' '); ");
+    let mut script = String::from(
+        "echo ROOT $(ls -a / | tr '\\n' ' '); echo HOMES $(ls -a /home | tr '\\n' ' '); ",
+    );
     for p in probes {
         script.push_str(&format!(
             "if [ -e '{p}' ] || [ -L '{p}' ]; then echo 'SEES {p}'; fi; "
@@ -75,7 +77,7 @@ fn the_view_holds_nothing_of_the_host_but_read_only_system_paths() {
         ));
     }
     script.push_str(
-        "grep -rl SECRET-KEY /etc /tmp /work /dev/shm 2>/dev/null | sed 's/^/FOUND /'; \
+        "grep -rl SECRET-KEY /etc /tmp /work /dev/shm /home 2>/dev/null | sed 's/^/FOUND /'; \
          cat /etc/passwd | sed 's/^/PASSWD /'; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status",
     );
     std::fs::write(
@@ -87,7 +89,7 @@ fn the_view_holds_nothing_of_the_host_but_read_only_system_paths() {
     assert_eq!(result.exit_code, Some(0), "{}", run.stderr());
     let out = run.stdout();
 
-    let mut expected: Vec<&str> = vec![".", "..", "dev", "etc", "proc", "tmp", "work"];
+    let mut expected: Vec<&str> = vec![".", "..", "dev", "etc", "home", "proc", "tmp", "work"];
     for p in ["usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
         if Path::new("/").join(p).symlink_metadata().is_ok() {
             expected.push(p);
@@ -101,9 +103,16 @@ fn the_view_holds_nothing_of_the_host_but_read_only_system_paths() {
     assert!(lines_with(&out, "SEES ").is_empty(), "{out}");
     assert_eq!(
         lines_with(&out, "WROTE "),
-        ["WROTE /tmp/ok", "WROTE /dev/shm/ok", "WROTE /work/ok"],
+        [
+            "WROTE /tmp/ok",
+            "WROTE /dev/shm/ok",
+            "WROTE /home/agent/ok",
+            "WROTE /work/ok"
+        ],
         "{out}"
     );
+    // Of /home, only the agent's own (a tmpfs of the sandbox's, not the host's /home).
+    assert_eq!(lines_with(&out, "HOMES "), ["HOMES . .. agent"], "{out}");
     assert!(lines_with(&out, "FOUND ").is_empty(), "{out}");
     let passwd = lines_with(&out, "PASSWD ");
     assert_eq!(passwd.len(), 3, "{out}");

@@ -103,7 +103,7 @@ fn environment_is_exactly_the_request_env_plus_defaults() {
     let mut expected = vec![
         "COGWARD_RUN_ID=test-run",
         "FOO=bar",
-        "HOME=/work",
+        "HOME=/home/agent",
         "LANG=C.UTF-8",
         "PATH=/usr/local/bin:/usr/bin:/bin",
     ];

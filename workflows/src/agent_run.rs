@@ -10,8 +10,7 @@ use cogward_activities::admission::AdmitInput;
 use cogward_activities::runner::StartRunnerInput;
 use cogward_activities::spec::{
     Admission, AdmissionVerdict, ApprovalDecision, ApprovalSignal, ApprovalVerdict, RunInput,
-    RunStatus, RunSummary, RunnerEvidence, RuntimeSpec, ToolApproval, ToolApprovalRequest,
-    ToolCallDecision,
+    RunStatus, RunSummary, RunnerEvidence, ToolApproval, ToolApprovalRequest, ToolCallDecision,
 };
 use cogward_runner::protocol::Outcome;
 use std::time::Duration;
@@ -208,7 +207,6 @@ impl AgentRun {
         // 3. The runner. Cancellation reaches the activity (which stops the agent gracefully)
         // and the workflow waits for the evidence of that stop.
         Self::set_status(ctx, RunStatus::Running);
-        let RuntimeSpec::Command { command } = spec.runtime.clone();
         let limits = admission.limits;
         let timeout = Duration::from_secs(limits.wall_clock_seconds + 2 * limits.grace_seconds)
             + ACTIVITY_MARGIN;
@@ -217,7 +215,7 @@ impl AgentRun {
                 RunActivities::start_runner,
                 StartRunnerInput {
                     run_id: input.run_id.clone(),
-                    argv: command,
+                    runtime: spec.runtime.clone(),
                     inputs: spec.inputs.clone(),
                     limits,
                     sandbox_profile: spec.sandbox_profile,

@@ -401,7 +401,11 @@ fn tool_request(
 /// The tools this run's agent may see.
 async fn list_tools(gw: &Gateway, run: &RunIdentity) -> Value {
     let mut tools = Vec::new();
-    for server in gw.config.mcp_servers_for(&run.tenant) {
+    for server in gw
+        .config
+        .mcp_servers_for(&run.tenant)
+        .filter(|s| run.may_use_server(&s.name))
+    {
         let listed = match gw.upstreams.tools(server, &run.run_id).await {
             Ok(t) => t,
             Err(e) => {
@@ -440,7 +444,7 @@ fn resolve<'a>(
     let server = gw
         .config
         .mcp_servers_for(&run.tenant)
-        .find(|s| s.name == server)?;
+        .find(|s| s.name == server && run.may_use_server(server))?;
     (!tool.is_empty()).then_some((server, tool))
 }
 

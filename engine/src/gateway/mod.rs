@@ -63,6 +63,25 @@ pub struct RunIdentity {
     pub run_id: String,
     pub tenant: String,
     pub agent: String,
+    /// The MCP servers the run's spec names (an agent-CLI task's `mcp_servers`); `None` for a
+    /// `command` runtime, which may use every server of its tenant.
+    pub mcp_servers: Option<Vec<String>>,
+}
+
+impl RunIdentity {
+    /// Whether the run may reach the catalog's MCP server `name` (its tenant's catalog
+    /// decides first).
+    pub fn may_use_server(&self, name: &str) -> bool {
+        self.mcp_servers
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == name))
+    }
+}
+
+/// The MCP servers a run's stored spec names, if its runtime is an agent CLI.
+fn spec_mcp_servers(spec: &str) -> Option<Vec<String>> {
+    let spec: cogward_activities::spec::RunSpec = serde_json::from_str(spec).ok()?;
+    spec.runtime.task().map(|t| t.mcp_servers.clone())
 }
 
 impl RunIdentity {
@@ -237,7 +256,7 @@ impl Gateway {
         // Read on every call: a revocation (the agent exited) or the run's end holds from the
         // next call on.
         let row = sqlx::query(
-            "SELECT r.tenant, r.agent, r.status, c.run_id AS issued, c.revoked_at FROM runs r \
+            "SELECT r.tenant, r.agent, r.status, r.spec, c.run_id AS issued, c.revoked_at FROM runs r \
              LEFT JOIN run_credentials c ON c.run_id = r.run_id WHERE r.run_id = $1",
         )
         .bind(run_id)
@@ -258,6 +277,7 @@ impl Gateway {
             run_id: run_id.to_string(),
             tenant: row.try_get("tenant")?,
             agent: row.try_get("agent")?,
+            mcp_servers: spec_mcp_servers(&row.try_get::<String, _>("spec")?),
         })
     }
 

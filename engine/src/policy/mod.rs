@@ -34,7 +34,7 @@ pub const KINDS: &[&str] = &[
 
 /// The data the built-in run-admission policy is bound with on a fresh installation: every
 /// agent of every tenant, the `command` runtime, the default sandbox, and these ceilings.
-pub const DEFAULT_ADMISSION_DATA: &str = r#"{"tenants":{"*":{"agents":["*"],"runtimes":["command"],"sandbox_profiles":["standard","strict"],"egress_profiles":["*"],"max_limits":{"cpu_seconds":3600,"memory_mb":8192,"max_processes":512,"wall_clock_seconds":14400,"grace_seconds":60}}}}"#;
+pub const DEFAULT_ADMISSION_DATA: &str = r#"{"tenants":{"*":{"agents":["*"],"runtimes":["command","claude-code","codex"],"sandbox_profiles":["standard","strict"],"egress_profiles":["*"],"max_limits":{"cpu_seconds":3600,"memory_mb":8192,"max_processes":512,"wall_clock_seconds":14400,"grace_seconds":60}}}}"#;
 
 /// The request every pushed module must answer with a well-formed decision.
 fn probe_request() -> Value {

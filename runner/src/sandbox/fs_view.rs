@@ -4,8 +4,9 @@
 //! symlink, missing) and the profile's extra read-only paths, a table of [`MountOp`]s. Nothing
 //! else exists for the agent: the system directories its runtime needs read-only (`/usr`,
 //! `/bin`, `/lib*`, `/sbin`, a minimal `/etc` with generated `passwd`/`group`/`hosts` and no
-//! `shadow`), its `work/` read-write at [`WORK_MOUNT`], its own size-limited `/tmp` and
-//! `/dev/shm`, a minimal `/dev` and its own `/proc`. Not the cogward state directory, not other
+//! `shadow`), its `work/` read-write at [`WORK_MOUNT`], its own size-limited `/tmp`,
+//! `/dev/shm` and home ([`HOME_MOUNT`], with the request's `home_files`), a minimal `/dev`
+//! and its own `/proc`. Not the cogward state directory, not other
 //! runs, not `/root`, `/home`, `/run`, `/var`, not a host socket.
 //!
 //! **Apply** ([`apply`], in the sandbox's init, before it drops to the sandbox user): a staging
@@ -19,8 +20,12 @@
 use crate::protocol::SECRETS_DIR;
 use std::ffi::CString;
 
-/// Where the agent's work directory appears (its cwd and `HOME`).
+/// Where the agent's work directory appears (its cwd).
 pub const WORK_MOUNT: &str = "/work";
+/// The agent's `HOME`: a private tmpfs of its own, holding the request's `home_files` (an
+/// agent CLI's configuration) and whatever the agent keeps there; never an artifact.
+pub const HOME_MOUNT: &str = "/home/agent";
+pub const HOME_BYTES: u64 = 256 << 20;
 /// Size of the agent's `/tmp` and `/dev/shm` (tmpfs: they count against memory, not disk).
 pub const TMP_BYTES: u64 = 512 << 20;
 pub const SHM_BYTES: u64 = 64 << 20;
@@ -66,7 +71,7 @@ pub const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
 
 /// Generated `/etc` files: the sandbox's users are the agent (uid 1000) and `nobody`.
 pub const ETC_PASSWD: &str = "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n\
-    agent:x:1000:1000:cogward agent:/work:/bin/sh\n\
+    agent:x:1000:1000:cogward agent:/home/agent:/bin/sh\n\
     nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
 pub const ETC_GROUP: &str = "root:x:0:\nagent:x:1000:\nnogroup:x:65534:\n";
 pub const ETC_HOSTS: &str = "127.0.0.1\tlocalhost cogward\n::1\tlocalhost ip6-localhost\n";
@@ -204,11 +209,13 @@ pub enum ViewError {
 /// The table that builds the agent's root. `read_only` are the profile's extra paths (a
 /// runtime's own install directory, say), bound at the same place; each must exist. `secrets`
 /// (name, value) become files of a tmpfs of their own at [`SECRETS_DIR`], readable by the
-/// agent's uid alone (0400 in a 0700 directory, then read-only).
+/// agent's uid alone (0400 in a 0700 directory, then read-only). `home_files` (relative path,
+/// contents; validated by the request) are written into the agent's home, 0600.
 pub fn decide(
     host: &dyn Host,
     read_only: &[String],
     secrets: &[(String, String)],
+    home_files: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<MountOp>, ViewError> {
     let mut b = Builder::default();
     for path in SYSTEM_PATHS {
@@ -292,6 +299,22 @@ pub fn decide(
     b.ops.push(MountOp::BindWorkDir {
         target: newroot(WORK_MOUNT)?,
     });
+    b.parents(HOME_MOUNT)?;
+    b.mkdir(HOME_MOUNT, 0o700)?;
+    b.ops.push(MountOp::Tmpfs {
+        path: newroot(HOME_MOUNT)?,
+        options: cstring(&format!("size={HOME_BYTES},mode=0700"))?,
+    });
+    for (rel, contents) in home_files {
+        let path = format!("{HOME_MOUNT}/{rel}");
+        b.parents(&path)?;
+        b.ops.push(MountOp::WriteFile {
+            path: newroot(&path)?,
+            contents: CString::new(contents.as_str())
+                .map_err(|_| ViewError::Nul(format!("home file {rel}")))?,
+            mode: 0o600,
+        });
+    }
     if !secrets.is_empty() {
         let bytes: usize = secrets.iter().map(|(_, v)| v.len() + 4096).sum();
         b.mkdir(SECRETS_DIR, 0o755)?;
@@ -320,10 +343,18 @@ pub fn decide(
 
 /// What the sandbox itself puts at `path` (so a profile may not bind over it).
 fn reserved(path: &str) -> Option<&'static str> {
-    ["/etc", "/dev", "/proc", "/tmp", WORK_MOUNT, SECRETS_DIR]
-        .into_iter()
-        .find(|own| path == *own || path.starts_with(&format!("{own}/")))
-        .or((path == "/").then_some("root"))
+    [
+        "/etc",
+        "/dev",
+        "/proc",
+        "/tmp",
+        WORK_MOUNT,
+        HOME_MOUNT,
+        SECRETS_DIR,
+    ]
+    .into_iter()
+    .find(|own| path == *own || path.starts_with(&format!("{own}/")))
+    .or((path == "/").then_some("root"))
 }
 
 #[derive(Default)]
@@ -715,7 +746,7 @@ mod tests {
 
     #[test]
     fn the_view_holds_exactly_the_system_the_work_dir_and_private_scratch() {
-        let ops = decide(&debian(), &["/opt/tools".into()], &[]).unwrap();
+        let ops = decide(&debian(), &["/opt/tools".into()], &[], &Default::default()).unwrap();
         let t = targets(&ops);
         for expected in [
             "/newroot/usr",
@@ -733,12 +764,16 @@ mod tests {
             "/newroot/tmp",
             "/newroot/proc",
             "/newroot/work",
+            "/newroot/home/agent",
         ] {
             assert!(t.iter().any(|x| x == expected), "{expected} not in {t:?}");
         }
-        for absent in ["shadow", "/root", "/home", "/run", "/var", "/sys", "lib32"] {
+        for absent in ["shadow", "/root", "/run", "/var", "/sys", "lib32"] {
             assert!(!t.iter().any(|x| x.contains(absent)), "{absent} in {t:?}");
         }
+        // Of the host's /home, nothing: only the agent's own tmpfs is there.
+        let home: Vec<_> = t.iter().filter(|x| x.contains("/home")).collect();
+        assert_eq!(home, ["/newroot/home/agent"]);
         // Sources are read under the host's old root; nothing is bound from elsewhere.
         for op in &ops {
             if let MountOp::BindReadOnly { source, .. } | MountOp::BindDevice { source, .. } = op {
@@ -748,8 +783,41 @@ mod tests {
     }
 
     #[test]
+    fn home_files_are_written_into_the_agents_own_home_after_it_is_mounted() {
+        let files = std::collections::BTreeMap::from([
+            (
+                ".codex/config.toml".to_string(),
+                "model = \"m\"".to_string(),
+            ),
+            (".cogward/mcp.json".to_string(), "{}".to_string()),
+        ]);
+        let ops = decide(&debian(), &[], &[], &files).unwrap();
+        let at = |wanted: &str| {
+            ops.iter()
+                .position(|op| targets(std::slice::from_ref(op)) == [wanted])
+                .unwrap_or_else(|| panic!("{wanted} not in the view"))
+        };
+        let home = at("/newroot/home/agent");
+        let config = at("/newroot/home/agent/.codex/config.toml");
+        assert!(home < config && home < at("/newroot/home/agent/.cogward/mcp.json"));
+        assert!(matches!(
+            &ops[config],
+            MountOp::WriteFile { mode: 0o600, .. }
+        ));
+        assert!(ops.contains(&MountOp::Mkdir {
+            path: c"/newroot/home/agent/.codex".into(),
+            mode: 0o755,
+        }));
+        // No read-only bind may shadow it.
+        assert!(matches!(
+            decide(&debian(), &["/home/agent/x".into()], &[], &files),
+            Err(ViewError::Reserved(..))
+        ));
+    }
+
+    #[test]
     fn merged_usr_symlinks_are_recreated_not_bound() {
-        let ops = decide(&debian(), &[], &[]).unwrap();
+        let ops = decide(&debian(), &[], &[], &Default::default()).unwrap();
         assert!(ops.contains(&MountOp::Symlink {
             target: c"usr/bin".into(),
             link: c"/newroot/bin".into(),
@@ -760,7 +828,7 @@ mod tests {
 
     #[test]
     fn directories_exist_before_anything_is_mounted_on_or_in_them() {
-        let ops = decide(&debian(), &["/opt/tools".into()], &[]).unwrap();
+        let ops = decide(&debian(), &["/opt/tools".into()], &[], &Default::default()).unwrap();
         let mut made = vec!["/newroot".to_string()];
         for op in &ops {
             let (path, creates_dir) = match op {
@@ -804,7 +872,7 @@ mod tests {
             "/opt/./t",
         ] {
             assert_eq!(
-                decide(&host, &[bad.into()], &[]),
+                decide(&host, &[bad.into()], &[], &Default::default()),
                 Err(ViewError::NotAbsolute(bad.into())),
                 "{bad}"
             );
@@ -820,14 +888,14 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    decide(&host, &[reserved.into()], &[]),
+                    decide(&host, &[reserved.into()], &[], &Default::default()),
                     Err(ViewError::Reserved(..))
                 ),
                 "{reserved}"
             );
         }
         assert_eq!(
-            decide(&host, &["/opt/missing".into()], &[]),
+            decide(&host, &["/opt/missing".into()], &[], &Default::default()),
             Err(ViewError::Missing("/opt/missing".into()))
         );
     }
@@ -835,7 +903,7 @@ mod tests {
     #[test]
     fn secrets_get_a_private_tmpfs_of_their_own_made_read_only() {
         let secrets = [("token".to_string(), "s3cr3t".to_string())];
-        let ops = decide(&debian(), &[], &secrets).unwrap();
+        let ops = decide(&debian(), &[], &secrets, &Default::default()).unwrap();
         let at = |want: &MountOp| ops.iter().position(|op| op == want).unwrap();
         let file = at(&MountOp::WriteFile {
             path: c"/newroot/secrets/token".into(),
@@ -854,7 +922,7 @@ mod tests {
             .unwrap();
         assert!(tmpfs < file && file < ro);
         assert!(
-            !decide(&debian(), &[], &[])
+            !decide(&debian(), &[], &[], &Default::default())
                 .unwrap()
                 .iter()
                 .any(|op| format!("{op:?}").contains("secrets"))

@@ -124,6 +124,7 @@ pub fn decide(
         ("/proc", proc),
         ("/tmp", all),
         ("/dev/shm", all),
+        (super::fs_view::HOME_MOUNT, all),
     ];
     rules.push((work, all));
     let (handled_net, net_rules) = match connect_only {
@@ -304,7 +305,7 @@ mod tests {
             .filter(|(_, rights)| rights & ACCESS_FS_MAKE_REG != 0)
             .map(|(p, _)| p.to_str().unwrap())
             .collect();
-        assert_eq!(writable, ["/tmp", "/dev/shm", "/work"]);
+        assert_eq!(writable, ["/tmp", "/dev/shm", "/home/agent", "/work"]);
         let root = &r.rules[0];
         assert_eq!(root.0.to_str().unwrap(), "/");
         assert_eq!(root.1 & ACCESS_FS_WRITE_FILE, 0);

@@ -95,7 +95,8 @@ pub struct HostFacts<'a> {
 }
 
 /// Decide the sandbox for `request` on `host`, with the host's `work_source` (absolute) as the
-/// agent's work directory: [`fs_view::WORK_MOUNT`] of its own view, its cwd and `HOME`.
+/// agent's work directory: [`fs_view::WORK_MOUNT`] of its own view and its cwd; `HOME` is
+/// [`fs_view::HOME_MOUNT`].
 pub fn plan(
     request: &RunnerRequest,
     work_source: &std::path::Path,
@@ -103,8 +104,8 @@ pub fn plan(
     secrets: &[(String, String)],
     host: &HostFacts<'_>,
 ) -> Result<SandboxPlan, PlanError> {
-    let home = fs_view::WORK_MOUNT;
-    let mut env_map = env::agent_env(&request.env, &request.run_id, home);
+    let work = fs_view::WORK_MOUNT;
+    let mut env_map = env::agent_env(&request.env, &request.run_id, fs_view::HOME_MOUNT);
     if !secrets.is_empty() {
         env_map.insert(
             "COGWARD_SECRETS_DIR".to_string(),
@@ -119,8 +120,8 @@ pub fn plan(
     let profile = &request.sandbox;
     let egress_ports: Vec<u16> = request.routes().map(|g| g.port).collect();
     let landlock = match profile.name {
-        ProfileName::Standard => landlock::decide(host.landlock_abi, home, None)?,
-        ProfileName::Strict => landlock::decide(host.landlock_abi, home, Some(&egress_ports))?,
+        ProfileName::Standard => landlock::decide(host.landlock_abi, work, None)?,
+        ProfileName::Strict => landlock::decide(host.landlock_abi, work, Some(&egress_ports))?,
         ProfileName::Microvm => return Err(PlanError::MicrovmUnavailable),
     };
     let rules = seccomp::rules();
@@ -128,7 +129,7 @@ pub fn plan(
         argv: cstrings(request.argv.iter().cloned(), "argv")?,
         exec_candidates: cstrings(env::exec_candidates(program, path_var), "program path")?,
         envp: cstrings(env::envp_strings(&env_map), "env")?,
-        work_dir: cstring(home.to_string(), "work dir")?,
+        work_dir: cstring(work.to_string(), "work dir")?,
         work_source: CString::new(work_source.as_os_str().as_encoded_bytes())
             .map_err(|_| PlanError::Nul("work dir".into()))?,
         hostname: cstring(namespaces::SANDBOX_HOSTNAME.to_string(), "hostname")?,
@@ -137,7 +138,7 @@ pub fn plan(
         sandbox_uid: namespaces::SANDBOX_UID,
         sandbox_gid: namespaces::SANDBOX_GID,
         rlimits: rlimits::decide(&request.limits),
-        fs_view: fs_view::decide(host.fs, &profile.read_only, secrets)?,
+        fs_view: fs_view::decide(host.fs, &profile.read_only, secrets, &request.home_files)?,
         landlock,
         seccomp: seccomp::compile(&rules)?,
         seccomp_rules: rules.len(),
@@ -183,6 +184,7 @@ mod tests {
             gateway: None,
             egress_proxy: None,
             files: BTreeMap::new(),
+            home_files: BTreeMap::new(),
             secrets: Vec::new(),
             sandbox: SandboxProfile::default(),
         }
@@ -219,7 +221,7 @@ mod tests {
             [
                 "COGWARD_RUN_ID=run-9",
                 "FOO=bar",
-                "HOME=/work",
+                "HOME=/home/agent",
                 "LANG=C.UTF-8",
                 "PATH=/usr/local/bin:/usr/bin:/bin"
             ]

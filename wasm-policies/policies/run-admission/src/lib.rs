@@ -1,10 +1,10 @@
 //! Built-in policy `run-admission` (kind `run.admission`): may this run start?
 //!
-//! Request: `agent`, `tenant`, `resource.{runtime, program, sandbox_profile, egress_profiles}`,
+//! Request: `agent`, `tenant`, `resource.{runtime, program, model, sandbox_profile, egress_profiles}`,
 //! `context.limits.{cpu_seconds, memory_mb, max_processes, wall_clock_seconds, grace_seconds}`.
 //!
 //! Data (`data.example.json`): per tenant (exact name, else `"*"`), glob lists of allowed
-//! `agents`, `programs` and `egress_profiles` (none if absent: a run may reach nothing beyond
+//! `agents`, `programs` (for `command` runtimes), `models` (for agent CLIs) and `egress_profiles` (none if absent: a run may reach nothing beyond
 //! the gateway), lists of allowed `runtimes` and `sandbox_profiles`, `max_limits`, and
 //! `escalate` rules that send matching runs to a human group for approval. Every violated rule is
 //! named in the reasons of the `deny`.
@@ -20,8 +20,13 @@ pub type Data = Tenants<TenantRules>;
 pub struct TenantRules {
     pub agents: Vec<String>,
     pub runtimes: Vec<String>,
+    /// Programs a `command` runtime may start (globs; the agent-CLI runtimes start their CLI).
     #[serde(default = "any")]
     pub programs: Vec<String>,
+    /// Models an agent-CLI runtime may ask for (globs; the gateway's model-access policy
+    /// decides every call on top).
+    #[serde(default = "any")]
+    pub models: Vec<String>,
     pub sandbox_profiles: Vec<String>,
     #[serde(default)]
     pub egress_profiles: Vec<String>,
@@ -57,6 +62,9 @@ pub struct Resource {
     pub runtime: String,
     #[serde(default)]
     pub program: String,
+    /// The agent CLI's model (`claude-code`, `codex`).
+    #[serde(default)]
+    pub model: Option<String>,
     pub sandbox_profile: String,
     #[serde(default)]
     pub egress_profiles: Vec<String>,
@@ -95,8 +103,13 @@ impl Policy for RunAdmission {
         if !rules.runtimes.contains(&r.resource.runtime) {
             reasons.push(format!("runtime {} is not allowed", r.resource.runtime));
         }
-        if !any_glob(&rules.programs, &r.resource.program) {
+        if r.resource.runtime == "command" && !any_glob(&rules.programs, &r.resource.program) {
             reasons.push(format!("program {} is not allowed", r.resource.program));
+        }
+        if let Some(model) = &r.resource.model
+            && !any_glob(&rules.models, model)
+        {
+            reasons.push(format!("model {model} is not allowed"));
         }
         if !rules.sandbox_profiles.contains(&r.resource.sandbox_profile) {
             reasons.push(format!(

@@ -1,0 +1,332 @@
+//! The agent-CLI runtimes: how Claude Code and Codex CLI are started, unmodified, in the
+//! sandbox. Each gets a command line, an environment and configuration files in its private
+//! `HOME` (never in `work/`, so they are not part of the agent's diff) such that:
+//!
+//! - its model traffic goes to the model gateway (Anthropic Messages for Claude Code, OpenAI
+//!   Responses for Codex) with the run's credential as its API key;
+//! - its MCP client talks to the MCP gateway with the run's credential (read from the
+//!   environment by the CLI itself: no file holds it), and only when the task names servers;
+//! - every vendor-traffic opt-out it has is set (the sandbox holds regardless: nothing but the
+//!   gateway ports is reachable);
+//! - its own nested sandbox is off: ours forbids nested namespaces and `unshare`, which is what
+//!   theirs is built from, and ours already confines the whole process tree (see
+//!   docs/threat-model.md).
+//!
+//! The CLIs are installed by `scripts/setup.sh` from `agents/package-lock.json` (pinned by
+//! integrity hash) into [`AgentClis::dir`], which the sandbox binds read-only.
+
+use crate::spec::{AgentTask, RuntimeSpec};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where the agent's private home is in the sandbox (the runner's `HOME`).
+pub const HOME: &str = cogward_runner::sandbox::fs_view::HOME_MOUNT;
+/// The name the agent's MCP client knows the gateway by: tools reach Claude Code's model as
+/// `mcp__cogward__<server>_<tool>` and Codex's as the `mcp__cogward` namespace.
+pub const MCP_SERVER_NAME: &str = "cogward";
+
+/// Where the agent CLIs are installed (an npm prefix: `<dir>/node_modules/...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentClis {
+    pub dir: PathBuf,
+}
+
+/// One agent CLI's package and the executable it runs (relative to the install prefix).
+struct Cli {
+    runtime: &'static str,
+    package: &'static str,
+    executable: &'static str,
+}
+
+const CLAUDE_CODE: Cli = Cli {
+    runtime: "claude-code",
+    package: "node_modules/@anthropic-ai/claude-code",
+    executable: "node_modules/@anthropic-ai/claude-code/bin/claude.exe",
+};
+
+const CODEX: Cli = Cli {
+    runtime: "codex",
+    package: "node_modules/@openai/codex",
+    executable: "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
+};
+
+/// What the runner is asked to start for an agent-CLI runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub home_files: BTreeMap<String, String>,
+    /// Host paths the sandbox binds read-only (the CLI's installation).
+    pub read_only: Vec<String>,
+    /// The CLI's name and version, for the run's evidence.
+    pub cli: String,
+}
+
+/// Where the gateway is, as the agent sees it (its sandbox's loopback).
+pub struct GatewayUrls<'a> {
+    pub base: &'a str,
+}
+
+impl AgentClis {
+    fn cli(runtime: &RuntimeSpec) -> Option<(&'static Cli, &AgentTask)> {
+        match runtime {
+            RuntimeSpec::Command(_) => None,
+            RuntimeSpec::ClaudeCode(task) => Some((&CLAUDE_CODE, task)),
+            RuntimeSpec::Codex(task) => Some((&CODEX, task)),
+        }
+    }
+
+    /// The installed version of the runtime's CLI, or why it cannot be started here.
+    pub fn version(&self, runtime: &RuntimeSpec) -> Result<Option<String>, String> {
+        let Some((cli, _)) = Self::cli(runtime) else {
+            return Ok(None);
+        };
+        let exe = self.dir.join(cli.executable);
+        if !exe.is_file() {
+            return Err(format!(
+                "{} is not installed here ({} is missing; scripts/setup.sh installs it)",
+                cli.runtime,
+                exe.display()
+            ));
+        }
+        let manifest = self.dir.join(cli.package).join("package.json");
+        let version = std::fs::read(&manifest)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["version"].as_str().map(str::to_string))
+            .ok_or_else(|| format!("{} has no readable version", manifest.display()))?;
+        Ok(Some(version))
+    }
+
+    /// The launch of `runtime` if it is an agent CLI (`None` for a plain command). `gateway` is
+    /// `None` when the engine runs without one: the CLI then has nowhere to send its model
+    /// calls, and the run fails as the CLI reports it.
+    pub fn launch(
+        &self,
+        runtime: &RuntimeSpec,
+        gateway: Option<GatewayUrls<'_>>,
+    ) -> Result<Option<Launch>, String> {
+        let Some((cli, task)) = Self::cli(runtime) else {
+            return Ok(None);
+        };
+        let version = self.version(runtime)?.unwrap_or_default();
+        let exe = self.dir.join(cli.executable).display().to_string();
+        let base = gateway.map(|g| g.base.to_string());
+        let mut launch = match runtime {
+            RuntimeSpec::ClaudeCode(_) => claude_code(&exe, task, base.as_deref()),
+            _ => codex(&exe, task, base.as_deref()),
+        };
+        launch.read_only.push(path_string(&self.dir));
+        launch.cli = format!("{} {version}", cli.runtime);
+        Ok(Some(launch))
+    }
+}
+
+fn path_string(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn claude_code(exe: &str, task: &AgentTask, base: Option<&str>) -> Launch {
+    let mut env = BTreeMap::new();
+    for name in [
+        "DISABLE_TELEMETRY",
+        "DISABLE_ERROR_REPORTING",
+        "DISABLE_AUTOUPDATER",
+        "DISABLE_BUG_COMMAND",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+    ] {
+        env.insert(name.to_string(), "1".to_string());
+    }
+    let mut argv: Vec<String> = [
+        exe,
+        "-p",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--no-session-persistence",
+        "--model",
+        &task.model,
+        "--permission-mode",
+        "acceptEdits",
+        // Only the servers configured here: never a `.mcp.json` the work directory brings.
+        "--strict-mcp-config",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let mut allowed = task.allowed_tools.clone();
+    let mut home_files = BTreeMap::new();
+    if let Some(base) = base.filter(|_| !task.mcp_servers.is_empty()) {
+        // Claude Code expands the variable itself: the file holds no secret.
+        let config = serde_json::json!({"mcpServers": {MCP_SERVER_NAME: {
+            "type": "http",
+            "url": format!("{base}/mcp"),
+            "headers": {"Authorization": "Bearer ${COGWARD_RUN_TOKEN}"},
+        }}});
+        home_files.insert(".cogward/mcp.json".to_string(), config.to_string());
+        argv.extend(["--mcp-config".into(), format!("{HOME}/.cogward/mcp.json")]);
+        // Every tool the gateway offers may be called: the gateway's tool-access policy
+        // decides each call, and the CLI reports a refusal as the tool's error.
+        allowed.push(format!("mcp__{MCP_SERVER_NAME}"));
+    }
+    if !allowed.is_empty() {
+        argv.extend(["--allowedTools".into(), allowed.join(",")]);
+    }
+    if let Some(turns) = task.max_turns {
+        argv.extend(["--max-turns".into(), turns.to_string()]);
+    }
+    // After `--`, the prompt is the prompt even if it looks like an option.
+    argv.extend(["--".into(), task.prompt.clone()]);
+    Launch {
+        argv,
+        env,
+        home_files,
+        read_only: Vec::new(),
+        cli: String::new(),
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+fn codex(exe: &str, task: &AgentTask, base: Option<&str>) -> Launch {
+    let codex_home = format!("{HOME}/.codex");
+    let mut config = format!(
+        "model = {model}\n\
+         model_provider = \"cogward\"\n\
+         approval_policy = \"never\"\n\
+         sandbox_mode = \"danger-full-access\"\n\
+         check_for_update_on_startup = false\n\
+         model_catalog_json = {catalog}\n\
+         \n\
+         [analytics]\nenabled = false\n\n\
+         [feedback]\nenabled = false\n\n\
+         [features]\nplugins = false\napps = false\n\n\
+         [model_providers.cogward]\n\
+         name = \"cogward gateway\"\n\
+         base_url = {base_url}\n\
+         env_key = \"OPENAI_API_KEY\"\n\
+         wire_api = \"responses\"\n\
+         request_max_retries = 0\n\
+         stream_max_retries = 0\n",
+        model = toml_string(&task.model),
+        catalog = toml_string(&format!("{codex_home}/models.json")),
+        base_url = toml_string(&format!(
+            "{}/gw/openai/v1",
+            base.unwrap_or("http://127.0.0.1:9")
+        )),
+    );
+    if let Some(base) = base.filter(|_| !task.mcp_servers.is_empty()) {
+        config.push_str(&format!(
+            "\n[mcp_servers.{MCP_SERVER_NAME}]\nurl = {}\nbearer_token_env_var = \"COGWARD_RUN_TOKEN\"\n",
+            toml_string(&format!("{base}/mcp"))
+        ));
+    }
+    let mut home_files = BTreeMap::new();
+    home_files.insert(".codex/config.toml".to_string(), config);
+    home_files.insert(
+        ".codex/models.json".to_string(),
+        codex_model_catalog(&task.model),
+    );
+    let mut env = BTreeMap::new();
+    env.insert("CODEX_HOME".to_string(), codex_home);
+    let argv = [
+        exe,
+        "exec",
+        "--json",
+        "--skip-git-repo-check",
+        "--ephemeral",
+        "--sandbox",
+        "danger-full-access",
+        "--",
+        &task.prompt,
+    ]
+    .map(str::to_string)
+    .to_vec();
+    Launch {
+        argv,
+        env,
+        home_files,
+        read_only: Vec::new(),
+        cli: String::new(),
+    }
+}
+
+/// Codex only offers a model its catalog knows; this entry makes the task's model known, with
+/// MCP tools offered directly (not behind a client-side search tool).
+fn codex_model_catalog(model: &str) -> String {
+    serde_json::json!({"models": [{
+        "slug": model,
+        "display_name": model,
+        "supports_search_tool": false,
+    }]})
+    .to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn task(mcp: &[&str]) -> AgentTask {
+        AgentTask {
+            prompt: "fix the bug".into(),
+            model: "m-1".into(),
+            mcp_servers: mcp.iter().map(|s| s.to_string()).collect(),
+            allowed_tools: vec!["Bash".into(), "Edit".into()],
+            max_turns: Some(5),
+        }
+    }
+
+    #[test]
+    fn claude_code_is_pointed_at_the_gateway_with_no_secret_in_its_files() {
+        let l = claude_code(
+            "/opt/claude",
+            &task(&["everything"]),
+            Some("http://127.0.0.1:7480"),
+        );
+        assert_eq!(l.argv[0], "/opt/claude");
+        let joined = l.argv.join(" ");
+        assert!(joined.contains("--strict-mcp-config"));
+        assert!(joined.contains("--allowedTools Bash,Edit,mcp__cogward"));
+        assert!(joined.contains("--max-turns 5"));
+        assert!(joined.contains("--mcp-config /home/agent/.cogward/mcp.json"));
+        assert!(joined.ends_with("-- fix the bug"));
+        let config = &l.home_files[".cogward/mcp.json"];
+        assert!(config.contains("http://127.0.0.1:7480/mcp"));
+        assert!(config.contains("${COGWARD_RUN_TOKEN}"));
+        assert_eq!(l.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"], "1");
+        // No MCP servers named: no MCP configuration at all.
+        let l = claude_code("/opt/claude", &task(&[]), Some("http://127.0.0.1:7480"));
+        assert!(l.home_files.is_empty());
+        assert!(!l.argv.join(" ").contains("mcp__"));
+    }
+
+    #[test]
+    fn codex_gets_its_config_in_its_home_and_its_own_sandbox_off() {
+        let l = codex(
+            "/opt/codex",
+            &task(&["everything"]),
+            Some("http://127.0.0.1:7480"),
+        );
+        assert_eq!(l.env["CODEX_HOME"], "/home/agent/.codex");
+        let config = &l.home_files[".codex/config.toml"];
+        assert!(config.contains("base_url = \"http://127.0.0.1:7480/gw/openai/v1\""));
+        assert!(config.contains("wire_api = \"responses\""));
+        assert!(config.contains("[mcp_servers.cogward]"));
+        assert!(config.contains("bearer_token_env_var = \"COGWARD_RUN_TOKEN\""));
+        assert!(
+            l.argv
+                .windows(2)
+                .any(|w| w == ["--sandbox", "danger-full-access"])
+        );
+        assert_eq!(l.argv.last().unwrap(), "fix the bug");
+        // A prompt is one argument, whatever it contains.
+        let mut t = task(&[]);
+        t.prompt = "--help; rm -rf /".into();
+        let l = codex("/opt/codex", &t, None);
+        assert_eq!(l.argv[l.argv.len() - 2..], ["--", "--help; rm -rf /"]);
+        assert!(!l.home_files[".codex/config.toml"].contains("mcp_servers"));
+    }
+}
