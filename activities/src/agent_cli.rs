@@ -19,6 +19,8 @@ use crate::spec::{AgentTask, RuntimeSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Where the agent's work directory is in the sandbox (its cwd).
+pub const WORK: &str = cogward_runner::sandbox::fs_view::WORK_MOUNT;
 /// Where the agent's private home is in the sandbox (the runner's `HOME`).
 pub const HOME: &str = cogward_runner::sandbox::fs_view::HOME_MOUNT;
 /// The name the agent's MCP client knows the gateway by: tools reach Claude Code's model as

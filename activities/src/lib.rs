@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod agent_cli;
+pub mod agent_events;
 pub mod credential;
 pub mod runner;
 pub mod secrets;

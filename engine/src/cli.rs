@@ -3,10 +3,12 @@
 
 use crate::api::auth::Role;
 use crate::api::error::Problem;
+use crate::api::run_events::{EventsView, SequencedEvent};
 use crate::api::runs::{HistoryView, RunView};
 use crate::config::EngineConfig;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use cogward_activities::agent_events::AgentEvent;
 use cogward_activities::spec::RunStatus;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -142,6 +144,16 @@ pub enum RunCommand {
     /// The run's ledger entries (history events and application events).
     History {
         run_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// An agent-CLI run's events (model turns, tool calls and results, file changes,
+    /// commands, messages); with --follow, as they happen until the run ends.
+    Events {
+        run_id: String,
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line.
         #[arg(long)]
         json: bool,
     },
@@ -456,6 +468,25 @@ impl ApiClient {
         })
     }
 
+    /// A GET whose answer is read as it arrives (a server-sent event stream).
+    pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("calling the cogward API at {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await?;
+            let problem: Problem = serde_json::from_slice(&bytes).with_context(|| {
+                format!("API answered {status}: {}", String::from_utf8_lossy(&bytes))
+            })?;
+            return Err(ApiProblem(problem).into());
+        }
+        Ok(resp)
+    }
+
     pub async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
@@ -651,6 +682,58 @@ async fn run_command(api: &ApiClient, cmd: &RunCommand) -> Result<u8> {
             println!("cancellation requested for {run_id}");
             Ok(0)
         }
+        RunCommand::Events {
+            run_id,
+            follow,
+            json,
+        } => {
+            let print = |e: &SequencedEvent| -> Result<()> {
+                if *json {
+                    println!("{}", serde_json::to_string(e)?);
+                } else {
+                    println!("{}", describe_event(e));
+                }
+                Ok(())
+            };
+            if !*follow {
+                let v: EventsView = api
+                    .call(Method::GET, &format!("/v1/runs/{run_id}/events"), None)
+                    .await?;
+                v.events.iter().try_for_each(print)?;
+                return Ok(0);
+            }
+            let mut resp = api
+                .get_stream(&format!("/v1/runs/{run_id}/events?follow=true"))
+                .await?;
+            let mut buf = String::new();
+            while let Some(chunk) = resp.chunk().await? {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let frame: String = buf.drain(..end + 2).collect();
+                    let field = |name: &str| {
+                        frame
+                            .lines()
+                            .find_map(|l| l.strip_prefix(name).map(str::trim).map(str::to_string))
+                    };
+                    match field("event:").as_deref() {
+                        Some("run_event") => {
+                            let data = field("data:").unwrap_or_default();
+                            print(&serde_json::from_str(&data)?)?;
+                        }
+                        Some("end") => {
+                            let data: serde_json::Value =
+                                serde_json::from_str(&field("data:").unwrap_or_default())?;
+                            if !*json {
+                                println!("-- run {}", data["status"].as_str().unwrap_or("ended"));
+                            }
+                            return Ok(0);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            anyhow::bail!("the API closed the event stream before the run ended")
+        }
         RunCommand::History { run_id, json } => {
             let h: HistoryView = api
                 .call(Method::GET, &format!("/v1/runs/{run_id}/history"), None)
@@ -683,6 +766,62 @@ async fn run_command(api: &ApiClient, cmd: &RunCommand) -> Result<u8> {
             }
             Ok(0)
         }
+    }
+}
+
+/// One line for a run event.
+fn describe_event(e: &SequencedEvent) -> String {
+    let detail = match &e.event {
+        AgentEvent::Started { model, tools, .. } => format!(
+            "started  model={} tools={}",
+            model.as_deref().unwrap_or("?"),
+            tools.len()
+        ),
+        AgentEvent::ModelTurn {
+            input_tokens,
+            output_tokens,
+            ..
+        } => format!("model turn  in={input_tokens} out={output_tokens}"),
+        AgentEvent::Message { text, .. } => format!("message  {}", one_line(text)),
+        AgentEvent::ToolCall { tool, input, .. } => {
+            format!("tool call  {tool} {}", one_line(&input.to_string()))
+        }
+        AgentEvent::ToolResult {
+            tool,
+            is_error,
+            output,
+            ..
+        } => format!(
+            "tool {}  {tool}: {}",
+            if *is_error { "error" } else { "result" },
+            one_line(output)
+        ),
+        AgentEvent::FileChange { path, kind } => format!("file {kind}  {path}"),
+        AgentEvent::Command {
+            command, exit_code, ..
+        } => format!(
+            "command  {} (exit {})",
+            one_line(command),
+            exit_code.map_or("?".to_string(), |c| c.to_string())
+        ),
+        AgentEvent::Error { message } => format!("error  {}", one_line(message)),
+        AgentEvent::Finished {
+            ok, turns, result, ..
+        } => format!(
+            "finished  ok={ok} turns={} {}",
+            turns.map_or("?".to_string(), |t| t.to_string()),
+            result.as_deref().map(one_line).unwrap_or_default()
+        ),
+    };
+    format!("#{:<5} {detail}", e.seq)
+}
+
+/// The first 120 characters of `s`, on one line.
+fn one_line(s: &str) -> String {
+    let flat: String = s.chars().map(|c| if c == '\n' { ' ' } else { c }).collect();
+    match flat.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
     }
 }
 

@@ -102,6 +102,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         mirror_wake,
         policies,
         gateway,
+        state_dir: config.state_dir.clone(),
     };
     let gateway_listener = tokio::net::TcpListener::bind(config.gateway_listen)
         .await

@@ -34,22 +34,38 @@ fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A port p with p, p+1 and p+2 free (Temporal's frontend, HTTP and metrics ports).
-pub fn free_port_triple() -> u16 {
-    for _ in 0..200 {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let p = l.local_addr().expect("addr").port();
-        drop(l);
-        if p < 65000 && port_free(p + 1) && port_free(p + 2) {
+/// The first port the kernel hands out as a connection's source port: a port picked below it
+/// and left unbound for a while (a Temporal server started later, a restarted `serve`) cannot
+/// be taken by some connection meanwhile, only by an explicit bind.
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// `n` consecutive free ports below the ephemeral range, at a random place.
+fn free_ports(n: u16) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let floor = ephemeral_floor().max(12_000);
+    for _ in 0..500 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id() as u64);
+        let p = 10_000 + (h.finish() % u64::from(floor - 10_000 - n)) as u16;
+        if (p..p + n).all(port_free) {
             return p;
         }
     }
-    panic!("no free port triple");
+    panic!("no {n} free consecutive ports below {floor}");
+}
+
+/// A port p with p, p+1 and p+2 free (Temporal's frontend, HTTP and metrics ports).
+pub fn free_port_triple() -> u16 {
+    free_ports(3)
 }
 
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    free_ports(1)
 }
 
 fn wait_port(port: u16, timeout: Duration) -> Result<()> {

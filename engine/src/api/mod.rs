@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod policies;
+pub mod run_events;
 pub mod runs;
 
 use crate::db::Db;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub mirror_wake: MirrorWake,
     pub policies: Arc<Policies>,
     pub gateway: Arc<Gateway>,
+    /// The engine's state directory (run directories live in `runs/`).
+    pub state_dir: std::path::PathBuf,
 }
 
 impl FromRef<AppState> for Arc<Gateway> {
@@ -68,6 +71,7 @@ pub fn app(state: AppState) -> Router {
             }),
         )
         .merge(runs::router())
+        .merge(run_events::router())
         .merge(policies::router())
         .fallback(|| async {
             error::problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint")

@@ -80,7 +80,11 @@ fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
 
 /// The run `id`, if it exists and `principal` may act on its tenant: another tenant's run is
 /// not found, exactly as one that does not exist.
-async fn load(state: &AppState, principal: &Principal, id: &str) -> Result<RunRecord, ApiError> {
+pub(super) async fn load(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<RunRecord, ApiError> {
     let run_id = parse_run_id(id)?;
     Runs(&state.db)
         .get(&run_id)
