@@ -72,7 +72,14 @@ if [ "$(cat "$agents_stamp" 2>/dev/null)" != "$agents_want" ]; then
     log "installing the agent CLIs (Claude Code, Codex CLI; ~640 MB) into $COGWARD_AGENTS_DIR"
     mkdir -p "$COGWARD_AGENTS_DIR"
     cp "$(dirname "$agents_lock")/package.json" "$agents_lock" "$COGWARD_AGENTS_DIR/"
-    npm ci -q --no-audit --no-fund --prefix "$COGWARD_AGENTS_DIR" >&2
+    # No install scripts: the platform packages carry the binaries cogward starts.
+    npm ci -q --no-audit --no-fund --ignore-scripts --prefix "$COGWARD_AGENTS_DIR" >&2
+    # Codex's built-in model catalog: a run's model it does not know gets an entry of its own.
+    mkdir -p "$COGWARD_AGENTS_DIR/.codex-home"
+    CODEX_HOME="$COGWARD_AGENTS_DIR/.codex-home" \
+        "$COGWARD_AGENTS_DIR/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex" \
+        debug models </dev/null >"$COGWARD_AGENTS_DIR/codex-models.json"
+    rm -rf "$COGWARD_AGENTS_DIR/.codex-home"
     echo "$agents_want" >"$agents_stamp"
     tools_installed=1
 fi

@@ -43,7 +43,8 @@ struct Cli {
 const CLAUDE_CODE: Cli = Cli {
     runtime: "claude-code",
     package: "node_modules/@anthropic-ai/claude-code",
-    executable: "node_modules/@anthropic-ai/claude-code/bin/claude.exe",
+    // The platform package's binary itself: it does not depend on the package's postinstall.
+    executable: "node_modules/@anthropic-ai/claude-code-linux-x64/claude",
 };
 
 const CODEX: Cli = Cli {
@@ -51,6 +52,11 @@ const CODEX: Cli = Cli {
     package: "node_modules/@openai/codex",
     executable: "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
 };
+
+/// Codex's built-in model catalog (`codex debug models`), written beside the installation by
+/// `scripts/setup.sh`: a model it does not know gets an entry of its own (see
+/// [`codex_model_catalog`]).
+pub const CODEX_MODELS: &str = "codex-models.json";
 
 /// What the runner is asked to start for an agent-CLI runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +122,20 @@ impl AgentClis {
         let base = gateway.map(|g| g.base.to_string());
         let mut launch = match runtime {
             RuntimeSpec::ClaudeCode(_) => claude_code(&exe, task, base.as_deref()),
-            _ => codex(&exe, task, base.as_deref()),
+            _ => {
+                let path = self.dir.join(CODEX_MODELS);
+                let models = std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .filter(|v| v["models"].as_array().is_some_and(|m| !m.is_empty()))
+                    .ok_or_else(|| {
+                        format!(
+                            "codex: {} is missing or empty (scripts/setup.sh writes it with `codex debug models`)",
+                            path.display()
+                        )
+                    })?;
+                codex(&exe, task, base.as_deref(), &models)
+            }
         };
         launch.read_only.push(path_string(&self.dir));
         launch.cli = format!("{} {version}", cli.runtime);
@@ -192,15 +211,23 @@ fn toml_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-fn codex(exe: &str, task: &AgentTask, base: Option<&str>) -> Launch {
+fn codex(exe: &str, task: &AgentTask, base: Option<&str>, models: &serde_json::Value) -> Launch {
     let codex_home = format!("{HOME}/.codex");
+    let mut home_files = BTreeMap::new();
+    let catalog = codex_model_catalog(models, &task.model).map(|catalog| {
+        home_files.insert(".codex/models.json".to_string(), catalog);
+        format!(
+            "model_catalog_json = {}\n",
+            toml_string(&format!("{codex_home}/models.json"))
+        )
+    });
     let mut config = format!(
         "model = {model}\n\
          model_provider = \"cogward\"\n\
          approval_policy = \"never\"\n\
          sandbox_mode = \"danger-full-access\"\n\
          check_for_update_on_startup = false\n\
-         model_catalog_json = {catalog}\n\
+         {catalog}\
          \n\
          [analytics]\nenabled = false\n\n\
          [feedback]\nenabled = false\n\n\
@@ -213,7 +240,7 @@ fn codex(exe: &str, task: &AgentTask, base: Option<&str>) -> Launch {
          request_max_retries = 0\n\
          stream_max_retries = 0\n",
         model = toml_string(&task.model),
-        catalog = toml_string(&format!("{codex_home}/models.json")),
+        catalog = catalog.unwrap_or_default(),
         base_url = toml_string(&format!(
             "{}/gw/openai/v1",
             base.unwrap_or("http://127.0.0.1:9")
@@ -225,12 +252,7 @@ fn codex(exe: &str, task: &AgentTask, base: Option<&str>) -> Launch {
             toml_string(&format!("{base}/mcp"))
         ));
     }
-    let mut home_files = BTreeMap::new();
     home_files.insert(".codex/config.toml".to_string(), config);
-    home_files.insert(
-        ".codex/models.json".to_string(),
-        codex_model_catalog(&task.model),
-    );
     let mut env = BTreeMap::new();
     env.insert("CODEX_HOME".to_string(), codex_home);
     let argv = [
@@ -255,15 +277,27 @@ fn codex(exe: &str, task: &AgentTask, base: Option<&str>) -> Launch {
     }
 }
 
-/// Codex only offers a model its catalog knows; this entry makes the task's model known, with
-/// MCP tools offered directly (not behind a client-side search tool).
-fn codex_model_catalog(model: &str) -> String {
-    serde_json::json!({"models": [{
-        "slug": model,
-        "display_name": model,
-        "supports_search_tool": false,
-    }]})
-    .to_string()
+/// Codex only offers a model its catalog knows. For a model of its built-in catalog, none is
+/// written (`None`); for another (a gateway's own name for a model), a catalog of that one
+/// model, its entry made from a built-in one on the plain Responses wire, with MCP tools
+/// offered directly (not behind a client-side search tool).
+fn codex_model_catalog(models: &serde_json::Value, model: &str) -> Option<String> {
+    let known = models["models"].as_array()?;
+    if known.iter().any(|m| m["slug"] == model) {
+        return None;
+    }
+    // The plain Responses wire (the gateway's), not the "lite" variant some entries ask for.
+    let mut entry = known
+        .iter()
+        .find(|m| m["use_responses_lite"] != true)
+        .or(known.first())?
+        .clone();
+    entry["slug"] = model.into();
+    entry["display_name"] = model.into();
+    entry["supports_search_tool"] = false.into();
+    entry["use_responses_lite"] = false.into();
+    entry["upgrade"] = serde_json::Value::Null;
+    Some(serde_json::json!({"models": [entry]}).to_string())
 }
 
 #[cfg(test)]
@@ -307,10 +341,13 @@ mod tests {
 
     #[test]
     fn codex_gets_its_config_in_its_home_and_its_own_sandbox_off() {
+        let builtin =
+            serde_json::json!({"models": [{"slug": "gpt-5.5", "supports_search_tool": true}]});
         let l = codex(
             "/opt/codex",
             &task(&["everything"]),
             Some("http://127.0.0.1:7480"),
+            &builtin,
         );
         assert_eq!(l.env["CODEX_HOME"], "/home/agent/.codex");
         let config = &l.home_files[".codex/config.toml"];
@@ -327,7 +364,7 @@ mod tests {
         // A prompt is one argument, whatever it contains.
         let mut t = task(&[]);
         t.prompt = "--help; rm -rf /".into();
-        let l = codex("/opt/codex", &t, None);
+        let l = codex("/opt/codex", &t, None, &builtin);
         assert_eq!(l.argv[l.argv.len() - 2..], ["--", "--help; rm -rf /"]);
         assert!(!l.home_files[".codex/config.toml"].contains("mcp_servers"));
     }

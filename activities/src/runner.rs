@@ -604,12 +604,16 @@ mod tests {
         assert!(err.contains("claude-code is not installed"), "{err}");
         let agents = tempfile::tempdir().unwrap();
         let pkg = agents.path().join("node_modules/@anthropic-ai/claude-code");
-        std::fs::create_dir_all(pkg.join("bin")).unwrap();
-        std::fs::write(pkg.join("bin/claude.exe"), "").unwrap();
+        std::fs::create_dir_all(&pkg).unwrap();
         std::fs::write(pkg.join("package.json"), r#"{"version":"9.9.9"}"#).unwrap();
+        let bin = agents
+            .path()
+            .join("node_modules/@anthropic-ai/claude-code-linux-x64");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("claude"), "").unwrap();
         config.agent_clis.dir = agents.path().to_path_buf();
         let req = runner_request(&config, &input, Vec::new(), Some(&issued)).unwrap();
-        assert!(req.argv[0].ends_with("bin/claude.exe"));
+        assert!(req.argv[0].ends_with("claude-code-linux-x64/claude"));
         assert!(req.files.is_empty(), "{:?}", req.files);
         assert!(req.home_files[".cogward/mcp.json"].contains("/mcp"));
         assert_eq!(req.sandbox.read_only, [agents.path().display().to_string()]);

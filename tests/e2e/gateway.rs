@@ -136,7 +136,7 @@ pub fn push_and_bind(
     );
 }
 
-fn example_data(policy: &str) -> Value {
+pub fn example_data(policy: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../wasm-policies/policies")
         .join(policy)

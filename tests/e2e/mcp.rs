@@ -71,7 +71,7 @@ pub fn tool_access() -> Value {
 pub struct McpStack {
     pub stack: Stack,
     pub db: Db,
-    _provider: FakeProvider,
+    pub provider: FakeProvider,
     _dir: tempfile::TempDir,
 }
 
@@ -80,7 +80,7 @@ async fn mcp_stack(everything: &str, separate_worker: bool) -> McpStack {
 }
 
 /// [`mcp_stack`], with the gateway configuration adjusted by `adjust` first.
-async fn mcp_stack_with(
+pub async fn mcp_stack_with(
     everything: &str,
     separate_worker: bool,
     adjust: impl FnOnce(&mut Value),
@@ -111,7 +111,7 @@ async fn mcp_stack_with(
     McpStack {
         stack,
         db,
-        _provider: provider,
+        provider,
         _dir: dir,
     }
 }
@@ -199,7 +199,7 @@ async fn tool_calls(stack: &Stack, run_id: &str) -> (u16, Value) {
 }
 
 /// Wait until the run has more than `known` parked tool calls; the id of the next one.
-async fn parked_call(stack: &Stack, run_id: &str, known: usize) -> String {
+pub async fn parked_call(stack: &Stack, run_id: &str, known: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, v) = tool_calls(stack, run_id).await;
@@ -217,7 +217,7 @@ async fn parked_call(stack: &Stack, run_id: &str, known: usize) -> String {
     }
 }
 
-async fn decide(
+pub async fn decide(
     stack: &Stack,
     token: &str,
     run_id: &str,
@@ -247,7 +247,7 @@ fn op<'a>(lines: &'a [Value], name: &str, nth: usize) -> &'a Value {
         .unwrap_or_else(|| panic!("no call {name} #{nth} in {lines:?}"))
 }
 
-async fn tool_call_entries(db: &Db, run_id: &str) -> Vec<Value> {
+pub async fn tool_call_entries(db: &Db, run_id: &str) -> Vec<Value> {
     let bodies: Vec<String> = sqlx::query_scalar(
         "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.tool_call' ORDER BY seq",
     )

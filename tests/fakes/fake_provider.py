@@ -20,7 +20,9 @@ Answers are deterministic so tests can assert usage figures:
   TEXT = "ok" repeated OUT times, joined by single spaces (streamed in up to
          4 deltas).
 Model name triggers: "fail-500" -> 500 provider error, "slow" -> 2 s delay,
-"big" -> OUT = 1000.
+"big" -> OUT = 1000; a model named "scripted-agent*" answers as the scripted model of
+scripted_agent.py (tool calls that drive Claude Code or Codex CLI through a task; OUT is then
+10 + the answer's JSON bytes / 4).
 
 Usage: fake_provider.py --port PORT [--host 127.0.0.1] [--log FILE] [--api-key KEY]
 Standard library only (Python 3.11).
@@ -33,6 +35,9 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+import scripted_agent  # noqa: E402
 
 DEFAULT_OUT = 16
 MAX_OUT = 16
@@ -279,10 +284,14 @@ class Handler(BaseHTTPRequestHandler):
     # -- Anthropic Messages
 
     def anthropic_messages(self, body, model, stream, n_in, n_out, text, rid):
+        blocks, stop = [{"type": "text", "text": text}], "end_turn"
+        if scripted_agent.is_scripted(model):
+            blocks, stop = scripted_agent.anthropic_blocks(body)
+            n_out = 10 + len(json.dumps(blocks)) // 4
         usage = {"input_tokens": n_in, "output_tokens": n_out,
                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
         msg = {"id": new_id("msg_"), "type": "message", "role": "assistant", "model": model,
-               "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+               "content": blocks, "stop_reason": stop,
                "stop_sequence": None, "usage": usage}
         if not stream:
             return self.send_json(200, msg, rid)
@@ -290,15 +299,23 @@ class Handler(BaseHTTPRequestHandler):
         start = dict(msg, content=[], stop_reason=None,
                      usage=dict(usage, output_tokens=1))
         self.event("message_start", {"type": "message_start", "message": start})
-        self.event("content_block_start", {"type": "content_block_start", "index": 0,
-                                           "content_block": {"type": "text", "text": ""}})
         self.event("ping", {"type": "ping"})
-        for piece in split_deltas(text):
-            self.event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "text_delta", "text": piece}})
-        self.event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        for i, block in enumerate(blocks):
+            if block["type"] == "text":
+                self.event("content_block_start", {"type": "content_block_start", "index": i,
+                                                   "content_block": {"type": "text", "text": ""}})
+                for piece in split_deltas(block["text"]):
+                    self.event("content_block_delta", {"type": "content_block_delta", "index": i,
+                                                       "delta": {"type": "text_delta", "text": piece}})
+            else:
+                self.event("content_block_start", {"type": "content_block_start", "index": i,
+                                                   "content_block": dict(block, input={})})
+                self.event("content_block_delta", {"type": "content_block_delta", "index": i,
+                                                   "delta": {"type": "input_json_delta",
+                                                             "partial_json": json.dumps(block["input"])}})
+            self.event("content_block_stop", {"type": "content_block_stop", "index": i})
         self.event("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                     "delta": {"stop_reason": stop, "stop_sequence": None},
                                      "usage": {"output_tokens": n_out}})
         self.event("message_stop", {"type": "message_stop"})
         self.end_sse()
@@ -346,6 +363,12 @@ class Handler(BaseHTTPRequestHandler):
         part = {"type": "output_text", "text": text, "annotations": []}
         item = {"type": "message", "id": item_id, "status": "completed",
                 "role": "assistant", "content": [part]}
+        if scripted_agent.is_scripted(model):
+            item = scripted_agent.responses_item(body)
+            n_out = 10 + len(json.dumps(item)) // 4
+            if item["type"] == "message":
+                item_id, part = item["id"], item["content"][0]
+                text = part["text"]
         usage = {"input_tokens": n_in, "input_tokens_details": {"cached_tokens": 0},
                  "output_tokens": n_out, "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": n_in + n_out}
@@ -370,13 +393,16 @@ class Handler(BaseHTTPRequestHandler):
         loc = {"item_id": item_id, "output_index": 0, "content_index": 0}
         ev("response.created", response=pending)
         ev("response.in_progress", response=pending)
-        ev("response.output_item.added", output_index=0,
-           item=dict(item, status="in_progress", content=[]))
-        ev("response.content_part.added", **loc, part=dict(part, text=""))
-        for piece in split_deltas(text):
-            ev("response.output_text.delta", **loc, delta=piece, logprobs=[])
-        ev("response.output_text.done", **loc, text=text, logprobs=[])
-        ev("response.content_part.done", **loc, part=part)
+        if item["type"] == "message":
+            ev("response.output_item.added", output_index=0,
+               item=dict(item, status="in_progress", content=[]))
+            ev("response.content_part.added", **loc, part=dict(part, text=""))
+            for piece in split_deltas(text):
+                ev("response.output_text.delta", **loc, delta=piece, logprobs=[])
+            ev("response.output_text.done", **loc, text=text, logprobs=[])
+            ev("response.content_part.done", **loc, part=part)
+        else:
+            ev("response.output_item.added", output_index=0, item=item)
         ev("response.output_item.done", output_index=0, item=item)
         ev("response.completed", response=resp)
         self.end_sse()

@@ -1,0 +1,293 @@
+//! The real agent CLIs, governed unmodified: Claude Code (`claude-code` runtime) and Codex CLI
+//! (`codex` runtime), installed from `agents/package-lock.json` by `scripts/setup.sh`, each run
+//! in the `strict` sandbox through the real gateway. The model is the scripted one of
+//! `tests/fakes/scripted_agent.py` (a fake of the providers, speaking their wire formats): it
+//! asks the CLI to write, read and edit a file, run a command, call a permitted MCP tool, a
+//! denied one and an escalated one that a human approves, then finish.
+
+use crate::gateway::{PROVIDER_KEY, example_data, push_and_bind};
+use crate::mcp::{
+    McpStack, decide, everything_js, mcp_stack_with, parked_call, tool_access, tool_call_entries,
+};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Where `scripts/setup.sh` installs the agent CLIs; under CI they must be there.
+fn agents_dir() -> Option<String> {
+    let dir = std::env::var("COGWARD_AGENTS_DIR")
+        .unwrap_or_else(|_| "/opt/cogward-tools/agents".to_string());
+    let ok = std::path::Path::new(&dir)
+        .join("node_modules/@anthropic-ai/claude-code/package.json")
+        .exists();
+    if ok {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must provide the agent CLIs in {dir} (scripts/setup.sh installs them)"
+    );
+    eprintln!("{dir} has no agent CLIs: run scripts/setup.sh");
+    None
+}
+
+/// A stack whose gateway knows the scripted model on both wires (priced, allowed for acme),
+/// with server-everything as MCP server `everything` and acme's tool scope (echo permitted
+/// unless its message holds `rm -rf`, get-env hidden, get-sum escalated to release managers).
+async fn agent_stack(everything: &str) -> McpStack {
+    let m = mcp_stack_with(everything, false, |config| {
+        let prices = config["prices"].as_array_mut().unwrap();
+        for provider in ["anthropic", "openai"] {
+            prices.push(json!({"provider": provider, "model": "scripted-agent*",
+                               "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 5.0}));
+        }
+    })
+    .await;
+    let models = json!({"tenants": {"acme": {"tiers": {"standard": [
+        {"provider": "anthropic", "models": ["scripted-agent*"]},
+        {"provider": "openai", "models": ["scripted-agent*"]}
+    ]}}}, "residency": {"anthropic": ["us"], "openai": ["us"]}});
+    push_and_bind(
+        &m.stack,
+        "model-access",
+        "models",
+        "model.call",
+        "acme",
+        &models,
+    );
+    let mut tools = tool_access();
+    tools["tenants"]["acme"]["arguments"] = json!([{"tools": ["everything.echo"],
+        "pointer": "/message", "deny": ["*rm -rf*"], "reason": "destructive commands are not echoed"}]);
+    push_and_bind(
+        &m.stack,
+        "tool-access",
+        "agent-tools",
+        "tool.call",
+        "acme",
+        &tools,
+    );
+    push_and_bind(
+        &m.stack,
+        "budget",
+        "budget",
+        "budget.spend",
+        "acme",
+        &example_data("budget"),
+    );
+    m
+}
+
+fn agent_spec(runtime: &str, model: &str) -> Value {
+    let mut runtime = json!({
+        "type": runtime,
+        "prompt": "Do the scripted task.",
+        "model": model,
+        "mcp_servers": ["everything"],
+    });
+    if runtime["type"] == "claude-code" {
+        runtime["allowed_tools"] = json!(["Bash", "Edit", "Write", "Read"]);
+        runtime["max_turns"] = json!(30);
+    }
+    json!({
+        "spec_version": 1, "agent": "e2e-agent", "tenant": "acme",
+        "runtime": runtime,
+        "sandbox_profile": "strict",
+        "limits": {"wall_clock_seconds": 300, "cpu_seconds": 300, "memory_mb": 2048,
+                   "max_processes": 256, "grace_seconds": 5},
+    })
+}
+
+/// The run's events, from the API.
+async fn events(m: &McpStack, run_id: &str) -> Vec<Value> {
+    let (status, v) = m
+        .stack
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/runs/{run_id}/events"),
+            Some(&m.stack.tokens.ci),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    v["events"].as_array().unwrap().clone()
+}
+
+fn has_event(events: &[Value], pred: impl Fn(&Value) -> bool) -> bool {
+    events.iter().any(pred)
+}
+
+/// What the agent printed, and the stack's logs, for a failing test's message.
+fn run_output(stack: &crate::stack::Stack, run_id: &str) -> String {
+    let dir = stack.run_dir(run_id);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    format!(
+        "--- stdout\n{}\n--- stderr\n{}\n--- runner.log\n{}\n{}",
+        read("stdout.log"),
+        read("stderr.log"),
+        read("runner.log"),
+        stack.logs()
+    )
+}
+
+/// Drive one CLI through the scripted task and check everything a reviewer relies on.
+async fn governed_task(runtime: &str) {
+    let (Some(everything), Some(_)) = (everything_js(), agents_dir()) else {
+        return;
+    };
+    let m = agent_stack(&everything).await;
+    let stack = &m.stack;
+    let model = format!("scripted-agent-{runtime}");
+    let (status, v) = stack.submit(&agent_spec(runtime, &model)).await.unwrap();
+    assert_eq!(status, 201, "{v}");
+    let id = v["run_id"].as_str().unwrap().to_string();
+
+    // The escalated tool call parks; a release manager approves it.
+    let call = tokio::select! {
+        call = parked_call(stack, &id, 0) => call,
+        run = stack.wait_status(&id, &["succeeded", "failed", "denied"], Duration::from_secs(120)) => {
+            panic!("the run ended before its tool call parked: {:?}\n{}", run, run_output(stack, &id))
+        }
+    };
+    let (status, v) = decide(stack, &stack.tokens.approver, &id, "approve", &call).await;
+    assert_eq!(status, 202, "{v}");
+    let run = stack
+        .wait_status(&id, &["succeeded", "failed"], Duration::from_secs(240))
+        .await
+        .unwrap();
+    let dir = stack.run_dir(&id);
+    let stdout = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
+    let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    assert_eq!(
+        run["status"],
+        "succeeded",
+        "{run}\n{}",
+        run_output(stack, &id)
+    );
+
+    // The work the CLI did, in its work directory.
+    let work = dir.join("work");
+    assert_eq!(
+        std::fs::read_to_string(work.join("hello.txt")).unwrap(),
+        "hello from the governed agent\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("ran.txt")).unwrap(),
+        "ran\n"
+    );
+
+    // Its events: the file changes, the command, the three MCP calls and their outcomes.
+    let ev = events(&m, &id).await;
+    let dump = serde_json::to_string_pretty(&ev).unwrap();
+    assert!(
+        has_event(&ev, |e| e["type"] == "file_change"
+            && e["path"] == "hello.txt"),
+        "{dump}"
+    );
+    assert!(
+        has_event(&ev, |e| e["type"] == "command"
+            && e["command"]
+                .as_str()
+                .unwrap()
+                .contains("echo ran > ran.txt")),
+        "{dump}"
+    );
+    let result = |tool: &str| {
+        ev.iter()
+            .find(|e| {
+                e["type"] == "tool_result"
+                    && e["tool"]
+                        .as_str()
+                        .unwrap()
+                        .replace('-', "_")
+                        .ends_with(tool)
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no result of {tool}: {dump}"))
+    };
+    let echoes: Vec<&Value> = ev
+        .iter()
+        .filter(|e| {
+            e["type"] == "tool_result" && e["tool"].as_str().unwrap().ends_with("everything_echo")
+        })
+        .collect();
+    assert_eq!(echoes.len(), 2, "{dump}");
+    assert_eq!(echoes[0]["is_error"], false, "{dump}");
+    // Refused by the policy on its argument: the CLI got the refusal as the tool's error and
+    // carried on.
+    assert_eq!(echoes[1]["is_error"], true, "{dump}");
+    assert!(
+        echoes[1]["output"]
+            .as_str()
+            .unwrap()
+            .contains("destructive commands are not echoed"),
+        "{dump}"
+    );
+    let sum = result("everything_get_sum");
+    assert_eq!(sum["is_error"], false, "{dump}");
+    assert!(sum["output"].as_str().unwrap().contains("42"), "{dump}");
+    assert!(
+        has_event(&ev, |e| e["type"] == "message"
+            && e["text"]
+                .as_str()
+                .unwrap()
+                .contains("All scripted steps done")),
+        "{dump}"
+    );
+    assert!(has_event(&ev, |e| e["type"] == "model_turn"), "{dump}");
+
+    // Every model call the provider saw is in the ledger, decided and charged; every tool call
+    // with its decision.
+    let provider_calls = m
+        .provider
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["model"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("scripted-agent"))
+        })
+        .count();
+    let model_calls: Vec<Value> = sqlx::query_scalar::<_, String>(
+        "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.model_call' ORDER BY seq",
+    )
+    .bind(&id)
+    .fetch_all(&m.db.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|b| serde_json::from_str(b).unwrap())
+    .collect();
+    assert!(provider_calls >= 8, "{provider_calls} model calls");
+    assert_eq!(model_calls.len(), provider_calls, "{model_calls:?}");
+    for c in &model_calls {
+        assert_eq!(c["decision"], "permit", "{c}");
+        assert_eq!(c["outcome"], "ok", "{c}");
+        assert!(c["tokens"]["input"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["tokens"]["output"].as_u64().unwrap() > 0, "{c}");
+    }
+    let tools = tool_call_entries(&m.db, &id).await;
+    let outcome = |target: &str| {
+        tools
+            .iter()
+            .filter(|t| t["target"] == target)
+            .map(|t| t["outcome"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outcome("everything.echo"), ["ok", "denied"], "{tools:?}");
+    assert_eq!(outcome("everything.get-sum"), ["approved"], "{tools:?}");
+
+    // The provider's key never reached the agent.
+    assert!(!stdout.contains(PROVIDER_KEY) && !stderr.contains(PROVIDER_KEY));
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_completes_a_governed_task_in_the_strict_sandbox() {
+    governed_task("claude-code").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_completes_a_governed_task_in_the_strict_sandbox() {
+    governed_task("codex").await;
+}
