@@ -8,6 +8,7 @@ pub mod admission;
 pub mod agent_cli;
 pub mod agent_events;
 pub mod credential;
+pub mod evidence;
 pub mod runner;
 pub mod secrets;
 pub mod spec;

@@ -51,6 +51,12 @@ pub struct StartRunnerInput {
     /// Secret references, resolved for `tenant` when the runner starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// For the run's manifest in the evidence store: the spec's digest and the policy that
+    /// admitted it.
+    #[serde(default)]
+    pub spec_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission_policy: Option<crate::spec::PolicyRef>,
 }
 
 /// Heartbeat details: the runner's latest progress.
@@ -341,7 +347,7 @@ pub(crate) async fn start_runner(
     input: StartRunnerInput,
 ) -> Result<RunnerEvidence, ActivityError> {
     let run_id = input.run_id.clone();
-    let mut evidence = run_to_result(config, ctx, input).await?;
+    let mut evidence = run_to_result(config, ctx, input.clone()).await?;
     // Everything that grows with the agent's work stays in the run directory; this is the
     // backstop: evidence history could not take would make the activity fail forever.
     let size = serde_json::to_vec(&evidence).map_or(0, |v| v.len());
@@ -363,7 +369,51 @@ pub(crate) async fn start_runner(
             .await
             .map_err(|e| e.context("revoking the run's credential"))?;
     }
+    if let RunnerEvidence::Finished(result) = &mut evidence {
+        // A failure here (a full disk) fails the attempt: the retry stores it again, from the
+        // run directory, before the run can finish without its evidence.
+        result.evidence = Some(
+            store_evidence(config, &input, result)
+                .map_err(|e| anyhow::Error::from(e).context("storing the run's evidence"))?,
+        );
+    }
     Ok(evidence)
+}
+
+/// Put the finished run's evidence into the store ([`crate::evidence`]).
+fn store_evidence(
+    config: &ActivitiesConfig,
+    input: &StartRunnerInput,
+    result: &RunnerResult,
+) -> io::Result<cogward_runner::protocol::StoredEvidence> {
+    let dir = run_dir(config, &input.run_id);
+    // What the run was given in `work/`, as its request (written once, before it started) says.
+    let initial = fs::read(dir.join(REQUEST_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<RunnerRequest>(&b).ok())
+        .map(|r| r.files)
+        .unwrap_or_default();
+    let facts = crate::evidence::RunFacts {
+        run_id: input.run_id.as_str(),
+        tenant: &input.tenant,
+        runtime: &input.runtime,
+        cli: config
+            .agent_clis
+            .version(&input.runtime)
+            .ok()
+            .flatten()
+            .map(|v| format!("{} {v}", input.runtime.name())),
+        sandbox_profile: input.sandbox_profile.as_str(),
+        spec_sha256: &input.spec_sha256,
+        admission_policy: input.admission_policy.clone(),
+        initial_files: &initial,
+    };
+    crate::evidence::store_run(
+        &crate::evidence::root(&config.state_dir),
+        &facts,
+        &dir,
+        result,
+    )
 }
 
 async fn run_to_result(
@@ -539,6 +589,8 @@ mod tests {
             sandbox_profile: ProfileName::Standard,
             tenant: "acme".into(),
             secrets: Vec::new(),
+            spec_sha256: String::new(),
+            admission_policy: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 use crate::api::auth::Role;
 use crate::api::error::Problem;
+use crate::api::evidence::EvidenceView;
 use crate::api::run_events::{EventsView, SequencedEvent};
 use crate::api::runs::{HistoryView, RunView};
 use crate::config::EngineConfig;
@@ -147,6 +148,18 @@ pub enum RunCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A finished run's evidence: its items and their digests, or one item's bytes (checked
+    /// against the digest its history records) on stdout.
+    Evidence {
+        run_id: String,
+        /// An item to print (`manifest`, `diff`, `transcript`, `stdout`, `stderr`, `artifacts`,
+        /// `work/<path>`).
+        item: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The run's changes to its work directory, as a unified diff.
+    Diff { run_id: String },
     /// An agent-CLI run's events (model turns, tool calls and results, file changes,
     /// commands, messages); with --follow, as they happen until the run ends.
     Events {
@@ -468,6 +481,11 @@ impl ApiClient {
         })
     }
 
+    /// A GET whose answer is bytes, not JSON.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        Ok(self.get_stream(path).await?.bytes().await?.to_vec())
+    }
+
     /// A GET whose answer is read as it arrives (a server-sent event stream).
     pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response> {
         let resp = reqwest::Client::new()
@@ -680,6 +698,48 @@ async fn run_command(api: &ApiClient, cmd: &RunCommand) -> Result<u8> {
                 )
                 .await?;
             println!("cancellation requested for {run_id}");
+            Ok(0)
+        }
+        RunCommand::Evidence {
+            run_id,
+            item: Some(item),
+            ..
+        } => {
+            let bytes = api
+                .get_bytes(&format!("/v1/runs/{run_id}/evidence/{item}"))
+                .await?;
+            std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
+            Ok(0)
+        }
+        RunCommand::Evidence {
+            run_id,
+            item: None,
+            json,
+        } => {
+            let v: EvidenceView = api
+                .call(Method::GET, &format!("/v1/runs/{run_id}/evidence"), None)
+                .await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(0);
+            }
+            println!("{}  index sha256 {}", v.run_id, v.evidence.index_sha256);
+            for i in &v.evidence.items {
+                println!(
+                    "  {:<40} {:>10} bytes  {}{}",
+                    i.name,
+                    i.bytes,
+                    i.sha256,
+                    if i.stored { "" } else { "  (digest only)" }
+                );
+            }
+            Ok(0)
+        }
+        RunCommand::Diff { run_id } => {
+            let bytes = api
+                .get_bytes(&format!("/v1/runs/{run_id}/evidence/diff"))
+                .await?;
+            std::io::Write::write_all(&mut std::io::stdout(), &bytes)?;
             Ok(0)
         }
         RunCommand::Events {

@@ -99,6 +99,15 @@ pub struct EngineConfig {
         global = true
     )]
     pub checkpoint_interval_s: u64,
+    /// How long runs' evidence is kept in the evidence store after they finish, in days (0:
+    /// forever); `serve` sweeps hourly.
+    #[arg(
+        long,
+        env = "COGWARD_EVIDENCE_RETENTION_DAYS",
+        default_value_t = 90,
+        global = true
+    )]
+    pub evidence_retention_days: u64,
     /// The key file run credentials are minted under (default: <state-dir>/gateway-keys.json,
     /// created 0600 on first use; see docs/operations.md for rotation).
     #[arg(long, env = "COGWARD_GATEWAY_KEYS", global = true)]

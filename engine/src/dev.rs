@@ -14,8 +14,9 @@ use crate::temporal;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// File `cogward dev` writes the development tokens to (name → token), read by the CLI.
 pub const DEV_CREDENTIALS: &str = "dev-credentials.json";
@@ -80,7 +81,13 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
             db.clone(),
             key,
             config.checkpoint_file(),
-            std::time::Duration::from_secs(config.checkpoint_interval_s),
+            Duration::from_secs(config.checkpoint_interval_s),
+        ));
+    }
+    if config.evidence_retention_days > 0 {
+        tokio::spawn(sweep_evidence(
+            cogward_activities::evidence::root(&config.state_dir),
+            Duration::from_secs(config.evidence_retention_days * 86_400),
         ));
     }
     let egress_config = crate::egress::EgressConfig::load(&config.egress_config())?;
@@ -134,6 +141,30 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         server.await?;
     }
     Ok(())
+}
+
+/// Delete evidence past its retention, at start and then hourly.
+async fn sweep_evidence(root: PathBuf, retention: Duration) {
+    loop {
+        let r = root.clone();
+        match tokio::task::spawn_blocking(move || {
+            cogward_activities::evidence::sweep(&r, retention, std::time::SystemTime::now())
+        })
+        .await
+        {
+            Ok(Ok(swept)) if swept.runs > 0 || swept.blobs > 0 => {
+                tracing::info!(
+                    runs = swept.runs,
+                    blobs = swept.blobs,
+                    "evidence past its retention deleted"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping the evidence store"),
+            Err(e) => tracing::warn!(error = %e, "sweeping the evidence store"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
 }
 
 async fn shutdown_signal() {

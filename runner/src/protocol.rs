@@ -319,7 +319,7 @@ pub enum Outcome {
     OutOfMemory,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamDigest {
     pub sha256: String,
     pub bytes: u64,
@@ -386,4 +386,31 @@ pub struct RunnerResult {
     pub sandbox: Option<SandboxEvidence>,
     pub started_at_ms: u64,
     pub finished_at_ms: u64,
+    /// What the engine kept of the run in its evidence store, by digest. Filled in by the
+    /// StartRunner activity after it read this result, never by the runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<StoredEvidence>,
+}
+
+/// A run's evidence as stored: the index's digest and every item's. Travels in history (and so
+/// into the ledger); the items themselves stay in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredEvidence {
+    /// sha256 of the run's index file in the store (the items as listed here, as JSON).
+    pub index_sha256: String,
+    pub items: Vec<EvidenceItem>,
+}
+
+/// One item of a run's evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceItem {
+    /// `manifest`, `diff`, `transcript`, `stdout`, `stderr`, `artifacts`, or `work/<path>`.
+    pub name: String,
+    pub media_type: String,
+    pub sha256: String,
+    pub bytes: u64,
+    /// Whether its bytes are in the store (an artifact too large for it is listed by digest).
+    pub stored: bool,
 }

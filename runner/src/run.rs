@@ -202,6 +202,7 @@ impl Run<'_> {
             sandbox: self.sandbox.clone(),
             started_at_ms: self.started_at_ms,
             finished_at_ms: now_ms(),
+            evidence: None,
         };
         self.dir
             .write_result(&result)

@@ -140,6 +140,18 @@ async fn governed_task(runtime: &str) {
     let (status, v) = stack.submit(&agent_spec(runtime, &model)).await.unwrap();
     assert_eq!(status, 201, "{v}");
     let id = v["run_id"].as_str().unwrap().to_string();
+    let spec_sha256 = v["spec_sha256"].clone();
+
+    // Followed live from the start: `cogward run events --follow` (as a pipeline would).
+    let follower = stack
+        .command()
+        .env("COGWARD_TOKEN", &stack.tokens.ci)
+        .args(["run", "events", &id, "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed = std::thread::spawn(move || follower.wait_with_output().unwrap());
 
     // The escalated tool call parks; a release manager approves it.
     let call = tokio::select! {
@@ -148,6 +160,14 @@ async fn governed_task(runtime: &str) {
             panic!("the run ended before its tool call parked: {:?}\n{}", run, run_output(stack, &id))
         }
     };
+    // While it waits, the events so far are already out: the file change and the command.
+    let live = events(&m, &id).await;
+    assert!(
+        has_event(&live, |e| e["type"] == "file_change")
+            && has_event(&live, |e| e["type"] == "command")
+            && !has_event(&live, |e| e["type"] == "finished"),
+        "{live:?}"
+    );
     let (status, v) = decide(stack, &stack.tokens.approver, &id, "approve", &call).await;
     assert_eq!(status, 202, "{v}");
     let run = stack
@@ -275,6 +295,85 @@ async fn governed_task(runtime: &str) {
     };
     assert_eq!(outcome("everything.echo"), ["ok", "denied"], "{tools:?}");
     assert_eq!(outcome("everything.get-sum"), ["approved"], "{tools:?}");
+
+    // The follower saw the same events as they happened, and ended with the run.
+    let followed = followed.join().unwrap();
+    let lines: Vec<Value> = String::from_utf8_lossy(&followed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        followed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&followed.stderr)
+    );
+    assert_eq!(lines, ev, "followed and listed events differ");
+
+    // The evidence a reviewer reads: manifest, diff, transcript, the artifacts by digest; the
+    // index's digest is in the ledger with the run's evidence.
+    let (status, listed) = stack
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/runs/{id}/evidence"),
+            Some(&stack.tokens.ci),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "manifest",
+        "diff",
+        "transcript",
+        "stdout",
+        "work/hello.txt",
+        "work/ran.txt",
+    ] {
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
+    let (code, diff, err) = stack.cli(&stack.tokens.ci, &["run", "diff", &id]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        diff.contains("+++ b/hello.txt") && diff.contains("+hello from the governed agent"),
+        "{diff}"
+    );
+    assert!(diff.contains("+++ b/ran.txt"), "{diff}");
+    let (code, manifest, err) = stack
+        .cli(&stack.tokens.ci, &["run", "evidence", &id, "manifest"])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let manifest: Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(manifest["runtime"], runtime, "{manifest}");
+    assert_eq!(manifest["model"], model.as_str(), "{manifest}");
+    assert_eq!(manifest["sandbox_profile"], "strict", "{manifest}");
+    assert!(
+        manifest["cli"].as_str().unwrap().starts_with(runtime),
+        "{manifest}"
+    );
+    assert_eq!(manifest["spec_sha256"], spec_sha256, "{manifest}");
+    assert!(
+        manifest["admission_policy"]["module_sha256"].is_string(),
+        "{manifest}"
+    );
+    let index = listed["index_sha256"].as_str().unwrap();
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'run.evidence' AND body LIKE $2",
+    )
+    .bind(&id)
+    .bind(format!("%{index}%"))
+    .fetch_one(&m.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded, 1,
+        "the evidence index digest is not in the ledger"
+    );
 
     // The provider's key never reached the agent.
     assert!(!stdout.contains(PROVIDER_KEY) && !stderr.contains(PROVIDER_KEY));

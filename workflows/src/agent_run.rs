@@ -221,6 +221,8 @@ impl AgentRun {
                     sandbox_profile: spec.sandbox_profile,
                     tenant: spec.tenant.clone(),
                     secrets: spec.secrets.clone(),
+                    spec_sha256: admission.spec_sha256.clone(),
+                    admission_policy: admission.decision.policy.clone(),
                 },
                 ActivityOptions::with_start_to_close_timeout(timeout)
                     .heartbeat_timeout(RUNNER_HEARTBEAT_TIMEOUT)

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod evidence;
 pub mod policies;
 pub mod run_events;
 pub mod runs;
@@ -72,6 +73,7 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(runs::router())
         .merge(run_events::router())
+        .merge(evidence::router())
         .merge(policies::router())
         .fallback(|| async {
             error::problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
