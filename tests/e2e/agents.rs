@@ -390,3 +390,128 @@ async fn claude_code_completes_a_governed_task_in_the_strict_sandbox() {
 async fn codex_completes_a_governed_task_in_the_strict_sandbox() {
     governed_task("codex").await;
 }
+
+/// The CLI's binaries as the `command` runtime may start them (the e2e stack binds the tools
+/// directory read-only into every sandbox).
+fn cli_binary(agents: &str, runtime: &str) -> String {
+    match runtime {
+        "claude-code" => {
+            format!("{agents}/node_modules/@anthropic-ai/claude-code-linux-x64/claude")
+        }
+        _ => format!(
+            "{agents}/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+        ),
+    }
+}
+
+/// The same CLIs with every vendor opt-out removed (no `DISABLE_*` variables for Claude Code;
+/// no `[analytics]`, `[feedback]`, `[features]` or update check for Codex), started as plain
+/// commands: they try their vendors' hosts, and still reach nothing but the gateway. What they
+/// tried through the proxy is refused and in the ledger; nothing was allowed out.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_their_vendor_opt_outs_the_clis_still_reach_nothing_but_the_gateway() {
+    let (Some(everything), Some(agents)) = (everything_js(), agents_dir()) else {
+        return;
+    };
+    let m = agent_stack(&everything).await;
+    let stack = &m.stack;
+    let claude = format!(
+        "cd /work && exec {} -p --output-format stream-json --verbose --no-session-persistence \
+         --model scripted-agent-claude-code --permission-mode acceptEdits \
+         --allowedTools Bash,Edit,Write,Read --strict-mcp-config -- 'Do the scripted task.'",
+        cli_binary(&agents, "claude-code")
+    );
+    // Codex's configuration without its quiet settings, and a catalog entry for the model.
+    let codex = format!(
+        "mkdir -p $HOME/.codex && cd /work && \
+         python3 -c 'import json; m = json.load(open(\"{agents}/codex-models.json\"))[\"models\"]; \
+e = next(x for x in m if not x.get(\"use_responses_lite\")); \
+e.update(slug=\"scripted-agent-codex\", display_name=\"s\", supports_search_tool=False); \
+json.dump({{\"models\": [e]}}, open(\"/home/agent/.codex/models.json\", \"w\"))' && \
+         printf 'model = \"scripted-agent-codex\"\\nmodel_provider = \"gw\"\\napproval_policy = \"never\"\\n\
+model_catalog_json = \"/home/agent/.codex/models.json\"\\n[model_providers.gw]\\nname = \"gw\"\\n\
+base_url = \"%s\"\\nenv_key = \"OPENAI_API_KEY\"\\nwire_api = \"responses\"\\n' \"$OPENAI_BASE_URL\" \
+           > $HOME/.codex/config.toml && \
+         exec {} exec --json --skip-git-repo-check --ephemeral --sandbox danger-full-access \
+           -- 'Do the scripted task.' </dev/null",
+        cli_binary(&agents, "codex")
+    );
+    let mut ids = Vec::new();
+    for script in [claude, codex] {
+        let mut s = crate::stack::spec("acme", &["sh", "-c", &script]);
+        s["sandbox_profile"] = json!("strict");
+        s["limits"] = json!({"wall_clock_seconds": 240, "cpu_seconds": 240, "memory_mb": 2048,
+                             "max_processes": 256, "grace_seconds": 5});
+        let (status, v) = stack.submit(&s).await.unwrap();
+        assert_eq!(status, 201, "{v}");
+        ids.push(v["run_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let run = stack
+            .wait_status(id, &["succeeded", "failed"], Duration::from_secs(240))
+            .await
+            .unwrap();
+        // Whatever the CLI made of the refusals, it worked through the gateway.
+        assert_eq!(
+            run["status"],
+            "succeeded",
+            "{run}\n{}",
+            run_output(stack, id)
+        );
+        let work = stack.run_dir(id).join("work");
+        assert_eq!(
+            std::fs::read_to_string(work.join("ran.txt")).unwrap_or_default(),
+            "ran\n",
+            "{}",
+            run_output(stack, id)
+        );
+        let stdout = std::fs::read_to_string(stack.run_dir(id).join("stdout.log")).unwrap();
+        assert!(!stdout.contains(PROVIDER_KEY));
+    }
+    let bodies = |event: &'static str| {
+        let pool = m.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT body FROM ledger_entries WHERE event_type = $1")
+                .bind(event)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|b| serde_json::from_str::<Value>(b).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    let allowed = bodies("egress.connection").await;
+    assert!(allowed.is_empty(), "egress was allowed: {allowed:?}");
+    let denied = bodies("security.egress_denied").await;
+    let destinations: Vec<String> = denied
+        .iter()
+        .map(|d| d["destination"].to_string())
+        .collect();
+    eprintln!("refused vendor destinations: {destinations:?}");
+    assert!(!denied.is_empty(), "no vendor traffic was even tried");
+    for d in &denied {
+        assert!(ids.iter().any(|id| d["run_id"] == id.as_str()), "{d}");
+    }
+    // Each CLI tried its own vendor: Claude Code Anthropic's API, Codex CLI OpenAI's hosts.
+    for (id, vendor) in ids.iter().zip(["anthropic.com", "chatgpt.com"]) {
+        assert!(
+            denied.iter().any(|d| d["run_id"] == id.as_str()
+                && d["destination"].as_str().unwrap_or("").contains(vendor)),
+            "{vendor}: {destinations:?}"
+        );
+    }
+    let model_calls = m
+        .provider
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["model"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("scripted-agent"))
+        })
+        .count();
+    assert!(model_calls >= 8, "{model_calls}");
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+}
