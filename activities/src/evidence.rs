@@ -481,6 +481,7 @@ mod tests {
             sandbox: None,
             started_at_ms: 1,
             finished_at_ms,
+            cpu_ms: None,
             evidence: None,
         }
     }

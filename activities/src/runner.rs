@@ -348,6 +348,7 @@ pub(crate) async fn start_runner(
 ) -> Result<RunnerEvidence, ActivityError> {
     let run_id = input.run_id.clone();
     let mut evidence = run_to_result(config, ctx, input.clone()).await?;
+    tracing::info!("runner result read");
     // Everything that grows with the agent's work stays in the run directory; this is the
     // backstop: evidence history could not take would make the activity fail forever.
     let size = serde_json::to_vec(&evidence).map_or(0, |v| v.len());
@@ -372,10 +373,15 @@ pub(crate) async fn start_runner(
     if let RunnerEvidence::Finished(result) = &mut evidence {
         // A failure here (a full disk) fails the attempt: the retry stores it again, from the
         // run directory, before the run can finish without its evidence.
-        result.evidence = Some(
-            store_evidence(config, &input, result)
-                .map_err(|e| anyhow::Error::from(e).context("storing the run's evidence"))?,
+        let begun = Instant::now();
+        let stored = store_evidence(config, &input, result)
+            .map_err(|e| anyhow::Error::from(e).context("storing the run's evidence"))?;
+        tracing::info!(
+            items = stored.items.len(),
+            ms = begun.elapsed().as_millis() as u64,
+            "evidence stored"
         );
+        result.evidence = Some(stored);
     }
     Ok(evidence)
 }

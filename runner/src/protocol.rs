@@ -386,10 +386,21 @@ pub struct RunnerResult {
     pub sandbox: Option<SandboxEvidence>,
     pub started_at_ms: u64,
     pub finished_at_ms: u64,
+    /// CPU time the agent's whole process tree used (user, system), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<CpuTime>,
     /// What the engine kept of the run in its evidence store, by digest. Filled in by the
     /// StartRunner activity after it read this result, never by the runner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<StoredEvidence>,
+}
+
+/// CPU time, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuTime {
+    pub user: u64,
+    pub system: u64,
 }
 
 /// A run's evidence as stored: the index's digest and every item's. Travels in history (and so

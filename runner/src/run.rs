@@ -202,6 +202,7 @@ impl Run<'_> {
             sandbox: self.sandbox.clone(),
             started_at_ms: self.started_at_ms,
             finished_at_ms: now_ms(),
+            cpu_ms: children_cpu(),
             evidence: None,
         };
         self.dir
@@ -492,4 +493,16 @@ mod linux {
         let (out, err) = finish_streams(stdout, stderr)?;
         run.sandbox_failed(detail, out, err)
     }
+}
+
+/// The CPU time of the runner's reaped children: the sandbox's init, which reaps every process
+/// of the sandbox, so the agent's whole tree (`None` before the sandbox was started).
+fn children_cpu() -> Option<crate::protocol::CpuTime> {
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok()?;
+    let ms = |t: nix::sys::time::TimeVal| (t.tv_sec() as u64) * 1000 + (t.tv_usec() as u64) / 1000;
+    Some(crate::protocol::CpuTime {
+        user: ms(usage.user_time()),
+        system: ms(usage.system_time()),
+    })
 }

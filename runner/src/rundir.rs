@@ -394,6 +394,7 @@ mod tests {
             sandbox: None,
             started_at_ms: 1,
             finished_at_ms: 2,
+            cpu_ms: None,
             evidence: None,
         };
         rd.write_result(&result).unwrap();

@@ -205,7 +205,8 @@ class Handler(BaseHTTPRequestHandler):
                 value = f"<redacted-{len(value)}>"
             headers[name] = value
         line = json.dumps({"path": self.path, "model": model, "stream": stream,
-                           "headers": headers, "api_key_ok": api_key_ok})
+                           "headers": headers, "api_key_ok": api_key_ok,
+                           "t_ms": int(time.time() * 1000)})
         with LOG_LOCK:
             LOG_FILE.write(line + "\n")
             LOG_FILE.flush()

@@ -64,6 +64,12 @@ def _workdir(blob):
     return "/work"
 
 
+def _wanted(name):
+    """A step's MCP tool as the gateway names it (`everything_echo`), then as the server itself
+    does (`echo`: a CLI connected to the server directly, as the benchmark's bare side is)."""
+    return [name, name.split("_", 1)[-1]]
+
+
 def _step(n_results, has_tools):
     if not has_tools:
         return {"text": "ok"}
@@ -94,7 +100,8 @@ def anthropic_blocks(body):
     elif kind == "shell":
         name, inp = "Bash", {"command": step["command"], "description": "scripted shell step"}
     else:
-        found = [n for n in names if n and n.startswith("mcp__") and n.endswith("__" + step["name"])]
+        found = [n for n in names if n and n.startswith("mcp__")
+                 and any(n.endswith("__" + w) for w in _wanted(step["name"]))]
         name, inp = (found[0] if found else "mcp__cogward__" + step["name"]), step["args"]
     return [{"type": "text", "text": f"Step {n_results}."},
             {"type": "tool_use", "id": new_id("toolu_"), "name": name, "input": inp}], "tool_use"
@@ -153,8 +160,9 @@ def responses_item(body):
         return {"type": "function_call", "id": new_id("fc_"), "status": "completed",
                 "call_id": call_id, "name": name, "arguments": json.dumps(args)}
     want = step["name"]
+    wanted = _wanted(want) + [w.replace("-", "_") for w in _wanted(want)]
     for namespace, inner in namespaces.items():
-        found = [n for n in inner if n in (want, want.replace("-", "_"))]
+        found = [n for n in inner if n in wanted]
         if namespace.startswith("mcp__") and found:
             return {"type": "function_call", "id": new_id("fc_"), "status": "completed",
                     "call_id": call_id, "namespace": namespace, "name": found[0],
