@@ -3,8 +3,9 @@
 # API + history mirror + worker; an admission policy (WebAssembly, in wasmtime) tested, pushed and
 # bound for tenant acme; a run the policy denies, with its decision replayed; a sandboxed run that
 # waits at its approval gate, an approval by a second principal, the agent's model call through
-# the gateway (decided by the model-access and budget policies), and the run's verified,
-# hash-chained ledger printed at the end.
+# the gateway (decided by the model-access and budget policies); Claude Code itself governed in the
+# strict sandbox (its events followed live, an escalated tool call approved, its diff and evidence);
+# and the runs' verified, hash-chained ledger printed at the end.
 # No model provider is reachable here, so the gateway is configured with tests/fakes/fake_provider.py,
 # a stand-in speaking Anthropic's and OpenAI's wire formats; with real keys, use
 # examples/gateway.json as <state>/gateway.json instead.
@@ -138,6 +139,7 @@ cogward run approve "$run_id" --tool-call "$call_id" --comment "sum checked"
 
 step "the verdict"
 wait_status "$run_id" succeeded failed rejected expired cancelled denied
+review_status=$status
 cogward run status "$run_id" --json
 echo "agent stdout:"; cat "$COGWARD_STATE_DIR/runs/$run_id/stdout.log"
 echo "its sandbox, as the evidence records it:"
@@ -162,9 +164,48 @@ for e in json.load(sys.stdin)["entries"]:
         print("%-19s %-28s %-9s %-9s tokens %s approver %s" % (e["event_type"], b["target"], b["decision"],
               b["outcome"], b["tokens"], b["detail"].get("approver")))'
 
+step "Claude Code, governed: a claude-code run in the strict sandbox (the real CLI; its model is the provider stand-in's scripted one)"
+cat examples/claude-code-run.json
+cc_id=$(submit examples/claude-code-run.json)
+echo "run id: $cc_id; following its events live (cogward run events --follow):"
+cogward run events "$cc_id" --follow >"$COGWARD_STATE_DIR/cc-events.txt" 2>&1 &
+follower=$!
+cc_call=
+for _ in $(seq 1 300); do
+    cc_call=$(cogward run tool-calls "$cc_id" --json | python3 -c '
+import json, sys
+pending = [c["call_id"] for c in json.load(sys.stdin)["tool_calls"] if c["decision"] is None]
+print(pending[0] if pending else "")')
+    [ -n "$cc_call" ] && break
+    sleep 0.2
+done
+echo "the agent's get-sum call is parked for a release manager; what it did so far:"
+cat "$COGWARD_STATE_DIR/cc-events.txt"
+cogward run approve "$cc_id" --tool-call "$cc_call" --comment "sum checked"
+wait "$follower" || true
+echo "all its events, as they were followed:"
+cat "$COGWARD_STATE_DIR/cc-events.txt"
+wait_status "$cc_id" succeeded failed
+cogward run status "$cc_id"
+echo "its diff (evidence store, checked against the digest in the ledger):"
+cogward run diff "$cc_id"
+echo "its evidence:"
+cogward run evidence "$cc_id"
+echo "its manifest:"
+cogward run evidence "$cc_id" manifest; echo
+wait_mirrored "$cc_id"
+echo "its calls in the ledger:"
+cogward run history "$cc_id" --json | python3 -c '
+import json, sys
+for e in json.load(sys.stdin)["entries"]:
+    if e["event_type"] in ("gateway.model_call", "gateway.tool_call"):
+        b = json.loads(e["body"])
+        print("%-19s %-34s %-9s %-9s tokens %s" % (e["event_type"], b["target"], b["decision"], b["outcome"], b["tokens"]))'
+[ "$status" = succeeded ] || { echo "the Claude Code run did not succeed" >&2; exit 1; }
+
 step "cogward audit replay: the run's history, rebuilt from the ledger alone, replays against this build"
 cogward audit replay "$run_id"
 
 step "cogward audit verify: the whole chain, offline, from the database alone"
 cogward audit verify
-[ "$status" = succeeded ]
+[ "$review_status" = succeeded ]

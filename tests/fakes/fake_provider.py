@@ -20,7 +20,7 @@ Answers are deterministic so tests can assert usage figures:
   TEXT = "ok" repeated OUT times, joined by single spaces (streamed in up to
          4 deltas).
 Model name triggers: "fail-500" -> 500 provider error, "slow" -> 2 s delay,
-"big" -> OUT = 1000; a model named "scripted-agent*" answers as the scripted model of
+"big" -> OUT = 1000; a model whose name contains "scripted-agent" answers as the scripted model of
 scripted_agent.py (tool calls that drive Claude Code or Codex CLI through a task; OUT is then
 10 + the answer's JSON bytes / 4).
 

@@ -2,7 +2,7 @@
 Messages wire, Codex CLI on the OpenAI Responses wire) through a fixed task, so the CLI does
 real work through the real gateway with no real model.
 
-Used when the request's model name starts with "scripted-agent". The step that answers a call
+Used when the request's model name contains "scripted-agent". The step that answers a call
 is chosen only by how many tool results the conversation already holds (Anthropic: tool_result
 blocks in `messages`; Responses: *_output items in `input`), so the model is stateless and a
 retried call gets the same answer. Calls without tools (a CLI's side calls: titles, summaries)
@@ -38,7 +38,7 @@ RESULT_TYPES = ("function_call_output", "custom_tool_call_output", "mcp_call_out
 
 
 def is_scripted(model):
-    return model.startswith("scripted-agent")
+    return "scripted-agent" in model
 
 
 def new_id(prefix):

@@ -170,12 +170,23 @@ async fn events(
                 quiet_since = tokio::time::Instant::now();
             }
             if done {
-                let status = crate::runs::Runs(&state.db)
-                    .get(&run_id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|r| r.status.to_string());
+                // The agent is done; the run's verdict follows within moments (the mirror
+                // records it from history): give it a few seconds to say so.
+                state.mirror_wake.wake(&run_id);
+                let mut status = None;
+                for _ in 0..50 {
+                    status = crate::runs::Runs(&state.db)
+                        .get(&run_id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|r| r.status);
+                    if status.is_some_and(|s| s.is_terminal()) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let status = status.map(|s| s.to_string());
                 let data = serde_json::json!({"run_id": run_id, "status": status});
                 let _ = tx
                     .send(Ok(Bytes::from(format!("event: end\ndata: {data}\n\n"))))
