@@ -455,17 +455,42 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
             count(&db, "SELECT COUNT(*) FROM mcp_sessions").await,
         )
     };
-    // A browser page on a rebinding name: refused whatever it carries.
-    let resp = http
-        .post(&url)
-        .bearer_auth(&token)
-        .header("origin", "http://evil.example")
-        .header("mcp-session-id", &session)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
+    // A browser page on a rebinding name, or another local origin: refused whatever it
+    // carries. A loopback page of this very endpoint (Origin = Host, both loopback) passes.
+    let authority = url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/mcp"))
+        .unwrap()
+        .to_string();
+    let port = authority.rsplit_once(':').unwrap().1.to_string();
+    for (origin, host, status) in [
+        ("http://evil.example".to_string(), authority.clone(), 403),
+        (
+            "http://evil.example".to_string(),
+            "evil.example".to_string(),
+            403,
+        ),
+        (
+            format!("http://{authority}"),
+            "evil.example".to_string(),
+            403,
+        ),
+        ("http://127.0.0.1:1".to_string(), authority.clone(), 403),
+        (format!("http://localhost:{port}"), authority.clone(), 403),
+        (format!("http://{authority}"), authority.clone(), 200),
+    ] {
+        let resp = http
+            .post(&url)
+            .bearer_auth(&token)
+            .header("origin", &origin)
+            .header("host", &host)
+            .header("mcp-session-id", &session)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "Origin {origin}, Host {host}");
+    }
     let before = counts().await;
     let key_id = token.split('.').nth(1).unwrap();
     let forged = cogward_activities::credential::mint(key_id, b"another key", &id);

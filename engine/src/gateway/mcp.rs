@@ -115,9 +115,12 @@ fn authenticate_error(e: AuthFailure) -> RpcError {
 /// reaching the gateway on loopback) is refused before anything else.
 fn origin_refused(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
     let origin = headers.get(axum::http::header::ORIGIN)?;
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
     let allowed = origin
         .to_str()
-        .is_ok_and(|o| gw.config.mcp_allowed_origins.iter().any(|a| a == o));
+        .is_ok_and(|o| origin_allowed(&gw.config.mcp_allowed_origins, o, host));
     (!allowed).then(|| {
         rpc_error(
             StatusCode::FORBIDDEN,
@@ -127,6 +130,53 @@ fn origin_refused(gw: &Gateway, headers: &HeaderMap) -> Option<Response> {
         )
         .into_response()
     })
+}
+
+/// Whether a request carrying `Origin: origin` (and `Host: host`) may reach MCP: an origin
+/// listed in `mcp_allowed_origins`, or a loopback page of this very endpoint — the Origin's
+/// authority is the Host's, and both are loopback. A rebinding page's requests carry its own
+/// name in `Host`, and another local origin (another port, `localhost` for `127.0.0.1`) differs,
+/// so both are refused.
+fn origin_allowed(listed: &[String], origin: &str, host: Option<&str>) -> bool {
+    if listed.iter().any(|a| a == origin) {
+        return true;
+    }
+    let Some(host) = host else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return false,
+    };
+    /// (host, port) of an authority, with the scheme's port when it names none.
+    fn split<'a>(authority: &'a str, default_port: &'a str) -> Option<(&'a str, &'a str)> {
+        if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
+            return None;
+        }
+        match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') && (h.starts_with('[') == h.ends_with(']')) => {
+                p.bytes().all(|b| b.is_ascii_digit()).then_some((h, p))
+            }
+            _ => Some((authority, default_port)),
+        }
+    }
+    fn loopback(host: &str) -> bool {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || bare
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+    match (split(authority, default_port), split(host, default_port)) {
+        (Some((oh, op)), Some((hh, hp))) => {
+            loopback(oh) && loopback(hh) && oh.eq_ignore_ascii_case(hh) && op == hp
+        }
+        _ => false,
+    }
 }
 
 async fn handle_get(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -1044,5 +1094,52 @@ where
             return Ok(Parked::Expired);
         }
         tokio::time::sleep(PARK_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn only_listed_origins_and_same_origin_loopback_pages_reach_mcp() {
+        let listed = ["https://console.example.com".to_string()];
+        for (origin, host, ok) in [
+            ("https://console.example.com", Some("gw.example.com"), true),
+            // A page of this very endpoint on loopback.
+            ("http://127.0.0.1:8082", Some("127.0.0.1:8082"), true),
+            ("http://localhost:8082", Some("localhost:8082"), true),
+            ("http://[::1]:8082", Some("[::1]:8082"), true),
+            ("http://127.0.0.1", Some("127.0.0.1:80"), true),
+            // DNS rebinding: the page's own name is in Host.
+            ("http://evil.example.com", Some("evil.example.com"), false),
+            (
+                "http://evil.example.com:8082",
+                Some("127.0.0.1:8082"),
+                false,
+            ),
+            (
+                "http://127.0.0.1:8082",
+                Some("evil.example.com:8082"),
+                false,
+            ),
+            // Another local origin.
+            ("http://127.0.0.1:3000", Some("127.0.0.1:8082"), false),
+            ("http://localhost:8082", Some("127.0.0.1:8082"), false),
+            ("https://127.0.0.1:8082", Some("127.0.0.1:8082"), true),
+            ("https://127.0.0.1", Some("127.0.0.1:80"), false),
+            // Not origins at all.
+            ("null", Some("127.0.0.1:8082"), false),
+            ("file://127.0.0.1:8082", Some("127.0.0.1:8082"), false),
+            ("http://127.0.0.1:8082/x", Some("127.0.0.1:8082"), false),
+            ("http://user@127.0.0.1:8082", Some("127.0.0.1:8082"), false),
+            ("http://127.0.0.1:8082", None, false),
+        ] {
+            assert_eq!(
+                origin_allowed(&listed, origin, host),
+                ok,
+                "{origin} with Host {host:?}"
+            );
+        }
     }
 }
