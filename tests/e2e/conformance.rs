@@ -127,5 +127,59 @@ async fn the_conformance_suite_passes_through_the_gateway_what_it_passes_directl
         summary["passing"]["gateway"].as_u64().unwrap() >= 12,
         "{stdout}"
     );
+    // The official SDK clients (TypeScript, Python): the tool lists through the gateway equal
+    // the direct ones (names mapped back), and every call's result does but for the tools
+    // exercising what is not proxied yet.
+    for client in ["ts", "py"] {
+        let path = out.join(format!("clients/{client}-diff.json"));
+        let diff: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}\n{stdout}\n{stderr}", path.display())),
+        )
+        .unwrap();
+        let paths: Vec<String> = diff["diffs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d[1].as_str().unwrap().to_string())
+            .collect();
+        eprintln!("{client}: {paths:?}");
+        assert!(
+            !paths.iter().any(|p| p.starts_with("tools")),
+            "{client}: the tool list differs through the gateway: {paths:?}"
+        );
+        for p in &paths {
+            assert!(
+                NOT_PROXIED.iter().any(|(prefix, _)| p.starts_with(prefix)),
+                "{client}: {p} differs through the gateway"
+            );
+        }
+    }
     stack.cancel(&id).await.unwrap();
 }
+
+/// What the SDK clients see differ through the gateway today, each for a gap docs/api.md lists.
+const NOT_PROXIED: &[(&str, &str)] = &[
+    (
+        "calls.test_tool_with_progress",
+        "the client's progress token is not forwarded",
+    ),
+    (
+        "calls.test_tool_with_logging",
+        "upstream log messages are not relayed",
+    ),
+    ("setLoggingLevel", "logging/setLevel is not proxied"),
+    ("calls.test_sampling", "sampling requests are not relayed"),
+    (
+        "calls.test_elicitation",
+        "elicitation requests are not relayed",
+    ),
+    (
+        "calls.test_lossless_fields",
+        "results are re-encoded: unknown fields are lost",
+    ),
+    (
+        "calls.json_schema_2020_12_tool",
+        "arguments are re-encoded: their keys reach the upstream sorted",
+    ),
+];
