@@ -70,7 +70,7 @@ async fn admission_policy_end_to_end(stack: &Stack) {
     let out = cli_ok(stack, &push);
     assert!(out.starts_with("pushed acme-admission version 1"), "{out}");
     assert!(
-        out.contains("already stored") && out.contains("15 tests passed"),
+        out.contains("already stored") && out.contains("18 tests passed"),
         "{out}"
     );
     let out = cli_ok(stack, &push);
@@ -404,7 +404,7 @@ fn policy_test_diffs_expected_decisions_locally() {
     };
     let (code, out) = run(&tests);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("15 passed, 0 failed"), "{out}");
+    assert!(out.contains("18 passed, 0 failed"), "{out}");
 
     // Flip one expectation: the author sees which case and why.
     let dir = tempfile::tempdir().unwrap();
@@ -421,5 +421,5 @@ fn policy_test_diffs_expected_decisions_locally() {
         out.contains("FAIL unknown agent: expected permit, got deny"),
         "{out}"
     );
-    assert!(out.contains("14 passed, 1 failed"), "{out}");
+    assert!(out.contains("17 passed, 1 failed"), "{out}");
 }
