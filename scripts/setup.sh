@@ -95,4 +95,7 @@ if ! cmp -s "$conformance_lock" "$COGWARD_CONFORMANCE_TOOLS/package-lock.json" \
     npm ci -q --no-audit --no-fund --prefix "$COGWARD_CONFORMANCE_TOOLS" >&2
     tools_installed=1
 fi
+# tests/conformance/upstream.ts imports the SDK: resolve it from the tools (a git-ignored link).
+[ -e "$(dirname "$conformance_lock")/node_modules" ] \
+    || ln -s "$COGWARD_CONFORMANCE_TOOLS/node_modules" "$(dirname "$conformance_lock")/node_modules"
 [ -z "$tools_installed" ] || chmod -R a+rX "$COGWARD_TOOLS_DIR"

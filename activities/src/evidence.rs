@@ -12,9 +12,13 @@
 //! `transcript` (an agent CLI's run events), `stdout`, `stderr`, `artifacts` (the runner's
 //! file list) and every artifact as `work/<path>` (listed by digest only past the size caps).
 //!
-//! Storing is idempotent: a retried activity writes the same blobs and the same index (it has
-//! no timestamp of its own), so the digest in history always names the file on disk. Reading
-//! ([`read_item`]) checks every byte against its digest. [`sweep`] deletes runs' evidence past
+//! History carries the index's digest and the run's own items; the artifacts (any number of
+//! them) are listed in the index only, each with its digest, so what grows with the agent's
+//! work stays out of history. Storing is idempotent: a retried activity writes the same blobs
+//! and the same index (it has no timestamp of its own), so the digest in history always names
+//! the file on disk; blobs are made durable (one `syncfs`) before the index that names them.
+//! Reading ([`read_item`]) checks the index against its recorded digest and every byte against
+//! its own. [`sweep`] deletes runs' evidence past
 //! the retention and the blobs no index names any more.
 
 use crate::agent_events::{Normaliser, OutputFormat};
@@ -33,10 +37,15 @@ use std::time::{Duration, SystemTime};
 
 /// An artifact larger than this is listed by digest, not stored.
 pub const MAX_STORED_ARTIFACT: u64 = 64 << 20;
-/// A run stores at most this many bytes of artifacts.
+/// A run stores at most this many bytes of artifacts, and this many artifact files.
 pub const MAX_STORED_ARTIFACTS_PER_RUN: u64 = 512 << 20;
+pub const MAX_STORED_ARTIFACT_FILES: usize = 2000;
 /// Files larger than this are not diffed line by line (the diff names them with their digest).
 pub const MAX_DIFFED_FILE: u64 = 1 << 20;
+/// The diff covers at most this many changed files and about this many bytes; it says how many
+/// more changed (their digests are in the index).
+pub const MAX_DIFFED_FILES: usize = 2000;
+pub const MAX_DIFF_BYTES: usize = 16 << 20;
 
 /// The run's index in the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +55,15 @@ pub struct RunIndex {
     /// When the agent finished (the runner's clock), for retention.
     pub finished_at_ms: u64,
     pub items: Vec<EvidenceItem>,
+    /// Every artifact (`work/<path>`), stored or by digest only.
+    #[serde(default)]
+    pub artifacts: Vec<EvidenceItem>,
+}
+
+impl RunIndex {
+    fn all(&self) -> impl Iterator<Item = &EvidenceItem> {
+        self.items.iter().chain(&self.artifacts)
+    }
 }
 
 /// What the manifest item records about the run.
@@ -102,15 +120,27 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Write `bytes` to `path` atomically (temp + fsync + rename), 0600, unless it is there.
+/// Write `bytes` to `path` atomically (temp + rename), 0600, unless it is there; durable once
+/// the store is synced ([`sync_store`]).
 fn write_once(path: &Path, bytes: &[u8]) -> io::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    write_replace(path, bytes)
+    write_file(path, bytes, false)
 }
 
+/// Write `bytes` to `path` atomically and durably (temp + fsync + rename).
 fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_file(path, bytes, true)
+}
+
+/// Flush everything written to the store's filesystem (one `syncfs`, not a sync per blob).
+fn sync_store(root: &Path) -> io::Result<()> {
+    let dir = std::fs::File::open(root)?;
+    nix::unistd::syncfs(&dir).map_err(io::Error::from)
+}
+
+fn write_file(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -126,7 +156,9 @@ fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .mode(0o600)
         .open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 
@@ -229,11 +261,13 @@ pub fn store_run(
         "application/json",
         &serde_json::to_vec_pretty(&artifacts).map_err(io::Error::other)?,
     )?;
-    let mut stored_bytes = 0u64;
+    let items = std::mem::take(&mut w.items);
+    let (mut stored_bytes, mut stored_files) = (0u64, 0usize);
     for a in &artifacts.artifacts {
         let name = format!("work/{}", a.path);
         let fits = a.bytes <= MAX_STORED_ARTIFACT
-            && stored_bytes + a.bytes <= MAX_STORED_ARTIFACTS_PER_RUN;
+            && stored_bytes + a.bytes <= MAX_STORED_ARTIFACTS_PER_RUN
+            && stored_files < MAX_STORED_ARTIFACT_FILES;
         let bytes = match (&work, fits) {
             (Some(dir), true) => read_no_follow(dir, &a.path, a.bytes)?,
             _ => None,
@@ -242,6 +276,7 @@ pub fn store_run(
             // Only what the runner hashed: a file that changed since is not evidence of the run.
             Some(b) if sha256_hex(&b) == a.sha256 => {
                 stored_bytes += a.bytes;
+                stored_files += 1;
                 w.put(&name, "application/octet-stream", &b)?;
             }
             _ => w.items.push(EvidenceItem {
@@ -257,12 +292,16 @@ pub fn store_run(
         run_id: facts.run_id.to_string(),
         tenant: facts.tenant.to_string(),
         finished_at_ms: result.finished_at_ms,
-        items: w.items,
+        items,
+        artifacts: w.items,
     };
+    sync_store(root)?;
     let bytes = serde_json::to_vec_pretty(&index).map_err(io::Error::other)?;
     write_replace(&index_path(root, facts.tenant, facts.run_id), &bytes)?;
     Ok(StoredEvidence {
         index_sha256: sha256_hex(&bytes),
+        artifacts_listed: index.artifacts.len() as u64,
+        artifacts_stored: index.artifacts.iter().filter(|a| a.stored).count() as u64,
         items: index.items,
     })
 }
@@ -294,7 +333,15 @@ pub fn tree_diff(work: Option<&Dir>, initial: &BTreeMap<String, String>, end: &M
     paths.extend(after.keys().copied());
     paths.sort_unstable();
     paths.dedup();
+    let (mut diffed, mut more) = (0usize, 0usize);
     for path in paths {
+        if diffed >= MAX_DIFFED_FILES || out.len() >= MAX_DIFF_BYTES {
+            let unchanged = matches!((initial.get(path), after.get(path)),
+                (Some(o), Some(a)) if sha256_hex(o.as_bytes()) == a.sha256);
+            more += usize::from(!unchanged);
+            continue;
+        }
+        let before = out.len();
         let old = initial.get(path).map(|s| s.as_bytes().to_vec());
         let new = match (after.get(path), work) {
             (Some(a), Some(dir)) if a.bytes <= MAX_DIFFED_FILE => {
@@ -305,6 +352,7 @@ pub fn tree_diff(work: Option<&Dir>, initial: &BTreeMap<String, String>, end: &M
         let new_meta = after.get(path);
         if old.is_some() && new_meta.is_none() {
             out.push_str(&file_diff(path, old.as_deref(), Some(&[]), true));
+            diffed += 1;
             continue;
         }
         match (&old, &new, new_meta) {
@@ -318,6 +366,12 @@ pub fn tree_diff(work: Option<&Dir>, initial: &BTreeMap<String, String>, end: &M
             )),
             _ => {}
         }
+        diffed += usize::from(out.len() > before);
+    }
+    if more > 0 {
+        out.push_str(&format!(
+            "# {more} more changed files are not in this diff (its caps); the index lists each with its digest\n"
+        ));
     }
     if end.truncated {
         out.push_str(
@@ -377,17 +431,61 @@ pub enum ReadError {
     Io(#[from] io::Error),
 }
 
-/// An item's bytes, checked against the digest `items` (from the run's history) records.
+/// The run's index, checked against the digest its history records, or why it cannot be.
+pub fn verified_index(
+    root: &Path,
+    tenant: &str,
+    run_id: &str,
+    stored: &StoredEvidence,
+) -> Result<RunIndex, ReadError> {
+    let bytes = match std::fs::read(index_path(root, tenant, run_id)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    if sha256_hex(&bytes) != stored.index_sha256 {
+        return Err(ReadError::Corrupt {
+            name: "index".into(),
+            sha256: stored.index_sha256.clone(),
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ReadError::Io(io::Error::other(e)))
+}
+
+/// Every item of the run: its own, then its artifacts (from the verified index).
+pub fn list_items(
+    root: &Path,
+    tenant: &str,
+    run_id: &str,
+    stored: &StoredEvidence,
+) -> Result<Vec<EvidenceItem>, ReadError> {
+    Ok(verified_index(root, tenant, run_id, stored)?
+        .all()
+        .cloned()
+        .collect())
+}
+
+/// An item's bytes, checked against its digest: one of the run's own items as history
+/// records it, or an artifact as the index (checked against history) lists it.
 pub fn read_item(
     root: &Path,
     tenant: &str,
-    items: &[EvidenceItem],
+    run_id: &str,
+    stored: &StoredEvidence,
     name: &str,
 ) -> Result<Vec<u8>, ReadError> {
-    let item = items
-        .iter()
-        .find(|i| i.name == name)
-        .ok_or_else(|| ReadError::NoSuchItem(name.to_string()))?;
+    let index;
+    let item = match stored.items.iter().find(|i| i.name == name) {
+        Some(item) => item,
+        None => {
+            index = verified_index(root, tenant, run_id, stored)?;
+            index
+                .artifacts
+                .iter()
+                .find(|i| i.name == name)
+                .ok_or_else(|| ReadError::NoSuchItem(name.to_string()))?
+        }
+    };
     if !item.stored {
         return Err(ReadError::NotStored(name.to_string()));
     }
@@ -441,7 +539,7 @@ pub fn sweep(root: &Path, retention: Duration, now: SystemTime) -> io::Result<Sw
                     std::fs::remove_file(&path)?;
                     swept.runs += 1;
                 } else {
-                    live.extend(index.items.into_iter().map(|i| i.sha256));
+                    live.extend(index.all().map(|i| i.sha256.clone()));
                 }
             }
         }
@@ -540,13 +638,9 @@ mod tests {
         let runtime: RuntimeSpec =
             serde_json::from_str(r#"{"type":"claude-code","prompt":"p","model":"m"}"#).unwrap();
         let initial = BTreeMap::from([("a.txt".to_string(), "one\ntwo\nthree\n".to_string())]);
-        let stored = store_run(
-            store.path(),
-            &facts(&runtime, &initial),
-            dir.path(),
-            &result(5),
-        )
-        .unwrap();
+        let facts = facts(&runtime, &initial);
+        let stored = store_run(store.path(), &facts, dir.path(), &result(5)).unwrap();
+        // History gets the run's own items; the index lists the artifacts too.
         let names: Vec<&str> = stored.items.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(
             names,
@@ -556,54 +650,68 @@ mod tests {
                 "transcript",
                 "stdout",
                 "stderr",
-                "artifacts",
-                "work/a.txt",
-                "work/b.bin",
-                "work/evil"
+                "artifacts"
             ]
         );
-        let diff =
-            String::from_utf8(read_item(store.path(), "acme", &stored.items, "diff").unwrap())
-                .unwrap();
+        assert_eq!((stored.artifacts_listed, stored.artifacts_stored), (3, 2));
+        let all = list_items(store.path(), "acme", "run-1", &stored).unwrap();
+        assert_eq!(all.len(), 9);
+        let read = |name: &str| read_item(store.path(), "acme", "run-1", &stored, name);
+        let diff = String::from_utf8(read("diff").unwrap()).unwrap();
         assert!(diff.contains("--- a/a.txt\n+++ b/a.txt\n"), "{diff}");
         assert!(diff.contains("-two\n+two changed\n"), "{diff}");
         assert!(diff.contains("Binary file b.bin changed"), "{diff}");
         assert!(!diff.contains("root:"), "{diff}");
         // The link was not followed: listed by digest only.
-        let evil = stored.items.iter().find(|i| i.name == "work/evil").unwrap();
+        let evil = all.iter().find(|i| i.name == "work/evil").unwrap();
         assert!(!evil.stored);
-        assert!(matches!(
-            read_item(store.path(), "acme", &stored.items, "work/evil"),
-            Err(ReadError::NotStored(_))
-        ));
-        let manifest: RunManifest = serde_json::from_slice(
-            &read_item(store.path(), "acme", &stored.items, "manifest").unwrap(),
-        )
-        .unwrap();
+        assert!(matches!(read("work/evil"), Err(ReadError::NotStored(_))));
+        assert_eq!(read("work/a.txt").unwrap(), b"one\ntwo changed\nthree\n");
+        let manifest: RunManifest = serde_json::from_slice(&read("manifest").unwrap()).unwrap();
         assert_eq!(
             (manifest.runtime.as_str(), manifest.model.as_deref()),
             ("claude-code", Some("m"))
         );
         // Idempotent: a retried activity stores the same index.
-        let again = store_run(
-            store.path(),
-            &facts(&runtime, &initial),
-            dir.path(),
-            &result(5),
-        )
-        .unwrap();
+        let again = store_run(store.path(), &facts, dir.path(), &result(5)).unwrap();
         assert_eq!(again, stored);
-        // A blob changed on disk is refused, not served.
-        let item = stored
-            .items
-            .iter()
-            .find(|i| i.name == "work/a.txt")
-            .unwrap();
+        // A blob changed on disk is refused, not served; so is an index changed on disk.
+        let item = all.iter().find(|i| i.name == "work/a.txt").unwrap();
         std::fs::write(blob_path(store.path(), "acme", &item.sha256), "forged").unwrap();
-        assert!(matches!(
-            read_item(store.path(), "acme", &stored.items, "work/a.txt"),
-            Err(ReadError::Corrupt { .. })
-        ));
+        assert!(matches!(read("work/a.txt"), Err(ReadError::Corrupt { .. })));
+        let index = index_path(store.path(), "acme", "run-1");
+        let text = std::fs::read_to_string(&index)
+            .unwrap()
+            .replace("\"stored\": false", "\"stored\": true");
+        std::fs::write(&index, text).unwrap();
+        assert!(matches!(read("work/evil"), Err(ReadError::Corrupt { .. })));
+        assert!(
+            read("diff").is_ok(),
+            "the run's own items are checked against history itself"
+        );
+    }
+
+    #[test]
+    fn a_diff_stops_at_its_caps_and_says_how_many_files_it_left_out() {
+        let work = tempfile::tempdir().unwrap();
+        let mut artifacts = Vec::new();
+        for i in 0..MAX_DIFFED_FILES + 5 {
+            let name = format!("f{i:05}.txt");
+            std::fs::write(work.path().join(&name), format!("{i}\n")).unwrap();
+            artifacts.push(cogward_runner::protocol::Artifact {
+                path: name,
+                sha256: sha256_hex(format!("{i}\n").as_bytes()),
+                bytes: 2,
+            });
+        }
+        let end = Manifest {
+            artifacts,
+            ..Default::default()
+        };
+        let dir = Dir::open_ambient_dir(work.path(), cap_std::ambient_authority()).unwrap();
+        let diff = tree_diff(Some(&dir), &BTreeMap::new(), &end);
+        assert_eq!(diff.matches("+++ b/").count(), MAX_DIFFED_FILES);
+        assert!(diff.ends_with("# 5 more changed files are not in this diff (its caps); the index lists each with its digest\n"), "{}", &diff[diff.len() - 200..]);
     }
 
     #[test]
@@ -633,8 +741,12 @@ mod tests {
         assert_eq!(swept.runs, 1);
         assert!(swept.blobs >= 1, "{swept:?}");
         assert!(read_index(store.path(), "acme", "run-1").unwrap().is_none());
-        for item in kept.items.iter().filter(|i| i.stored) {
-            read_item(store.path(), "acme", &kept.items, &item.name).unwrap();
+        for item in list_items(store.path(), "acme", "run-2", &kept)
+            .unwrap()
+            .iter()
+            .filter(|i| i.stored)
+        {
+            read_item(store.path(), "acme", "run-2", &kept, &item.name).unwrap();
         }
     }
 }

@@ -723,8 +723,8 @@ async fn run_command(api: &ApiClient, cmd: &RunCommand) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(0);
             }
-            println!("{}  index sha256 {}", v.run_id, v.evidence.index_sha256);
-            for i in &v.evidence.items {
+            println!("{}  index sha256 {}", v.run_id, v.index_sha256);
+            for i in &v.items {
                 println!(
                     "  {:<40} {:>10} bytes  {}{}",
                     i.name,

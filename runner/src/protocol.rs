@@ -408,9 +408,16 @@ pub struct CpuTime {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredEvidence {
-    /// sha256 of the run's index file in the store (the items as listed here, as JSON).
+    /// sha256 of the run's index file in the store, which lists these items and every
+    /// artifact (`work/<path>`) with its digest.
     pub index_sha256: String,
+    /// The run's own items (manifest, diff, transcript, stdout, stderr, artifacts list).
     pub items: Vec<EvidenceItem>,
+    /// Artifacts the index lists, and how many of them it stores (the rest by digest only).
+    #[serde(default)]
+    pub artifacts_listed: u64,
+    #[serde(default)]
+    pub artifacts_stored: u64,
 }
 
 /// One item of a run's evidence.

@@ -43,6 +43,12 @@ impl Drop for Upstream {
 }
 
 fn start_upstream(node: &Path) -> (Upstream, String) {
+    // upstream.ts imports the SDK from the tools' node_modules, as run.sh links it.
+    let link = conformance_dir().join("node_modules");
+    if !link.exists() {
+        let modules = node.ancestors().nth(3).expect("the tools' node_modules");
+        let _ = std::os::unix::fs::symlink(modules, &link);
+    }
     let mut child = Command::new(node)
         .arg(conformance_dir().join("upstream.ts"))
         .args(["--port", "0"])

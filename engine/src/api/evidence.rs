@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use cogward_activities::evidence::{self, ReadError};
 use cogward_activities::spec::RunnerEvidence;
-use cogward_runner::protocol::StoredEvidence;
+use cogward_runner::protocol::{EvidenceItem, StoredEvidence};
 use serde::{Deserialize, Serialize};
 
 pub fn router() -> Router<AppState> {
@@ -21,12 +21,13 @@ pub fn router() -> Router<AppState> {
         .route("/v1/runs/{id}/evidence/{*name}", get(fetch))
 }
 
-/// `GET /v1/runs/{id}/evidence`.
+/// `GET /v1/runs/{id}/evidence`: what history records, and every item (the run's own and its
+/// artifacts, from the index checked against the recorded digest).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvidenceView {
     pub run_id: String,
-    #[serde(flatten)]
-    pub evidence: StoredEvidence,
+    pub index_sha256: String,
+    pub items: Vec<EvidenceItem>,
 }
 
 /// The run's tenant and its evidence as recorded, or why there is none.
@@ -59,8 +60,24 @@ async fn list(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<EvidenceView>, ApiError> {
-    let (run_id, _, evidence) = recorded(&state, &principal, &id).await?;
-    Ok(Json(EvidenceView { run_id, evidence }))
+    let (run_id, tenant, stored) = recorded(&state, &principal, &id).await?;
+    let root = evidence::root(&state.state_dir);
+    let items = evidence::list_items(&root, &tenant, &run_id, &stored).map_err(read_problem)?;
+    Ok(Json(EvidenceView {
+        run_id,
+        index_sha256: stored.index_sha256,
+        items,
+    }))
+}
+
+fn read_problem(e: ReadError) -> ApiError {
+    let (status, kind) = match &e {
+        ReadError::NoSuchItem(_) => (StatusCode::NOT_FOUND, "evidence_not_found"),
+        ReadError::NotStored(_) => (StatusCode::CONFLICT, "evidence_not_stored"),
+        ReadError::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "evidence_corrupt"),
+        ReadError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "evidence_unreadable"),
+    };
+    problem(status, kind, e.to_string())
 }
 
 async fn fetch(
@@ -68,17 +85,10 @@ async fn fetch(
     principal: Principal,
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (_, tenant, stored) = recorded(&state, &principal, &id).await?;
+    let (run_id, tenant, stored) = recorded(&state, &principal, &id).await?;
     let root = evidence::root(&state.state_dir);
-    let bytes = evidence::read_item(&root, &tenant, &stored.items, &name).map_err(|e| {
-        let (status, kind) = match &e {
-            ReadError::NoSuchItem(_) => (StatusCode::NOT_FOUND, "evidence_not_found"),
-            ReadError::NotStored(_) => (StatusCode::CONFLICT, "evidence_not_stored"),
-            ReadError::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "evidence_corrupt"),
-            ReadError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "evidence_unreadable"),
-        };
-        problem(status, kind, e.to_string())
-    })?;
+    let bytes =
+        evidence::read_item(&root, &tenant, &run_id, &stored, &name).map_err(read_problem)?;
     let media_type = stored
         .items
         .iter()
