@@ -59,7 +59,7 @@ const CODEX: Cli = Cli {
 pub const CODEX_MODELS: &str = "codex-models.json";
 
 /// What the runner is asked to start for an agent-CLI runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Launch {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -201,8 +201,7 @@ fn claude_code(exe: &str, task: &AgentTask, base: Option<&str>) -> Launch {
         argv,
         env,
         home_files,
-        read_only: Vec::new(),
-        cli: String::new(),
+        ..Launch::default()
     }
 }
 
@@ -272,8 +271,7 @@ fn codex(exe: &str, task: &AgentTask, base: Option<&str>, models: &serde_json::V
         argv,
         env,
         home_files,
-        read_only: Vec::new(),
-        cli: String::new(),
+        ..Launch::default()
     }
 }
 

@@ -238,12 +238,9 @@ async fn governed_run(
 }
 
 fn main() -> Result<()> {
-    let everything = std::env::var("COGWARD_EVERYTHING_JS").unwrap_or_else(|_| {
-        "/opt/cogward-tools/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js".into()
-    });
     anyhow::ensure!(
-        Path::new(&claude_bin()).is_file() && Path::new(&everything).is_file(),
-        "Claude Code or server-everything is missing: `source scripts/setup.sh` installs them"
+        Path::new(&claude_bin()).is_file(),
+        "Claude Code is missing: `source scripts/setup.sh` installs it"
     );
     let dir = tempfile::Builder::new()
         .prefix("cogward-agentbench")
@@ -272,23 +269,7 @@ fn main() -> Result<()> {
         &provider.log,
     )?;
     let provider_url = format!("http://127.0.0.1:{provider_port}");
-    let upstream_port = free_port();
-    let mut upstream_cmd = Command::new("node");
-    upstream_cmd
-        .args([everything.as_str(), "streamableHttp"])
-        .env("PORT", upstream_port.to_string());
-    let upstream = Guard::spawn(
-        "server-everything",
-        upstream_cmd,
-        env.dir.join("everything.log"),
-    )?;
-    wait_port(
-        upstream_port,
-        Duration::from_secs(30),
-        "server-everything",
-        &upstream.log,
-    )?;
-    let upstream_url = format!("http://127.0.0.1:{upstream_port}/mcp");
+    let (_upstream, upstream_url) = start_everything(&env)?;
     std::fs::create_dir_all(env.state_dir())?;
     std::fs::write(
         env.state_dir().join("gateway.json"),

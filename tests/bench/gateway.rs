@@ -21,7 +21,6 @@ mod common;
 use anyhow::{Context, Result, bail};
 use common::*;
 use serde_json::{Value, json};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BENCH_COMMAND: &str = "source scripts/setup.sh && cargo build --release --workspace --bins && cargo bench -p cogward-e2e --bench gateway";
@@ -181,13 +180,6 @@ fn measured(lat: &[f64], calls: usize, wall: Duration) -> Measured {
 }
 
 fn main() -> Result<()> {
-    let everything = std::env::var("COGWARD_EVERYTHING_JS").unwrap_or_else(|_| {
-        "/opt/cogward-tools/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js".into()
-    });
-    anyhow::ensure!(
-        std::path::Path::new(&everything).is_file(),
-        "server-everything is missing ({everything}): `source scripts/setup.sh` installs it"
-    );
     let dir = tempfile::Builder::new()
         .prefix("cogward-gwbench")
         .tempdir()?;
@@ -199,23 +191,7 @@ fn main() -> Result<()> {
         cogward: release_bin("cogward"),
         runner: release_bin("cogward-runner"),
     };
-    let upstream_port = free_port();
-    let mut upstream_cmd = Command::new("node");
-    upstream_cmd
-        .args([everything.as_str(), "streamableHttp"])
-        .env("PORT", upstream_port.to_string());
-    let upstream = Guard::spawn(
-        "server-everything",
-        upstream_cmd,
-        env.dir.join("everything.log"),
-    )?;
-    wait_port(
-        upstream_port,
-        Duration::from_secs(30),
-        "server-everything",
-        &upstream.log,
-    )?;
-    let upstream_url = format!("http://127.0.0.1:{upstream_port}/mcp");
+    let (_upstream, upstream_url) = start_everything(&env)?;
     std::fs::create_dir_all(env.state_dir())?;
     std::fs::write(
         env.state_dir().join("gateway.json"),

@@ -116,6 +116,19 @@ fn has_event(events: &[Value], pred: impl Fn(&Value) -> bool) -> bool {
     events.iter().any(pred)
 }
 
+/// Model calls of the scripted model the provider answered.
+fn scripted_model_calls(m: &McpStack) -> usize {
+    m.provider
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["model"]
+                .as_str()
+                .is_some_and(|m| m.contains("scripted-agent"))
+        })
+        .count()
+}
+
 /// What the agent printed, and the stack's logs, for a failing test's message.
 fn run_output(stack: &crate::stack::Stack, run_id: &str) -> String {
     let dir = stack.run_dir(run_id);
@@ -257,16 +270,7 @@ async fn governed_task(runtime: &str) {
 
     // Every model call the provider saw is in the ledger, decided and charged; every tool call
     // with its decision.
-    let provider_calls = m
-        .provider
-        .requests()
-        .iter()
-        .filter(|r| {
-            r["model"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("scripted-agent"))
-        })
-        .count();
+    let provider_calls = scripted_model_calls(&m);
     let model_calls: Vec<Value> = sqlx::query_scalar::<_, String>(
         "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.model_call' ORDER BY seq",
     )
@@ -501,16 +505,7 @@ base_url = \"%s\"\\nenv_key = \"OPENAI_API_KEY\"\\nwire_api = \"responses\"\\n' 
             "{vendor}: {destinations:?}"
         );
     }
-    let model_calls = m
-        .provider
-        .requests()
-        .iter()
-        .filter(|r| {
-            r["model"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("scripted-agent"))
-        })
-        .count();
+    let model_calls = scripted_model_calls(&m);
     assert!(model_calls >= 8, "{model_calls}");
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");

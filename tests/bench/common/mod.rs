@@ -240,3 +240,27 @@ pub fn sorted(v: &[f64]) -> Vec<f64> {
     s.sort_by(f64::total_cmp);
     s
 }
+
+/// The reference MCP server, `@modelcontextprotocol/server-everything` over Streamable HTTP
+/// (installed by `scripts/setup.sh`); its guard and `/mcp` URL.
+pub fn start_everything(env: &Env) -> Result<(Guard, String)> {
+    let everything = std::env::var("COGWARD_EVERYTHING_JS").unwrap_or_else(|_| {
+        "/opt/cogward-tools/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js".into()
+    });
+    anyhow::ensure!(
+        Path::new(&everything).is_file(),
+        "server-everything is missing ({everything}): `source scripts/setup.sh` installs it"
+    );
+    let port = free_port();
+    let mut cmd = Command::new("node");
+    cmd.args([everything.as_str(), "streamableHttp"])
+        .env("PORT", port.to_string());
+    let guard = Guard::spawn("server-everything", cmd, env.dir.join("everything.log"))?;
+    wait_port(
+        port,
+        Duration::from_secs(30),
+        "server-everything",
+        &guard.log,
+    )?;
+    Ok((guard, format!("http://127.0.0.1:{port}/mcp")))
+}
