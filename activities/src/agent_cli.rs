@@ -17,7 +17,7 @@
 
 use crate::spec::{AgentTask, RuntimeSpec};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Where the agent's work directory is in the sandbox (its cwd).
 pub const WORK: &str = cogward_runner::sandbox::fs_view::WORK_MOUNT;
@@ -66,13 +66,6 @@ pub struct Launch {
     pub home_files: BTreeMap<String, String>,
     /// Host paths the sandbox binds read-only (the CLI's installation).
     pub read_only: Vec<String>,
-    /// The CLI's name and version, for the run's evidence.
-    pub cli: String,
-}
-
-/// Where the gateway is, as the agent sees it (its sandbox's loopback).
-pub struct GatewayUrls<'a> {
-    pub base: &'a str,
 }
 
 impl AgentClis {
@@ -107,21 +100,20 @@ impl AgentClis {
     }
 
     /// The launch of `runtime` if it is an agent CLI (`None` for a plain command). `gateway` is
-    /// `None` when the engine runs without one: the CLI then has nowhere to send its model
-    /// calls, and the run fails as the CLI reports it.
+    /// the gateway's base URL as the agent sees it, `None` when the engine runs without one: the
+    /// CLI then has nowhere to send its model calls, and the run fails as the CLI reports it.
     pub fn launch(
         &self,
         runtime: &RuntimeSpec,
-        gateway: Option<GatewayUrls<'_>>,
+        gateway: Option<&str>,
     ) -> Result<Option<Launch>, String> {
         let Some((cli, task)) = Self::cli(runtime) else {
             return Ok(None);
         };
-        let version = self.version(runtime)?.unwrap_or_default();
+        self.version(runtime)?;
         let exe = self.dir.join(cli.executable).display().to_string();
-        let base = gateway.map(|g| g.base.to_string());
         let mut launch = match runtime {
-            RuntimeSpec::ClaudeCode(_) => claude_code(&exe, task, base.as_deref()),
+            RuntimeSpec::ClaudeCode(_) => claude_code(&exe, task, gateway),
             _ => {
                 let path = self.dir.join(CODEX_MODELS);
                 let models = std::fs::read(&path)
@@ -134,17 +126,12 @@ impl AgentClis {
                             path.display()
                         )
                     })?;
-                codex(&exe, task, base.as_deref(), &models)
+                codex(&exe, task, gateway, &models)
             }
         };
-        launch.read_only.push(path_string(&self.dir));
-        launch.cli = format!("{} {version}", cli.runtime);
+        launch.read_only.push(self.dir.display().to_string());
         Ok(Some(launch))
     }
-}
-
-fn path_string(p: &Path) -> String {
-    p.display().to_string()
 }
 
 fn claude_code(exe: &str, task: &AgentTask, base: Option<&str>) -> Launch {

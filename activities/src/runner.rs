@@ -8,7 +8,6 @@
 //!   a result. It is never silently re-run.
 
 use crate::ActivitiesConfig;
-use crate::agent_cli::GatewayUrls;
 use crate::spec::{CommandRuntime, RunId, RunLimits, RunnerEvidence, RuntimeSpec};
 use cogward_runner::protocol::{
     EVENTS_FILE, GatewayEgress, LOCK_FILE, Limits, PROTOCOL_VERSION, ProfileName, REQUEST_FILE,
@@ -164,13 +163,15 @@ pub fn runner_request(
         }
         GatewayEgress::new(gw.upstream.clone(), SANDBOX_GATEWAY_PORT)
     });
-    let urls = gateway.as_ref().map(|_| GatewayUrls { base: &base });
     let mut sandbox = SandboxProfile {
         name: input.sandbox_profile,
         ..config.sandbox.clone()
     };
     let mut home_files = BTreeMap::new();
-    let argv = match config.agent_clis.launch(&input.runtime, urls)? {
+    let argv = match config
+        .agent_clis
+        .launch(&input.runtime, gateway.as_ref().map(|_| base.as_str()))?
+    {
         None => match &input.runtime {
             RuntimeSpec::Command(CommandRuntime { command }) => command.clone(),
             _ => Vec::new(),
@@ -348,22 +349,6 @@ pub(crate) async fn start_runner(
 ) -> Result<RunnerEvidence, ActivityError> {
     let run_id = input.run_id.clone();
     let mut evidence = run_to_result(config, ctx, input.clone()).await?;
-    tracing::info!("runner result read");
-    // Everything that grows with the agent's work stays in the run directory; this is the
-    // backstop: evidence history could not take would make the activity fail forever.
-    let size = serde_json::to_vec(&evidence).map_or(0, |v| v.len());
-    if size > MAX_EVIDENCE_BYTES {
-        tracing::error!(
-            size,
-            "the runner's evidence is too large for workflow history"
-        );
-        evidence = RunnerEvidence::Lost {
-            detail: format!(
-                "the runner's evidence ({size} bytes) exceeds the {MAX_EVIDENCE_BYTES} bytes \
-                 workflow history takes; its result.json is in the run directory"
-            ),
-        };
-    }
     if let Some(gw) = &config.gateway {
         gw.credentials
             .revoke(run_id.as_str())
@@ -378,10 +363,27 @@ pub(crate) async fn start_runner(
             .map_err(|e| anyhow::Error::from(e).context("storing the run's evidence"))?;
         tracing::info!(
             items = stored.items.len(),
+            artifacts = stored.artifacts_listed,
             ms = begun.elapsed().as_millis() as u64,
             "evidence stored"
         );
         result.evidence = Some(stored);
+    }
+    // Everything that grows with the agent's work stays in the run directory and the evidence
+    // store; this is the backstop: evidence history could not take would make the activity
+    // fail forever.
+    let size = serde_json::to_vec(&evidence).map_or(0, |v| v.len());
+    if size > MAX_EVIDENCE_BYTES {
+        tracing::error!(
+            size,
+            "the runner's evidence is too large for workflow history"
+        );
+        evidence = RunnerEvidence::Lost {
+            detail: format!(
+                "the runner's evidence ({size} bytes) exceeds the {MAX_EVIDENCE_BYTES} bytes \
+                 workflow history takes; its result.json is in the run directory"
+            ),
+        };
     }
     Ok(evidence)
 }
