@@ -10,7 +10,7 @@
 //! through the real release `cogward serve --worker` at `/mcp`, with a run credential of a real
 //! running run: credential check, session, tool-access policy (wasm) and the ledger + journal
 //! record (group commit, SQLite with `synchronous=FULL`) on every call, and the gateway's one
-//! shared upstream connection (rmcp). At 1, 8 and 32 concurrent sessions, the two sides
+//! shared upstream connection (our own JSON-RPC client, `gateway/rpc.rs`). At 1, 8 and 32 concurrent sessions, the two sides
 //! alternated (A B B A halves), each call timed. Prints latency percentiles, the added latency
 //! and the throughput ratio, then markdown rows for docs/benchmarks.md.
 
@@ -303,7 +303,7 @@ fn main() -> Result<()> {
         let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM gateway_calls").fetch_one(&db.pool).await?;
         println!("\ngateway calls recorded in the journal (each also in the ledger): {recorded}");
         println!("inside the gateway, from the calls' records (p50 µs; the record itself and the HTTP hop are not in them):");
-        println!("| sessions | handler before the record | of it, the upstream call (rmcp) | of it, the gateway's own |");
+        println!("| sessions | handler before the record | of it, the upstream call | of it, the gateway's own |");
         println!("|---|---|---|---|");
         for r in &inside_rows {
             println!("{r}");

@@ -38,7 +38,8 @@ use cogward_activities::spec::{
 };
 use cogward_policy_abi::{Effect, Request, kinds};
 use cogward_workflows::AgentRun;
-use serde_json::{Map, Value, json};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use temporalio_client::{WorkflowQueryOptions, WorkflowSignalOptions};
@@ -89,6 +90,23 @@ impl IntoResponse for RpcError {
 
 fn rpc_result(id: &Value, result: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// A JSON-RPC response carrying `result` exactly as it is (a server's result, unchanged).
+fn rpc_result_raw(id: &Value, result: &RawValue) -> Box<RawValue> {
+    let text = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#, result.get());
+    RawValue::from_string(text).unwrap_or_else(|_| to_raw(&json!({"jsonrpc": "2.0", "id": id})))
+}
+
+/// A value of ours as raw JSON.
+fn to_raw(v: &Value) -> Box<RawValue> {
+    // A `Value` always serialises to JSON.
+    RawValue::from_string(v.to_string()).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// The JSON-RPC error message of `e`.
+fn rpc_error_raw(e: &RpcError) -> Box<RawValue> {
+    to_raw(&json!({"jsonrpc": "2.0", "id": e.id, "error": {"code": e.code, "message": e.message}}))
 }
 
 fn authenticate_error(e: AuthFailure) -> RpcError {
@@ -304,7 +322,9 @@ async fn dispatch(
     let answer = match method {
         "ping" => rpc_result(&id, json!({})),
         "tools/list" => rpc_result(&id, list_tools(gw, &run).await),
-        "tools/call" => return call_tool(state, &run, &id, &params).await,
+        "tools/call" => {
+            return call_tool(state, &run, &id, &params, raw_arguments(&body)).await;
+        }
         other => {
             return Ok(rpc_error(
                 StatusCode::OK,
@@ -464,9 +484,12 @@ async fn list_tools(gw: &Gateway, run: &RunIdentity) -> Value {
             }
         };
         for tool in listed.iter() {
+            let Some(tool_name) = tool.get("name").and_then(Value::as_str) else {
+                continue;
+            };
             let visible = match gw
                 .policies
-                .decide_request(tool_request(run, "list", &server.name, &tool.name, None))
+                .decide_request(tool_request(run, "list", &server.name, tool_name, None))
                 .await
             {
                 Ok(r) => r.decision.effect != Effect::Deny,
@@ -475,8 +498,9 @@ async fn list_tools(gw: &Gateway, run: &RunIdentity) -> Value {
                     false
                 }
             };
-            if visible && let Ok(mut v) = serde_json::to_value(tool) {
-                v["name"] = Value::String(format!("{}_{}", server.name, tool.name));
+            if visible {
+                let mut v = tool.clone();
+                v["name"] = Value::String(format!("{}_{tool_name}", server.name));
                 tools.push(v);
             }
         }
@@ -498,11 +522,29 @@ fn resolve<'a>(
     (!tool.is_empty()).then_some((server, tool))
 }
 
+/// A `tools/call`'s `params.arguments` exactly as the agent wrote them.
+fn raw_arguments(body: &[u8]) -> Option<Box<RawValue>> {
+    #[derive(serde::Deserialize)]
+    struct Message {
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        arguments: Option<Box<RawValue>>,
+    }
+    serde_json::from_slice::<Message>(body)
+        .ok()?
+        .params?
+        .arguments
+}
+
 /// A tool result of our own (refusals), with the decision machine-readable in `_meta`.
-fn refusal(text: String, call: &CallRecord) -> Value {
-    json!({"content": [{"type": "text", "text": text}], "isError": true,
+fn refusal(text: String, call: &CallRecord) -> Box<RawValue> {
+    to_raw(
+        &json!({"content": [{"type": "text", "text": text}], "isError": true,
            "_meta": {"cogward/decision": call.decision.as_str(), "cogward/call_id": call.call_id,
-                     "cogward/outcome": call.outcome}})
+                     "cogward/outcome": call.outcome}}),
+    )
 }
 
 async fn call_tool(
@@ -510,6 +552,7 @@ async fn call_tool(
     run: &RunIdentity,
     id: &Value,
     params: &Value,
+    raw_arguments: Option<Box<RawValue>>,
 ) -> Result<Response, RpcError> {
     let gw = state.gateway.clone();
     let started = Instant::now();
@@ -542,7 +585,9 @@ async fn call_tool(
         ));
     };
     let known = match gw.upstreams.tools(server, &run.run_id).await {
-        Ok(tools) => tools.iter().any(|t| t.name == tool),
+        Ok(tools) => tools
+            .iter()
+            .any(|t| t.get("name").and_then(Value::as_str) == Some(tool)),
         // The server is down: let the call through to the decision and the breaker's answer.
         Err(_) => true,
     };
@@ -605,7 +650,9 @@ async fn call_tool(
         gw: gw.clone(),
         server: server.clone(),
         tool: tool.to_string(),
-        arguments,
+        // The arguments as the agent wrote them (the same object the policy decided: the
+        // strict parser refused a key given twice).
+        arguments: arguments.and(raw_arguments),
         id: id.clone(),
         started,
     };
@@ -723,7 +770,7 @@ struct CallJob {
     gw: Arc<Gateway>,
     server: McpServer,
     tool: String,
-    arguments: Option<Map<String, Value>>,
+    arguments: Option<Box<RawValue>>,
     id: Value,
     started: Instant,
 }
@@ -744,7 +791,7 @@ impl CallJob {
 
     /// Forward the call (after the throttle its decision asks for); the tool result with the
     /// redactions applied (or our refusal when the upstream failed).
-    async fn forward(&self, call: &mut CallRecord) -> Value {
+    async fn forward(&self, call: &mut CallRecord) -> Box<RawValue> {
         if call.throttle_ms > 0 {
             tokio::time::sleep(Duration::from_millis(call.throttle_ms)).await;
         }
@@ -756,30 +803,29 @@ impl CallJob {
                 &self.server,
                 &call.run.run_id,
                 &self.tool,
-                self.arguments.clone(),
+                self.arguments.as_deref(),
             )
             .await;
         call.upstream_latency = started.elapsed();
         match answer {
             Ok(result) => {
                 call.outcome = "ok".into();
-                let mut v = serde_json::to_value(result).unwrap_or_else(|_| json!({"content": []}));
-                if let Some(obj) = v.as_object_mut() {
-                    // Not in the protocol versions spoken here.
-                    obj.remove("resultType");
-                    call.detail["is_error"] =
-                        obj.get("isError").cloned().unwrap_or(Value::Bool(false));
+                let mut v: Value = serde_json::from_str(result.get()).unwrap_or(Value::Null);
+                call.detail["is_error"] = v.get("isError").cloned().unwrap_or(Value::Bool(false));
+                if call.redact.is_empty() {
+                    // As the server wrote it.
+                    return result;
                 }
-                if !call.redact.is_empty() {
-                    let applied = obligations::redact(&mut v, &call.redact);
-                    call.detail["redacted"] = json!(applied);
-                }
-                v
+                let applied = obligations::redact(&mut v, &call.redact);
+                call.detail["redacted"] = json!(applied);
+                to_raw(&v)
             }
             Err(e) => {
                 call.outcome = match e {
                     UpstreamError::CircuitOpen(_) => "circuit_open",
-                    UpstreamError::Failed { .. } => "upstream_error",
+                    UpstreamError::Failed { .. } | UpstreamError::Refused { .. } => {
+                        "upstream_error"
+                    }
                 }
                 .into();
                 refusal(format!("cogward: {e}"), call)
@@ -789,7 +835,11 @@ impl CallJob {
 
     /// Settle the call's outcome; the JSON-RPC answer, or an error when the outcome is not
     /// durable.
-    async fn finish(&self, call: &mut CallRecord, result: Value) -> Result<Value, RpcError> {
+    async fn finish(
+        &self,
+        call: &mut CallRecord,
+        result: Box<RawValue>,
+    ) -> Result<Box<RawValue>, RpcError> {
         call.latency = self.started.elapsed();
         self.gw.settle(call).await.map_err(|e| {
             tracing::error!(error = %format!("{e:#}"), "tool call refused: its record could not be written");
@@ -800,7 +850,7 @@ impl CallJob {
                 "cogward: the call could not be recorded in the audit ledger, so it was refused",
             )
         })?;
-        Ok(rpc_result(&self.id, result))
+        Ok(rpc_result_raw(&self.id, &result))
     }
 }
 
@@ -824,10 +874,10 @@ fn park(
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     tokio::spawn(async move {
-        let send = |message: Value| {
+        let send = |message: Box<RawValue>| {
             let tx = tx.clone();
             async move {
-                let event = format!("event: message\ndata: {message}\n\n");
+                let event = format!("event: message\ndata: {}\n\n", message.get());
                 tx.send(Ok(Bytes::from(event))).await.is_ok()
             }
         };
@@ -837,9 +887,9 @@ fn park(
             async move {
                 match token {
                     Some(token) => {
-                        send(json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                        send(to_raw(&json!({"jsonrpc": "2.0", "method": "notifications/progress",
                                     "params": {"progressToken": token, "progress": elapsed.as_secs(),
-                                               "message": "cogward: awaiting approval"}}))
+                                               "message": "cogward: awaiting approval"}})))
                         .await
                     }
                     // An SSE comment: the client ignores it, and the connection (and the
@@ -881,7 +931,7 @@ fn park(
             Ok(Parked::Decided(d)) if d.verdict == ApprovalVerdict::Approved => {
                 call.detail["approver"] = json!(d.approver);
                 if let Err(e) = job.record_intent(&mut call).await {
-                    send(json!({"jsonrpc": "2.0", "id": e.id, "error": {"code": e.code, "message": e.message}})).await;
+                    send(rpc_error_raw(&e)).await;
                     return;
                 }
                 let result = job.forward(&mut call).await;
@@ -931,7 +981,7 @@ fn park(
                     -32603,
                     "cogward: the call could not be parked for approval",
                 );
-                send(json!({"jsonrpc": "2.0", "id": e.id, "error": {"code": e.code, "message": e.message}})).await;
+                send(rpc_error_raw(&e)).await;
                 return;
             }
         };
@@ -944,9 +994,7 @@ fn park(
         }
         let message = match job.finish(&mut call, answer).await {
             Ok(v) => v,
-            Err(e) => {
-                json!({"jsonrpc": "2.0", "id": e.id, "error": {"code": e.code, "message": e.message}})
-            }
+            Err(e) => rpc_error_raw(&e),
         };
         send(message).await;
     });

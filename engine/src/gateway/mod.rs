@@ -19,6 +19,7 @@ pub mod keys;
 pub mod mcp;
 pub mod model;
 pub mod obligations;
+pub mod rpc;
 pub mod spool;
 pub mod upstream;
 

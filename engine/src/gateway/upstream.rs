@@ -1,6 +1,7 @@
-//! Upstream MCP servers, through the `rmcp` client: started (stdio) or connected (Streamable
-//! HTTP) on first use, shared by every run or one per run as configured, reconnected after a
-//! failure, and guarded by a circuit breaker.
+//! Upstream MCP servers, through our own client ([`super::rpc`]): started (stdio) or connected
+//! (Streamable HTTP) on first use, shared by every run or one per run as configured,
+//! reconnected after a failure, and guarded by a circuit breaker. Results are passed on as the
+//! server wrote them.
 //!
 //! The breaker counts consecutive failed calls (transport errors, timeouts; a tool's own
 //! `isError` result is not a failure). At `breaker.failures` it opens: calls are refused at once
@@ -9,15 +10,11 @@
 //! `gateway.breaker_closed`, workflow id `gateway/<server>`).
 
 use super::config::{Breaker, McpScope, McpServer, McpTransport};
+use super::rpc::Client;
 use crate::ledger::{Ledger, NewEntry};
-use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
-use rmcp::service::RunningService;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{RoleClient, ServiceExt};
-use serde_json::{Map, Value, json};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,14 +23,14 @@ const TOOLS_TTL: Duration = Duration::from_secs(30);
 /// How long connecting (starting a stdio server, the MCP handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Client = RunningService<RoleClient, ()>;
 /// A connection's key: the server, and the run for per-run servers.
 type ConnectionKey = (String, Option<String>);
 
 /// One live connection to a server.
 struct Connection {
     client: Client,
-    tools: Mutex<Option<(Arc<Vec<Tool>>, Instant)>>,
+    /// The server's tools, each as it described it.
+    tools: Mutex<Option<(Arc<Vec<Value>>, Instant)>>,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +47,12 @@ pub enum UpstreamError {
     CircuitOpen(String),
     #[error("MCP server {server}: {detail}")]
     Failed { server: String, detail: String },
+    #[error("MCP server {server} refused the call (error {code}): {message}")]
+    Refused {
+        server: String,
+        code: i64,
+        message: String,
+    },
 }
 
 pub struct Upstreams {
@@ -64,7 +67,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(ledger: Ledger, namespace: String, breaker: Breaker) -> anyhow::Result<Self> {
-        // rmcp's default client turns connection pooling off; this one keeps connections alive.
+        // Connections to HTTP servers are kept alive between calls.
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -113,28 +116,10 @@ impl Upstreams {
     }
 
     async fn connect(&self, server: &McpServer) -> anyhow::Result<Client> {
-        Ok(match &server.transport {
-            McpTransport::Stdio { command, env } => {
-                let cmd = tokio::process::Command::new(&command[0]).configure(|c| {
-                    c.args(&command[1..])
-                        .env_clear()
-                        .env("PATH", std::env::var("PATH").unwrap_or_default())
-                        .envs(env)
-                        .kill_on_drop(true);
-                });
-                let (transport, _) = TokioChildProcess::builder(cmd)
-                    .stderr(Stdio::null())
-                    .spawn()?;
-                ().serve(transport).await?
-            }
-            McpTransport::Http { url } => {
-                let transport = StreamableHttpClientTransport::with_client(
-                    self.http.clone(),
-                    StreamableHttpClientTransportConfig::with_uri(url.as_str()),
-                );
-                ().serve(transport).await?
-            }
-        })
+        match &server.transport {
+            McpTransport::Stdio { command, env } => Client::connect_stdio(command, env).await,
+            McpTransport::Http { url } => Client::connect_http(self.http.clone(), url).await,
+        }
     }
 
     /// Forget a connection that failed, so the next call connects afresh.
@@ -176,12 +161,12 @@ impl Upstreams {
         }
     }
 
-    /// The server's tools (cached for a while).
+    /// The server's tools (cached for a while), each as the server described it.
     pub async fn tools(
         &self,
         server: &McpServer,
         run_id: &str,
-    ) -> Result<Arc<Vec<Tool>>, UpstreamError> {
+    ) -> Result<Arc<Vec<Value>>, UpstreamError> {
         self.guarded(server, run_id, |c| async move {
             if let Ok(cached) = c.tools.lock()
                 && let Some((tools, at)) = cached.as_ref()
@@ -189,7 +174,29 @@ impl Upstreams {
             {
                 return Ok(tools.clone());
             }
-            let tools = Arc::new(c.client.list_all_tools().await?);
+            let mut tools = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let params = match &cursor {
+                    Some(c) => json!({"cursor": c}),
+                    None => json!({}),
+                };
+                let params = RawValue::from_string(params.to_string())?;
+                let page = c
+                    .client
+                    .request("tools/list", &params)
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("tools/list: {e}"))?;
+                let page: Value = serde_json::from_str(page.get())?;
+                tools.extend(page["tools"].as_array().cloned().unwrap_or_default());
+                match page["nextCursor"].as_str() {
+                    Some(next) if !next.is_empty() && tools.len() < 10_000 => {
+                        cursor = Some(next.to_string())
+                    }
+                    _ => break,
+                }
+            }
+            let tools = Arc::new(tools);
             if let Ok(mut cached) = c.tools.lock() {
                 *cached = Some((tools.clone(), Instant::now()));
             }
@@ -198,20 +205,34 @@ impl Upstreams {
         .await
     }
 
-    /// Call `tool` with `arguments`.
+    /// Call `tool` with `arguments` (the agent's, as it wrote them); the result as the server
+    /// wrote it, or the server's JSON-RPC error as a tool error result.
     pub async fn call(
         &self,
         server: &McpServer,
         run_id: &str,
         tool: &str,
-        arguments: Option<Map<String, Value>>,
-    ) -> Result<CallToolResult, UpstreamError> {
-        let mut params = CallToolRequestParams::new(tool.to_string());
-        params.arguments = arguments;
+        arguments: Option<&RawValue>,
+    ) -> Result<Box<RawValue>, UpstreamError> {
+        let params = match arguments {
+            Some(args) => format!(r#"{{"name":{},"arguments":{}}}"#, json!(tool), args.get()),
+            None => format!(r#"{{"name":{}}}"#, json!(tool)),
+        };
+        let params = RawValue::from_string(params).map_err(|e| UpstreamError::Failed {
+            server: server.name.clone(),
+            detail: e.to_string(),
+        })?;
+        // The server refusing the call itself (a JSON-RPC error) is not a failure of the
+        // connection, for the breaker or otherwise.
         self.guarded(server, run_id, |c| async move {
-            Ok(c.client.call_tool(params).await?)
+            c.client.request("tools/call", &params).await
         })
-        .await
+        .await?
+        .map_err(|e| UpstreamError::Refused {
+            server: server.name.clone(),
+            code: e.code,
+            message: e.message,
+        })
     }
 
     /// Run `op` on the server's connection under its time limit and its breaker.

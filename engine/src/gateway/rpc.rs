@@ -1,0 +1,414 @@
+//! Our own MCP client to upstream servers: JSON-RPC over stdio (a child process, one message
+//! per line) or Streamable HTTP (POST, the answer as JSON or as a server-sent event stream).
+//!
+//! Results are kept as the server wrote them ([`RawValue`]): the gateway passes them on byte
+//! for byte unless it must change them (a redaction), so nothing the server said is lost or
+//! re-encoded (unknown fields, number spellings, key order). Requests the server sends us
+//! (`ping` aside) are answered "method not found": this client declares no client
+//! capabilities; notifications are dropped.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::oneshot;
+
+/// The protocol version asked for; the server's answer is what the session speaks.
+pub const PROTOCOL_VERSION: &str = "2025-11-25";
+
+/// A JSON-RPC error the server answered with.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the server answered error {code}: {message}")]
+pub struct ServerError {
+    pub code: i64,
+    pub message: String,
+}
+
+/// One message from the server, parsed only as far as routing needs.
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(default)]
+    id: Option<Box<RawValue>>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    result: Option<Box<RawValue>>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+type Reply = std::result::Result<Box<RawValue>, ServerError>;
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+
+/// What to do with a message the server sent: deliver a response, answer a request.
+fn route(msg: Incoming, pending: &Pending) -> Option<String> {
+    match (msg.method, msg.id) {
+        (Some(method), Some(id)) => {
+            // A request to us: only `ping` is served (no client capabilities are declared).
+            let id: Value = serde_json::from_str(id.get()).unwrap_or(Value::Null);
+            let answer = if method == "ping" {
+                json!({"jsonrpc": "2.0", "id": id, "result": {}})
+            } else {
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601,
+                       "message": format!("cogward: the gateway's client does not serve {method}")}})
+            };
+            Some(answer.to_string())
+        }
+        (Some(_), None) => None,
+        (None, Some(id)) => {
+            let Ok(n) = id.get().parse::<u64>() else {
+                return None;
+            };
+            let reply = match (msg.result, msg.error) {
+                (Some(result), None) => Ok(result),
+                (_, Some(error)) => Err(ServerError {
+                    code: error["code"].as_i64().unwrap_or(-32603),
+                    message: error["message"].as_str().unwrap_or("").to_string(),
+                }),
+                (None, None) => Err(ServerError {
+                    code: -32603,
+                    message: "a response with neither result nor error".into(),
+                }),
+            };
+            if let Ok(mut p) = pending.lock()
+                && let Some(tx) = p.remove(&n)
+            {
+                let _ = tx.send(reply);
+            }
+            None
+        }
+        (None, None) => None,
+    }
+}
+
+fn request_text(id: u64, method: &str, params: &RawValue) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":{},"params":{}}}"#,
+        json!(method),
+        params.get()
+    )
+}
+
+/// A connection to one upstream server.
+pub enum Client {
+    Stdio(StdioClient),
+    Http(HttpClient),
+}
+
+impl Client {
+    /// Start (stdio) or reach (HTTP) the server and complete the MCP handshake.
+    pub async fn connect_stdio(
+        command: &[String],
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Client> {
+        let client = Client::Stdio(StdioClient::spawn(command, env)?);
+        client.initialize().await?;
+        Ok(client)
+    }
+
+    pub async fn connect_http(http: reqwest::Client, url: &str) -> Result<Client> {
+        let client = Client::Http(HttpClient {
+            http,
+            url: url.to_string(),
+            session: Mutex::new(None),
+            protocol: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        });
+        client.initialize().await?;
+        Ok(client)
+    }
+
+    async fn initialize(&self) -> Result<()> {
+        let params = RawValue::from_string(
+            json!({"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+                   "clientInfo": {"name": "cogward-gateway", "version": env!("CARGO_PKG_VERSION")}})
+            .to_string(),
+        )?;
+        let result = self
+            .request("initialize", &params)
+            .await?
+            .map_err(|e| anyhow!("initialize: {e}"))?;
+        let init: Value = serde_json::from_str(result.get()).context("the initialize result")?;
+        let version = init["protocolVersion"]
+            .as_str()
+            .context("the initialize result has no protocolVersion")?;
+        if let Client::Http(h) = self
+            && let Ok(mut p) = h.protocol.lock()
+        {
+            *p = Some(version.to_string());
+        }
+        self.notify("notifications/initialized").await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Client::Stdio(c) => c.closed.load(Ordering::SeqCst),
+            Client::Http(c) => c.closed.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Send a request; its result or the server's error (`Err` of the outer result: the
+    /// transport failed).
+    pub async fn request(&self, method: &str, params: &RawValue) -> Result<Reply> {
+        match self {
+            Client::Stdio(c) => c.request(method, params).await,
+            Client::Http(c) => c.request(method, params).await,
+        }
+    }
+
+    async fn notify(&self, method: &str) -> Result<()> {
+        let text = format!(r#"{{"jsonrpc":"2.0","method":{}}}"#, json!(method));
+        match self {
+            Client::Stdio(c) => c.write(&text).await,
+            Client::Http(c) => c.post(&text).await.map(|_| ()),
+        }
+    }
+}
+
+/// A server started as a child process.
+pub struct StdioClient {
+    _child: tokio::process::Child,
+    stdin: Arc<tokio::sync::Mutex<tokio::process::ChildStdin>>,
+    pending: Pending,
+    next_id: AtomicU64,
+    closed: Arc<AtomicBool>,
+}
+
+impl StdioClient {
+    fn spawn(command: &[String], env: &std::collections::BTreeMap<String, String>) -> Result<Self> {
+        let program = command.first().context("an empty command")?;
+        let mut child = tokio::process::Command::new(program)
+            .args(&command[1..])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        let stdin = Arc::new(tokio::sync::Mutex::new(
+            child.stdin.take().context("the child's stdin")?,
+        ));
+        let stdout = child.stdout.take().context("the child's stdout")?;
+        let pending: Pending = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (p, c, w) = (pending.clone(), closed.clone(), stdin.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(msg) = serde_json::from_str::<Incoming>(&line) else {
+                    continue;
+                };
+                if let Some(answer) = route(msg, &p) {
+                    let mut w = w.lock().await;
+                    let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
+                    let _ = w.flush().await;
+                }
+            }
+            c.store(true, Ordering::SeqCst);
+            // Whoever still waits gets an error now, not at its time limit.
+            if let Ok(mut p) = p.lock() {
+                p.clear();
+            }
+        });
+        Ok(Self {
+            _child: child,
+            stdin,
+            pending,
+            next_id: AtomicU64::new(1),
+            closed,
+        })
+    }
+
+    async fn write(&self, text: &str) -> Result<()> {
+        let mut w = self.stdin.lock().await;
+        w.write_all(text.as_bytes()).await?;
+        w.write_all(b"\n").await?;
+        w.flush().await?;
+        Ok(())
+    }
+
+    async fn request(&self, method: &str, params: &RawValue) -> Result<Reply> {
+        if self.closed.load(Ordering::SeqCst) {
+            bail!("the server's process has exited");
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+        if let Err(e) = self.write(&request_text(id, method, params)).await {
+            self.closed.store(true, Ordering::SeqCst);
+            return Err(e.context("writing to the server"));
+        }
+        rx.await
+            .map_err(|_| anyhow!("the server's process exited before answering"))
+    }
+}
+
+/// A Streamable HTTP server.
+pub struct HttpClient {
+    http: reqwest::Client,
+    url: String,
+    session: Mutex<Option<String>>,
+    protocol: Mutex<Option<String>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl HttpClient {
+    /// POST one message; the response (its session id kept from the first answer).
+    async fn post(&self, body: &str) -> Result<reqwest::Response> {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        if let Some(s) = self.session.lock().ok().and_then(|s| s.clone()) {
+            req = req.header("mcp-session-id", s);
+        }
+        if let Some(v) = self.protocol.lock().ok().and_then(|v| v.clone()) {
+            req = req.header("mcp-protocol-version", v);
+        }
+        let resp = req.send().await.inspect_err(|_| {
+            self.closed.store(true, Ordering::SeqCst);
+        })?;
+        if let Some(s) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            && let Ok(mut session) = self.session.lock()
+            && session.is_none()
+        {
+            *session = Some(s.to_string());
+        }
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND
+            && self.session.lock().is_ok_and(|s| s.is_some())
+        {
+            // The server forgot the session: this connection is done.
+            self.closed.store(true, Ordering::SeqCst);
+            bail!("the server no longer knows the session (404)");
+        }
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            bail!(
+                "HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            );
+        }
+        Ok(resp)
+    }
+
+    async fn request(&self, method: &str, params: &RawValue) -> Result<Reply> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let pending: Pending = Arc::default();
+        let (tx, mut rx) = oneshot::channel();
+        if let Ok(mut p) = pending.lock() {
+            p.insert(id, tx);
+        }
+        let mut resp = self.post(&request_text(id, method, params)).await?;
+        let sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/event-stream"));
+        if !sse {
+            let body = resp.bytes().await?;
+            let msg: Incoming =
+                serde_json::from_slice(&body).context("the server's answer is not JSON-RPC")?;
+            route(msg, &pending);
+            return rx
+                .try_recv()
+                .map_err(|_| anyhow!("the server answered something else than this request"));
+        }
+        // A stream: messages until the response to this request.
+        let mut buf = String::new();
+        while let Some(chunk) = resp.chunk().await? {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                let Ok(msg) = serde_json::from_str::<Incoming>(&data.join("\n")) else {
+                    continue;
+                };
+                if let Some(answer) = route(msg, &pending) {
+                    let _ = self.post(&answer).await;
+                }
+                if let Ok(reply) = rx.try_recv() {
+                    return Ok(reply);
+                }
+            }
+        }
+        bail!("the server's stream ended before it answered")
+    }
+}
+
+impl Drop for HttpClient {
+    fn drop(&mut self) {
+        // Tell the server the session is over (best effort).
+        let session = self.session.lock().ok().and_then(|s| s.clone());
+        if let (Some(session), Ok(rt)) = (session, tokio::runtime::Handle::try_current()) {
+            let req = self
+                .http
+                .delete(&self.url)
+                .header("mcp-session-id", session);
+            rt.spawn(async move {
+                let _ = req.send().await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_reach_their_request_and_server_requests_are_answered() {
+        let pending: Pending = Arc::default();
+        let (tx, mut rx) = oneshot::channel();
+        pending.lock().unwrap().insert(7, tx);
+        // Kept as written: key order, the float's spelling, a big integer, an unknown field.
+        let text = r#"{"jsonrpc":"2.0","id":7,"result":{"z":1,"a":0.7,"n":12345678901234567890,"x-extra":true}}"#;
+        assert!(route(serde_json::from_str(text).unwrap(), &pending).is_none());
+        let got = rx.try_recv().unwrap().unwrap();
+        assert_eq!(
+            got.get(),
+            r#"{"z":1,"a":0.7,"n":12345678901234567890,"x-extra":true}"#
+        );
+        let ping = r#"{"jsonrpc":"2.0","id":"s1","method":"ping"}"#;
+        let pong: Value =
+            serde_json::from_str(&route(serde_json::from_str(ping).unwrap(), &pending).unwrap())
+                .unwrap();
+        assert_eq!(pong, json!({"jsonrpc": "2.0", "id": "s1", "result": {}}));
+        let sampling = r#"{"jsonrpc":"2.0","id":3,"method":"sampling/createMessage","params":{}}"#;
+        let answer = route(serde_json::from_str(sampling).unwrap(), &pending).unwrap();
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["error"]["code"], -32601);
+        assert_eq!(answer["id"], 3);
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
+        assert!(route(serde_json::from_str(note).unwrap(), &pending).is_none());
+        let (tx, mut rx) = oneshot::channel();
+        pending.lock().unwrap().insert(8, tx);
+        let err = r#"{"jsonrpc":"2.0","id":8,"error":{"code":-32602,"message":"bad"}}"#;
+        route(serde_json::from_str(err).unwrap(), &pending);
+        assert_eq!(rx.try_recv().unwrap().unwrap_err().code, -32602);
+    }
+}
