@@ -102,10 +102,13 @@ impl AgentClis {
     /// The launch of `runtime` if it is an agent CLI (`None` for a plain command). `gateway` is
     /// the gateway's base URL as the agent sees it, `None` when the engine runs without one: the
     /// CLI then has nowhere to send its model calls, and the run fails as the CLI reports it.
+    /// `wall_clock_seconds` bounds how long the CLI waits for an MCP call (an escalated one
+    /// waits for its human for as long as the run may live).
     pub fn launch(
         &self,
         runtime: &RuntimeSpec,
         gateway: Option<&str>,
+        wall_clock_seconds: u64,
     ) -> Result<Option<Launch>, String> {
         let Some((cli, task)) = Self::cli(runtime) else {
             return Ok(None);
@@ -113,7 +116,7 @@ impl AgentClis {
         self.version(runtime)?;
         let exe = self.dir.join(cli.executable).display().to_string();
         let mut launch = match runtime {
-            RuntimeSpec::ClaudeCode(_) => claude_code(&exe, task, gateway),
+            RuntimeSpec::ClaudeCode(_) => claude_code(&exe, task, gateway, wall_clock_seconds),
             _ => {
                 let path = self.dir.join(CODEX_MODELS);
                 let models = std::fs::read(&path)
@@ -126,7 +129,7 @@ impl AgentClis {
                             path.display()
                         )
                     })?;
-                codex(&exe, task, gateway, &models)
+                codex(&exe, task, gateway, &models, wall_clock_seconds)
             }
         };
         launch.read_only.push(self.dir.display().to_string());
@@ -134,8 +137,20 @@ impl AgentClis {
     }
 }
 
-fn claude_code(exe: &str, task: &AgentTask, base: Option<&str>) -> Launch {
+/// How long a CLI may take to connect to the MCP gateway (its first connection starts the
+/// upstream servers).
+const MCP_STARTUP_SECONDS: u64 = 60;
+
+fn claude_code(exe: &str, task: &AgentTask, base: Option<&str>, wall_clock: u64) -> Launch {
     let mut env = BTreeMap::new();
+    env.insert(
+        "MCP_TIMEOUT".to_string(),
+        (MCP_STARTUP_SECONDS * 1000).to_string(),
+    );
+    env.insert(
+        "MCP_TOOL_TIMEOUT".to_string(),
+        (wall_clock * 1000).to_string(),
+    );
     for name in [
         "DISABLE_TELEMETRY",
         "DISABLE_ERROR_REPORTING",
@@ -197,7 +212,13 @@ fn toml_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-fn codex(exe: &str, task: &AgentTask, base: Option<&str>, models: &serde_json::Value) -> Launch {
+fn codex(
+    exe: &str,
+    task: &AgentTask,
+    base: Option<&str>,
+    models: &serde_json::Value,
+    wall_clock: u64,
+) -> Launch {
     let codex_home = format!("{HOME}/.codex");
     let mut home_files = BTreeMap::new();
     let catalog = codex_model_catalog(models, &task.model).map(|catalog| {
@@ -234,7 +255,8 @@ fn codex(exe: &str, task: &AgentTask, base: Option<&str>, models: &serde_json::V
     );
     if let Some(base) = base.filter(|_| !task.mcp_servers.is_empty()) {
         config.push_str(&format!(
-            "\n[mcp_servers.{MCP_SERVER_NAME}]\nurl = {}\nbearer_token_env_var = \"COGWARD_RUN_TOKEN\"\n",
+            "\n[mcp_servers.{MCP_SERVER_NAME}]\nurl = {}\nbearer_token_env_var = \"COGWARD_RUN_TOKEN\"\n\
+             startup_timeout_sec = {MCP_STARTUP_SECONDS}\ntool_timeout_sec = {wall_clock}\n",
             toml_string(&format!("{base}/mcp"))
         ));
     }
@@ -306,6 +328,7 @@ mod tests {
             "/opt/claude",
             &task(&["everything"]),
             Some("http://127.0.0.1:7480"),
+            600,
         );
         assert_eq!(l.argv[0], "/opt/claude");
         let joined = l.argv.join(" ");
@@ -318,8 +341,14 @@ mod tests {
         assert!(config.contains("http://127.0.0.1:7480/mcp"));
         assert!(config.contains("${COGWARD_RUN_TOKEN}"));
         assert_eq!(l.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"], "1");
+        assert_eq!(l.env["MCP_TOOL_TIMEOUT"], "600000");
         // No MCP servers named: no MCP configuration at all.
-        let l = claude_code("/opt/claude", &task(&[]), Some("http://127.0.0.1:7480"));
+        let l = claude_code(
+            "/opt/claude",
+            &task(&[]),
+            Some("http://127.0.0.1:7480"),
+            600,
+        );
         assert!(l.home_files.is_empty());
         assert!(!l.argv.join(" ").contains("mcp__"));
     }
@@ -333,6 +362,7 @@ mod tests {
             &task(&["everything"]),
             Some("http://127.0.0.1:7480"),
             &builtin,
+            600,
         );
         assert_eq!(l.env["CODEX_HOME"], "/home/agent/.codex");
         let config = &l.home_files[".codex/config.toml"];
@@ -340,6 +370,7 @@ mod tests {
         assert!(config.contains("wire_api = \"responses\""));
         assert!(config.contains("[mcp_servers.cogward]"));
         assert!(config.contains("bearer_token_env_var = \"COGWARD_RUN_TOKEN\""));
+        assert!(config.contains("tool_timeout_sec = 600"));
         assert!(
             l.argv
                 .windows(2)
@@ -349,7 +380,7 @@ mod tests {
         // A prompt is one argument, whatever it contains.
         let mut t = task(&[]);
         t.prompt = "--help; rm -rf /".into();
-        let l = codex("/opt/codex", &t, None, &builtin);
+        let l = codex("/opt/codex", &t, None, &builtin, 600);
         assert_eq!(l.argv[l.argv.len() - 2..], ["--", "--help; rm -rf /"]);
         assert!(!l.home_files[".codex/config.toml"].contains("mcp_servers"));
     }

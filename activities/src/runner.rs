@@ -168,10 +168,11 @@ pub fn runner_request(
         ..config.sandbox.clone()
     };
     let mut home_files = BTreeMap::new();
-    let argv = match config
-        .agent_clis
-        .launch(&input.runtime, gateway.as_ref().map(|_| base.as_str()))?
-    {
+    let argv = match config.agent_clis.launch(
+        &input.runtime,
+        gateway.as_ref().map(|_| base.as_str()),
+        input.limits.wall_clock_seconds,
+    )? {
         None => match &input.runtime {
             RuntimeSpec::Command(CommandRuntime { command }) => command.clone(),
             _ => Vec::new(),

@@ -330,34 +330,96 @@ impl HttpClient {
                 .try_recv()
                 .map_err(|_| anyhow!("the server answered something else than this request"));
         }
-        // A stream: messages until the response to this request.
+        // A stream: messages until the response to this request. A server may end the stream
+        // before answering (SEP-1699): the answer is then fetched by resuming the stream after
+        // the last event seen (GET with Last-Event-ID).
+        let mut last_event: Option<String> = None;
+        for attempt in 0..=MAX_RESUMES {
+            if let Some(reply) = self
+                .read_stream(&mut resp, &pending, &mut rx, &mut last_event)
+                .await?
+            {
+                return Ok(reply);
+            }
+            let Some(event_id) = last_event.clone() else {
+                break;
+            };
+            if attempt == MAX_RESUMES {
+                break;
+            }
+            resp = self.resume(&event_id).await?;
+        }
+        bail!("the server's stream ended before it answered")
+    }
+
+    /// Read SSE events until the response (`Some`) or the end of the stream (`None`), answering
+    /// the server's requests and noting the last event id.
+    async fn read_stream(
+        &self,
+        resp: &mut reqwest::Response,
+        pending: &Pending,
+        rx: &mut oneshot::Receiver<Reply>,
+        last_event: &mut Option<String>,
+    ) -> Result<Option<Reply>> {
         let mut buf = String::new();
         while let Some(chunk) = resp.chunk().await? {
             buf.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(end) = buf.find("\n\n") {
                 let event: String = buf.drain(..end + 2).collect();
-                let data: Vec<&str> = event
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                    .collect();
+                let field = |name: &str| {
+                    event
+                        .lines()
+                        .filter_map(|l| l.strip_prefix(name))
+                        .map(|d| d.strip_prefix(' ').unwrap_or(d).to_string())
+                        .collect::<Vec<_>>()
+                };
+                if let Some(id) = field("id:").pop() {
+                    *last_event = Some(id);
+                }
+                let data = field("data:");
                 if data.is_empty() {
                     continue;
                 }
                 let Ok(msg) = serde_json::from_str::<Incoming>(&data.join("\n")) else {
                     continue;
                 };
-                if let Some(answer) = route(msg, &pending) {
+                if let Some(answer) = route(msg, pending) {
                     let _ = self.post(&answer).await;
                 }
                 if let Ok(reply) = rx.try_recv() {
-                    return Ok(reply);
+                    return Ok(Some(reply));
                 }
             }
         }
-        bail!("the server's stream ended before it answered")
+        Ok(None)
+    }
+
+    /// Resume the session's stream after `event_id`.
+    async fn resume(&self, event_id: &str) -> Result<reqwest::Response> {
+        tokio::time::sleep(RESUME_DELAY).await;
+        let mut req = self
+            .http
+            .get(&self.url)
+            .header("accept", "text/event-stream")
+            .header("last-event-id", event_id);
+        if let Some(s) = self.session.lock().ok().and_then(|s| s.clone()) {
+            req = req.header("mcp-session-id", s);
+        }
+        if let Some(v) = self.protocol.lock().ok().and_then(|v| v.clone()) {
+            req = req.header("mcp-protocol-version", v);
+        }
+        let resp = req.send().await?;
+        if !resp.status().is_success() {
+            bail!("resuming the stream: HTTP {}", resp.status());
+        }
+        Ok(resp)
     }
 }
+
+/// How often a request's stream is resumed before the request counts as failed.
+const MAX_RESUMES: usize = 5;
+/// How long before a stream is resumed (the server's `retry:` hint is not awaited longer).
+const RESUME_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Drop for HttpClient {
     fn drop(&mut self) {
