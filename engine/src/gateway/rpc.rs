@@ -264,21 +264,26 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    /// POST one message; the response (its session id kept from the first answer).
-    async fn post(&self, body: &str) -> Result<reqwest::Response> {
-        let mut req = self
-            .http
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(body.to_string());
+    /// `req` with the session's id and protocol version, once the handshake gave them.
+    fn in_session(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         if let Some(s) = self.session.lock().ok().and_then(|s| s.clone()) {
             req = req.header("mcp-session-id", s);
         }
         if let Some(v) = self.protocol.lock().ok().and_then(|v| v.clone()) {
             req = req.header("mcp-protocol-version", v);
         }
-        let resp = req.send().await.inspect_err(|_| {
+        req
+    }
+
+    /// POST one message; the response (its session id kept from the first answer).
+    async fn post(&self, body: &str) -> Result<reqwest::Response> {
+        let req = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        let resp = self.in_session(req).send().await.inspect_err(|_| {
             self.closed.store(true, Ordering::SeqCst);
         })?;
         if let Some(s) = resp
@@ -397,18 +402,12 @@ impl HttpClient {
     /// Resume the session's stream after `event_id`.
     async fn resume(&self, event_id: &str) -> Result<reqwest::Response> {
         tokio::time::sleep(RESUME_DELAY).await;
-        let mut req = self
+        let req = self
             .http
             .get(&self.url)
             .header("accept", "text/event-stream")
             .header("last-event-id", event_id);
-        if let Some(s) = self.session.lock().ok().and_then(|s| s.clone()) {
-            req = req.header("mcp-session-id", s);
-        }
-        if let Some(v) = self.protocol.lock().ok().and_then(|v| v.clone()) {
-            req = req.header("mcp-protocol-version", v);
-        }
-        let resp = req.send().await?;
+        let resp = self.in_session(req).send().await?;
         if !resp.status().is_success() {
             bail!("resuming the stream: HTTP {}", resp.status());
         }
