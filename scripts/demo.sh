@@ -75,6 +75,19 @@ wait_status() {
         sleep 0.2
     done
 }
+# pending_tool_call RUN_ID TRIES: the first tool call of the run waiting for a decision (polled
+# every 0.2 s, TRIES times); sets $call_id.
+pending_tool_call() {
+    call_id=
+    for _ in $(seq 1 "$2"); do
+        call_id=$(cogward run tool-calls "$1" --json | python3 -c '
+import json, sys
+pending = [c["call_id"] for c in json.load(sys.stdin)["tool_calls"] if c["decision"] is None]
+print(pending[0] if pending else "")')
+        [ -n "$call_id" ] && return 0
+        sleep 0.2
+    done
+}
 # wait_mirrored RUN_ID: until the run's closing event is in the ledger.
 wait_mirrored() {
     for _ in $(seq 1 100); do
@@ -125,15 +138,7 @@ step "a human approves (as principal 'approver')"
 cogward run approve "$run_id" --comment "reviewed in the demo"
 
 step "the agent's get-sum call waits: the tool-access policy escalated it to release-managers"
-call_id=
-for _ in $(seq 1 200); do
-    call_id=$(cogward run tool-calls "$run_id" --json | python3 -c '
-import json, sys
-pending = [c["call_id"] for c in json.load(sys.stdin)["tool_calls"] if c["decision"] is None]
-print(pending[0] if pending else "")')
-    [ -n "$call_id" ] && break
-    sleep 0.2
-done
+pending_tool_call "$run_id" 200
 cogward run tool-calls "$run_id"
 cogward run approve "$run_id" --tool-call "$call_id" --comment "sum checked"
 
@@ -170,18 +175,10 @@ cc_id=$(submit examples/claude-code-run.json)
 echo "run id: $cc_id; following its events live (cogward run events --follow):"
 cogward run events "$cc_id" --follow >"$COGWARD_STATE_DIR/cc-events.txt" 2>&1 &
 follower=$!
-cc_call=
-for _ in $(seq 1 300); do
-    cc_call=$(cogward run tool-calls "$cc_id" --json | python3 -c '
-import json, sys
-pending = [c["call_id"] for c in json.load(sys.stdin)["tool_calls"] if c["decision"] is None]
-print(pending[0] if pending else "")')
-    [ -n "$cc_call" ] && break
-    sleep 0.2
-done
+pending_tool_call "$cc_id" 300
 echo "the agent's get-sum call is parked for a release manager; what it did so far:"
 cat "$COGWARD_STATE_DIR/cc-events.txt"
-cogward run approve "$cc_id" --tool-call "$cc_call" --comment "sum checked"
+cogward run approve "$cc_id" --tool-call "$call_id" --comment "sum checked"
 wait "$follower" || true
 echo "all its events, as they were followed:"
 cat "$COGWARD_STATE_DIR/cc-events.txt"

@@ -242,17 +242,7 @@ fn main() -> Result<()> {
         Path::new(&claude_bin()).is_file(),
         "Claude Code is missing: `source scripts/setup.sh` installs it"
     );
-    let dir = tempfile::Builder::new()
-        .prefix("cogward-agentbench")
-        .tempdir()?;
-    let env = Env {
-        dir: dir.path().to_path_buf(),
-        temporal_port: free_port_triple(),
-        api_port: free_port(),
-        gateway_port: free_port(),
-        cogward: release_bin("cogward"),
-        runner: release_bin("cogward-runner"),
-    };
+    let (_dir, env) = Env::release("cogward-agentbench")?;
     let provider_log = env.dir.join("provider.log");
     let provider_port = free_port();
     let mut provider_cmd = Command::new("python3");

@@ -180,17 +180,7 @@ fn measured(lat: &[f64], calls: usize, wall: Duration) -> Measured {
 }
 
 fn main() -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("cogward-gwbench")
-        .tempdir()?;
-    let env = Env {
-        dir: dir.path().to_path_buf(),
-        temporal_port: free_port_triple(),
-        api_port: free_port(),
-        gateway_port: free_port(),
-        cogward: release_bin("cogward"),
-        runner: release_bin("cogward-runner"),
-    };
+    let (_dir, env) = Env::release("cogward-gwbench")?;
     let (_upstream, upstream_url) = start_everything(&env)?;
     std::fs::create_dir_all(env.state_dir())?;
     std::fs::write(

@@ -6,8 +6,8 @@
 //! proxy yet; docs/api.md). Also the official TypeScript and Python SDK clients' results, direct
 //! and via the gateway (recorded in the results, not yet asserted equal).
 
-use crate::gateway::{FakeProvider, PROVIDER_KEY, credential, gateway_config, push_and_bind};
-use crate::stack::{Stack, StackOptions, spec};
+use crate::gateway::{FakeProvider, credential, gateway_config, push_and_bind, stack_with_gateway};
+use crate::stack::{StackOptions, spec};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -78,12 +78,7 @@ async fn the_conformance_suite_passes_through_the_gateway_what_it_passes_directl
     let provider = FakeProvider::start(dir.path());
     let mut config = gateway_config(&provider.url);
     config["mcp_servers"] = json!([{"name": "conf", "transport": {"http": {"url": upstream_url}}}]);
-    let stack = Stack::start(StackOptions {
-        gateway_config: Some(config),
-        env: vec![("FAKE_PROVIDER_KEY".into(), PROVIDER_KEY.into())],
-        ..Default::default()
-    })
-    .unwrap();
+    let stack = stack_with_gateway(config, StackOptions::default());
     push_and_bind(
         &stack,
         "tool-access",

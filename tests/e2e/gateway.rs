@@ -80,11 +80,21 @@ pub fn gateway_config(provider_url: &str) -> Value {
 }
 
 pub fn gateway_stack(provider: &FakeProvider, database_url: Option<String>) -> Stack {
+    stack_with_gateway(
+        gateway_config(&provider.url),
+        StackOptions {
+            database_url,
+            ..Default::default()
+        },
+    )
+}
+
+/// A stack (as `options` say) whose gateway has `config`, with the fake provider's key.
+pub fn stack_with_gateway(config: Value, options: StackOptions) -> Stack {
     Stack::start(StackOptions {
-        database_url,
-        gateway_config: Some(gateway_config(&provider.url)),
+        gateway_config: Some(config),
         env: vec![("FAKE_PROVIDER_KEY".into(), PROVIDER_KEY.into())],
-        ..Default::default()
+        ..options
     })
     .unwrap()
 }

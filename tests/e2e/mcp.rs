@@ -89,16 +89,13 @@ pub async fn mcp_stack_with(
     let provider = FakeProvider::start(dir.path());
     let mut config = mcp_gateway_config(&provider.url, everything);
     adjust(&mut config);
-    let stack = Stack::start(StackOptions {
-        separate_worker,
-        gateway_config: Some(config),
-        env: vec![(
-            "FAKE_PROVIDER_KEY".into(),
-            crate::gateway::PROVIDER_KEY.into(),
-        )],
-        ..Default::default()
-    })
-    .unwrap();
+    let stack = crate::gateway::stack_with_gateway(
+        config,
+        StackOptions {
+            separate_worker,
+            ..Default::default()
+        },
+    );
     push_and_bind(
         &stack,
         "tool-access",

@@ -145,6 +145,21 @@ pub struct Env {
 }
 
 impl Env {
+    /// A fresh bench directory (`prefix…`, removed when the guard drops) with free ports and
+    /// the release binaries.
+    pub fn release(prefix: &str) -> Result<(tempfile::TempDir, Env)> {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+        let env = Env {
+            dir: dir.path().to_path_buf(),
+            temporal_port: free_port_triple(),
+            api_port: free_port(),
+            gateway_port: free_port(),
+            cogward: release_bin("cogward"),
+            runner: release_bin("cogward-runner"),
+        };
+        Ok((dir, env))
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
     }
