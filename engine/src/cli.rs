@@ -486,23 +486,10 @@ impl ApiClient {
         Ok(self.get_stream(path).await?.bytes().await?.to_vec())
     }
 
-    /// A GET whose answer is read as it arrives (a server-sent event stream).
+    /// A GET whose answer is read as it arrives (a server-sent event stream: no time limit).
     pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response> {
-        let resp = reqwest::Client::new()
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
+        self.send(reqwest::Client::new().get(format!("{}{path}", self.base)))
             .await
-            .with_context(|| format!("calling the cogward API at {}", self.base))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let bytes = resp.bytes().await?;
-            let problem: Problem = serde_json::from_slice(&bytes).with_context(|| {
-                format!("API answered {status}: {}", String::from_utf8_lossy(&bytes))
-            })?;
-            return Err(ApiProblem(problem).into());
-        }
-        Ok(resp)
     }
 
     pub async fn call<T: serde::de::DeserializeOwned>(
@@ -511,26 +498,30 @@ impl ApiClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             req = req.json(&body);
         }
+        let bytes = self.send(req).await?.bytes().await?;
+        serde_json::from_slice(&bytes).context("decoding the API's answer")
+    }
+
+    /// Send `req` as this principal; a refusal as the API's problem document.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = req
+            .bearer_auth(&self.token)
             .send()
             .await
             .with_context(|| format!("calling the cogward API at {}", self.base))?;
         let status = resp.status();
-        let bytes = resp.bytes().await?;
-        if !status.is_success() {
-            let problem: Problem = serde_json::from_slice(&bytes).with_context(|| {
-                format!("API answered {status}: {}", String::from_utf8_lossy(&bytes))
-            })?;
-            return Err(ApiProblem(problem).into());
+        if status.is_success() {
+            return Ok(resp);
         }
-        serde_json::from_slice(&bytes).context("decoding the API's answer")
+        let bytes = resp.bytes().await?;
+        let problem: Problem = serde_json::from_slice(&bytes).with_context(|| {
+            format!("API answered {status}: {}", String::from_utf8_lossy(&bytes))
+        })?;
+        Err(ApiProblem(problem).into())
     }
 }
 

@@ -80,11 +80,17 @@ fn rpc_error(status: StatusCode, id: &Value, code: i64, message: impl Into<Strin
     }
 }
 
+impl RpcError {
+    /// The JSON-RPC error message itself.
+    fn body(&self) -> Value {
+        json!({"jsonrpc": "2.0", "id": self.id,
+               "error": {"code": self.code, "message": self.message}})
+    }
+}
+
 impl IntoResponse for RpcError {
     fn into_response(self) -> Response {
-        let body = json!({"jsonrpc": "2.0", "id": self.id,
-                          "error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        (self.status, axum::Json(self.body())).into_response()
     }
 }
 
@@ -102,11 +108,6 @@ fn rpc_result_raw(id: &Value, result: &RawValue) -> Box<RawValue> {
 fn to_raw(v: &Value) -> Box<RawValue> {
     // A `Value` always serialises to JSON.
     RawValue::from_string(v.to_string()).unwrap_or_else(|_| RawValue::NULL.to_owned())
-}
-
-/// The JSON-RPC error message of `e`.
-fn rpc_error_raw(e: &RpcError) -> Box<RawValue> {
-    to_raw(&json!({"jsonrpc": "2.0", "id": e.id, "error": {"code": e.code, "message": e.message}}))
 }
 
 fn authenticate_error(e: AuthFailure) -> RpcError {
@@ -931,7 +932,7 @@ fn park(
             Ok(Parked::Decided(d)) if d.verdict == ApprovalVerdict::Approved => {
                 call.detail["approver"] = json!(d.approver);
                 if let Err(e) = job.record_intent(&mut call).await {
-                    send(rpc_error_raw(&e)).await;
+                    send(to_raw(&e.body())).await;
                     return;
                 }
                 let result = job.forward(&mut call).await;
@@ -981,7 +982,7 @@ fn park(
                     -32603,
                     "cogward: the call could not be parked for approval",
                 );
-                send(rpc_error_raw(&e)).await;
+                send(to_raw(&e.body())).await;
                 return;
             }
         };
@@ -994,7 +995,7 @@ fn park(
         }
         let message = match job.finish(&mut call, answer).await {
             Ok(v) => v,
-            Err(e) => rpc_error_raw(&e),
+            Err(e) => to_raw(&e.body()),
         };
         send(message).await;
     });
