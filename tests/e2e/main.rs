@@ -800,6 +800,14 @@ async fn a_principal_of_one_tenant_reaches_nothing_of_another() {
         (Method::GET, format!("/v1/runs/{id}"), None),
         (Method::GET, format!("/v1/runs/{id}/history"), None),
         (Method::GET, format!("/v1/runs/{id}/tool-calls"), None),
+        (Method::GET, format!("/v1/runs/{id}/events"), None),
+        (
+            Method::GET,
+            format!("/v1/runs/{id}/events?follow=true"),
+            None,
+        ),
+        (Method::GET, format!("/v1/runs/{id}/evidence"), None),
+        (Method::GET, format!("/v1/runs/{id}/evidence/diff"), None),
         (Method::POST, format!("/v1/runs/{id}/approve"), body()),
         (Method::POST, format!("/v1/runs/{id}/reject"), body()),
         (
