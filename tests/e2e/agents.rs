@@ -271,18 +271,30 @@ async fn governed_task(runtime: &str) {
     // Every model call the provider saw is in the ledger, decided and charged; every tool call
     // with its decision.
     let provider_calls = scripted_model_calls(&m);
-    let model_calls: Vec<Value> = sqlx::query_scalar::<_, String>(
-        "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.model_call' ORDER BY seq",
-    )
-    .bind(&id)
-    .fetch_all(&m.db.pool)
-    .await
-    .unwrap()
-    .iter()
-    .map(|b| serde_json::from_str(b).unwrap())
-    .collect();
     assert!(provider_calls >= 8, "{provider_calls} model calls");
-    assert_eq!(model_calls.len(), provider_calls, "{model_calls:?}");
+    // An outcome the ledger could not take at once is spooled and lands within seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let model_calls = loop {
+        let calls: Vec<Value> = sqlx::query_scalar::<_, String>(
+            "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.model_call' ORDER BY seq",
+        )
+        .bind(&id)
+        .fetch_all(&m.db.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+        if calls.len() >= provider_calls || std::time::Instant::now() > deadline {
+            break calls;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        model_calls.len(),
+        provider_calls,
+        "the provider saw {provider_calls} calls: {model_calls:?}"
+    );
     for c in &model_calls {
         assert_eq!(c["decision"], "permit", "{c}");
         assert_eq!(c["outcome"], "ok", "{c}");

@@ -223,8 +223,37 @@ pub struct Stack {
     http: reqwest::Client,
 }
 
+/// Each test thread's panic message, kept so that a failing stack can print it again after its
+/// logs: CI shows a failure's first and last lines, and the logs would push the message out.
+static PANICS: std::sync::Mutex<Vec<(std::thread::ThreadId, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn keep_panic_messages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Ok(mut p) = PANICS.lock() {
+                p.push((std::thread::current().id(), info.to_string()));
+            }
+            default(info);
+        }));
+    });
+}
+
+/// The panic message of this thread, if it panicked.
+fn panic_message() -> Option<String> {
+    let id = std::thread::current().id();
+    let p = PANICS.lock().ok()?;
+    p.iter()
+        .rev()
+        .find(|(t, _)| *t == id)
+        .map(|(_, m)| m.clone())
+}
+
 impl Stack {
     pub fn start(opts: StackOptions) -> Result<Self> {
+        keep_panic_messages();
         let dir = tempfile::tempdir()?;
         let temporal = Temporal::start(dir.path())?;
         let database_url = opts.database_url.unwrap_or_else(|| {
@@ -678,6 +707,19 @@ impl Drop for Stack {
         }
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
+            if let Some(message) = panic_message() {
+                // Short enough for CI's tail of the output: where, and how it ends (an
+                // assertion's left and right come last).
+                let chars: Vec<char> = message.chars().collect();
+                let short: String = if chars.len() <= 3000 {
+                    message
+                } else {
+                    let head: String = chars[..1500].iter().collect();
+                    let tail: String = chars[chars.len() - 1500..].iter().collect();
+                    format!("{head}\n[…]\n{tail}")
+                };
+                eprintln!("--- the failure, again\n{short}");
+            }
         }
     }
 }
