@@ -13,6 +13,15 @@ on stdout, flushed as it happens:
                                          -> {"op":"call","name":N,"is_error":bool,"text":T,"meta":M,
                                              "progress":[[p,total,message],...]}
     {"op":"sleep","seconds":S}           -> {"op":"sleep","seconds":S}
+    {"op":"prompts"}                     -> {"op":"prompts","prompts":[names...]}
+    {"op":"prompt","name":N,"arguments":{...}}
+                                         -> {"op":"prompt","name":N,"texts":[each message's text]}
+    {"op":"resources"}                   -> {"op":"resources","resources":[uris...],"templates":[uri templates...]}
+    {"op":"read","uri":U,"server":S}     -> {"op":"read","uri":U,"texts":[...],"blobs":[base64 lengths...]}
+                                            (S, optional: the gateway's `_meta["cogward/server"]`)
+    {"op":"complete","prompt":N|"uri":U,"argument":{"name":A,"value":V}}
+                                         -> {"op":"complete","values":[...]}
+    {"op":"set_level","level":L}         -> {"op":"set_level","level":L}
 
 A failed list or call prints {"op":..,("name":N,)"error":{"code":C,"message":M}}: C is the JSON-RPC
 code when the SDK raised MCPError, else null with "<ExceptionType>: <text>" as the message. The
@@ -31,7 +40,7 @@ import sys
 
 import anyio
 import httpx2
-from mcp import ClientSession
+from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
@@ -87,10 +96,13 @@ def parse_ops(text):
         raise ValueError("OPS_JSON must be a JSON array")
     for op in ops:
         kind = op.get("op") if isinstance(op, dict) else None
-        if kind not in ("list", "call", "sleep"):
+        if kind not in ("list", "call", "sleep", "prompts", "prompt", "resources", "read", "complete",
+                        "set_level"):
             raise ValueError(f"unknown operation: {json.dumps(op)}")
-        if kind == "call" and not isinstance(op.get("name"), str):
-            raise ValueError(f"call without a tool name: {json.dumps(op)}")
+        if kind in ("call", "prompt") and not isinstance(op.get("name"), str):
+            raise ValueError(f"{kind} without a name: {json.dumps(op)}")
+        if kind == "read" and not isinstance(op.get("uri"), str):
+            raise ValueError(f"read without a uri: {json.dumps(op)}")
         if kind == "sleep" and not isinstance(op.get("seconds"), (int, float)):
             raise ValueError(f"sleep without seconds: {json.dumps(op)}")
     return ops
@@ -98,7 +110,7 @@ def parse_ops(text):
 
 def head(op):
     """The identifying part of an operation's output line."""
-    return {"op": op["op"], "name": op["name"]} if op["op"] == "call" else {"op": op["op"]}
+    return {"op": op["op"], **{k: op[k] for k in ("name", "uri", "prompt") if k in op}}
 
 
 async def run_op(session, op):
@@ -109,6 +121,34 @@ async def run_op(session, op):
     if op["op"] == "sleep":
         await anyio.sleep(op["seconds"])
         return {"op": "sleep", "seconds": op["seconds"]}
+    if op["op"] == "prompts":
+        result = await session.list_prompts()
+        return {"op": "prompts", "prompts": [p.name for p in result.prompts]}
+    if op["op"] == "prompt":
+        result = await session.get_prompt(op["name"], op.get("arguments"))
+        texts = [m.content.text for m in result.messages if getattr(m.content, "type", None) == "text"]
+        return {"op": "prompt", "name": op["name"], "texts": texts}
+    if op["op"] == "resources":
+        listed = await session.list_resources()
+        templates = await session.list_resource_templates()
+        return {"op": "resources", "resources": [str(r.uri) for r in listed.resources],
+                "templates": [t.uri_template for t in templates.resource_templates]}
+    if op["op"] == "read":
+        meta = {"cogward/server": op["server"]} if "server" in op else None
+        result = await session.read_resource(op["uri"], meta=meta)
+        return {"op": "read", "uri": op["uri"],
+                "texts": [c.text for c in result.contents if hasattr(c, "text")],
+                "blobs": [len(c.blob) for c in result.contents if hasattr(c, "blob")]}
+    if op["op"] == "complete":
+        if "prompt" in op:
+            ref = types.PromptReference(type="ref/prompt", name=op["prompt"])
+        else:
+            ref = types.ResourceTemplateReference(type="ref/resource", uri=op["uri"])
+        result = await session.complete(ref, op["argument"])
+        return {"op": "complete", "values": result.completion.values}
+    if op["op"] == "set_level":
+        await session.set_logging_level(op["level"])
+        return {"op": "set_level", "level": op["level"]}
     progress = []
 
     async def on_progress(p, total, message):

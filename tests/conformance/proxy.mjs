@@ -10,11 +10,15 @@
 //    response header (Mcp-Session-Id, Content-Type, ...) comes back unchanged; only hop-by-hop
 //    headers (Connection, Keep-Alive, Transfer-Encoding, ...) are left to each hop, and
 //    Content-Length is recomputed where a body was rewritten.
-// 2. With --prefix P (the gateway's `<server>_` namespace), two rewrites of JSON-RPC bodies:
-//    - client -> server: in a `tools/call` request (alone or in a batch) `params.name` N becomes `P_N`;
-//    - server -> client: in the response to a `tools/list` request of the same HTTP exchange
-//      (matched by JSON-RPC id, JSON or SSE body), each `result.tools[i].name` that starts with
-//      `P_` loses that prefix.
+// 2. With --prefix P (the gateway's `<server>_` namespace for tools and prompts), two rewrites of
+//    JSON-RPC bodies:
+//    - client -> server: in a `tools/call` or `prompts/get` request (alone or in a batch)
+//      `params.name` N becomes `P_N`, and so does `params.ref.name` of a `completion/complete`
+//      request whose ref is a `ref/prompt`;
+//    - server -> client: in the response to a `tools/list` (`prompts/list`) request of the same
+//      HTTP exchange (matched by JSON-RPC id, JSON or SSE body), each `result.tools[i].name`
+//      (`result.prompts[i].name`) that starts with `P_` loses that prefix.
+//    Resource URIs are not namespaced by the gateway, so they are not rewritten.
 //    No other message, field, event or byte is changed. SSE responses are streamed through as they
 //    arrive: raw chunks when nothing can need rewriting, event by event otherwise.
 // 3. With --log, appends one JSON line per exchange (request body, response status, headers and
@@ -47,30 +51,36 @@ function redacted(headers) {
   return h;
 }
 
-// client -> server rewrite; returns the tools/list request ids of the body
+const LISTS = { 'tools/list': 'tools', 'prompts/list': 'prompts' };
+
+// client -> server rewrite; records the listing request ids of the body (id -> result field)
 function rewriteRequest(msg, listIds, notes) {
   if (Array.isArray(msg)) {
     for (const m of msg) rewriteRequest(m, listIds, notes);
     return;
   }
   if (!msg || typeof msg !== 'object' || typeof msg.method !== 'string') return;
-  if (msg.method === 'tools/list' && 'id' in msg) listIds.add(JSON.stringify(msg.id));
-  if (msg.method === 'tools/call' && msg.params && typeof msg.params.name === 'string') {
-    const from = msg.params.name;
-    msg.params.name = `${prefix}_${from}`;
-    notes.push(`tools/call params.name ${from} -> ${msg.params.name}`);
+  if (msg.method in LISTS && 'id' in msg) listIds.set(JSON.stringify(msg.id), LISTS[msg.method]);
+  const named = (msg.method === 'tools/call' || msg.method === 'prompts/get') ? msg.params
+    : msg.method === 'completion/complete' && msg.params?.ref?.type === 'ref/prompt' ? msg.params.ref
+    : undefined;
+  if (named && typeof named.name === 'string') {
+    const from = named.name;
+    named.name = `${prefix}_${from}`;
+    notes.push(`${msg.method} name ${from} -> ${named.name}`);
   }
 }
 
-// server -> client rewrite of tools/list responses; true if anything changed
+// server -> client rewrite of tools/list and prompts/list responses; true if anything changed
 function rewriteResponse(msg, listIds, notes) {
   if (Array.isArray(msg)) return msg.map((m) => rewriteResponse(m, listIds, notes)).some(Boolean);
   if (!msg || typeof msg !== 'object' || !('id' in msg) || 'method' in msg) return false;
-  if (!listIds.has(JSON.stringify(msg.id)) || !Array.isArray(msg.result?.tools)) return false;
+  const field = listIds.get(JSON.stringify(msg.id));
+  if (!field || !Array.isArray(msg.result?.[field])) return false;
   let changed = false;
-  for (const t of msg.result.tools) {
+  for (const t of msg.result[field]) {
     if (typeof t?.name === 'string' && t.name.startsWith(`${prefix}_`)) {
-      notes.push(`tools/list result name ${t.name} -> ${t.name.slice(prefix.length + 1)}`);
+      notes.push(`${field} result name ${t.name} -> ${t.name.slice(prefix.length + 1)}`);
       t.name = t.name.slice(prefix.length + 1);
       changed = true;
     }
@@ -101,7 +111,7 @@ const server = http.createServer((req, res) => {
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
     let body = Buffer.concat(chunks);
-    const listIds = new Set();
+    const listIds = new Map();
     const notes = [];
     let parsed;
     if (body.length > 0) {

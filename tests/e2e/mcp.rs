@@ -506,7 +506,7 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
         ("unknown session", Some(&token), Some("0123456789abcdef"), call.clone().into_bytes(), 404, -32001),
         ("another run's session", Some(&token), Some(&other_session), call.clone().into_bytes(), 404, -32001),
         ("oversized", Some(&token), Some(&session), vec![b' '; 2 << 20], 413, -32600),
-        ("unsupported method", Some(&token), Some(&session), br#"{"jsonrpc": "2.0", "id": 3, "method": "resources/list"}"#.to_vec(), 200, -32601),
+        ("unsupported method", Some(&token), Some(&session), br#"{"jsonrpc": "2.0", "id": 3, "method": "resources/subscribe", "params": {"uri": "demo://x"}}"#.to_vec(), 200, -32601),
         ("arguments not an object", Some(&token), Some(&session),
          br#"{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "everything_echo", "arguments": [1]}}"#.to_vec(), 200, -32602),
     ];
@@ -925,17 +925,38 @@ async fn an_approval_executes_once_and_a_hung_up_tool_call_is_recorded() {
         "the copies did not park as a new request: {v}"
     );
 
-    // A long tool call whose client hangs up after half a second.
-    let gone = call_raw(
-        &url,
-        &token,
-        &session,
-        "everything_trigger-long-running-operation",
-        json!({"duration": 2, "steps": 2}),
-        Duration::from_millis(500),
+    // A long tool call whose client hangs up once the gateway has forwarded it (its intent is
+    // recorded: a call dropped before that was never forwarded, and is not recorded).
+    let long_call = {
+        let (url, token, session) = (url.clone(), token.clone(), session.clone());
+        tokio::spawn(async move {
+            call_raw(
+                &url,
+                &token,
+                &session,
+                "everything_trigger-long-running-operation",
+                json!({"duration": 3, "steps": 3}),
+                Duration::from_secs(60),
+            )
+            .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(
+        &db,
+        "SELECT COUNT(*) FROM gateway_calls WHERE target = 'everything.trigger-long-running-operation' AND outcome = 'pending'",
     )
-    .await;
-    assert!(gone.is_none(), "the long operation answered within 0.5 s");
+    .await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the long call was never forwarded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    long_call.abort();
+    assert!(
+        long_call.await.is_err_and(|e| e.is_cancelled()),
+        "the long operation answered before its client hung up"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let n = count(
@@ -1072,4 +1093,178 @@ async fn tool_calls_count_against_the_runs_call_ceiling() {
         .map(|e| e["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["ok", "ok", "denied"]);
+}
+
+/// Prompts and resources through the gateway, with the official Python client: listings hold
+/// only what the policy lets the agent see; a prompt get, a resource read and a completion are
+/// decided on their own names (`prompt:server.name`, `resource:server:uri`), recorded before and
+/// after they reach the server, refused with a JSON-RPC error naming the reasons; a URI is routed
+/// by listing or template, and never to another tenant's server even when the request names it.
+#[tokio::test(flavor = "multi_thread")]
+async fn prompts_and_resources_are_decided_recorded_and_routed() {
+    let (Some(python), Some(everything)) = (mcp_python(), everything_js()) else {
+        return;
+    };
+    let m = mcp_stack_with(&everything, false, |config| {
+        let servers = config["mcp_servers"].as_array_mut().unwrap();
+        servers.push(json!({"name": "other", "tenants": ["globex"],
+                            "transport": {"stdio": {"command": ["node", everything, "stdio"]}}}));
+    })
+    .await;
+    let (stack, db) = (&m.stack, m.db.clone());
+    let docs = "demo://resource/static/document";
+    let access = json!({"tenants": {"acme": {
+        "default_scope": ["everything.echo", "prompt:everything.simple-prompt",
+                          "prompt:everything.args-prompt", "prompt:everything.completable-prompt",
+                          format!("resource:everything:{docs}/*"),
+                          "resource:everything:demo://resource/dynamic/text/*"],
+        "deny": [format!("resource:everything:{docs}/instructions.md")],
+        "arguments": [{"tools": ["prompt:everything.args-prompt"], "pointer": "/city",
+                       "deny": ["*Atlantis*"], "reason": "no myths"}]
+    }}});
+    push_and_bind(
+        stack,
+        "tool-access",
+        "features",
+        "tool.call",
+        "acme",
+        &access,
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (id, token) = running_run(stack).await;
+    let ops = json!([
+        {"op": "prompts"},
+        {"op": "prompt", "name": "everything_simple-prompt"},
+        {"op": "prompt", "name": "everything_args-prompt", "arguments": {"city": "Atlantis", "state": "Sea"}},
+        {"op": "prompt", "name": "everything_resource-prompt", "arguments": {"resourceType": "Text", "resourceId": "1"}},
+        {"op": "resources"},
+        {"op": "read", "uri": format!("{docs}/architecture.md")},
+        {"op": "read", "uri": format!("{docs}/instructions.md")},
+        {"op": "read", "uri": "demo://resource/dynamic/text/7"},
+        {"op": "read", "uri": "demo://resource/dynamic/blob/7"},
+        {"op": "read", "uri": format!("{docs}/architecture.md"), "server": "other"},
+        {"op": "complete", "prompt": "everything_completable-prompt",
+         "argument": {"name": "department", "value": "E"}},
+        {"op": "set_level", "level": "debug"},
+    ]);
+    let out = run_client(&python, &stack.gw_url("/mcp"), &token, ops);
+    let dump = serde_json::to_string_pretty(&out).unwrap();
+    assert_eq!(out.len(), 13, "{dump}");
+    let prompts = out[1]["prompts"].as_array().expect(&dump);
+    for name in [
+        "everything_simple-prompt",
+        "everything_args-prompt",
+        "everything_completable-prompt",
+    ] {
+        assert!(prompts.contains(&json!(name)), "{name}: {dump}");
+    }
+    assert!(
+        !prompts.contains(&json!("everything_resource-prompt")),
+        "{dump}"
+    );
+    assert_eq!(
+        out[2]["texts"],
+        json!(["This is a simple prompt without arguments."]),
+        "{dump}"
+    );
+    let refused = |line: &Value, why: &str| {
+        assert_eq!(line["error"]["code"], -32003, "{dump}");
+        let message = line["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{why}: {dump}");
+    };
+    refused(&out[3], "no myths");
+    refused(&out[4], "outside agent e2e-agent's scope");
+    let uris = out[5]["resources"].as_array().expect(&dump);
+    assert!(
+        uris.contains(&json!(format!("{docs}/architecture.md"))),
+        "{dump}"
+    );
+    assert!(
+        !uris.contains(&json!(format!("{docs}/instructions.md"))),
+        "{dump}"
+    );
+    assert_eq!(
+        out[5]["templates"],
+        json!(["demo://resource/dynamic/text/{resourceId}"]),
+        "{dump}"
+    );
+    assert!(
+        out[6]["texts"][0]
+            .as_str()
+            .expect(&dump)
+            .starts_with("# Everything Server"),
+        "{dump}"
+    );
+    refused(&out[7], "denied in tenant acme");
+    assert!(
+        out[8]["texts"][0].as_str().expect(&dump).contains('7'),
+        "{dump}"
+    );
+    refused(&out[9], "outside agent e2e-agent's scope");
+    assert_eq!(
+        out[10]["error"]["code"], -32002,
+        "another tenant's server: {dump}"
+    );
+    assert!(
+        out[11]["values"]
+            .as_array()
+            .expect(&dump)
+            .contains(&json!("Engineering")),
+        "{dump}"
+    );
+    assert_eq!(out[12]["level"], "debug", "{dump}");
+
+    // Every use in the ledger with its decision; an intent for each one forwarded.
+    let bodies: Vec<Value> = sqlx::query_scalar::<_, String>(
+        "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.mcp_request' ORDER BY seq",
+    )
+    .bind(&id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|b| serde_json::from_str(b).unwrap())
+    .collect();
+    let uses: Vec<(String, String)> = bodies
+        .iter()
+        .map(|b| {
+            (
+                b["target"].as_str().unwrap().to_string(),
+                b["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("prompt:everything.simple-prompt".to_string(), "ok"),
+        ("prompt:everything.args-prompt".to_string(), "denied"),
+        ("prompt:everything.resource-prompt".to_string(), "denied"),
+        (format!("resource:everything:{docs}/architecture.md"), "ok"),
+        (
+            format!("resource:everything:{docs}/instructions.md"),
+            "denied",
+        ),
+        (
+            "resource:everything:demo://resource/dynamic/text/7".to_string(),
+            "ok",
+        ),
+        (
+            "resource:everything:demo://resource/dynamic/blob/7".to_string(),
+            "denied",
+        ),
+        ("prompt:everything.completable-prompt".to_string(), "ok"),
+    ]
+    .into_iter()
+    .map(|(t, o)| (t, o.to_string()))
+    .collect();
+    assert_eq!(uses, expected, "{bodies:?}");
+    let intents = count(
+        &db,
+        &format!(
+            "SELECT COUNT(*) FROM ledger_entries WHERE workflow_id = '{id}' AND event_type = 'gateway.call_intent'"
+        ),
+    )
+    .await;
+    assert_eq!(intents, 4, "one intent per forwarded use");
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
 }

@@ -19,6 +19,8 @@
 //! (400, -32700), not a JSON-RPC request (400, -32600), no session (400), unknown session (404),
 //! no or bad run credential (401), over 1 MiB (413).
 
+mod features;
+
 use super::config::McpServer;
 use super::obligations::{self, Site};
 use super::upstream::UpstreamError;
@@ -38,6 +40,7 @@ use cogward_activities::spec::{
 };
 use cogward_policy_abi::{Effect, Request, kinds};
 use cogward_workflows::AgentRun;
+use features::Listing;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -322,11 +325,18 @@ async fn dispatch(
     }
     let answer = match method {
         "ping" => rpc_result(&id, json!({})),
-        "tools/list" => rpc_result(&id, list_tools(gw, &run).await),
+        "tools/list" => rpc_result(
+            &id,
+            json!({"tools": features::listing(gw, &run, Listing::TOOLS).await}),
+        ),
         "tools/call" => {
             return call_tool(state, &run, &id, &params, raw_arguments(&body)).await;
         }
         other => {
+            if let Some(answer) = features::dispatch(state, &run, &id, other, &params, &body).await
+            {
+                return answer;
+            }
             return Ok(rpc_error(
                 StatusCode::OK,
                 &id,
@@ -384,7 +394,9 @@ async fn initialize(
     }
     let result = json!({
         "protocolVersion": version,
-        "capabilities": {"tools": {"listChanged": false}},
+        "capabilities": {"tools": {"listChanged": false}, "prompts": {"listChanged": false},
+                         "resources": {"subscribe": false, "listChanged": false},
+                         "completions": {}, "logging": {}},
         "serverInfo": {"name": "cogward-gateway", "version": env!("CARGO_PKG_VERSION")},
         "instructions": "Tools of this run, governed by cogward: every call is decided by policy and recorded.",
     });
@@ -469,57 +481,22 @@ fn tool_request(
     )
 }
 
-/// The tools this run's agent may see.
-async fn list_tools(gw: &Gateway, run: &RunIdentity) -> Value {
-    let mut tools = Vec::new();
-    for server in gw
-        .config
+/// The servers of the run's tenant that the run may use.
+fn servers<'a>(gw: &'a Gateway, run: &'a RunIdentity) -> impl Iterator<Item = &'a McpServer> {
+    gw.config
         .mcp_servers_for(&run.tenant)
         .filter(|s| run.may_use_server(&s.name))
-    {
-        let listed = match gw.upstreams.tools(server, &run.run_id).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, server = %server.name, "listing an MCP server's tools");
-                continue;
-            }
-        };
-        for tool in listed.iter() {
-            let Some(tool_name) = tool.get("name").and_then(Value::as_str) else {
-                continue;
-            };
-            let visible = match gw
-                .policies
-                .decide_request(tool_request(run, "list", &server.name, tool_name, None))
-                .await
-            {
-                Ok(r) => r.decision.effect != Effect::Deny,
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "deciding a tool listing");
-                    false
-                }
-            };
-            if visible {
-                let mut v = tool.clone();
-                v["name"] = Value::String(format!("{}_{tool_name}", server.name));
-                tools.push(v);
-            }
-        }
-    }
-    json!({"tools": tools})
 }
 
-/// The server and upstream tool an exposed name stands for, if the tenant has that server.
+/// The server and upstream tool (or prompt) an exposed name stands for, if the run may use
+/// that server.
 fn resolve<'a>(
     gw: &'a Gateway,
     run: &'a RunIdentity,
     name: &'a str,
 ) -> Option<(&'a McpServer, &'a str)> {
     let (server, tool) = name.split_once('_')?;
-    let server = gw
-        .config
-        .mcp_servers_for(&run.tenant)
-        .find(|s| s.name == server && run.may_use_server(server))?;
+    let server = servers(gw, run).find(|s| s.name == server)?;
     (!tool.is_empty()).then_some((server, tool))
 }
 
@@ -539,14 +516,23 @@ fn raw_arguments(body: &[u8]) -> Option<Box<RawValue>> {
         .arguments
 }
 
-/// A tool result of our own (refusals), with the decision machine-readable in `_meta`.
-fn refusal(text: String, call: &CallRecord) -> Box<RawValue> {
-    to_raw(
-        &json!({"content": [{"type": "text", "text": text}], "isError": true,
-           "_meta": {"cogward/decision": call.decision.as_str(), "cogward/call_id": call.call_id,
-                     "cogward/outcome": call.outcome}}),
-    )
+/// The decision on a call, machine-readable (a refusal's `_meta` or error `data`).
+fn decision_meta(call: &CallRecord) -> Value {
+    json!({"cogward/decision": call.decision.as_str(), "cogward/call_id": call.call_id,
+           "cogward/outcome": call.outcome})
 }
+
+/// A tool result of our own (refusals), with the decision machine-readable in `_meta`.
+fn refusal(text: String, call: &CallRecord) -> Answer {
+    Answer::Result(to_raw(
+        &json!({"content": [{"type": "text", "text": text}], "isError": true,
+                "_meta": decision_meta(call)}),
+    ))
+}
+
+/// The JSON-RPC error code of a request the gateway refused (policy, budget, approval) on a
+/// method other than `tools/call` (whose refusals are tool results the model can read).
+const REFUSED: i64 = -32003;
 
 async fn call_tool(
     state: &AppState,
@@ -602,33 +588,76 @@ async fn call_tool(
     }
     let args_value = Value::Object(arguments.clone().unwrap_or_default());
     let full_name = format!("{}.{tool}", server.name);
-    let decision = gw
-        .policies
-        .decide_request(tool_request(
-            run,
-            "call",
-            &server.name,
-            tool,
-            Some(&args_value),
-        ))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %format!("{e:#}"), "deciding a tool call");
-            rpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                id,
-                -32603,
-                "cogward: the call could not be decided",
-            )
-        })?;
-    let mut call = CallRecord::new(
+    let decision = decide(
+        &gw,
+        id,
+        tool_request(run, "call", &server.name, tool, Some(&args_value)),
+    )
+    .await?;
+    let call = CallRecord::new(
         "gateway.tool_call",
         "tool",
         run,
-        full_name.clone(),
+        full_name,
         sha256_hex(canonical_string(&args_value).as_bytes()),
         json!({"server": server.name, "tool": tool, "name": name}),
     );
+    // The arguments as the agent wrote them (the same object the policy decided: the strict
+    // parser refused a key given twice).
+    let upstream_params = match arguments.and(raw_arguments) {
+        Some(args) => format!(r#"{{"name":{},"arguments":{}}}"#, json!(tool), args.get()),
+        None => format!(r#"{{"name":{}}}"#, json!(tool)),
+    };
+    let job = CallJob {
+        gw: gw.clone(),
+        server: server.clone(),
+        method: "tools/call",
+        params: RawValue::from_string(upstream_params)
+            .map_err(|e| rpc_error(StatusCode::OK, id, -32602, format!("Invalid params: {e}")))?,
+        id: id.clone(),
+        started,
+    };
+    carry_out(state, job, call, decision, params_progress_token(params)).await
+}
+
+/// Decide a request; a failure to decide as the JSON-RPC answer.
+async fn decide(
+    gw: &Gateway,
+    id: &Value,
+    request: Request,
+) -> Result<super::DecisionRecord, RpcError> {
+    gw.policies.decide_request(request).await.map_err(|e| {
+        tracing::error!(error = %format!("{e:#}"), "deciding an MCP request");
+        rpc_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            id,
+            -32603,
+            "cogward: the call could not be decided",
+        )
+    })
+}
+
+/// The client's `progressToken` in a request's params, if it sent one.
+fn params_progress_token(params: &Value) -> Option<Value> {
+    params
+        .get("_meta")
+        .and_then(|m| m.get("progressToken"))
+        .cloned()
+}
+
+/// Carry out a decided use (a tool call, a prompt get, a resource read, a completion): a
+/// permit is recorded, forwarded and its outcome recorded (a tool call also against the run's
+/// budget); a deny is recorded and refused; an escalation parks until a human decides.
+async fn carry_out(
+    state: &AppState,
+    job: CallJob,
+    mut call: CallRecord,
+    decision: super::DecisionRecord,
+    progress_token: Option<Value>,
+) -> Result<Response, RpcError> {
+    let gw = job.gw.clone();
+    let run = call.run.clone();
+    let id = job.id.clone();
     call.reasons = decision.decision.reasons.clone();
     let planned = obligations::plan(
         [&decision.decision],
@@ -647,43 +676,34 @@ async fn call_tool(
             (Effect::Deny, None)
         }
     };
-    let job = CallJob {
-        gw: gw.clone(),
-        server: server.clone(),
-        tool: tool.to_string(),
-        // The arguments as the agent wrote them (the same object the policy decided: the
-        // strict parser refused a key given twice).
-        arguments: arguments.and(raw_arguments),
-        id: id.clone(),
-        started,
-    };
     match effect {
         Effect::Permit => {
-            // The call counts against the run's budget (its call ceiling) when one is bound;
-            // then deciding it and recording the intent are one step per tenant.
+            // A tool call counts against the run's budget (its call ceiling) when one is
+            // bound; then deciding it and recording the intent are one step per tenant.
             let undecided = |e: anyhow::Error| {
                 tracing::error!(error = %format!("{e:#}"), "deciding a tool call's budget");
                 rpc_error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    id,
+                    &id,
                     -32603,
                     "cogward: the call could not be decided",
                 )
             };
-            let budgeted = gw
-                .policies
-                .is_bound(&run.tenant, &run.agent, kinds::BUDGET)
-                .await
-                .map_err(undecided)?;
+            let budgeted = job.method == "tools/call"
+                && gw
+                    .policies
+                    .is_bound(&run.tenant, &run.agent, kinds::BUDGET)
+                    .await
+                    .map_err(undecided)?;
             let admission = match budgeted {
                 true => Some(gw.admission_lock(&run.tenant).await),
                 false => None,
             };
             if budgeted
-                && let Some(refused) = over_budget(&gw, run, &mut call).await.map_err(undecided)?
+                && let Some(refused) = over_budget(&gw, &run, &mut call).await.map_err(undecided)?
             {
                 drop(admission);
-                let answer = refusal(refused, &call);
+                let answer = job.refuse(refused, &call);
                 return Ok(axum::Json(job.finish(&mut call, answer).await?).into_response());
             }
             call.decision = CallDecision::Permit;
@@ -701,7 +721,7 @@ async fn call_tool(
             let answer = answer.await.map_err(|_| {
                 rpc_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    id,
+                    &id,
                     -32603,
                     "cogward: the call's task ended without an answer",
                 )
@@ -710,18 +730,15 @@ async fn call_tool(
         }
         Effect::Deny => {
             let text = format!(
-                "cogward: call to {full_name} denied by policy: {}",
+                "cogward: call to {} denied by policy: {}",
+                call.target,
                 call.reasons.join("; ")
             );
-            let answer = refusal(text, &call);
+            let answer = job.refuse(text, &call);
             Ok(axum::Json(job.finish(&mut call, answer).await?).into_response())
         }
         Effect::Escalate => {
             call.decision = CallDecision::Escalate;
-            let progress_token = params
-                .get("_meta")
-                .and_then(|m| m.get("progressToken"))
-                .cloned();
             Ok(park(state.clone(), job, call, group, progress_token))
         }
     }
@@ -766,12 +783,20 @@ async fn over_budget(
     }
 }
 
+/// What a forwarded request answers with: a result, or a JSON-RPC error object.
+enum Answer {
+    Result(Box<RawValue>),
+    Error(Value),
+}
+
 /// A decided call on its way: forward it, record it, answer it.
 struct CallJob {
     gw: Arc<Gateway>,
     server: McpServer,
-    tool: String,
-    arguments: Option<Box<RawValue>>,
+    /// The upstream request: `tools/call`, `prompts/get`, `resources/read`, ...
+    method: &'static str,
+    /// Its params, as the upstream gets them.
+    params: Box<RawValue>,
     id: Value,
     started: Instant,
 }
@@ -780,7 +805,7 @@ impl CallJob {
     /// Record the call's intent; an error (nothing may be forwarded) as the JSON-RPC answer.
     async fn record_intent(&self, call: &mut CallRecord) -> Result<(), RpcError> {
         self.gw.record_intent(call).await.map_err(|e| {
-            tracing::error!(error = %format!("{e:#}"), "tool call refused: its intent could not be recorded");
+            tracing::error!(error = %format!("{e:#}"), "MCP call refused: its intent could not be recorded");
             rpc_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &self.id,
@@ -790,9 +815,20 @@ impl CallJob {
         })
     }
 
-    /// Forward the call (after the throttle its decision asks for); the tool result with the
-    /// redactions applied (or our refusal when the upstream failed).
-    async fn forward(&self, call: &mut CallRecord) -> Box<RawValue> {
+    /// The gateway's refusal: for a tool, a tool result the model reads (and can adapt to);
+    /// otherwise a JSON-RPC error ([`REFUSED`]).
+    fn refuse(&self, text: String, call: &CallRecord) -> Answer {
+        match self.method {
+            "tools/call" => refusal(text, call),
+            _ => Answer::Error(
+                json!({"code": REFUSED, "message": text, "data": decision_meta(call)}),
+            ),
+        }
+    }
+
+    /// Forward the call (after the throttle its decision asks for); the result with the
+    /// redactions applied, the server's own error, or our refusal when the upstream failed.
+    async fn forward(&self, call: &mut CallRecord) -> Answer {
         if call.throttle_ms > 0 {
             tokio::time::sleep(Duration::from_millis(call.throttle_ms)).await;
         }
@@ -800,11 +836,11 @@ impl CallJob {
         let answer = self
             .gw
             .upstreams
-            .call(
+            .request(
                 &self.server,
                 &call.run.run_id,
-                &self.tool,
-                self.arguments.as_deref(),
+                self.method,
+                self.params.clone(),
             )
             .await;
         call.upstream_latency = started.elapsed();
@@ -812,14 +848,17 @@ impl CallJob {
             Ok(result) => {
                 call.outcome = "ok".into();
                 let mut v: Value = serde_json::from_str(result.get()).unwrap_or(Value::Null);
-                call.detail["is_error"] = v.get("isError").cloned().unwrap_or(Value::Bool(false));
+                if self.method == "tools/call" {
+                    call.detail["is_error"] =
+                        v.get("isError").cloned().unwrap_or(Value::Bool(false));
+                }
                 if call.redact.is_empty() {
                     // As the server wrote it.
-                    return result;
+                    return Answer::Result(result);
                 }
                 let applied = obligations::redact(&mut v, &call.redact);
                 call.detail["redacted"] = json!(applied);
-                to_raw(&v)
+                Answer::Result(to_raw(&v))
             }
             Err(e) => {
                 call.outcome = match e {
@@ -829,7 +868,24 @@ impl CallJob {
                     }
                 }
                 .into();
-                refusal(format!("cogward: {e}"), call)
+                match e {
+                    // The server's own error, to the agent as it was (but for a tool, whose
+                    // model reads a tool result).
+                    UpstreamError::Refused {
+                        code,
+                        message,
+                        data,
+                        ..
+                    } if self.method != "tools/call" => {
+                        call.detail["error_code"] = json!(code);
+                        let mut error = json!({"code": code, "message": message});
+                        if let Some(data) = data {
+                            error["data"] = data;
+                        }
+                        Answer::Error(error)
+                    }
+                    e => self.refuse(format!("cogward: {e}"), call),
+                }
             }
         }
     }
@@ -839,11 +895,11 @@ impl CallJob {
     async fn finish(
         &self,
         call: &mut CallRecord,
-        result: Box<RawValue>,
+        answer: Answer,
     ) -> Result<Box<RawValue>, RpcError> {
         call.latency = self.started.elapsed();
         self.gw.settle(call).await.map_err(|e| {
-            tracing::error!(error = %format!("{e:#}"), "tool call refused: its record could not be written");
+            tracing::error!(error = %format!("{e:#}"), "MCP call refused: its record could not be written");
             rpc_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &self.id,
@@ -851,7 +907,12 @@ impl CallJob {
                 "cogward: the call could not be recorded in the audit ledger, so it was refused",
             )
         })?;
-        Ok(rpc_result_raw(&self.id, &result))
+        Ok(match answer {
+            Answer::Result(result) => rpc_result_raw(&self.id, &result),
+            Answer::Error(error) => {
+                to_raw(&json!({"jsonrpc": "2.0", "id": self.id, "error": error}))
+            }
+        })
     }
 }
 
@@ -947,7 +1008,7 @@ fn park(
             Ok(Parked::Decided(d)) => {
                 call.detail["approver"] = json!(d.approver);
                 call.outcome = "rejected".into();
-                refusal(
+                job.refuse(
                     format!(
                         "cogward: call to {} rejected by {}",
                         call.target, d.approver
@@ -957,7 +1018,7 @@ fn park(
             }
             Ok(Parked::Expired) => {
                 call.outcome = "approval_expired".into();
-                refusal(
+                job.refuse(
                     format!("cogward: call to {} was not approved in time", call.target),
                     &call,
                 )
@@ -969,7 +1030,7 @@ fn park(
             }
             Ok(Parked::RunEnded) => {
                 call.outcome = "run_ended".into();
-                refusal(
+                job.refuse(
                     format!("cogward: the run ended before {} was approved", call.target),
                     &call,
                 )

@@ -301,7 +301,7 @@ impl Gateway {
         Ok(())
     }
 
-    /// Record a call's outcome (`gateway.model_call` / `gateway.tool_call`) and settle its
+    /// Record a call's outcome (its `event_type`) and settle its
     /// journal row; for a call refused before any intent, its decisions too. An error means the
     /// record is not durable.
     pub async fn record(&self, call: &CallRecord) -> Result<i64> {
@@ -475,12 +475,13 @@ impl CallDecision {
 #[derive(Debug, Clone)]
 pub struct CallRecord {
     pub call_id: String,
-    /// `gateway.model_call` or `gateway.tool_call`.
+    /// `gateway.model_call`, `gateway.tool_call` or `gateway.mcp_request` (prompts, resources,
+    /// completions).
     pub event_type: &'static str,
-    /// `model` or `tool`.
+    /// `model`, `tool` or `mcp`.
     pub kind: &'static str,
     pub run: RunIdentity,
-    /// `provider/model` or `server.tool`.
+    /// `provider/model`, `server.tool`, `prompt:server.prompt` or `resource:server:uri`.
     pub target: String,
     pub args_sha256: String,
     pub decisions: Vec<DecisionRecord>,
@@ -667,10 +668,10 @@ async fn settle_abandoned_once(gw: &Gateway) -> Result<()> {
             args_sha256: row.try_get("args_sha256")?,
             policy_sha256: row.try_get("policy_sha256")?,
         };
-        let event_type = if journal.kind == "tool" {
-            "gateway.tool_call"
-        } else {
-            "gateway.model_call"
+        let event_type = match journal.kind.as_str() {
+            "tool" => "gateway.tool_call",
+            "mcp" => "gateway.mcp_request",
+            _ => "gateway.model_call",
         };
         let body = json!({
             "call_id": journal.call_id, "run_id": journal.run_id, "tenant": journal.tenant,

@@ -26,6 +26,8 @@ pub const PROTOCOL_VERSION: &str = "2025-11-25";
 pub struct ServerError {
     pub code: i64,
     pub message: String,
+    /// The error's `data`, as the server sent it.
+    pub data: Option<Value>,
 }
 
 /// One message from the server, parsed only as far as routing needs.
@@ -68,10 +70,12 @@ fn route(msg: Incoming, pending: &Pending) -> Option<String> {
                 (_, Some(error)) => Err(ServerError {
                     code: error["code"].as_i64().unwrap_or(-32603),
                     message: error["message"].as_str().unwrap_or("").to_string(),
+                    data: error.get("data").cloned(),
                 }),
                 (None, None) => Err(ServerError {
                     code: -32603,
                     message: "a response with neither result nor error".into(),
+                    data: None,
                 }),
             };
             if let Ok(mut p) = pending.lock()
@@ -100,17 +104,18 @@ pub enum Client {
 }
 
 impl Client {
-    /// Start (stdio) or reach (HTTP) the server and complete the MCP handshake.
+    /// Start (stdio) or reach (HTTP) the server and complete the MCP handshake; the client and
+    /// the server's capabilities.
     pub async fn connect_stdio(
         command: &[String],
         env: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Client> {
+    ) -> Result<(Client, Value)> {
         let client = Client::Stdio(StdioClient::spawn(command, env)?);
-        client.initialize().await?;
-        Ok(client)
+        let capabilities = client.initialize().await?;
+        Ok((client, capabilities))
     }
 
-    pub async fn connect_http(http: reqwest::Client, url: &str) -> Result<Client> {
+    pub async fn connect_http(http: reqwest::Client, url: &str) -> Result<(Client, Value)> {
         let client = Client::Http(HttpClient {
             http,
             url: url.to_string(),
@@ -119,11 +124,12 @@ impl Client {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         });
-        client.initialize().await?;
-        Ok(client)
+        let capabilities = client.initialize().await?;
+        Ok((client, capabilities))
     }
 
-    async fn initialize(&self) -> Result<()> {
+    /// The handshake; the server's capabilities.
+    async fn initialize(&self) -> Result<Value> {
         let params = RawValue::from_string(
             json!({"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
                    "clientInfo": {"name": "cogward-gateway", "version": env!("CARGO_PKG_VERSION")}})
@@ -142,7 +148,11 @@ impl Client {
         {
             *p = Some(version.to_string());
         }
-        self.notify("notifications/initialized").await
+        self.notify("notifications/initialized").await?;
+        Ok(init
+            .get("capabilities")
+            .cloned()
+            .unwrap_or_else(|| json!({})))
     }
 
     pub fn is_closed(&self) -> bool {

@@ -18,19 +18,26 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a server's tool list is reused before it is fetched again.
-const TOOLS_TTL: Duration = Duration::from_secs(30);
+/// How long a server's tool (prompt, resource) list is reused before it is fetched again.
+const LIST_TTL: Duration = Duration::from_secs(30);
+/// Most entries taken from one server's listing.
+const LIST_MAX: usize = 10_000;
 /// How long connecting (starting a stdio server, the MCP handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A connection's key: the server, and the run for per-run servers.
 type ConnectionKey = (String, Option<String>);
 
+/// A listing as fetched, and when.
+type Listed = (Arc<Vec<Value>>, Instant);
+
 /// One live connection to a server.
 struct Connection {
     client: Client,
-    /// The server's tools, each as it described it.
-    tools: Mutex<Option<(Arc<Vec<Value>>, Instant)>>,
+    /// What the server declared in its `initialize` result.
+    capabilities: Value,
+    /// The server's listings by method (`tools/list`, ...), each entry as it described it.
+    lists: Mutex<HashMap<&'static str, Listed>>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +59,7 @@ pub enum UpstreamError {
         server: String,
         code: i64,
         message: String,
+        data: Option<Value>,
     },
 }
 
@@ -103,19 +111,20 @@ impl Upstreams {
             server: server.name.clone(),
             detail,
         };
-        let client = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(server))
+        let (client, capabilities) = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(server))
             .await
             .map_err(|_| failed(format!("connecting took over {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| failed(format!("connecting: {e:#}")))?;
         let connection = Arc::new(Connection {
             client,
-            tools: Mutex::new(None),
+            capabilities,
+            lists: Mutex::new(HashMap::new()),
         });
         connections.insert(key, connection.clone());
         Ok(connection)
     }
 
-    async fn connect(&self, server: &McpServer) -> anyhow::Result<Client> {
+    async fn connect(&self, server: &McpServer) -> anyhow::Result<(Client, Value)> {
         match &server.transport {
             McpTransport::Stdio { command, env } => Client::connect_stdio(command, env).await,
             McpTransport::Http { url } => Client::connect_http(self.http.clone(), url).await,
@@ -167,14 +176,38 @@ impl Upstreams {
         server: &McpServer,
         run_id: &str,
     ) -> Result<Arc<Vec<Value>>, UpstreamError> {
+        self.list(server, run_id, "tools/list").await
+    }
+
+    /// A listing of the server's, all pages of it (cached for a while): `tools/list`,
+    /// `prompts/list`, `resources/list` or `resources/templates/list`, each entry as the server
+    /// described it; empty when the server did not declare the feature (tools are always asked
+    /// for).
+    pub async fn list(
+        &self,
+        server: &McpServer,
+        run_id: &str,
+        method: &'static str,
+    ) -> Result<Arc<Vec<Value>>, UpstreamError> {
+        let (capability, field) = match method {
+            "prompts/list" => (Some("prompts"), "prompts"),
+            "resources/list" => (Some("resources"), "resources"),
+            "resources/templates/list" => (Some("resources"), "resourceTemplates"),
+            _ => (None, "tools"),
+        };
         self.guarded(server, run_id, |c| async move {
-            if let Ok(cached) = c.tools.lock()
-                && let Some((tools, at)) = cached.as_ref()
-                && at.elapsed() < TOOLS_TTL
+            if let Some(cap) = capability
+                && c.capabilities.get(cap).is_none()
             {
-                return Ok(tools.clone());
+                return Ok(Arc::new(Vec::new()));
             }
-            let mut tools = Vec::new();
+            if let Ok(cached) = c.lists.lock()
+                && let Some((entries, at)) = cached.get(method)
+                && at.elapsed() < LIST_TTL
+            {
+                return Ok(entries.clone());
+            }
+            let mut entries = Vec::new();
             let mut cursor: Option<String> = None;
             loop {
                 let params = match &cursor {
@@ -184,24 +217,38 @@ impl Upstreams {
                 let params = RawValue::from_string(params.to_string())?;
                 let page = c
                     .client
-                    .request("tools/list", &params)
+                    .request(method, &params)
                     .await?
-                    .map_err(|e| anyhow::anyhow!("tools/list: {e}"))?;
+                    .map_err(|e| anyhow::anyhow!("{method}: {e}"))?;
                 let page: Value = serde_json::from_str(page.get())?;
-                tools.extend(page["tools"].as_array().cloned().unwrap_or_default());
+                entries.extend(page[field].as_array().cloned().unwrap_or_default());
                 match page["nextCursor"].as_str() {
-                    Some(next) if !next.is_empty() && tools.len() < 10_000 => {
+                    Some(next) if !next.is_empty() && entries.len() < LIST_MAX => {
                         cursor = Some(next.to_string())
                     }
                     _ => break,
                 }
             }
-            let tools = Arc::new(tools);
-            if let Ok(mut cached) = c.tools.lock() {
-                *cached = Some((tools.clone(), Instant::now()));
+            let entries = Arc::new(entries);
+            if let Ok(mut cached) = c.lists.lock() {
+                cached.insert(method, (entries.clone(), Instant::now()));
             }
-            Ok(tools)
+            Ok(entries)
         })
+        .await
+    }
+
+    /// What the server declared in its `initialize` result (connecting if need be).
+    pub async fn capabilities(
+        &self,
+        server: &McpServer,
+        run_id: &str,
+    ) -> Result<Value, UpstreamError> {
+        self.guarded(
+            server,
+            run_id,
+            |c| async move { Ok(c.capabilities.clone()) },
+        )
         .await
     }
 
@@ -222,16 +269,28 @@ impl Upstreams {
             server: server.name.clone(),
             detail: e.to_string(),
         })?;
-        // The server refusing the call itself (a JSON-RPC error) is not a failure of the
-        // connection, for the breaker or otherwise.
+        self.request(server, run_id, "tools/call", params).await
+    }
+
+    /// Send `method` with `params`; the result as the server wrote it. The server refusing the
+    /// request itself (a JSON-RPC error) is not a failure of the connection, for the breaker
+    /// or otherwise.
+    pub async fn request(
+        &self,
+        server: &McpServer,
+        run_id: &str,
+        method: &str,
+        params: Box<RawValue>,
+    ) -> Result<Box<RawValue>, UpstreamError> {
         self.guarded(server, run_id, |c| async move {
-            c.client.request("tools/call", &params).await
+            c.client.request(method, &params).await
         })
         .await?
         .map_err(|e| UpstreamError::Refused {
             server: server.name.clone(),
             code: e.code,
             message: e.message,
+            data: e.data,
         })
     }
 

@@ -64,7 +64,7 @@ impl OpenCalls {
                     },
                 );
             }
-            "gateway.model_call" | "gateway.tool_call" => {
+            "gateway.model_call" | "gateway.tool_call" | "gateway.mcp_request" => {
                 self.0.remove(&call_id());
             }
             _ => {}

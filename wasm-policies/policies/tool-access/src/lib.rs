@@ -1,9 +1,20 @@
 //! Built-in policy `tool-access` (kind `tool.call`): may this agent see / call this tool?
 //!
-//! Request: `tenant`, `agent`, `action` (`"call"` to call the tool, `"list"` to see it in a tool
-//! listing) and `resource.{server, tool}`. The tool's full name is `server.tool`
-//! (`everything.echo`); every tool rule is a glob (`*` any run, `?` one character, see
-//! [`glob_match`]) over that full name.
+//! Request: `tenant`, `agent`, `action` and `resource`. The actions, and the full name their
+//! resource has (every rule is a glob over full names: `*` any run, `?` one character, see
+//! [`glob_match`]):
+//!
+//! | action | what | `resource` | full name |
+//! |---|---|---|---|
+//! | `call`, `list` | call a tool, see it in `tools/list` | `{server, tool, arguments}` | `server.tool` (`everything.echo`) |
+//! | `prompt.get`, `prompt.list` | get a prompt, see it in `prompts/list` | `{server, prompt, arguments}` | `prompt:server.prompt` |
+//! | `resource.read`, `resource.list` | read a resource, see it in `resources/list` (and templates) | `{server, uri}` | `resource:server:uri` |
+//! | `complete` | complete an argument of a prompt or resource template | `{server, prompt}` or `{server, uri}` | as above |
+//!
+//! So a tool scope such as `everything.*` names no prompt or resource: an agent sees and gets
+//! those only where its scope says `prompt:everything.*` or `resource:everything:*` (the change
+//! that brought them failed closed). `call`, `prompt.get` and `resource.read` are *uses*; the
+//! others are *listings*.
 //!
 //! Data (`data.example.json`): per tenant (exact name, else `"*"`):
 //!
@@ -26,17 +37,17 @@
 //! else there is none and the agent has the tenant's `default_scope`.
 //!
 //! Decision, in order:
-//! 1. no rules for the tenant, or an action other than `call`/`list` → `deny`;
+//! 1. no rules for the tenant, or an action not in the table → `deny`;
 //! 2. the tool matches a `deny` glob → `deny` (naming the glob); a tool outside the agent's scope
 //!    → `deny` ("tool X is outside agent Y's scope"); both are named when both hold;
-//! 3. (`call`) an `arguments` rule of the tool whose `pointer` names a value in the call's
+//! 3. (a use) an `arguments` rule of the tool whose `pointer` names a value in the call's
 //!    `resource.arguments` matching one of its `deny` globs (the value as text: a string
 //!    itself, anything else as JSON) → `deny`, naming the argument and the rule's reason;
-//! 4. the tool matches a `sensitive` rule (the first in order): `call` → `escalate` with a
-//!    `require_approval` obligation for the rule's `group`; `list` → `permit` (sensitive tools
+//! 4. the tool matches a `sensitive` rule (the first in order): a use → `escalate` with a
+//!    `require_approval` obligation for the rule's `group`; a listing → `permit` (sensitive tools
 //!    stay visible);
-//! 5. otherwise `permit`; either way a `call` of a tool some `redact` rule names carries a
-//!    `redact` obligation per field (the gateway removes them from the tool's result).
+//! 5. otherwise `permit`; either way a use some `redact` rule names carries a `redact`
+//!    obligation per field (the gateway removes them from the result).
 //!
 //! [`Policy::new`] indexes every tenant once: agents by exact name (a `BTreeMap`) with glob keys
 //! apart, and every tool-glob list split into exact names (a `BTreeSet`), prefixes (globs whose
@@ -127,11 +138,58 @@ pub struct Request<'a> {
 pub struct Resource<'a> {
     #[serde(borrow)]
     pub server: Cow<'a, str>,
-    #[serde(borrow)]
+    /// The tool (`call`, `list`).
+    #[serde(borrow, default)]
     pub tool: Cow<'a, str>,
-    /// The call's arguments (`call` only).
+    /// The prompt (`prompt.*`, `complete` of a prompt's argument).
+    #[serde(borrow, default)]
+    pub prompt: Option<Cow<'a, str>>,
+    /// The resource's URI or URI template (`resource.*`, `complete` of a template's argument).
+    #[serde(borrow, default)]
+    pub uri: Option<Cow<'a, str>>,
+    /// The call's or prompt's arguments (`call`, `prompt.get`).
     #[serde(default)]
     pub arguments: Option<Value>,
+}
+
+impl Resource<'_> {
+    /// What the action is about (`tool`, `prompt`, `resource`), its full name, and whether the
+    /// action uses it (rather than lists it); why not, for an unknown action or a missing name.
+    fn target(&self, action: &str) -> Result<(&'static str, String, bool), String> {
+        let (what, use_) = match action {
+            "call" => ("tool", true),
+            "list" => ("tool", false),
+            "prompt.get" => ("prompt", true),
+            "prompt.list" => ("prompt", false),
+            "resource.read" => ("resource", true),
+            "resource.list" => ("resource", false),
+            "complete" if self.prompt.is_some() => ("prompt", false),
+            "complete" => ("resource", false),
+            other => {
+                return Err(format!(
+                    "unknown tool action {other:?} (expected call, list, prompt.get, \
+                     prompt.list, resource.read, resource.list or complete)"
+                ));
+            }
+        };
+        let server = &self.server;
+        let name = match what {
+            "tool" if !self.tool.is_empty() => format!("{server}.{}", self.tool),
+            "prompt" => match self.prompt.as_deref() {
+                Some(p) if !p.is_empty() => format!("prompt:{server}.{p}"),
+                _ => return Err("resource.prompt must not be empty".into()),
+            },
+            "resource" => match self.uri.as_deref() {
+                Some(u) if !u.is_empty() => format!("resource:{server}:{u}"),
+                _ => return Err("resource.uri must not be empty".into()),
+            },
+            _ => return Err("resource.server and resource.tool must not be empty".into()),
+        };
+        if server.is_empty() {
+            return Err("resource.server must not be empty".into());
+        }
+        Ok((what, name, use_))
+    }
 }
 
 /// A list of tool globs, split for lookup.
@@ -340,28 +398,22 @@ impl Policy for ToolAccess {
         let Some(rules) = for_tenant(&self.tenants, &r.tenant) else {
             return Decision::deny(format!("tenant {} has no tool-access rules", r.tenant));
         };
-        let call = match r.action.as_ref() {
-            "call" => true,
-            "list" => false,
-            other => {
-                return Decision::deny(format!(
-                    "unknown tool action {other:?} (expected \"call\" or \"list\")"
-                ));
-            }
+        let (what, tool, call) = match r.resource.target(&r.action) {
+            Ok(t) => t,
+            Err(why) => return Decision::deny(why),
         };
-        if r.resource.server.is_empty() || r.resource.tool.is_empty() {
-            return Decision::deny("resource.server and resource.tool must not be empty");
-        }
-        let tool = format!("{}.{}", r.resource.server, r.resource.tool);
         let mut reasons = Vec::new();
         if let Some(pattern) = rules.deny.find(&tool) {
             reasons.push(format!(
-                "tool {tool} is denied in tenant {} by rule {pattern}",
+                "{what} {tool} is denied in tenant {} by rule {pattern}",
                 r.tenant
             ));
         }
         if !rules.in_scope(&r.agent, &tool) {
-            reasons.push(format!("tool {tool} is outside agent {}'s scope", r.agent));
+            reasons.push(format!(
+                "{what} {tool} is outside agent {}'s scope",
+                r.agent
+            ));
         }
         if call && let Some(args) = &r.resource.arguments {
             for (tools, rule) in &rules.arguments {
@@ -377,7 +429,7 @@ impl Policy for ToolAccess {
                 };
                 if let Some(glob) = rule.deny.iter().find(|g| glob_match(g, &text)) {
                     reasons.push(format!(
-                        "argument {} of tool {tool} matches {glob:?}{}",
+                        "argument {} of {what} {tool} matches {glob:?}{}",
                         rule.pointer,
                         rule.reason
                             .as_ref()
@@ -397,9 +449,9 @@ impl Policy for ToolAccess {
         let mut decision = match rules.sensitive.iter().find(|s| s.tools.matches(&tool)) {
             Some(rule) if call => {
                 let reason = match &rule.reason {
-                    Some(reason) => format!("tool {tool} is sensitive: {reason}"),
+                    Some(reason) => format!("{what} {tool} is sensitive: {reason}"),
                     None => format!(
-                        "tool {tool} is sensitive: calls need approval from {}",
+                        "{what} {tool} is sensitive: its use needs approval from {}",
                         rule.group
                     ),
                 };
@@ -910,6 +962,96 @@ mod tests {
             "arguments": [{"tools": ["*"], "pointer": "command", "deny": ["x"]}]}}}))
         .unwrap();
         assert!(ToolAccess::new(bad).is_err(), "a pointer must start with /");
+    }
+
+    #[test]
+    fn prompts_and_resources_have_their_own_names_and_a_tool_scope_covers_neither() {
+        let policy = with_rules(json!({
+            "default_scope": ["docs.*", "prompt:docs.review_*", "resource:docs:file:///repo/*"],
+            "deny": ["resource:docs:file:///repo/.env*"],
+            "sensitive": [{"tools": ["prompt:docs.review_security"], "group": "security"}],
+            "arguments": [{"tools": ["prompt:docs.*"], "pointer": "/code", "deny": ["*BEGIN PRIVATE KEY*"]}]
+        }));
+        let decide = |action: &str, resource: serde_json::Value| {
+            let text =
+                json!({"tenant": "acme", "agent": "a", "action": action, "resource": resource})
+                    .to_string();
+            policy.evaluate(&serde_json::from_str(&text).unwrap())
+        };
+        let prompt = |p: &str| json!({"server": "docs", "prompt": p});
+        let uri = |u: &str| json!({"server": "docs", "uri": u});
+        assert_eq!(
+            decide("prompt.list", prompt("review_code")).effect,
+            Effect::Permit
+        );
+        assert_eq!(
+            decide("prompt.get", prompt("review_code")).effect,
+            Effect::Permit
+        );
+        let d = decide("prompt.get", prompt("summarise"));
+        assert_eq!(
+            d.reasons,
+            vec!["prompt prompt:docs.summarise is outside agent a's scope"]
+        );
+        let d = decide(
+            "prompt.get",
+            json!({"server": "docs", "prompt": "review_code",
+                   "arguments": {"code": "-----BEGIN PRIVATE KEY-----"}}),
+        );
+        assert_eq!(d.effect, Effect::Deny, "{d:?}");
+        assert_eq!(
+            decide("prompt.get", prompt("review_security")).effect,
+            Effect::Escalate
+        );
+        assert_eq!(
+            decide("prompt.list", prompt("review_security")).effect,
+            Effect::Permit,
+            "a sensitive prompt stays visible"
+        );
+        assert_eq!(
+            decide("resource.read", uri("file:///repo/README.md")).effect,
+            Effect::Permit
+        );
+        assert_eq!(
+            decide("resource.list", uri("file:///repo/{path}")).effect,
+            Effect::Permit
+        );
+        let d = decide("resource.read", uri("file:///repo/.env"));
+        assert_eq!(d.effect, Effect::Deny);
+        assert!(d.reasons[0].contains("denied in tenant acme"), "{d:?}");
+        assert_eq!(
+            decide("resource.read", uri("file:///etc/passwd")).effect,
+            Effect::Deny
+        );
+        assert_eq!(
+            decide("complete", prompt("review_code")).effect,
+            Effect::Permit
+        );
+        assert_eq!(
+            decide("complete", uri("file:///etc/{x}")).effect,
+            Effect::Deny
+        );
+        // A tool scope (`docs.*`) names none of the server's prompts or resources.
+        let tools_only = with_rules(json!({"default_scope": ["docs.*"]}));
+        for (action, resource) in [
+            ("prompt.get", prompt("review_code")),
+            ("resource.read", uri("x.y")),
+        ] {
+            let text =
+                json!({"tenant": "acme", "agent": "a", "action": action, "resource": resource})
+                    .to_string();
+            let d = tools_only.evaluate(&serde_json::from_str(&text).unwrap());
+            assert_eq!(d.effect, Effect::Deny, "{action}");
+        }
+        for (action, resource) in [
+            ("prompt.get", json!({"server": "docs"})),
+            ("resource.read", json!({"server": "docs", "uri": ""})),
+            ("call", json!({"server": "", "tool": "x"})),
+            ("subscribe", uri("file:///repo/a")),
+        ] {
+            let d = decide(action, resource);
+            assert_eq!(d.effect, Effect::Deny, "{action}: {d:?}");
+        }
     }
 
     #[test]
