@@ -169,7 +169,7 @@ async fn governed_task(runtime: &str) {
     // The escalated tool call parks; a release manager approves it.
     let call = tokio::select! {
         call = parked_call(stack, &id, 0) => call,
-        run = stack.wait_status(&id, &["succeeded", "failed", "denied"], Duration::from_secs(120)) => {
+        run = stack.wait_status(&id, &["succeeded", "failed", "denied"], Duration::from_secs(240)) => {
             panic!("the run ended before its tool call parked: {:?}\n{}", run, run_output(stack, &id))
         }
     };

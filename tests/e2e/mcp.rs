@@ -195,9 +195,10 @@ async fn tool_calls(stack: &Stack, run_id: &str) -> (u16, Value) {
         .unwrap()
 }
 
-/// Wait until the run has more than `known` parked tool calls; the id of the next one.
+/// Wait until the run has more than `known` parked tool calls; the id of the next one. (An agent
+/// CLI on a loaded 2-core machine can take over a minute to reach its escalated call.)
 pub async fn parked_call(stack: &Stack, run_id: &str, known: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let (status, v) = tool_calls(stack, run_id).await;
         if status == 200
