@@ -151,6 +151,13 @@ fn claude_code(exe: &str, task: &AgentTask, base: Option<&str>, wall_clock: u64)
         "MCP_TOOL_TIMEOUT".to_string(),
         (wall_clock * 1000).to_string(),
     );
+    // Print mode otherwise starts the task while the MCP servers still connect: the model's
+    // first tool calls then find no such tool (measured: a loaded machine, a gateway whose
+    // upstream server starts on first use). The task starts with its tools.
+    env.insert(
+        "MCP_CONNECTION_NONBLOCKING".to_string(),
+        "false".to_string(),
+    );
     for name in [
         "DISABLE_TELEMETRY",
         "DISABLE_ERROR_REPORTING",
@@ -256,7 +263,8 @@ fn codex(
     if let Some(base) = base.filter(|_| !task.mcp_servers.is_empty()) {
         config.push_str(&format!(
             "\n[mcp_servers.{MCP_SERVER_NAME}]\nurl = {}\nbearer_token_env_var = \"COGWARD_RUN_TOKEN\"\n\
-             startup_timeout_sec = {MCP_STARTUP_SECONDS}\ntool_timeout_sec = {wall_clock}\n",
+             startup_timeout_sec = {MCP_STARTUP_SECONDS}\ntool_timeout_sec = {wall_clock}\n\
+             required = true\n",
             toml_string(&format!("{base}/mcp"))
         ));
     }
@@ -342,6 +350,7 @@ mod tests {
         assert!(config.contains("${COGWARD_RUN_TOKEN}"));
         assert_eq!(l.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"], "1");
         assert_eq!(l.env["MCP_TOOL_TIMEOUT"], "600000");
+        assert_eq!(l.env["MCP_CONNECTION_NONBLOCKING"], "false");
         // No MCP servers named: no MCP configuration at all.
         let l = claude_code(
             "/opt/claude",
@@ -371,6 +380,8 @@ mod tests {
         assert!(config.contains("[mcp_servers.cogward]"));
         assert!(config.contains("bearer_token_env_var = \"COGWARD_RUN_TOKEN\""));
         assert!(config.contains("tool_timeout_sec = 600"));
+        // The task starts with its MCP tools (or not at all).
+        assert!(config.contains("required = true"));
         assert!(
             l.argv
                 .windows(2)

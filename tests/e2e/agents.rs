@@ -35,6 +35,10 @@ fn agents_dir() -> Option<String> {
 /// unless its message holds `rm -rf`, get-env hidden, get-sum escalated to release managers).
 async fn agent_stack(everything: &str) -> McpStack {
     let m = mcp_stack_with(everything, false, |config| {
+        // A server slow to start (3 s, as a cold one on a loaded machine): the CLI's first
+        // MCP call must still find its tools.
+        config["mcp_servers"][0]["transport"]["stdio"]["command"] =
+            json!(["sh", "-c", format!("sleep 3; exec node {everything} stdio")]);
         let prices = config["prices"].as_array_mut().unwrap();
         for provider in ["anthropic", "openai"] {
             prices.push(json!({"provider": provider, "model": "scripted-agent*",

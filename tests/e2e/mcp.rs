@@ -1269,3 +1269,46 @@ async fn prompts_and_resources_are_decided_recorded_and_routed() {
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
 }
+
+/// A tool's progress reaches the client that asked for it, with its own token, as the call
+/// runs, and no other: two runs call the same long operation at once on the one shared
+/// server process, with the same progress token (the SDK uses its request id); each gets its
+/// own four steps, streamed, and the call is recorded with the notifications relayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_reaches_its_own_caller_only() {
+    let (Some(python), Some(everything)) = (mcp_python(), everything_js()) else {
+        return;
+    };
+    let m = mcp_stack(&everything, false).await;
+    let (stack, db) = (&m.stack, m.db.clone());
+    let url = stack.gw_url("/mcp");
+    let ops = json!([{"op": "call", "name": "everything_trigger-long-running-operation",
+                      "arguments": {"duration": 2, "steps": 4}, "progress": true}]);
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        runs.push(running_run(stack).await);
+    }
+    let clients: Vec<Client> = runs
+        .iter()
+        .map(|(_, token)| Client::start(&python, &url, token, &ops))
+        .collect();
+    for client in clients {
+        let out = client.finish();
+        let dump = serde_json::to_string_pretty(&out).unwrap();
+        assert_eq!(out[1]["is_error"], false, "{dump}");
+        let progress: Vec<f64> = out[1]["progress"]
+            .as_array()
+            .expect(&dump)
+            .iter()
+            .map(|p| p[0].as_f64().unwrap())
+            .collect();
+        assert_eq!(progress.len(), 4, "its own four steps, no other's: {dump}");
+        assert!(progress.windows(2).all(|w| w[0] < w[1]), "{dump}");
+    }
+    for (id, _) in &runs {
+        let calls = tool_call_entries(&db, id).await;
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0]["outcome"], "ok", "{calls:?}");
+        assert_eq!(calls[0]["detail"]["notifications"], 4, "{calls:?}");
+    }
+}

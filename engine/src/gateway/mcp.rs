@@ -23,6 +23,7 @@ mod features;
 
 use super::config::McpServer;
 use super::obligations::{self, Site};
+use super::rpc::Interim;
 use super::upstream::UpstreamError;
 use super::{AuthFailure, CallDecision, CallRecord, Gateway, RunIdentity, sha256_hex};
 use crate::api::AppState;
@@ -304,6 +305,12 @@ async fn dispatch(
         return Ok(StatusCode::ACCEPTED.into_response());
     }
     let params = obj.get("params").cloned().unwrap_or(Value::Null);
+    // A forwarded request is answered as a stream (its notifications, then its response) when
+    // the client takes one.
+    let sse = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
     if method == "initialize" {
         return initialize(gw, &run, &id, &params).await;
     }
@@ -330,10 +337,11 @@ async fn dispatch(
             json!({"tools": features::listing(gw, &run, Listing::TOOLS).await}),
         ),
         "tools/call" => {
-            return call_tool(state, &run, &id, &params, raw_arguments(&body)).await;
+            return call_tool(state, &run, &id, &params, &body, sse).await;
         }
         other => {
-            if let Some(answer) = features::dispatch(state, &run, &id, other, &params, &body).await
+            if let Some(answer) =
+                features::dispatch(state, &run, &id, other, &params, &body, sse).await
             {
                 return answer;
             }
@@ -346,7 +354,18 @@ async fn dispatch(
             .into_response());
         }
     };
-    Ok(axum::Json(answer).into_response())
+    Ok(reply(sse, &to_raw(&answer)))
+}
+
+/// An answer of ours: JSON, or for a client that takes streams a stream of that one message
+/// (as the servers behind the gateway answer).
+fn reply(sse: bool, message: &RawValue) -> Response {
+    if !sse {
+        return axum::Json(message).into_response();
+    }
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(Ok(AgentStream::event(message)));
+    super::event_stream(rx)
 }
 
 async fn initialize(
@@ -500,20 +519,16 @@ fn resolve<'a>(
     (!tool.is_empty()).then_some((server, tool))
 }
 
-/// A `tools/call`'s `params.arguments` exactly as the agent wrote them.
-fn raw_arguments(body: &[u8]) -> Option<Box<RawValue>> {
+/// A request's params as the agent wrote them, each top-level member raw.
+fn raw_params(body: &[u8]) -> std::collections::BTreeMap<String, Box<RawValue>> {
     #[derive(serde::Deserialize)]
     struct Message {
-        params: Option<Params>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Params {
-        arguments: Option<Box<RawValue>>,
+        #[serde(default)]
+        params: std::collections::BTreeMap<String, Box<RawValue>>,
     }
     serde_json::from_slice::<Message>(body)
-        .ok()?
-        .params?
-        .arguments
+        .map(|m| m.params)
+        .unwrap_or_default()
 }
 
 /// The decision on a call, machine-readable (a refusal's `_meta` or error `data`).
@@ -539,7 +554,8 @@ async fn call_tool(
     run: &RunIdentity,
     id: &Value,
     params: &Value,
-    raw_arguments: Option<Box<RawValue>>,
+    body: &[u8],
+    sse: bool,
 ) -> Result<Response, RpcError> {
     let gw = state.gateway.clone();
     let started = Instant::now();
@@ -602,22 +618,25 @@ async fn call_tool(
         sha256_hex(canonical_string(&args_value).as_bytes()),
         json!({"server": server.name, "tool": tool, "name": name}),
     );
-    // The arguments as the agent wrote them (the same object the policy decided: the strict
-    // parser refused a key given twice).
-    let upstream_params = match arguments.and(raw_arguments) {
-        Some(args) => format!(r#"{{"name":{},"arguments":{}}}"#, json!(tool), args.get()),
-        None => format!(r#"{{"name":{}}}"#, json!(tool)),
-    };
+    // The params as the agent wrote them (the arguments are the object the policy decided: the
+    // strict parser refused a key given twice), but for the tool's name on its server.
+    let mut upstream_params = raw_params(body);
+    upstream_params.insert("name".into(), to_raw(&json!(tool)));
+    if arguments.is_none() {
+        upstream_params.remove("arguments");
+    }
     let job = CallJob {
         gw: gw.clone(),
         server: server.clone(),
         method: "tools/call",
-        params: RawValue::from_string(upstream_params)
+        params: serde_json::value::to_raw_value(&upstream_params)
             .map_err(|e| rpc_error(StatusCode::OK, id, -32602, format!("Invalid params: {e}")))?,
         id: id.clone(),
         started,
+        sse,
+        progress_token: params_progress_token(params),
     };
-    carry_out(state, job, call, decision, params_progress_token(params)).await
+    carry_out(state, job, call, decision).await
 }
 
 /// Decide a request; a failure to decide as the JSON-RPC answer.
@@ -653,7 +672,6 @@ async fn carry_out(
     job: CallJob,
     mut call: CallRecord,
     decision: super::DecisionRecord,
-    progress_token: Option<Value>,
 ) -> Result<Response, RpcError> {
     let gw = job.gw.clone();
     let run = call.run.clone();
@@ -704,15 +722,35 @@ async fn carry_out(
             {
                 drop(admission);
                 let answer = job.refuse(refused, &call);
-                return Ok(axum::Json(job.finish(&mut call, answer).await?).into_response());
+                return Ok(reply(job.sse, &job.finish(&mut call, answer).await?));
             }
             call.decision = CallDecision::Permit;
             job.record_intent(&mut call).await?;
             drop(admission);
             // From here the call runs to its recorded outcome whether or not the client stays.
+            if job.sse {
+                let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+                let agent = AgentStream {
+                    tx,
+                    progress_token: job.progress_token.clone(),
+                    offset: 0,
+                };
+                tokio::spawn(async move {
+                    let result = job.forward(&mut call, Some(&agent)).await;
+                    if agent.tx.is_closed() {
+                        call.outcome = "client_gone".into();
+                    }
+                    let message = match job.finish(&mut call, result).await {
+                        Ok(m) => m,
+                        Err(e) => to_raw(&e.body()),
+                    };
+                    agent.send(&message).await;
+                });
+                return Ok(super::event_stream(rx));
+            }
             let (reply, answer) = oneshot::channel();
             tokio::spawn(async move {
-                let result = job.forward(&mut call).await;
+                let result = job.forward(&mut call, None).await;
                 if reply.is_closed() {
                     call.outcome = "client_gone".into();
                 }
@@ -735,11 +773,11 @@ async fn carry_out(
                 call.reasons.join("; ")
             );
             let answer = job.refuse(text, &call);
-            Ok(axum::Json(job.finish(&mut call, answer).await?).into_response())
+            Ok(reply(job.sse, &job.finish(&mut call, answer).await?))
         }
         Effect::Escalate => {
             call.decision = CallDecision::Escalate;
-            Ok(park(state.clone(), job, call, group, progress_token))
+            Ok(park(state.clone(), job, call, group))
         }
     }
 }
@@ -799,6 +837,65 @@ struct CallJob {
     params: Box<RawValue>,
     id: Value,
     started: Instant,
+    /// Answer as a stream: the request's notifications, then its response.
+    sse: bool,
+    /// The agent's `progressToken`, if it sent one.
+    progress_token: Option<Value>,
+}
+
+/// How many messages an agent's stream holds before the call waits for the agent to read.
+const STREAM_BUFFER: usize = 64;
+
+/// An agent's SSE answer in the making.
+struct AgentStream {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    /// The agent's own progress token, which its notifications carry.
+    progress_token: Option<Value>,
+    /// Added to the upstream's progress (and total): the gateway's own progress came first
+    /// (a parked call), and progress must increase.
+    offset: u64,
+}
+
+impl AgentStream {
+    /// Send one message; false when the agent is gone.
+    async fn send(&self, message: &RawValue) -> bool {
+        self.tx.send(Ok(Self::event(message))).await.is_ok()
+    }
+
+    /// Send an interim message if the stream has room: a call never waits for its agent to
+    /// read (its outcome is recorded whatever the agent does); false when it was not sent.
+    fn offer(&self, message: &RawValue) -> bool {
+        self.tx.try_send(Ok(Self::event(message))).is_ok()
+    }
+
+    fn event(message: &RawValue) -> Bytes {
+        Bytes::from(format!("event: message\ndata: {}\n\n", message.get()))
+    }
+
+    /// An upstream notification as the agent gets it (its own token, the offset applied, a
+    /// log message or progress text withheld from a call whose result is redacted), or `None`.
+    fn relayed(&self, note: &RawValue, redacted: bool) -> Option<Box<RawValue>> {
+        let mut v: Value = serde_json::from_str(note.get()).ok()?;
+        match v["method"].as_str()? {
+            "notifications/progress" => {
+                let params = v.get_mut("params")?.as_object_mut()?;
+                params.insert("progressToken".into(), self.progress_token.clone()?);
+                if redacted {
+                    params.remove("message");
+                }
+                if self.offset > 0 {
+                    for key in ["progress", "total"] {
+                        if let Some(n) = params.get(key).and_then(Value::as_f64) {
+                            params.insert(key.into(), json!(n + self.offset as f64));
+                        }
+                    }
+                }
+                Some(to_raw(&v))
+            }
+            "notifications/message" if redacted => None,
+            _ => Some(note.to_owned()),
+        }
+    }
 }
 
 impl CallJob {
@@ -826,23 +923,45 @@ impl CallJob {
         }
     }
 
-    /// Forward the call (after the throttle its decision asks for); the result with the
-    /// redactions applied, the server's own error, or our refusal when the upstream failed.
-    async fn forward(&self, call: &mut CallRecord) -> Answer {
+    /// Forward the call (after the throttle its decision asks for), its notifications to the
+    /// agent's stream meanwhile; the result with the redactions applied, the server's own
+    /// error, or our refusal when the upstream failed.
+    async fn forward(&self, call: &mut CallRecord, agent: Option<&AgentStream>) -> Answer {
         if call.throttle_ms > 0 {
             tokio::time::sleep(Duration::from_millis(call.throttle_ms)).await;
         }
         let started = Instant::now();
-        let answer = self
-            .gw
-            .upstreams
-            .request(
-                &self.server,
-                &call.run.run_id,
-                self.method,
-                self.params.clone(),
-            )
-            .await;
+        // A request carrying a progress token claims it on the upstream connection (another
+        // run's progress never reaches it), streamed or not.
+        let (sink, mut notes) = mpsc::channel::<Box<RawValue>>(STREAM_BUFFER);
+        let interim = (agent.is_some() || self.progress_token.is_some()).then(|| Interim {
+            sink,
+            progress_token: self.progress_token.as_ref().map(Value::to_string),
+        });
+        let request = self.gw.upstreams.request(
+            &self.server,
+            &call.run.run_id,
+            self.method,
+            self.params.clone(),
+            interim,
+        );
+        let redacted = !call.redact.is_empty();
+        let relay = async {
+            let mut relayed = 0u64;
+            while let Some(note) = notes.recv().await {
+                if let Some(agent) = agent
+                    && let Some(message) = agent.relayed(&note, redacted)
+                    && agent.offer(&message)
+                {
+                    relayed += 1;
+                }
+            }
+            relayed
+        };
+        let (answer, relayed) = tokio::join!(request, relay);
+        if relayed > 0 {
+            call.detail["notifications"] = json!(relayed);
+        }
         call.upstream_latency = started.elapsed();
         match answer {
             Ok(result) => {
@@ -927,32 +1046,27 @@ enum Parked {
 
 /// Park an escalated call until a human decides it; answer as an SSE stream (progress
 /// notifications while waiting, then the response).
-fn park(
-    state: AppState,
-    job: CallJob,
-    mut call: CallRecord,
-    group: Option<String>,
-    progress_token: Option<Value>,
-) -> Response {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+fn park(state: AppState, job: CallJob, mut call: CallRecord, group: Option<String>) -> Response {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_BUFFER);
     tokio::spawn(async move {
-        let send = |message: Box<RawValue>| {
-            let tx = tx.clone();
-            async move {
-                let event = format!("event: message\ndata: {}\n\n", message.get());
-                tx.send(Ok(Bytes::from(event))).await.is_ok()
-            }
+        let parked_at = Instant::now();
+        let mut agent = AgentStream {
+            tx: tx.clone(),
+            progress_token: job.progress_token.clone(),
+            offset: 0,
         };
         let progress = |elapsed: Duration| {
-            let token = progress_token.clone();
+            let token = job.progress_token.clone();
             let tx = tx.clone();
             async move {
                 match token {
                     Some(token) => {
-                        send(to_raw(&json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                        let message = to_raw(
+                            &json!({"jsonrpc": "2.0", "method": "notifications/progress",
                                     "params": {"progressToken": token, "progress": elapsed.as_secs(),
-                                               "message": "cogward: awaiting approval"}})))
-                        .await
+                                               "message": "cogward: awaiting approval"}}),
+                        );
+                        tx.send(Ok(AgentStream::event(&message))).await.is_ok()
                     }
                     // An SSE comment: the client ignores it, and the connection (and the
                     // sandbox's splice, which closes idle ones) sees it is alive.
@@ -993,10 +1107,12 @@ fn park(
             Ok(Parked::Decided(d)) if d.verdict == ApprovalVerdict::Approved => {
                 call.detail["approver"] = json!(d.approver);
                 if let Err(e) = job.record_intent(&mut call).await {
-                    send(to_raw(&e.body())).await;
+                    agent.send(&to_raw(&e.body())).await;
                     return;
                 }
-                let result = job.forward(&mut call).await;
+                // The upstream's progress follows the gateway's own, which it must exceed.
+                agent.offset = parked_at.elapsed().as_secs() + 1;
+                let result = job.forward(&mut call, Some(&agent)).await;
                 if call.outcome == "ok" {
                     call.outcome = "approved".into();
                 }
@@ -1043,7 +1159,7 @@ fn park(
                     -32603,
                     "cogward: the call could not be parked for approval",
                 );
-                send(to_raw(&e.body())).await;
+                agent.send(&to_raw(&e.body())).await;
                 return;
             }
         };
@@ -1058,7 +1174,7 @@ fn park(
             Ok(v) => v,
             Err(e) => to_raw(&e.body()),
         };
-        send(message).await;
+        agent.send(&message).await;
     });
     super::event_stream(rx)
 }

@@ -5,7 +5,10 @@
 //! for byte unless it must change them (a redaction), so nothing the server said is lost or
 //! re-encoded (unknown fields, number spellings, key order). Requests the server sends us
 //! (`ping` aside) are answered "method not found": this client declares no client
-//! capabilities; notifications are dropped.
+//! capabilities. Notifications reach the request they belong to ([`Interim`]): a
+//! `notifications/progress` by its progress token (on any transport), any notification on an
+//! HTTP request's own stream; the rest cannot be attributed (a session serves several runs) and
+//! is dropped.
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
@@ -15,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// The protocol version asked for; the server's answer is what the session speaks.
 pub const PROTOCOL_VERSION: &str = "2025-11-25";
@@ -38,6 +41,8 @@ struct Incoming {
     #[serde(default)]
     method: Option<String>,
     #[serde(default)]
+    params: Option<Value>,
+    #[serde(default)]
     result: Option<Box<RawValue>>,
     #[serde(default)]
     error: Option<Value>,
@@ -45,9 +50,29 @@ struct Incoming {
 
 type Reply = std::result::Result<Box<RawValue>, ServerError>;
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+/// Where the notifications of a request in flight go, by the progress token it sent (as JSON).
+type Sinks = Arc<Mutex<HashMap<String, mpsc::Sender<Box<RawValue>>>>>;
 
-/// What to do with a message the server sent: deliver a response, answer a request.
-fn route(msg: Incoming, pending: &Pending) -> Option<String> {
+/// Where a request's notifications go while it is in flight: each whole message, as the server
+/// wrote it. A full sink drops what does not fit (a flood never holds the request up).
+pub struct Interim {
+    pub sink: mpsc::Sender<Box<RawValue>>,
+    /// The progress token the request's params carry (its JSON text).
+    pub progress_token: Option<String>,
+}
+
+/// Where a message the server sent goes.
+struct Routes<'a> {
+    pending: &'a Pending,
+    sinks: &'a Sinks,
+    /// The request whose HTTP stream the message arrived on.
+    stream: Option<&'a mpsc::Sender<Box<RawValue>>>,
+}
+
+/// What to do with a message the server sent (`text`, parsed as `msg`): deliver a response or
+/// a notification, answer a request.
+fn route(text: &str, msg: Incoming, routes: &Routes<'_>) -> Option<String> {
+    let pending = routes.pending;
     match (msg.method, msg.id) {
         (Some(method), Some(id)) => {
             // A request to us: only `ping` is served (no client capabilities are declared).
@@ -60,7 +85,21 @@ fn route(msg: Incoming, pending: &Pending) -> Option<String> {
             };
             Some(answer.to_string())
         }
-        (Some(_), None) => None,
+        (Some(method), None) => {
+            let token = msg
+                .params
+                .as_ref()
+                .and_then(|p| p.get("progressToken"))
+                .filter(|_| method == "notifications/progress")
+                .map(Value::to_string);
+            let by_token = token.and_then(|t| routes.sinks.lock().ok()?.get(&t).cloned());
+            if let Some(sink) = by_token.as_ref().or(routes.stream)
+                && let Ok(raw) = RawValue::from_string(text.to_string())
+            {
+                let _ = sink.try_send(raw);
+            }
+            None
+        }
         (None, Some(id)) => {
             let Ok(n) = id.get().parse::<u64>() else {
                 return None;
@@ -87,6 +126,22 @@ fn route(msg: Incoming, pending: &Pending) -> Option<String> {
         }
         (None, None) => None,
     }
+}
+
+/// `params` with `_meta.progressToken` set to `token` (JSON text); every other member as it was.
+fn with_progress_token(params: &RawValue, token: &str) -> Result<Box<RawValue>> {
+    type Members = std::collections::BTreeMap<String, Box<RawValue>>;
+    let mut members: Members = serde_json::from_str(params.get())?;
+    let mut meta: Members = match members.get("_meta") {
+        Some(m) => serde_json::from_str(m.get())?,
+        None => Members::new(),
+    };
+    meta.insert(
+        "progressToken".into(),
+        RawValue::from_string(token.to_string())?,
+    );
+    members.insert("_meta".into(), serde_json::value::to_raw_value(&meta)?);
+    Ok(serde_json::value::to_raw_value(&members)?)
 }
 
 fn request_text(id: u64, method: &str, params: &RawValue) -> String {
@@ -119,6 +174,7 @@ impl Client {
         let client = Client::Http(HttpClient {
             http,
             url: url.to_string(),
+            sinks: Arc::default(),
             session: Mutex::new(None),
             protocol: Mutex::new(None),
             next_id: AtomicU64::new(1),
@@ -165,10 +221,49 @@ impl Client {
     /// Send a request; its result or the server's error (`Err` of the outer result: the
     /// transport failed).
     pub async fn request(&self, method: &str, params: &RawValue) -> Result<Reply> {
-        match self {
-            Client::Stdio(c) => c.request(method, params).await,
-            Client::Http(c) => c.request(method, params).await,
+        self.request_with(method, params, None).await
+    }
+
+    /// [`Client::request`], its notifications to `interim` meanwhile.
+    pub async fn request_with(
+        &self,
+        method: &str,
+        params: &RawValue,
+        interim: Option<Interim>,
+    ) -> Result<Reply> {
+        let sinks = match self {
+            Client::Stdio(c) => &c.sinks,
+            Client::Http(c) => &c.sinks,
+        };
+        // The request's progress token goes upstream as it is unless another request in
+        // flight on this connection (another run's, maybe) holds the same one: then it is
+        // replaced by one of ours for this request.
+        let mut token = None;
+        let mut replaced = None;
+        if let Some(i) = &interim
+            && let Some(wanted) = &i.progress_token
+            && let Ok(mut s) = sinks.lock()
+        {
+            let mut t = wanted.clone();
+            while s.contains_key(&t) {
+                t = json!(format!("cw-p-{}", uuid::Uuid::new_v4().simple())).to_string();
+            }
+            if &t != wanted {
+                replaced = Some(with_progress_token(params, &t)?);
+            }
+            s.insert(t.clone(), i.sink.clone());
+            token = Some(t);
         }
+        let params = replaced.as_deref().unwrap_or(params);
+        let stream = interim.map(|i| i.sink);
+        let reply = match self {
+            Client::Stdio(c) => c.request(method, params).await,
+            Client::Http(c) => c.request(method, params, stream.as_ref()).await,
+        };
+        if let (Some(t), Ok(mut s)) = (&token, sinks.lock()) {
+            s.remove(t);
+        }
+        reply
     }
 
     async fn notify(&self, method: &str) -> Result<()> {
@@ -185,6 +280,7 @@ pub struct StdioClient {
     _child: tokio::process::Child,
     stdin: Arc<tokio::sync::Mutex<tokio::process::ChildStdin>>,
     pending: Pending,
+    sinks: Sinks,
     next_id: AtomicU64,
     closed: Arc<AtomicBool>,
 }
@@ -208,15 +304,26 @@ impl StdioClient {
         ));
         let stdout = child.stdout.take().context("the child's stdout")?;
         let pending: Pending = Arc::default();
+        let sinks: Sinks = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        let (p, c, w) = (pending.clone(), closed.clone(), stdin.clone());
+        let (p, n, c, w) = (
+            pending.clone(),
+            sinks.clone(),
+            closed.clone(),
+            stdin.clone(),
+        );
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let Ok(msg) = serde_json::from_str::<Incoming>(&line) else {
                     continue;
                 };
-                if let Some(answer) = route(msg, &p) {
+                let routes = Routes {
+                    pending: &p,
+                    sinks: &n,
+                    stream: None,
+                };
+                if let Some(answer) = route(&line, msg, &routes) {
                     let mut w = w.lock().await;
                     let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
                     let _ = w.flush().await;
@@ -232,6 +339,7 @@ impl StdioClient {
             _child: child,
             stdin,
             pending,
+            sinks,
             next_id: AtomicU64::new(1),
             closed,
         })
@@ -267,6 +375,7 @@ impl StdioClient {
 pub struct HttpClient {
     http: reqwest::Client,
     url: String,
+    sinks: Sinks,
     session: Mutex<Option<String>>,
     protocol: Mutex<Option<String>>,
     next_id: AtomicU64,
@@ -323,9 +432,19 @@ impl HttpClient {
         Ok(resp)
     }
 
-    async fn request(&self, method: &str, params: &RawValue) -> Result<Reply> {
+    async fn request(
+        &self,
+        method: &str,
+        params: &RawValue,
+        stream: Option<&mpsc::Sender<Box<RawValue>>>,
+    ) -> Result<Reply> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let pending: Pending = Arc::default();
+        let routes = Routes {
+            pending: &pending,
+            sinks: &self.sinks,
+            stream,
+        };
         let (tx, mut rx) = oneshot::channel();
         if let Ok(mut p) = pending.lock() {
             p.insert(id, tx);
@@ -340,7 +459,7 @@ impl HttpClient {
             let body = resp.bytes().await?;
             let msg: Incoming =
                 serde_json::from_slice(&body).context("the server's answer is not JSON-RPC")?;
-            route(msg, &pending);
+            route(&String::from_utf8_lossy(&body), msg, &routes);
             return rx
                 .try_recv()
                 .map_err(|_| anyhow!("the server answered something else than this request"));
@@ -351,7 +470,7 @@ impl HttpClient {
         let mut last_event: Option<String> = None;
         for attempt in 0..=MAX_RESUMES {
             if let Some(reply) = self
-                .read_stream(&mut resp, &pending, &mut rx, &mut last_event)
+                .read_stream(&mut resp, &routes, &mut rx, &mut last_event)
                 .await?
             {
                 return Ok(reply);
@@ -372,7 +491,7 @@ impl HttpClient {
     async fn read_stream(
         &self,
         resp: &mut reqwest::Response,
-        pending: &Pending,
+        routes: &Routes<'_>,
         rx: &mut oneshot::Receiver<Reply>,
         last_event: &mut Option<String>,
     ) -> Result<Option<Reply>> {
@@ -395,10 +514,11 @@ impl HttpClient {
                 if data.is_empty() {
                     continue;
                 }
-                let Ok(msg) = serde_json::from_str::<Incoming>(&data.join("\n")) else {
+                let text = data.join("\n");
+                let Ok(msg) = serde_json::from_str::<Incoming>(&text) else {
                     continue;
                 };
-                if let Some(answer) = route(msg, pending) {
+                if let Some(answer) = route(&text, msg, routes) {
                     let _ = self.post(&answer).await;
                 }
                 if let Ok(reply) = rx.try_recv() {
@@ -451,6 +571,17 @@ impl Drop for HttpClient {
 mod tests {
     use super::*;
 
+    /// Route `text` with no request streaming.
+    fn routed(text: &str, pending: &Pending) -> Option<String> {
+        let sinks = Sinks::default();
+        let routes = Routes {
+            pending,
+            sinks: &sinks,
+            stream: None,
+        };
+        route(text, serde_json::from_str(text).unwrap(), &routes)
+    }
+
     #[test]
     fn responses_reach_their_request_and_server_requests_are_answered() {
         let pending: Pending = Arc::default();
@@ -458,28 +589,66 @@ mod tests {
         pending.lock().unwrap().insert(7, tx);
         // Kept as written: key order, the float's spelling, a big integer, an unknown field.
         let text = r#"{"jsonrpc":"2.0","id":7,"result":{"z":1,"a":0.7,"n":12345678901234567890,"x-extra":true}}"#;
-        assert!(route(serde_json::from_str(text).unwrap(), &pending).is_none());
+        assert!(routed(text, &pending).is_none());
         let got = rx.try_recv().unwrap().unwrap();
         assert_eq!(
             got.get(),
             r#"{"z":1,"a":0.7,"n":12345678901234567890,"x-extra":true}"#
         );
         let ping = r#"{"jsonrpc":"2.0","id":"s1","method":"ping"}"#;
-        let pong: Value =
-            serde_json::from_str(&route(serde_json::from_str(ping).unwrap(), &pending).unwrap())
-                .unwrap();
+        let pong: Value = serde_json::from_str(&routed(ping, &pending).unwrap()).unwrap();
         assert_eq!(pong, json!({"jsonrpc": "2.0", "id": "s1", "result": {}}));
         let sampling = r#"{"jsonrpc":"2.0","id":3,"method":"sampling/createMessage","params":{}}"#;
-        let answer = route(serde_json::from_str(sampling).unwrap(), &pending).unwrap();
-        let answer: Value = serde_json::from_str(&answer).unwrap();
+        let answer: Value = serde_json::from_str(&routed(sampling, &pending).unwrap()).unwrap();
         assert_eq!(answer["error"]["code"], -32601);
         assert_eq!(answer["id"], 3);
         let note = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
-        assert!(route(serde_json::from_str(note).unwrap(), &pending).is_none());
+        assert!(routed(note, &pending).is_none());
         let (tx, mut rx) = oneshot::channel();
         pending.lock().unwrap().insert(8, tx);
-        let err = r#"{"jsonrpc":"2.0","id":8,"error":{"code":-32602,"message":"bad"}}"#;
-        route(serde_json::from_str(err).unwrap(), &pending);
-        assert_eq!(rx.try_recv().unwrap().unwrap_err().code, -32602);
+        let err =
+            r#"{"jsonrpc":"2.0","id":8,"error":{"code":-32602,"message":"bad","data":{"x":1}}}"#;
+        routed(err, &pending);
+        let err = rx.try_recv().unwrap().unwrap_err();
+        assert_eq!((err.code, err.data), (-32602, Some(json!({"x": 1}))));
+    }
+
+    #[test]
+    fn notifications_reach_the_request_they_belong_to_and_only_it() {
+        let pending: Pending = Arc::default();
+        let sinks: Sinks = Arc::default();
+        let (mine, mut mine_rx) = mpsc::channel(2);
+        let (other, mut other_rx) = mpsc::channel(2);
+        sinks
+            .lock()
+            .unwrap()
+            .insert(r#""cw-p-1""#.into(), mine.clone());
+        sinks.lock().unwrap().insert(r#""cw-p-2""#.into(), other);
+        let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"cw-p-1","progress":0.5}}"#;
+        let log = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}"#;
+        let on = |text: &str, stream: Option<&mpsc::Sender<Box<RawValue>>>| {
+            let routes = Routes {
+                pending: &pending,
+                sinks: &sinks,
+                stream,
+            };
+            route(text, serde_json::from_str(text).unwrap(), &routes)
+        };
+        // By token, on any transport; as the server wrote it.
+        on(progress, None);
+        assert_eq!(mine_rx.try_recv().unwrap().get(), progress);
+        assert!(other_rx.try_recv().is_err());
+        // A log line on no request's stream (stdio) cannot be attributed: dropped.
+        on(log, None);
+        assert!(mine_rx.try_recv().is_err() && other_rx.try_recv().is_err());
+        // On a request's own HTTP stream it is that request's.
+        on(log, Some(&mine));
+        assert_eq!(mine_rx.try_recv().unwrap().get(), log);
+        // A flood is dropped once the sink is full, never waited for.
+        for _ in 0..10 {
+            on(progress, None);
+        }
+        assert!(mine_rx.try_recv().is_ok() && mine_rx.try_recv().is_ok());
+        assert!(mine_rx.try_recv().is_err());
     }
 }

@@ -10,7 +10,7 @@
 //! `gateway.breaker_closed`, workflow id `gateway/<server>`).
 
 use super::config::{Breaker, McpScope, McpServer, McpTransport};
-use super::rpc::Client;
+use super::rpc::{Client, Interim};
 use crate::ledger::{Ledger, NewEntry};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -252,27 +252,8 @@ impl Upstreams {
         .await
     }
 
-    /// Call `tool` with `arguments` (the agent's, as it wrote them); the result as the server
-    /// wrote it, or the server's JSON-RPC error as a tool error result.
-    pub async fn call(
-        &self,
-        server: &McpServer,
-        run_id: &str,
-        tool: &str,
-        arguments: Option<&RawValue>,
-    ) -> Result<Box<RawValue>, UpstreamError> {
-        let params = match arguments {
-            Some(args) => format!(r#"{{"name":{},"arguments":{}}}"#, json!(tool), args.get()),
-            None => format!(r#"{{"name":{}}}"#, json!(tool)),
-        };
-        let params = RawValue::from_string(params).map_err(|e| UpstreamError::Failed {
-            server: server.name.clone(),
-            detail: e.to_string(),
-        })?;
-        self.request(server, run_id, "tools/call", params).await
-    }
-
-    /// Send `method` with `params`; the result as the server wrote it. The server refusing the
+    /// Send `method` with `params` (its notifications to `interim` meanwhile); the result as the
+    /// server wrote it. The server refusing the
     /// request itself (a JSON-RPC error) is not a failure of the connection, for the breaker
     /// or otherwise.
     pub async fn request(
@@ -281,9 +262,10 @@ impl Upstreams {
         run_id: &str,
         method: &str,
         params: Box<RawValue>,
+        interim: Option<Interim>,
     ) -> Result<Box<RawValue>, UpstreamError> {
         self.guarded(server, run_id, |c| async move {
-            c.client.request(method, &params).await
+            c.client.request_with(method, &params, interim).await
         })
         .await?
         .map_err(|e| UpstreamError::Refused {

@@ -19,19 +19,18 @@
 //!   level, and log notifications are not relayed to agents yet (docs/api.md).
 
 use super::{
-    CallJob, RpcError, carry_out, decide, params_progress_token, resolve, rpc_error, rpc_result,
-    servers, to_raw,
+    CallJob, RpcError, carry_out, decide, params_progress_token, raw_params, reply, resolve,
+    rpc_error, rpc_result, servers, to_raw,
 };
 use crate::api::AppState;
 use crate::gateway::config::McpServer;
 use crate::gateway::{CallRecord, Gateway, RunIdentity, sha256_hex};
 use crate::ledger::canonical_string;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use cogward_policy_abi::{Effect, kinds};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// The JSON-RPC error code of an unknown resource (MCP resources §Error Handling).
@@ -56,11 +55,12 @@ pub(super) async fn dispatch(
     method: &str,
     params: &Value,
     body: &[u8],
+    sse: bool,
 ) -> Option<Result<Response, RpcError>> {
     let gw = &state.gateway;
-    let listed = |v: Value| Ok(axum::Json(rpc_result(id, v)).into_response());
+    let listed = |v: Value| Ok(reply(sse, &to_raw(&rpc_result(id, v))));
     Some(match method {
-        "logging/setLevel" => set_level(id, params),
+        "logging/setLevel" => set_level(id, params).map(|v| reply(sse, &to_raw(&v))),
         "prompts/list" => listed(json!({"prompts": listing(gw, run, Listing::PROMPTS).await})),
         "resources/list" => {
             listed(json!({"resources": listing(gw, run, Listing::RESOURCES).await}))
@@ -68,9 +68,9 @@ pub(super) async fn dispatch(
         "resources/templates/list" => {
             listed(json!({"resourceTemplates": listing(gw, run, Listing::TEMPLATES).await}))
         }
-        "prompts/get" => get_prompt(state, run, id, params, body).await,
-        "resources/read" => read_resource(state, run, id, params, body).await,
-        "completion/complete" => complete(state, run, id, params, body).await,
+        "prompts/get" => get_prompt(state, run, id, params, body, sse).await,
+        "resources/read" => read_resource(state, run, id, params, body, sse).await,
+        "completion/complete" => complete(state, run, id, params, body, sse).await,
         _ => return None,
     })
 }
@@ -160,11 +160,9 @@ pub(super) async fn listing(gw: &Gateway, run: &RunIdentity, what: Listing) -> V
     out
 }
 
-fn set_level(id: &Value, params: &Value) -> Result<Response, RpcError> {
+fn set_level(id: &Value, params: &Value) -> Result<Value, RpcError> {
     match params.get("level").and_then(Value::as_str) {
-        Some(level) if LOG_LEVELS.contains(&level) => {
-            Ok(axum::Json(rpc_result(id, json!({}))).into_response())
-        }
+        Some(level) if LOG_LEVELS.contains(&level) => Ok(rpc_result(id, json!({}))),
         _ => Err(invalid(
             id,
             format!("`level` must be one of {}", LOG_LEVELS.join(", ")),
@@ -174,18 +172,6 @@ fn set_level(id: &Value, params: &Value) -> Result<Response, RpcError> {
 
 fn invalid(id: &Value, why: impl std::fmt::Display) -> RpcError {
     rpc_error(StatusCode::OK, id, -32602, format!("Invalid params: {why}"))
-}
-
-/// A request's params as the agent wrote them, each top-level member raw.
-fn raw_params(body: &[u8]) -> BTreeMap<String, Box<RawValue>> {
-    #[derive(serde::Deserialize)]
-    struct Message {
-        #[serde(default)]
-        params: BTreeMap<String, Box<RawValue>>,
-    }
-    serde_json::from_slice::<Message>(body)
-        .map(|m| m.params)
-        .unwrap_or_default()
 }
 
 /// Params for the upstream: the agent's, with `replace`d members.
@@ -229,6 +215,7 @@ async fn carry_out_use(
     run: &RunIdentity,
     id: &Value,
     params: &Value,
+    sse: bool,
     u: Use<'_>,
 ) -> Result<Response, RpcError> {
     let started = Instant::now();
@@ -266,8 +253,10 @@ async fn carry_out_use(
         params: u.params,
         id: id.clone(),
         started,
+        sse,
+        progress_token: params_progress_token(params),
     };
-    carry_out(state, job, call, decision, params_progress_token(params)).await
+    carry_out(state, job, call, decision).await
 }
 
 async fn get_prompt(
@@ -276,6 +265,7 @@ async fn get_prompt(
     id: &Value,
     params: &Value,
     body: &[u8],
+    sse: bool,
 ) -> Result<Response, RpcError> {
     let gw = &state.gateway;
     let Some(name) = params.get("name").and_then(Value::as_str) else {
@@ -303,7 +293,7 @@ async fn get_prompt(
         digested: arguments,
         params: upstream_params(body, id, &[("name", json!(prompt))])?,
     };
-    carry_out_use(state, run, id, params, u).await
+    carry_out_use(state, run, id, params, sse, u).await
 }
 
 async fn read_resource(
@@ -312,6 +302,7 @@ async fn read_resource(
     id: &Value,
     params: &Value,
     body: &[u8],
+    sse: bool,
 ) -> Result<Response, RpcError> {
     let Some(uri) = params.get("uri").and_then(Value::as_str) else {
         return Err(invalid(id, "`uri` is required"));
@@ -326,7 +317,7 @@ async fn read_resource(
         digested: json!({"uri": uri}),
         params: upstream_params(body, id, &[])?,
     };
-    carry_out_use(state, run, id, params, u).await
+    carry_out_use(state, run, id, params, sse, u).await
 }
 
 async fn complete(
@@ -335,6 +326,7 @@ async fn complete(
     id: &Value,
     params: &Value,
     body: &[u8],
+    sse: bool,
 ) -> Result<Response, RpcError> {
     let gw = &state.gateway;
     let reference = params.get("ref").cloned().unwrap_or(Value::Null);
@@ -368,7 +360,7 @@ async fn complete(
     if !declared {
         // Nothing to ask: the server offers no completions.
         let none = json!({"completion": {"values": [], "hasMore": false}});
-        return Ok(axum::Json(rpc_result(id, none)).into_response());
+        return Ok(reply(sse, &to_raw(&rpc_result(id, none))));
     }
     let u = Use {
         server,
@@ -379,7 +371,7 @@ async fn complete(
         digested: json!({"ref": reference, "argument": params.get("argument")}),
         params: upstream_params(body, id, &[("ref", upstream_ref)])?,
     };
-    carry_out_use(state, run, id, params, u).await
+    carry_out_use(state, run, id, params, sse, u).await
 }
 
 /// The server a request names itself (`_meta["cogward/server"]`), if any.
