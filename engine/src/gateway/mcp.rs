@@ -13,6 +13,11 @@
 //!   is then forwarded or refused. While parked the answer is an SSE stream carrying progress
 //!   notifications (when the client sent a `progressToken`). A retried call (same run, tool and
 //!   arguments) re-attaches to its parked row, so a gateway restart loses no decision.
+//! - Prompts, resources, completion and `logging/setLevel`: [`features`], decided and carried
+//!   out like tool calls.
+//! - A forwarded call whose client takes `text/event-stream` is answered as a stream: the
+//!   server's notifications for it (progress by the client's own token, [`super::rpc::Interim`];
+//!   messages on the call's own HTTP stream), then its response.
 //! - Every call is recorded (ledger and journal) before its answer is released.
 //!
 //! Requests that cannot be routed get a JSON-RPC error with an HTTP status: malformed JSON
