@@ -1099,8 +1099,9 @@ async fn tool_calls_count_against_the_runs_call_ceiling() {
 /// Prompts and resources through the gateway, with the official Python client: listings hold
 /// only what the policy lets the agent see; a prompt get, a resource read and a completion are
 /// decided on their own names (`prompt:server.name`, `resource:server:uri`), recorded before and
-/// after they reach the server, refused with a JSON-RPC error naming the reasons; a URI is routed
-/// by listing or template, and never to another tenant's server even when the request names it.
+/// after they reach the server, refused with a JSON-RPC error naming the reasons, or parked for a
+/// human; a URI is routed by listing or template, and never to another tenant's server even when
+/// the request names it.
 #[tokio::test(flavor = "multi_thread")]
 async fn prompts_and_resources_are_decided_recorded_and_routed() {
     let (Some(python), Some(everything)) = (mcp_python(), everything_js()) else {
@@ -1120,6 +1121,8 @@ async fn prompts_and_resources_are_decided_recorded_and_routed() {
                           format!("resource:everything:{docs}/*"),
                           "resource:everything:demo://resource/dynamic/text/*"],
         "deny": [format!("resource:everything:{docs}/instructions.md")],
+        "sensitive": [{"tools": [format!("resource:everything:{docs}/features.md")],
+                       "group": "release-managers", "reason": "the roadmap needs a release manager"}],
         "arguments": [{"tools": ["prompt:everything.args-prompt"], "pointer": "/city",
                        "deny": ["*Atlantis*"], "reason": "no myths"}]
     }}});
@@ -1215,6 +1218,22 @@ async fn prompts_and_resources_are_decided_recorded_and_routed() {
     );
     assert_eq!(out[12]["level"], "debug", "{dump}");
 
+    // A sensitive resource parks until a release manager approves it, then is read once.
+    let sensitive = Client::start(
+        &python,
+        &stack.gw_url("/mcp"),
+        &token,
+        &json!([{"op": "read", "uri": format!("{docs}/features.md")}]),
+    );
+    let call = parked_call(stack, &id, 0).await;
+    let (status, v) = decide(stack, &stack.tokens.approver, &id, "approve", &call).await;
+    assert_eq!(status, 202, "{v}");
+    let read = sensitive.finish();
+    assert!(
+        read[1]["texts"][0].as_str().is_some_and(|t| !t.is_empty()),
+        "{read:?}"
+    );
+
     // Every use in the ledger with its decision; an intent for each one forwarded.
     let bodies: Vec<Value> = sqlx::query_scalar::<_, String>(
         "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.mcp_request' ORDER BY seq",
@@ -1253,6 +1272,10 @@ async fn prompts_and_resources_are_decided_recorded_and_routed() {
             "denied",
         ),
         ("prompt:everything.completable-prompt".to_string(), "ok"),
+        (
+            format!("resource:everything:{docs}/features.md"),
+            "approved",
+        ),
     ]
     .into_iter()
     .map(|(t, o)| (t, o.to_string()))
@@ -1265,7 +1288,7 @@ async fn prompts_and_resources_are_decided_recorded_and_routed() {
         ),
     )
     .await;
-    assert_eq!(intents, 4, "one intent per forwarded use");
+    assert_eq!(intents, 5, "one intent per forwarded use");
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
 }

@@ -335,19 +335,23 @@ async fn dispatch(
             ),
         ));
     }
+    let req = Req {
+        state,
+        run: &run,
+        id: &id,
+        params: &params,
+        body: &body,
+        sse,
+    };
     let answer = match method {
         "ping" => rpc_result(&id, json!({})),
         "tools/list" => rpc_result(
             &id,
             json!({"tools": features::listing(gw, &run, Listing::TOOLS).await}),
         ),
-        "tools/call" => {
-            return call_tool(state, &run, &id, &params, &body, sse).await;
-        }
+        "tools/call" => return call_tool(&req).await,
         other => {
-            if let Some(answer) =
-                features::dispatch(state, &run, &id, other, &params, &body, sse).await
-            {
+            if let Some(answer) = features::dispatch(&req, other).await {
                 return answer;
             }
             return Ok(rpc_error(
@@ -554,14 +558,21 @@ fn refusal(text: String, call: &CallRecord) -> Answer {
 /// method other than `tools/call` (whose refusals are tool results the model can read).
 const REFUSED: i64 = -32003;
 
-async fn call_tool(
-    state: &AppState,
-    run: &RunIdentity,
-    id: &Value,
-    params: &Value,
-    body: &[u8],
+/// A request being answered: who asks, and what they said.
+#[derive(Clone, Copy)]
+struct Req<'a> {
+    state: &'a AppState,
+    run: &'a RunIdentity,
+    id: &'a Value,
+    params: &'a Value,
+    /// The message as the agent wrote it.
+    body: &'a [u8],
+    /// The client takes a stream as the answer.
     sse: bool,
-) -> Result<Response, RpcError> {
+}
+
+async fn call_tool(r: &Req<'_>) -> Result<Response, RpcError> {
+    let (state, run, id, params, body, sse) = (r.state, r.run, r.id, r.params, r.body, r.sse);
     let gw = state.gateway.clone();
     let started = Instant::now();
     let Some(name) = params.get("name").and_then(Value::as_str) else {

@@ -19,10 +19,9 @@
 //!   level, and log notifications are not relayed to agents yet (docs/api.md).
 
 use super::{
-    CallJob, RpcError, carry_out, decide, params_progress_token, raw_params, reply, resolve,
+    CallJob, Req, RpcError, carry_out, decide, params_progress_token, raw_params, reply, resolve,
     rpc_error, rpc_result, servers, to_raw,
 };
-use crate::api::AppState;
 use crate::gateway::config::McpServer;
 use crate::gateway::{CallRecord, Gateway, RunIdentity, sha256_hex};
 use crate::ledger::canonical_string;
@@ -48,15 +47,8 @@ const LOG_LEVELS: [&str; 8] = [
 ];
 
 /// Answer `method` if it is one of this module's; `None` otherwise.
-pub(super) async fn dispatch(
-    state: &AppState,
-    run: &RunIdentity,
-    id: &Value,
-    method: &str,
-    params: &Value,
-    body: &[u8],
-    sse: bool,
-) -> Option<Result<Response, RpcError>> {
+pub(super) async fn dispatch(r: &Req<'_>, method: &str) -> Option<Result<Response, RpcError>> {
+    let (state, run, id, params, sse) = (r.state, r.run, r.id, r.params, r.sse);
     let gw = &state.gateway;
     let listed = |v: Value| Ok(reply(sse, &to_raw(&rpc_result(id, v))));
     Some(match method {
@@ -68,9 +60,9 @@ pub(super) async fn dispatch(
         "resources/templates/list" => {
             listed(json!({"resourceTemplates": listing(gw, run, Listing::TEMPLATES).await}))
         }
-        "prompts/get" => get_prompt(state, run, id, params, body, sse).await,
-        "resources/read" => read_resource(state, run, id, params, body, sse).await,
-        "completion/complete" => complete(state, run, id, params, body, sse).await,
+        "prompts/get" => get_prompt(r).await,
+        "resources/read" => read_resource(r).await,
+        "completion/complete" => complete(r).await,
         _ => return None,
     })
 }
@@ -210,14 +202,8 @@ struct Use<'a> {
     params: Box<RawValue>,
 }
 
-async fn carry_out_use(
-    state: &AppState,
-    run: &RunIdentity,
-    id: &Value,
-    params: &Value,
-    sse: bool,
-    u: Use<'_>,
-) -> Result<Response, RpcError> {
+async fn carry_out_use(r: &Req<'_>, u: Use<'_>) -> Result<Response, RpcError> {
+    let (state, run, id, params, sse) = (r.state, r.run, r.id, r.params, r.sse);
     let started = Instant::now();
     let gw = state.gateway.clone();
     let mut resource = u.resource;
@@ -259,14 +245,8 @@ async fn carry_out_use(
     carry_out(state, job, call, decision).await
 }
 
-async fn get_prompt(
-    state: &AppState,
-    run: &RunIdentity,
-    id: &Value,
-    params: &Value,
-    body: &[u8],
-    sse: bool,
-) -> Result<Response, RpcError> {
+async fn get_prompt(r: &Req<'_>) -> Result<Response, RpcError> {
+    let (state, run, id, params, body) = (r.state, r.run, r.id, r.params, r.body);
     let gw = &state.gateway;
     let Some(name) = params.get("name").and_then(Value::as_str) else {
         return Err(invalid(id, "`name` is required"));
@@ -293,17 +273,11 @@ async fn get_prompt(
         digested: arguments,
         params: upstream_params(body, id, &[("name", json!(prompt))])?,
     };
-    carry_out_use(state, run, id, params, sse, u).await
+    carry_out_use(r, u).await
 }
 
-async fn read_resource(
-    state: &AppState,
-    run: &RunIdentity,
-    id: &Value,
-    params: &Value,
-    body: &[u8],
-    sse: bool,
-) -> Result<Response, RpcError> {
+async fn read_resource(r: &Req<'_>) -> Result<Response, RpcError> {
+    let (state, run, id, params, body) = (r.state, r.run, r.id, r.params, r.body);
     let Some(uri) = params.get("uri").and_then(Value::as_str) else {
         return Err(invalid(id, "`uri` is required"));
     };
@@ -317,17 +291,11 @@ async fn read_resource(
         digested: json!({"uri": uri}),
         params: upstream_params(body, id, &[])?,
     };
-    carry_out_use(state, run, id, params, sse, u).await
+    carry_out_use(r, u).await
 }
 
-async fn complete(
-    state: &AppState,
-    run: &RunIdentity,
-    id: &Value,
-    params: &Value,
-    body: &[u8],
-    sse: bool,
-) -> Result<Response, RpcError> {
+async fn complete(r: &Req<'_>) -> Result<Response, RpcError> {
+    let (state, run, id, params, body, sse) = (r.state, r.run, r.id, r.params, r.body, r.sse);
     let gw = &state.gateway;
     let reference = params.get("ref").cloned().unwrap_or(Value::Null);
     let (server, resource, target, upstream_ref) =
@@ -371,7 +339,7 @@ async fn complete(
         digested: json!({"ref": reference, "argument": params.get("argument")}),
         params: upstream_params(body, id, &[("ref", upstream_ref)])?,
     };
-    carry_out_use(state, run, id, params, sse, u).await
+    carry_out_use(r, u).await
 }
 
 /// The server a request names itself (`_meta["cogward/server"]`), if any.

@@ -980,57 +980,37 @@ mod tests {
         };
         let prompt = |p: &str| json!({"server": "docs", "prompt": p});
         let uri = |u: &str| json!({"server": "docs", "uri": u});
-        assert_eq!(
-            decide("prompt.list", prompt("review_code")).effect,
-            Effect::Permit
-        );
-        assert_eq!(
-            decide("prompt.get", prompt("review_code")).effect,
-            Effect::Permit
-        );
+        let secret = json!({"server": "docs", "prompt": "review_code",
+                            "arguments": {"code": "-----BEGIN PRIVATE KEY-----"}});
+        for (action, resource, effect) in [
+            ("prompt.list", prompt("review_code"), Effect::Permit),
+            ("prompt.get", prompt("review_code"), Effect::Permit),
+            ("prompt.get", prompt("summarise"), Effect::Deny),
+            ("prompt.get", secret, Effect::Deny),
+            ("prompt.get", prompt("review_security"), Effect::Escalate),
+            // A sensitive prompt stays visible.
+            ("prompt.list", prompt("review_security"), Effect::Permit),
+            (
+                "resource.read",
+                uri("file:///repo/README.md"),
+                Effect::Permit,
+            ),
+            ("resource.list", uri("file:///repo/{path}"), Effect::Permit),
+            ("resource.read", uri("file:///repo/.env"), Effect::Deny),
+            ("resource.read", uri("file:///etc/passwd"), Effect::Deny),
+            ("complete", prompt("review_code"), Effect::Permit),
+            ("complete", uri("file:///etc/{x}"), Effect::Deny),
+        ] {
+            let d = decide(action, resource.clone());
+            assert_eq!(d.effect, effect, "{action} {resource}: {d:?}");
+        }
         let d = decide("prompt.get", prompt("summarise"));
         assert_eq!(
             d.reasons,
             vec!["prompt prompt:docs.summarise is outside agent a's scope"]
         );
-        let d = decide(
-            "prompt.get",
-            json!({"server": "docs", "prompt": "review_code",
-                   "arguments": {"code": "-----BEGIN PRIVATE KEY-----"}}),
-        );
-        assert_eq!(d.effect, Effect::Deny, "{d:?}");
-        assert_eq!(
-            decide("prompt.get", prompt("review_security")).effect,
-            Effect::Escalate
-        );
-        assert_eq!(
-            decide("prompt.list", prompt("review_security")).effect,
-            Effect::Permit,
-            "a sensitive prompt stays visible"
-        );
-        assert_eq!(
-            decide("resource.read", uri("file:///repo/README.md")).effect,
-            Effect::Permit
-        );
-        assert_eq!(
-            decide("resource.list", uri("file:///repo/{path}")).effect,
-            Effect::Permit
-        );
         let d = decide("resource.read", uri("file:///repo/.env"));
-        assert_eq!(d.effect, Effect::Deny);
         assert!(d.reasons[0].contains("denied in tenant acme"), "{d:?}");
-        assert_eq!(
-            decide("resource.read", uri("file:///etc/passwd")).effect,
-            Effect::Deny
-        );
-        assert_eq!(
-            decide("complete", prompt("review_code")).effect,
-            Effect::Permit
-        );
-        assert_eq!(
-            decide("complete", uri("file:///etc/{x}")).effect,
-            Effect::Deny
-        );
         // A tool scope (`docs.*`) names none of the server's prompts or resources.
         let tools_only = with_rules(json!({"default_scope": ["docs.*"]}));
         for (action, resource) in [
