@@ -151,12 +151,17 @@ fn claude_code(exe: &str, task: &AgentTask, base: Option<&str>, wall_clock: u64)
         "MCP_TOOL_TIMEOUT".to_string(),
         (wall_clock * 1000).to_string(),
     );
-    // Print mode otherwise starts the task while the MCP servers still connect: the model's
-    // first tool calls then find no such tool (measured: a loaded machine, a gateway whose
-    // upstream server starts on first use). The task starts with its tools.
+    // Print mode otherwise starts the task while the MCP servers still connect, and blocking
+    // mode waits only 5 s by default: the model's first tool calls then find no such tool
+    // (measured: a loaded machine, a gateway whose upstream server starts on first use). The
+    // task starts with its tools, within the startup limit.
     env.insert(
         "MCP_CONNECTION_NONBLOCKING".to_string(),
         "false".to_string(),
+    );
+    env.insert(
+        "MCP_CONNECT_TIMEOUT_MS".to_string(),
+        (MCP_STARTUP_SECONDS * 1000).to_string(),
     );
     for name in [
         "DISABLE_TELEMETRY",
@@ -351,6 +356,7 @@ mod tests {
         assert_eq!(l.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"], "1");
         assert_eq!(l.env["MCP_TOOL_TIMEOUT"], "600000");
         assert_eq!(l.env["MCP_CONNECTION_NONBLOCKING"], "false");
+        assert_eq!(l.env["MCP_CONNECT_TIMEOUT_MS"], "60000");
         // No MCP servers named: no MCP configuration at all.
         let l = claude_code(
             "/opt/claude",

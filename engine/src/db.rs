@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0008_run_credentials.sql",
         include_str!("../../migrations/0008_run_credentials.sql"),
     ),
+    (
+        9,
+        "0009_mcp_client_capabilities.sql",
+        include_str!("../../migrations/0009_mcp_client_capabilities.sql"),
+    ),
 ];
 
 /// The database cannot take writes (or answer) right now: its disk is full, its server is gone,

@@ -35,8 +35,8 @@ fn agents_dir() -> Option<String> {
 /// unless its message holds `rm -rf`, get-env hidden, get-sum escalated to release managers).
 async fn agent_stack(everything: &str) -> McpStack {
     let m = mcp_stack_with(everything, false, |config| {
-        // A server slow to start (3 s, as a cold one on a loaded machine): the CLI's first
-        // MCP call must still find its tools.
+        // A server slow to start (3 s, a cold one on a loaded machine): the CLI's first MCP
+        // call must still find its tools (Codex without `required` did not).
         config["mcp_servers"][0]["transport"]["stdio"]["command"] =
             json!(["sh", "-c", format!("sleep 3; exec node {everything} stdio")]);
         let prices = config["prices"].as_array_mut().unwrap();

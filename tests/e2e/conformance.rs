@@ -3,8 +3,8 @@
 //! TypeScript SDK) directly and through the gateway, compared by `tests/conformance/run.sh`:
 //! a scenario that passes directly must pass through the gateway, unless
 //! `tests/conformance/not-proxied.txt` names it with the reason (what the gateway does not
-//! proxy yet; docs/api.md). Also the official TypeScript and Python SDK clients' results, direct
-//! and via the gateway (recorded in the results, not yet asserted equal).
+//! proxy yet; docs/api.md). Also the official TypeScript and Python SDK clients' tool lists and
+//! results, direct and via the gateway: equal.
 
 use crate::gateway::{FakeProvider, credential, gateway_config, push_and_bind, stack_with_gateway};
 use crate::stack::{StackOptions, spec};
@@ -85,7 +85,7 @@ async fn the_conformance_suite_passes_through_the_gateway_what_it_passes_directl
         "tools",
         "tool.call",
         "acme",
-        &json!({"tenants": {"acme": {"default_scope": ["conf.*", "prompt:conf.*", "resource:conf:*"]}}}),
+        &json!({"tenants": {"acme": {"default_scope": ["conf.*", "prompt:conf.*", "resource:conf:*", "sampling:conf.*", "elicitation:conf.*"]}}}),
     );
     let (id, _) = stack
         .submit_until(&spec("acme", &["sleep", "600"]), &["running"])
@@ -125,12 +125,12 @@ async fn the_conformance_suite_passes_through_the_gateway_what_it_passes_directl
     // What passes through the gateway today (docs/api.md lists what is not proxied yet); an
     // allowlisted scenario that passes again is reported by run.sh as stale.
     assert!(
-        summary["passing"]["gateway"].as_u64().unwrap() >= 26,
+        summary["passing"]["gateway"].as_u64().unwrap() >= 30,
         "{stdout}"
     );
     // The official SDK clients (TypeScript, Python): the tool lists through the gateway equal
-    // the direct ones (names mapped back), and every call's result does but for the tools
-    // exercising what is not proxied yet.
+    // the direct ones (names mapped back), and so does every call's result, progress, log
+    // messages, sampling and elicitation requests included.
     for client in ["ts", "py"] {
         let path = out.join(format!("clients/{client}-diff.json"));
         let diff: serde_json::Value = serde_json::from_slice(
@@ -146,24 +146,202 @@ async fn the_conformance_suite_passes_through_the_gateway_what_it_passes_directl
             .collect();
         eprintln!("{client}: {paths:?}");
         assert!(
-            !paths.iter().any(|p| p.starts_with("tools")),
-            "{client}: the tool list differs through the gateway: {paths:?}"
+            paths.is_empty(),
+            "{client}: differs through the gateway: {paths:?}\n{stdout}"
         );
-        for p in &paths {
-            assert!(
-                NOT_PROXIED.iter().any(|(prefix, _)| p.starts_with(prefix)),
-                "{client}: {p} differs through the gateway"
-            );
-        }
     }
     stack.cancel(&id).await.unwrap();
 }
 
-/// What the SDK clients see differ through the gateway today, each for a gap docs/api.md lists.
-const NOT_PROXIED: &[(&str, &str)] = &[
-    ("calls.test_sampling", "sampling requests are not relayed"),
-    (
-        "calls.test_elicitation",
-        "elicitation requests are not relayed",
-    ),
-];
+/// An agent's MCP session over plain HTTP: initialize (declaring `capabilities`), then requests.
+struct RawSession {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    id: String,
+}
+
+impl RawSession {
+    async fn open(url: &str, token: &str, capabilities: serde_json::Value) -> RawSession {
+        let http = reqwest::Client::new();
+        let resp = http
+            .post(url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                          "params": {"protocolVersion": "2025-11-25", "capabilities": capabilities,
+                                     "clientInfo": {"name": "e2e", "version": "1"}}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let id = resp.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        RawSession {
+            http,
+            url: url.to_string(),
+            token: token.to_string(),
+            id,
+        }
+    }
+
+    async fn post(&self, message: serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("mcp-session-id", &self.id)
+            .header("accept", "application/json, text/event-stream")
+            .json(&message)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The next JSON-RPC message on an SSE answer.
+async fn next_message(resp: &mut reqwest::Response, buf: &mut String) -> serde_json::Value {
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            if !data.is_empty() {
+                return serde_json::from_str(&data.join("\n")).unwrap();
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), resp.chunk())
+            .await
+            .expect("a message within 30 s")
+            .unwrap()
+            .expect("the stream ended early");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// A server's sampling request during a tool call reaches the calling agent and nobody else:
+/// another run that answers it in its stead is ignored, the caller's answer completes the tool;
+/// the relay is decided (tool-access `sample` on `sampling:conf.test_sampling`) and recorded
+/// before the server has its answer. An elicitation the policy does not name is refused to the
+/// server and never reaches the agent; a client that declared no sampling is never asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_servers_request_reaches_only_its_callers_agent_decided_and_recorded() {
+    let Some(node) = node22() else {
+        return;
+    };
+    let (_upstream, upstream_url) = start_upstream(&node);
+    let dir = tempfile::tempdir().unwrap();
+    let provider = FakeProvider::start(dir.path());
+    let mut config = gateway_config(&provider.url);
+    config["mcp_servers"] = json!([{"name": "conf", "transport": {"http": {"url": upstream_url}}}]);
+    let stack = stack_with_gateway(config, StackOptions::default());
+    push_and_bind(
+        &stack,
+        "tool-access",
+        "tools",
+        "tool.call",
+        "acme",
+        &json!({"tenants": {"acme": {"default_scope": ["conf.*", "sampling:conf.test_sampling"]}}}),
+    );
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (id, _) = stack
+            .submit_until(&spec("acme", &["sleep", "600"]), &["running"])
+            .await
+            .unwrap();
+        let token = credential(&stack, &id);
+        runs.push((id, token));
+    }
+    let url = stack.gw_url("/mcp");
+    let both = json!({"sampling": {}, "elicitation": {}});
+    let a = RawSession::open(&url, &runs[0].1, both.clone()).await;
+    let b = RawSession::open(&url, &runs[1].1, both).await;
+    let call = |id: i64, tool: &str, args: serde_json::Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": format!("conf_{tool}"), "arguments": args}})
+    };
+    let answer = |id: &serde_json::Value, text: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "result": {"role": "assistant", "model": "m",
+               "content": {"type": "text", "text": text}}})
+    };
+
+    let mut stream = a
+        .post(call(1, "test_sampling", json!({"prompt": "hi"})))
+        .await;
+    let mut buf = String::new();
+    let asked = next_message(&mut stream, &mut buf).await;
+    assert_eq!(asked["method"], "sampling/createMessage", "{asked}");
+    let relay_id = asked["id"].clone();
+    assert!(relay_id.as_str().unwrap().starts_with("cw-"), "{asked}");
+    // Another run answers first: accepted, and ignored.
+    assert_eq!(b.post(answer(&relay_id, "from B")).await.status(), 202);
+    assert_eq!(a.post(answer(&relay_id, "from A")).await.status(), 202);
+    let done = next_message(&mut stream, &mut buf).await;
+    assert_eq!(done["id"], 1, "{done}");
+    assert_eq!(
+        done["result"]["content"][0]["text"], "LLM response: from A",
+        "{done}"
+    );
+
+    // Elicitation is not in the scope: refused to the server, never shown to the agent.
+    let mut stream = a
+        .post(call(2, "test_elicitation", json!({"message": "name?"})))
+        .await;
+    let mut buf = String::new();
+    let done = next_message(&mut stream, &mut buf).await;
+    assert_eq!(done["id"], 2, "the agent was asked: {done}");
+
+    // A client that declared no sampling is never asked; the server hears it cannot.
+    let plain = RawSession::open(&url, &runs[1].1, json!({})).await;
+    let mut stream = plain
+        .post(call(3, "test_sampling", json!({"prompt": "hi"})))
+        .await;
+    let mut buf = String::new();
+    let done = next_message(&mut stream, &mut buf).await;
+    assert_eq!(done["id"], 3, "{done}");
+    assert_eq!(done["result"]["isError"], true, "{done}");
+
+    let db = cogward::db::Db::connect(&stack.database_url).await.unwrap();
+    for (run, expected) in [
+        (
+            &runs[0].0,
+            vec![
+                ("sampling:conf.test_sampling", "ok"),
+                ("elicitation:conf.test_elicitation", "denied"),
+            ],
+        ),
+        (&runs[1].0, vec![]),
+    ] {
+        let bodies: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.mcp_request' ORDER BY seq",
+        )
+        .bind(run)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let got: Vec<(String, String)> = bodies
+            .iter()
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                (
+                    v["target"].as_str().unwrap().into(),
+                    v["outcome"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, String)> = expected
+            .into_iter()
+            .map(|(t, o)| (t.into(), o.into()))
+            .collect();
+        assert_eq!(got, expected, "{bodies:?}");
+    }
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+    for (id, _) in &runs {
+        stack.cancel(id).await.unwrap();
+    }
+}

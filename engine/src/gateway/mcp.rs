@@ -28,7 +28,7 @@ mod features;
 
 use super::config::McpServer;
 use super::obligations::{self, Site};
-use super::rpc::Interim;
+use super::rpc::{Interim, ServerRequest};
 use super::upstream::UpstreamError;
 use super::{AuthFailure, CallDecision, CallRecord, Gateway, RunIdentity, sha256_hex};
 use crate::api::AppState;
@@ -231,7 +231,7 @@ async fn handle_delete(State(state): State<AppState>, headers: HeaderMap) -> Res
         Err(e) => return authenticate_error(e).into_response(),
     };
     match session(gw, &headers, &run, &Value::Null).await {
-        Ok(id) => {
+        Ok((id, _)) => {
             let _ = sqlx::query("DELETE FROM mcp_sessions WHERE session_id = $1")
                 .bind(&id)
                 .execute(&gw.db.pool)
@@ -302,7 +302,17 @@ async fn dispatch(
         ));
     }
     let Some(method) = obj.get("method").and_then(Value::as_str) else {
-        // A response to a request we never send, or garbage: accepted and ignored.
+        // The agent's answer to a server request relayed to it (only its own run's), else a
+        // response to a request we never sent, or garbage: accepted, and otherwise ignored.
+        if let Some(relay) = id.as_str()
+            && let Ok(mut relays) = gw.relays.lock()
+            && relays.get(relay).is_some_and(|(r, _)| *r == run.run_id)
+            && let Some((_, answer)) = relays.remove(relay)
+            && let Ok(raw) = RawValue::from_string(String::from_utf8_lossy(&body).into_owned())
+        {
+            // As the agent wrote it.
+            let _ = answer.send(raw);
+        }
         return Ok(StatusCode::ACCEPTED.into_response());
     };
     if !obj.contains_key("id") {
@@ -319,7 +329,7 @@ async fn dispatch(
     if method == "initialize" {
         return initialize(gw, &run, &id, &params).await;
     }
-    session(gw, headers, &run, &id).await?;
+    let (_, capabilities) = session(gw, headers, &run, &id).await?;
     if let Some(v) = headers
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())
@@ -342,6 +352,7 @@ async fn dispatch(
         params: &params,
         body: &body,
         sse,
+        capabilities: &capabilities,
     };
     let answer = match method {
         "ping" => rpc_result(&id, json!({})),
@@ -403,14 +414,21 @@ async fn initialize(
         })
         .unwrap_or_default();
     let session_id = uuid::Uuid::new_v4().simple().to_string();
+    let capabilities = params
+        .get("capabilities")
+        .filter(|c| c.is_object())
+        .cloned()
+        .unwrap_or_else(|| json!({}));
     sqlx::query(
-        "INSERT INTO mcp_sessions (session_id, run_id, protocol_version, client, created_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO mcp_sessions (session_id, run_id, protocol_version, client, created_at, client_capabilities) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&session_id)
     .bind(&run.run_id)
     .bind(version)
     .bind(client.chars().take(200).collect::<String>())
     .bind(crate::now_rfc3339())
+    .bind(capabilities.to_string())
     .execute(&gw.db.pool)
     .await
     .map_err(|e| {
@@ -418,7 +436,11 @@ async fn initialize(
         rpc_error(StatusCode::SERVICE_UNAVAILABLE, id, -32603, "cogward: could not open a session")
     })?;
     if let Ok(mut s) = gw.sessions.lock() {
-        s.insert(session_id.clone(), run.run_id.clone());
+        let info = SessionInfo {
+            run_id: run.run_id.clone(),
+            capabilities,
+        };
+        s.insert(session_id.clone(), info);
     }
     let result = json!({
         "protocolVersion": version,
@@ -435,13 +457,25 @@ async fn initialize(
     Ok(resp)
 }
 
-/// The request's session: it must exist and belong to the credential's run.
+/// A server request relayed to an agent: the agent's run, and where its answer (the agent's
+/// whole message, as written) goes.
+pub type PendingRelay = (String, oneshot::Sender<Box<RawValue>>);
+
+/// An agent's MCP session: its run, and what its client declared at `initialize`.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub run_id: String,
+    pub capabilities: Value,
+}
+
+/// The request's session (its id, what its client declared): it must exist and belong to the
+/// credential's run.
 async fn session(
     gw: &Gateway,
     headers: &HeaderMap,
     run: &RunIdentity,
     id: &Value,
-) -> Result<String, RpcError> {
+) -> Result<(String, Value), RpcError> {
     let Some(session_id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return Err(rpc_error(
             StatusCode::BAD_REQUEST,
@@ -458,35 +492,40 @@ async fn session(
     let owner = match cached {
         Some(owner) => Some(owner),
         None => {
-            let owner: Option<String> =
-                sqlx::query_scalar("SELECT run_id FROM mcp_sessions WHERE session_id = $1")
-                    .bind(session_id)
-                    .fetch_optional(&gw.db.pool)
-                    .await
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "reading an MCP session");
-                        rpc_error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            id,
-                            -32603,
-                            "cogward: internal error",
-                        )
-                    })?;
+            let row: Option<(String, String)> = sqlx::query_as(
+                "SELECT run_id, client_capabilities FROM mcp_sessions WHERE session_id = $1",
+            )
+            .bind(session_id)
+            .fetch_optional(&gw.db.pool)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading an MCP session");
+                rpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    id,
+                    -32603,
+                    "cogward: internal error",
+                )
+            })?;
+            let owner = row.map(|(run_id, capabilities)| SessionInfo {
+                run_id,
+                capabilities: serde_json::from_str(&capabilities).unwrap_or_else(|_| json!({})),
+            });
             if let (Some(o), Ok(mut s)) = (&owner, gw.sessions.lock()) {
                 s.insert(session_id.to_string(), o.clone());
             }
             owner
         }
     };
-    if owner.as_deref() != Some(run.run_id.as_str()) {
-        return Err(rpc_error(
+    match owner {
+        Some(o) if o.run_id == run.run_id => Ok((session_id.to_string(), o.capabilities)),
+        _ => Err(rpc_error(
             StatusCode::NOT_FOUND,
             id,
             -32001,
             "cogward: unknown session; initialize a new one",
-        ));
+        )),
     }
-    Ok(session_id.to_string())
 }
 
 /// A tool-access request; a `call` carries the call's arguments (policies may decide on them).
@@ -526,6 +565,11 @@ fn resolve<'a>(
     let (server, tool) = name.split_once('_')?;
     let server = servers(gw, run).find(|s| s.name == server)?;
     (!tool.is_empty()).then_some((server, tool))
+}
+
+/// A raw JSON object's members, each raw.
+fn raw_params_of(object: &RawValue) -> std::collections::BTreeMap<String, Box<RawValue>> {
+    serde_json::from_str(object.get()).unwrap_or_default()
 }
 
 /// A request's params as the agent wrote them, each top-level member raw.
@@ -569,6 +613,8 @@ struct Req<'a> {
     body: &'a [u8],
     /// The client takes a stream as the answer.
     sse: bool,
+    /// What the agent's client declared at `initialize`.
+    capabilities: &'a Value,
 }
 
 async fn call_tool(r: &Req<'_>) -> Result<Response, RpcError> {
@@ -651,6 +697,7 @@ async fn call_tool(r: &Req<'_>) -> Result<Response, RpcError> {
         started,
         sse,
         progress_token: params_progress_token(params),
+        client: r.capabilities.clone(),
     };
     carry_out(state, job, call, decision).await
 }
@@ -857,10 +904,14 @@ struct CallJob {
     sse: bool,
     /// The agent's `progressToken`, if it sent one.
     progress_token: Option<Value>,
+    /// What the agent's client declared (which server requests it can be relayed).
+    client: Value,
 }
 
 /// How many messages an agent's stream holds before the call waits for the agent to read.
 const STREAM_BUFFER: usize = 64;
+/// Server requests of one call waiting to be relayed; more are answered with an error.
+const RELAYS_PER_CALL: usize = 4;
 
 /// An agent's SSE answer in the making.
 struct AgentStream {
@@ -950,9 +1001,11 @@ impl CallJob {
         // A request carrying a progress token claims it on the upstream connection (another
         // run's progress never reaches it), streamed or not.
         let (sink, mut notes) = mpsc::channel::<Box<RawValue>>(STREAM_BUFFER);
+        let (requests, mut server_requests) = mpsc::channel::<ServerRequest>(RELAYS_PER_CALL);
         let interim = (agent.is_some() || self.progress_token.is_some()).then(|| Interim {
             sink,
             progress_token: self.progress_token.as_ref().map(Value::to_string),
+            requests: agent.is_some().then_some(requests),
         });
         let request = self.gw.upstreams.request(
             &self.server,
@@ -962,14 +1015,25 @@ impl CallJob {
             interim,
         );
         let redacted = !call.redact.is_empty();
+        let (run, target) = (&call.run, call.target.as_str());
         let relay = async {
             let mut relayed = 0u64;
-            while let Some(note) = notes.recv().await {
-                if let Some(agent) = agent
-                    && let Some(message) = agent.relayed(&note, redacted)
-                    && agent.offer(&message)
-                {
-                    relayed += 1;
+            loop {
+                tokio::select! {
+                    note = notes.recv() => {
+                        let Some(note) = note else { break };
+                        if let Some(agent) = agent
+                            && let Some(message) = agent.relayed(&note, redacted)
+                            && agent.offer(&message)
+                        {
+                            relayed += 1;
+                        }
+                    }
+                    Some(r) = server_requests.recv() => {
+                        if let Some(agent) = agent {
+                            self.relay(run, target, agent, r).await;
+                        }
+                    }
                 }
             }
             relayed
@@ -1023,6 +1087,141 @@ impl CallJob {
                 }
             }
         }
+    }
+
+    /// Relay a server's request within this call (`origin`, a tool call say) to the agent, if
+    /// its client declared the feature and tool-access permits it (action `sample` or `elicit`
+    /// on `sampling:server.tool` / `elicitation:server.tool`); its intent recorded before it
+    /// reaches the agent and its outcome before the server has the answer
+    /// (`gateway.mcp_request`). Otherwise the server gets an error saying why.
+    async fn relay(&self, run: &RunIdentity, origin: &str, agent: &AgentStream, r: ServerRequest) {
+        let (action, feature) = match r.method.as_str() {
+            "sampling/createMessage" => ("sample", "sampling"),
+            _ => ("elicit", "elicitation"),
+        };
+        let error = |code: i64, message: String| Err(json!({"code": code, "message": message}));
+        if self.client.get(feature).is_none() {
+            let why = format!("cogward: the agent's client does not support {feature}");
+            let _ = r.answer.send(error(-32601, why));
+            return;
+        }
+        let tool = origin.split_once('.').map_or(origin, |(_, t)| t);
+        let server = &self.server.name;
+        let resource = json!({"server": server, "tool": tool});
+        let request = run.request(
+            kinds::TOOL_CALL,
+            action,
+            resource.clone(),
+            json!({"run_id": run.run_id}),
+        );
+        let decision = match self.gw.policies.decide_request(request).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "deciding a relayed request");
+                let _ = r.answer.send(error(
+                    -32603,
+                    "cogward: the request could not be decided".into(),
+                ));
+                return;
+            }
+        };
+        let params: Value = serde_json::from_str::<Value>(r.message.get())
+            .map(|m| m["params"].clone())
+            .unwrap_or(Value::Null);
+        let mut call = CallRecord::new(
+            "gateway.mcp_request",
+            "mcp",
+            run,
+            format!("{feature}:{server}.{tool}"),
+            sha256_hex(canonical_string(&params).as_bytes()),
+            json!({"method": r.method, "server": server, "tool": tool, "origin": origin}),
+        );
+        call.reasons = decision.decision.reasons.clone();
+        let effect = decision.decision.effect;
+        call.decisions.push(decision);
+        let started = Instant::now();
+        let answer = if effect != Effect::Permit {
+            // An escalation cannot wait here: the server waits on the call's stream.
+            call.outcome = "denied".into();
+            let why = format!(
+                "cogward: {feature} for {origin} denied by policy: {}",
+                call.reasons.join("; ")
+            );
+            error(REFUSED, why)
+        } else if let Err(e) = self.gw.record_intent(&mut call).await {
+            tracing::error!(error = %format!("{e:#}"), "a relay's intent could not be recorded");
+            return drop(r.answer.send(error(
+                -32603,
+                "cogward: the request could not be recorded".into(),
+            )));
+        } else {
+            call.decision = CallDecision::Permit;
+            self.ask_agent(agent, &r, &mut call).await
+        };
+        call.latency = started.elapsed();
+        if let Err(e) = self.gw.settle(&call).await {
+            tracing::error!(error = %format!("{e:#}"), "a relay's outcome could not be recorded");
+            return drop(r.answer.send(error(
+                -32603,
+                "cogward: the answer could not be recorded".into(),
+            )));
+        }
+        let _ = r.answer.send(answer);
+    }
+
+    /// Send the server's request to the agent under an id of ours and wait for its answer
+    /// (the server's time limit); the answer for the server.
+    async fn ask_agent(
+        &self,
+        agent: &AgentStream,
+        r: &ServerRequest,
+        call: &mut CallRecord,
+    ) -> Result<Box<RawValue>, Value> {
+        let relay_id = format!("cw-{}", uuid::Uuid::new_v4().simple());
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut relays) = self.gw.relays.lock() {
+            relays.insert(relay_id.clone(), (call.run.run_id.clone(), tx));
+        }
+        let mut message = raw_params_of(&r.message);
+        message.insert("id".into(), to_raw(&json!(relay_id)));
+        let message =
+            serde_json::value::to_raw_value(&message).unwrap_or_else(|_| to_raw(&json!({})));
+        let limit = Duration::from_secs(self.server.timeout_seconds);
+        let answer = if !agent.send(&message).await {
+            call.outcome = "client_gone".into();
+            None
+        } else {
+            match tokio::time::timeout(limit, rx).await {
+                Ok(Ok(answer)) => Some(answer),
+                Ok(Err(_)) | Err(_) => {
+                    call.outcome = "timeout".into();
+                    None
+                }
+            }
+        };
+        if let Ok(mut relays) = self.gw.relays.lock() {
+            relays.remove(&relay_id);
+        }
+        let Some(answer) = answer else {
+            return Err(
+                json!({"code": -32603, "message": format!("cogward: the agent's client did not answer ({})", call.outcome)}),
+            );
+        };
+        let mut answer = raw_params_of(&answer);
+        if let Some(result) = answer.remove("result") {
+            call.outcome = "ok".into();
+            if let Ok(r) = serde_json::from_str::<Value>(result.get())
+                && let Some(action) = r.get("action")
+            {
+                call.detail["action"] = action.clone();
+            }
+            return Ok(result);
+        }
+        call.outcome = "refused_by_client".into();
+        Err(answer
+            .get("error")
+            .and_then(|e| serde_json::from_str(e.get()).ok())
+            .unwrap_or_else(|| json!({"code": -32603, "message": "cogward: the agent's answer had neither result nor error"})))
     }
 
     /// Settle the call's outcome; the JSON-RPC answer, or an error when the outcome is not

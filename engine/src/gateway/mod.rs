@@ -49,8 +49,12 @@ pub struct Gateway {
     keys: Arc<keys::KeyRing>,
     http: reqwest::Client,
     pub upstreams: upstream::Upstreams,
-    /// MCP session id → run id (the database is the record; this saves a read per request).
-    pub sessions: Mutex<HashMap<String, String>>,
+    /// MCP session id → its run and what its client declared (the database is the record;
+    /// this saves a read per request).
+    pub sessions: Mutex<HashMap<String, mcp::SessionInfo>>,
+    /// Server requests relayed to an agent, by the id the agent got: its run, and where its
+    /// answer goes.
+    pub relays: Mutex<HashMap<String, mcp::PendingRelay>>,
     /// Outcomes the ledger could not take yet.
     pub spool: spool::Spool,
     /// Serialises each tenant's budget decisions with their reservations (striped by tenant),
@@ -219,6 +223,7 @@ impl Gateway {
             http,
             upstreams,
             sessions: Mutex::new(HashMap::new()),
+            relays: Mutex::new(HashMap::new()),
             spool: spool::Spool::open(spool_dir)?,
             admission: (0..ADMISSION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))

@@ -3,9 +3,10 @@
 //!
 //! Results are kept as the server wrote them ([`RawValue`]): the gateway passes them on byte
 //! for byte unless it must change them (a redaction), so nothing the server said is lost or
-//! re-encoded (unknown fields, number spellings, key order). Requests the server sends us
-//! (`ping` aside) are answered "method not found": this client declares no client
-//! capabilities. Notifications reach the request they belong to ([`Interim`]): a
+//! re-encoded (unknown fields, number spellings, key order). A server's `sampling` and
+//! `elicitation` requests on an HTTP call's own stream go to whoever the call is for
+//! ([`Interim::requests`]); any other request (`ping` aside), and any on stdio, is answered
+//! "method not found". Notifications reach the request they belong to ([`Interim`]): a
 //! `notifications/progress` by its progress token (on any transport), any notification on an
 //! HTTP request's own stream; the rest cannot be attributed (a session serves several runs) and
 //! is dropped.
@@ -59,6 +60,23 @@ pub struct Interim {
     pub sink: mpsc::Sender<Box<RawValue>>,
     /// The progress token the request's params carry (its JSON text).
     pub progress_token: Option<String>,
+    /// Where the server's requests on the request's own HTTP stream go ([`RELAYED`]); without
+    /// it, or on stdio (nothing says which request they belong to), they are answered "method
+    /// not found".
+    pub requests: Option<mpsc::Sender<ServerRequest>>,
+}
+
+/// The server requests a request's [`Interim`] can take: what the gateway's HTTP client
+/// declares (capabilities `sampling`, `elicitation`).
+pub const RELAYED: [&str; 2] = ["sampling/createMessage", "elicitation/create"];
+
+/// A request the server sent within one of ours, for whoever ours is for to answer.
+pub struct ServerRequest {
+    pub method: String,
+    /// The whole message, as the server wrote it.
+    pub message: Box<RawValue>,
+    /// The answer: a result, or an error object.
+    pub answer: oneshot::Sender<std::result::Result<Box<RawValue>, Value>>,
 }
 
 /// Where a message the server sent goes.
@@ -66,24 +84,58 @@ struct Routes<'a> {
     pending: &'a Pending,
     sinks: &'a Sinks,
     /// The request whose HTTP stream the message arrived on.
-    stream: Option<&'a mpsc::Sender<Box<RawValue>>>,
+    stream: Option<&'a Interim>,
+}
+
+/// What the client does with a message the server sent, beside delivering it.
+enum Reply2Server {
+    /// Send this message back.
+    Send(String),
+    /// Send the answer to server request `id` once it comes.
+    Relayed {
+        id: Box<RawValue>,
+        answer: oneshot::Receiver<std::result::Result<Box<RawValue>, Value>>,
+    },
+}
+
+/// The JSON-RPC response to server request `id`.
+fn response_text(id: &RawValue, answer: std::result::Result<Box<RawValue>, Value>) -> String {
+    match answer {
+        Ok(result) => format!(
+            r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#,
+            id.get(),
+            result.get()
+        ),
+        Err(error) => format!(r#"{{"jsonrpc":"2.0","id":{},"error":{error}}}"#, id.get()),
+    }
 }
 
 /// What to do with a message the server sent (`text`, parsed as `msg`): deliver a response or
-/// a notification, answer a request.
-fn route(text: &str, msg: Incoming, routes: &Routes<'_>) -> Option<String> {
+/// a notification, answer or relay a request.
+fn route(text: &str, msg: Incoming, routes: &Routes<'_>) -> Option<Reply2Server> {
     let pending = routes.pending;
     match (msg.method, msg.id) {
         (Some(method), Some(id)) => {
-            // A request to us: only `ping` is served (no client capabilities are declared).
-            let id: Value = serde_json::from_str(id.get()).unwrap_or(Value::Null);
-            let answer = if method == "ping" {
-                json!({"jsonrpc": "2.0", "id": id, "result": {}})
-            } else {
-                json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601,
-                       "message": format!("cogward: the gateway's client does not serve {method}")}})
-            };
-            Some(answer.to_string())
+            if method == "ping" {
+                return Some(Reply2Server::Send(response_text(&id, Ok(json_raw("{}")))));
+            }
+            let requests = routes.stream.and_then(|i| i.requests.as_ref());
+            if let Some(requests) = requests.filter(|_| RELAYED.contains(&method.as_str()))
+                && let Ok(message) = RawValue::from_string(text.to_string())
+            {
+                let (answer, rx) = oneshot::channel();
+                let relayed = requests.try_send(ServerRequest {
+                    method: method.clone(),
+                    message,
+                    answer,
+                });
+                if relayed.is_ok() {
+                    return Some(Reply2Server::Relayed { id, answer: rx });
+                }
+            }
+            let error = json!({"code": -32601,
+                               "message": format!("cogward: the gateway's client does not serve {method} here")});
+            Some(Reply2Server::Send(response_text(&id, Err(error))))
         }
         (Some(method), None) => {
             let token = msg
@@ -93,7 +145,7 @@ fn route(text: &str, msg: Incoming, routes: &Routes<'_>) -> Option<String> {
                 .filter(|_| method == "notifications/progress")
                 .map(Value::to_string);
             let by_token = token.and_then(|t| routes.sinks.lock().ok()?.get(&t).cloned());
-            if let Some(sink) = by_token.as_ref().or(routes.stream)
+            if let Some(sink) = by_token.as_ref().or(routes.stream.map(|i| &i.sink))
                 && let Ok(raw) = RawValue::from_string(text.to_string())
             {
                 let _ = sink.try_send(raw);
@@ -126,6 +178,11 @@ fn route(text: &str, msg: Incoming, routes: &Routes<'_>) -> Option<String> {
         }
         (None, None) => None,
     }
+}
+
+/// A JSON literal of ours as raw JSON.
+fn json_raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_string()).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 /// `params` with `_meta.progressToken` set to `token` (JSON text); every other member as it was.
@@ -186,8 +243,15 @@ impl Client {
 
     /// The handshake; the server's capabilities.
     async fn initialize(&self) -> Result<Value> {
+        // Over HTTP a server's requests within a call arrive on that call's stream, so they
+        // can be relayed to the call's agent ([`RELAYED`]); over stdio nothing says whose they
+        // are, so nothing is declared.
+        let capabilities = match self {
+            Client::Stdio(_) => json!({}),
+            Client::Http(_) => json!({"sampling": {}, "elicitation": {}}),
+        };
         let params = RawValue::from_string(
-            json!({"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+            json!({"protocolVersion": PROTOCOL_VERSION, "capabilities": capabilities,
                    "clientInfo": {"name": "cogward-gateway", "version": env!("CARGO_PKG_VERSION")}})
             .to_string(),
         )?;
@@ -255,10 +319,9 @@ impl Client {
             token = Some(t);
         }
         let params = replaced.as_deref().unwrap_or(params);
-        let stream = interim.map(|i| i.sink);
         let reply = match self {
             Client::Stdio(c) => c.request(method, params).await,
-            Client::Http(c) => c.request(method, params, stream.as_ref()).await,
+            Client::Http(c) => c.request(method, params, interim.as_ref()).await,
         };
         if let (Some(t), Ok(mut s)) = (&token, sinks.lock()) {
             s.remove(t);
@@ -323,7 +386,8 @@ impl StdioClient {
                     sinks: &n,
                     stream: None,
                 };
-                if let Some(answer) = route(&line, msg, &routes) {
+                // Nothing is relayed from stdio (no stream says whose a request is).
+                if let Some(Reply2Server::Send(answer)) = route(&line, msg, &routes) {
                     let mut w = w.lock().await;
                     let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
                     let _ = w.flush().await;
@@ -436,7 +500,7 @@ impl HttpClient {
         &self,
         method: &str,
         params: &RawValue,
-        stream: Option<&mpsc::Sender<Box<RawValue>>>,
+        stream: Option<&Interim>,
     ) -> Result<Reply> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let pending: Pending = Arc::default();
@@ -518,8 +582,18 @@ impl HttpClient {
                 let Ok(msg) = serde_json::from_str::<Incoming>(&text) else {
                     continue;
                 };
-                if let Some(answer) = route(&text, msg, routes) {
-                    let _ = self.post(&answer).await;
+                match route(&text, msg, routes) {
+                    Some(Reply2Server::Send(answer)) => {
+                        let _ = self.post(&answer).await;
+                    }
+                    // The server waits for this answer before it goes on with the request.
+                    Some(Reply2Server::Relayed { id, answer }) => {
+                        let answer = answer.await.unwrap_or_else(|_| {
+                            Err(json!({"code": -32603, "message": "cogward: the request was not answered"}))
+                        });
+                        let _ = self.post(&response_text(&id, answer)).await;
+                    }
+                    None => {}
                 }
                 if let Ok(reply) = rx.try_recv() {
                     return Ok(Some(reply));
@@ -571,7 +645,7 @@ impl Drop for HttpClient {
 mod tests {
     use super::*;
 
-    /// Route `text` with no request streaming.
+    /// Route `text` with no request streaming; what goes back to the server, if anything.
     fn routed(text: &str, pending: &Pending) -> Option<String> {
         let sinks = Sinks::default();
         let routes = Routes {
@@ -579,7 +653,10 @@ mod tests {
             sinks: &sinks,
             stream: None,
         };
-        route(text, serde_json::from_str(text).unwrap(), &routes)
+        match route(text, serde_json::from_str(text).unwrap(), &routes)? {
+            Reply2Server::Send(s) => Some(s),
+            Reply2Server::Relayed { .. } => panic!("relayed without a stream"),
+        }
     }
 
     #[test]
@@ -598,6 +675,7 @@ mod tests {
         let ping = r#"{"jsonrpc":"2.0","id":"s1","method":"ping"}"#;
         let pong: Value = serde_json::from_str(&routed(ping, &pending).unwrap()).unwrap();
         assert_eq!(pong, json!({"jsonrpc": "2.0", "id": "s1", "result": {}}));
+        // Outside a call's stream (stdio, say) a sampling request cannot be relayed.
         let sampling = r#"{"jsonrpc":"2.0","id":3,"method":"sampling/createMessage","params":{}}"#;
         let answer: Value = serde_json::from_str(&routed(sampling, &pending).unwrap()).unwrap();
         assert_eq!(answer["error"]["code"], -32601);
@@ -614,19 +692,25 @@ mod tests {
     }
 
     #[test]
-    fn notifications_reach_the_request_they_belong_to_and_only_it() {
+    fn notifications_and_requests_reach_the_call_they_belong_to_and_only_it() {
         let pending: Pending = Arc::default();
         let sinks: Sinks = Arc::default();
         let (mine, mut mine_rx) = mpsc::channel(2);
         let (other, mut other_rx) = mpsc::channel(2);
+        let (requests, mut requests_rx) = mpsc::channel(1);
         sinks
             .lock()
             .unwrap()
             .insert(r#""cw-p-1""#.into(), mine.clone());
         sinks.lock().unwrap().insert(r#""cw-p-2""#.into(), other);
+        let my_call = Interim {
+            sink: mine.clone(),
+            progress_token: None,
+            requests: Some(requests),
+        };
         let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"cw-p-1","progress":0.5}}"#;
         let log = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}"#;
-        let on = |text: &str, stream: Option<&mpsc::Sender<Box<RawValue>>>| {
+        let on = |text: &str, stream: Option<&Interim>| {
             let routes = Routes {
                 pending: &pending,
                 sinks: &sinks,
@@ -642,8 +726,31 @@ mod tests {
         on(log, None);
         assert!(mine_rx.try_recv().is_err() && other_rx.try_recv().is_err());
         // On a request's own HTTP stream it is that request's.
-        on(log, Some(&mine));
+        on(log, Some(&my_call));
         assert_eq!(mine_rx.try_recv().unwrap().get(), log);
+        // A sampling request on the call's stream is the call's to answer, as the server
+        // wrote it; the answer goes back under the server's id.
+        let sampling = r#"{"jsonrpc":"2.0","id":"s-9","method":"sampling/createMessage","params":{"maxTokens":5}}"#;
+        let Some(Reply2Server::Relayed { id, answer }) = on(sampling, Some(&my_call)) else {
+            panic!("not relayed");
+        };
+        let relayed = requests_rx.try_recv().unwrap();
+        assert_eq!(relayed.message.get(), sampling);
+        relayed
+            .answer
+            .send(Ok(json_raw(r#"{"role":"assistant"}"#)))
+            .unwrap();
+        let answer = answer.blocking_recv().unwrap();
+        assert_eq!(
+            response_text(&id, answer),
+            r#"{"jsonrpc":"2.0","id":"s-9","result":{"role":"assistant"}}"#
+        );
+        // Roots are not relayed: answered at once.
+        let roots = r#"{"jsonrpc":"2.0","id":4,"method":"roots/list"}"#;
+        assert!(matches!(
+            on(roots, Some(&my_call)),
+            Some(Reply2Server::Send(_))
+        ));
         // A flood is dropped once the sink is full, never waited for.
         for _ in 0..10 {
             on(progress, None);

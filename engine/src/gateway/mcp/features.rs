@@ -241,6 +241,7 @@ async fn carry_out_use(r: &Req<'_>, u: Use<'_>) -> Result<Response, RpcError> {
         started,
         sse,
         progress_token: params_progress_token(params),
+        client: r.capabilities.clone(),
     };
     carry_out(state, job, call, decision).await
 }

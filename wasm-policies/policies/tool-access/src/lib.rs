@@ -10,11 +10,12 @@
 //! | `prompt.get`, `prompt.list` | get a prompt, see it in `prompts/list` | `{server, prompt, arguments}` | `prompt:server.prompt` |
 //! | `resource.read`, `resource.list` | read a resource, see it in `resources/list` (and templates) | `{server, uri}` | `resource:server:uri` |
 //! | `complete` | complete an argument of a prompt or resource template | `{server, prompt}` or `{server, uri}` | as above |
+//! | `sample`, `elicit` | relay the server's sampling (elicitation) request made during a call of `tool` to the agent | `{server, tool}` | `sampling:server.tool`, `elicitation:server.tool` |
 //!
 //! So a tool scope such as `everything.*` names no prompt or resource: an agent sees and gets
 //! those only where its scope says `prompt:everything.*` or `resource:everything:*` (the change
-//! that brought them failed closed). `call`, `prompt.get` and `resource.read` are *uses*; the
-//! others are *listings*.
+//! that brought them failed closed). `call`, `prompt.get`, `resource.read`, `sample` and `elicit`
+//! are *uses*; the others are *listings*.
 //!
 //! Data (`data.example.json`): per tenant (exact name, else `"*"`):
 //!
@@ -165,16 +166,21 @@ impl Resource<'_> {
             "resource.list" => ("resource", false),
             "complete" if self.prompt.is_some() => ("prompt", false),
             "complete" => ("resource", false),
+            "sample" => ("sampling", true),
+            "elicit" => ("elicitation", true),
             other => {
                 return Err(format!(
                     "unknown tool action {other:?} (expected call, list, prompt.get, \
-                     prompt.list, resource.read, resource.list or complete)"
+                     prompt.list, resource.read, resource.list, complete, sample or elicit)"
                 ));
             }
         };
         let server = &self.server;
         let name = match what {
             "tool" if !self.tool.is_empty() => format!("{server}.{}", self.tool),
+            "sampling" | "elicitation" if !self.tool.is_empty() => {
+                format!("{what}:{server}.{}", self.tool)
+            }
             "prompt" => match self.prompt.as_deref() {
                 Some(p) if !p.is_empty() => format!("prompt:{server}.{p}"),
                 _ => return Err("resource.prompt must not be empty".into()),
@@ -967,7 +973,8 @@ mod tests {
     #[test]
     fn prompts_and_resources_have_their_own_names_and_a_tool_scope_covers_neither() {
         let policy = with_rules(json!({
-            "default_scope": ["docs.*", "prompt:docs.review_*", "resource:docs:file:///repo/*"],
+            "default_scope": ["docs.*", "prompt:docs.review_*", "resource:docs:file:///repo/*",
+                              "sampling:docs.*"],
             "deny": ["resource:docs:file:///repo/.env*"],
             "sensitive": [{"tools": ["prompt:docs.review_security"], "group": "security"}],
             "arguments": [{"tools": ["prompt:docs.*"], "pointer": "/code", "deny": ["*BEGIN PRIVATE KEY*"]}]
@@ -1000,6 +1007,17 @@ mod tests {
             ("resource.read", uri("file:///etc/passwd"), Effect::Deny),
             ("complete", prompt("review_code"), Effect::Permit),
             ("complete", uri("file:///etc/{x}"), Effect::Deny),
+            // A server's sampling (elicitation) request during a tool's call: its own name.
+            (
+                "sample",
+                json!({"server": "docs", "tool": "summarise"}),
+                Effect::Permit,
+            ),
+            (
+                "elicit",
+                json!({"server": "docs", "tool": "summarise"}),
+                Effect::Deny,
+            ),
         ] {
             let d = decide(action, resource.clone());
             assert_eq!(d.effect, effect, "{action} {resource}: {d:?}");
