@@ -39,6 +39,10 @@ async fn agent_stack(everything: &str) -> McpStack {
         // call must still find its tools (Codex without `required` did not).
         config["mcp_servers"][0]["transport"]["stdio"]["command"] =
             json!(["sh", "-c", format!("sleep 3; exec node {everything} stdio")]);
+        // A second server of the tenant, in its scope, that the task does not name.
+        let other = json!({"name": "other",
+                           "transport": {"stdio": {"command": ["node", everything, "stdio"]}}});
+        config["mcp_servers"].as_array_mut().unwrap().push(other);
         let prices = config["prices"].as_array_mut().unwrap();
         for provider in ["anthropic", "openai"] {
             prices.push(json!({"provider": provider, "model": "scripted-agent*",
@@ -59,6 +63,10 @@ async fn agent_stack(everything: &str) -> McpStack {
         &models,
     );
     let mut tools = tool_access();
+    tools["tenants"]["acme"]["default_scope"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("other.echo"));
     tools["tenants"]["acme"]["arguments"] = json!([{"tools": ["everything.echo"],
         "pointer": "/message", "deny": ["*rm -rf*"], "reason": "destructive commands are not echoed"}]);
     push_and_bind(
@@ -146,6 +154,59 @@ fn run_output(stack: &crate::stack::Stack, run_id: &str) -> String {
     )
 }
 
+/// As run `id`'s agent: its tools are all `everything`'s, and a call of `other`'s is unknown.
+async fn only_the_named_servers(stack: &crate::stack::Stack, id: &str) {
+    let token = crate::gateway::credential(stack, id);
+    let url = stack.gw_url("/mcp");
+    let http = reqwest::Client::new();
+    let post = |session: Option<String>, body: Value| {
+        let mut req = http.post(&url).bearer_auth(&token).json(&body);
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        req.send()
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "e2e", "version": "1"}}});
+    let resp = post(None, init).await.unwrap();
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let listed: Value = post(
+        Some(session.clone()),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.is_empty(), "{listed}");
+    assert!(
+        names.iter().all(|n| n.starts_with("everything_")),
+        "{names:?}"
+    );
+    let called: Value = post(
+        Some(session),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+               "params": {"name": "other_echo", "arguments": {"message": "x"}}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(called["error"]["code"], -32602, "{called}");
+}
+
 /// Drive one CLI through the scripted task and check everything a reviewer relies on.
 async fn governed_task(runtime: &str) {
     let (Some(everything), Some(_)) = (everything_js(), agents_dir()) else {
@@ -185,6 +246,9 @@ async fn governed_task(runtime: &str) {
             && !has_event(&live, |e| e["type"] == "finished"),
         "{live:?}"
     );
+    // The run reaches only the MCP servers its task names, whatever the tenant's scope: as
+    // this run's agent, `other` is neither listed nor callable.
+    only_the_named_servers(stack, &id).await;
     let (status, v) = decide(stack, &stack.tokens.approver, &id, "approve", &call).await;
     assert_eq!(status, 202, "{v}");
     let run = stack

@@ -1187,7 +1187,9 @@ impl CallJob {
         let message =
             serde_json::value::to_raw_value(&message).unwrap_or_else(|_| to_raw(&json!({})));
         let limit = Duration::from_secs(self.server.timeout_seconds);
-        let answer = if !agent.send(&message).await {
+        // An agent that stops reading holds nothing up past the server's limit.
+        let sent = tokio::time::timeout(limit, agent.send(&message)).await;
+        let answer = if !sent.unwrap_or(false) {
             call.outcome = "client_gone".into();
             None
         } else {
