@@ -68,36 +68,57 @@ fn start_upstream(node: &Path) -> (Upstream, String) {
     (Upstream(child), url)
 }
 
+/// The conformance upstream behind a stack's gateway (server `conf`), with acme's tool-access
+/// scope bound.
+struct ConfStack {
+    stack: crate::stack::Stack,
+    upstream_url: String,
+    dir: tempfile::TempDir,
+    _upstream: Upstream,
+    _provider: FakeProvider,
+}
+
+impl ConfStack {
+    fn start(node: &Path, access: &serde_json::Value) -> ConfStack {
+        let (upstream, upstream_url) = start_upstream(node);
+        let dir = tempfile::tempdir().unwrap();
+        let provider = FakeProvider::start(dir.path());
+        let mut config = gateway_config(&provider.url);
+        config["mcp_servers"] =
+            json!([{"name": "conf", "transport": {"http": {"url": upstream_url}}}]);
+        let stack = stack_with_gateway(config, StackOptions::default());
+        push_and_bind(&stack, "tool-access", "tools", "tool.call", "acme", access);
+        ConfStack {
+            stack,
+            upstream_url,
+            dir,
+            _upstream: upstream,
+            _provider: provider,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_conformance_suite_passes_through_the_gateway_what_it_passes_directly() {
     let Some(node) = node22() else {
         return;
     };
-    let (_upstream, upstream_url) = start_upstream(&node);
-    let dir = tempfile::tempdir().unwrap();
-    let provider = FakeProvider::start(dir.path());
-    let mut config = gateway_config(&provider.url);
-    config["mcp_servers"] = json!([{"name": "conf", "transport": {"http": {"url": upstream_url}}}]);
-    let stack = stack_with_gateway(config, StackOptions::default());
-    push_and_bind(
-        &stack,
-        "tool-access",
-        "tools",
-        "tool.call",
-        "acme",
+    let conf = ConfStack::start(
+        &node,
         &json!({"tenants": {"acme": {"default_scope": ["conf.*", "prompt:conf.*", "resource:conf:*", "sampling:conf.*", "elicitation:conf.*"]}}}),
     );
+    let (stack, upstream_url, dir) = (&conf.stack, &conf.upstream_url, &conf.dir);
     let (id, _) = stack
         .submit_until(&spec("acme", &["sleep", "600"]), &["running"])
         .await
         .unwrap();
-    let token = credential(&stack, &id);
+    let token = credential(stack, &id);
     let out = dir.path().join("results");
     let result = Command::new("bash")
         .arg(conformance_dir().join("run.sh"))
         .args([
             "--upstream",
-            &upstream_url,
+            upstream_url,
             "--gateway",
             &stack.gw_url("/mcp"),
         ])
@@ -233,27 +254,18 @@ async fn a_servers_request_reaches_only_its_callers_agent_decided_and_recorded()
     let Some(node) = node22() else {
         return;
     };
-    let (_upstream, upstream_url) = start_upstream(&node);
-    let dir = tempfile::tempdir().unwrap();
-    let provider = FakeProvider::start(dir.path());
-    let mut config = gateway_config(&provider.url);
-    config["mcp_servers"] = json!([{"name": "conf", "transport": {"http": {"url": upstream_url}}}]);
-    let stack = stack_with_gateway(config, StackOptions::default());
-    push_and_bind(
-        &stack,
-        "tool-access",
-        "tools",
-        "tool.call",
-        "acme",
+    let conf = ConfStack::start(
+        &node,
         &json!({"tenants": {"acme": {"default_scope": ["conf.*", "sampling:conf.test_sampling"]}}}),
     );
+    let stack = &conf.stack;
     let mut runs = Vec::new();
     for _ in 0..2 {
         let (id, _) = stack
             .submit_until(&spec("acme", &["sleep", "600"]), &["running"])
             .await
             .unwrap();
-        let token = credential(&stack, &id);
+        let token = credential(stack, &id);
         runs.push((id, token));
     }
     let url = stack.gw_url("/mcp");
@@ -316,17 +328,10 @@ async fn a_servers_request_reaches_only_its_callers_agent_decided_and_recorded()
         ),
         (&runs[1].0, vec![]),
     ] {
-        let bodies: Vec<String> = sqlx::query_scalar(
-            "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.mcp_request' ORDER BY seq",
-        )
-        .bind(run)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-        let got: Vec<(String, String)> = bodies
+        let got: Vec<(String, String)> = crate::mcp::run_entries(&db, run, "gateway.mcp_request")
+            .await
             .iter()
-            .map(|b| {
-                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            .map(|v| {
                 (
                     v["target"].as_str().unwrap().into(),
                     v["outcome"].as_str().unwrap().into(),
@@ -337,7 +342,7 @@ async fn a_servers_request_reaches_only_its_callers_agent_decided_and_recorded()
             .into_iter()
             .map(|(t, o)| (t.into(), o.into()))
             .collect();
-        assert_eq!(got, expected, "{bodies:?}");
+        assert_eq!(got, expected);
     }
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");

@@ -246,10 +246,16 @@ fn op<'a>(lines: &'a [Value], name: &str, nth: usize) -> &'a Value {
 }
 
 pub async fn tool_call_entries(db: &Db, run_id: &str) -> Vec<Value> {
+    run_entries(db, run_id, "gateway.tool_call").await
+}
+
+/// The bodies of a run's ledger entries of `event_type`, in order.
+pub async fn run_entries(db: &Db, run_id: &str, event_type: &str) -> Vec<Value> {
     let bodies: Vec<String> = sqlx::query_scalar(
-        "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.tool_call' ORDER BY seq",
+        "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = $2 ORDER BY seq",
     )
     .bind(run_id)
+    .bind(event_type)
     .fetch_all(&db.pool)
     .await
     .unwrap();
@@ -1235,16 +1241,7 @@ async fn prompts_and_resources_are_decided_recorded_and_routed() {
     );
 
     // Every use in the ledger with its decision; an intent for each one forwarded.
-    let bodies: Vec<Value> = sqlx::query_scalar::<_, String>(
-        "SELECT body FROM ledger_entries WHERE workflow_id = $1 AND event_type = 'gateway.mcp_request' ORDER BY seq",
-    )
-    .bind(&id)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap()
-    .iter()
-    .map(|b| serde_json::from_str(b).unwrap())
-    .collect();
+    let bodies = run_entries(&db, &id, "gateway.mcp_request").await;
     let uses: Vec<(String, String)> = bodies
         .iter()
         .map(|b| {

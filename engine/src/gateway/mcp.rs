@@ -618,7 +618,7 @@ struct Req<'a> {
 }
 
 async fn call_tool(r: &Req<'_>) -> Result<Response, RpcError> {
-    let (state, run, id, params, body, sse) = (r.state, r.run, r.id, r.params, r.body, r.sse);
+    let (state, run, id, params, body) = (r.state, r.run, r.id, r.params, r.body);
     let gw = state.gateway.clone();
     let started = Instant::now();
     let Some(name) = params.get("name").and_then(Value::as_str) else {
@@ -687,18 +687,9 @@ async fn call_tool(r: &Req<'_>) -> Result<Response, RpcError> {
     if arguments.is_none() {
         upstream_params.remove("arguments");
     }
-    let job = CallJob {
-        gw: gw.clone(),
-        server: server.clone(),
-        method: "tools/call",
-        params: serde_json::value::to_raw_value(&upstream_params)
-            .map_err(|e| rpc_error(StatusCode::OK, id, -32602, format!("Invalid params: {e}")))?,
-        id: id.clone(),
-        started,
-        sse,
-        progress_token: params_progress_token(params),
-        client: r.capabilities.clone(),
-    };
+    let params = serde_json::value::to_raw_value(&upstream_params)
+        .map_err(|e| rpc_error(StatusCode::OK, id, -32602, format!("Invalid params: {e}")))?;
+    let job = CallJob::new(r, server, "tools/call", params, started);
     carry_out(state, job, call, decision).await
 }
 
@@ -966,6 +957,27 @@ impl AgentStream {
 }
 
 impl CallJob {
+    /// The job of request `r`: `method` with `params` to `server`.
+    fn new(
+        r: &Req<'_>,
+        server: &McpServer,
+        method: &'static str,
+        params: Box<RawValue>,
+        started: Instant,
+    ) -> CallJob {
+        CallJob {
+            gw: r.state.gateway.clone(),
+            server: server.clone(),
+            method,
+            params,
+            id: r.id.clone(),
+            started,
+            sse: r.sse,
+            progress_token: params_progress_token(r.params),
+            client: r.capabilities.clone(),
+        }
+    }
+
     /// Record the call's intent; an error (nothing may be forwarded) as the JSON-RPC answer.
     async fn record_intent(&self, call: &mut CallRecord) -> Result<(), RpcError> {
         self.gw.record_intent(call).await.map_err(|e| {

@@ -19,8 +19,8 @@
 //!   level, and log notifications are not relayed to agents yet (docs/api.md).
 
 use super::{
-    CallJob, Req, RpcError, carry_out, decide, params_progress_token, raw_params, reply, resolve,
-    rpc_error, rpc_result, servers, to_raw,
+    CallJob, Req, RpcError, carry_out, decide, raw_params, reply, resolve, rpc_error, rpc_result,
+    servers, to_raw,
 };
 use crate::gateway::config::McpServer;
 use crate::gateway::{CallRecord, Gateway, RunIdentity, sha256_hex};
@@ -203,7 +203,7 @@ struct Use<'a> {
 }
 
 async fn carry_out_use(r: &Req<'_>, u: Use<'_>) -> Result<Response, RpcError> {
-    let (state, run, id, params, sse) = (r.state, r.run, r.id, r.params, r.sse);
+    let (state, run, id) = (r.state, r.run, r.id);
     let started = Instant::now();
     let gw = state.gateway.clone();
     let mut resource = u.resource;
@@ -232,17 +232,7 @@ async fn carry_out_use(r: &Req<'_>, u: Use<'_>) -> Result<Response, RpcError> {
         sha256_hex(canonical_string(&u.digested).as_bytes()),
         detail,
     );
-    let job = CallJob {
-        gw,
-        server: u.server.clone(),
-        method: u.method,
-        params: u.params,
-        id: id.clone(),
-        started,
-        sse,
-        progress_token: params_progress_token(params),
-        client: r.capabilities.clone(),
-    };
+    let job = CallJob::new(r, u.server, u.method, u.params, started);
     carry_out(state, job, call, decision).await
 }
 
