@@ -8,7 +8,7 @@
 
 use crate::gateway::{FakeProvider, credential, gateway_config, push_and_bind, stack_with_gateway};
 use crate::stack::{StackOptions, spec};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -318,31 +318,36 @@ async fn a_servers_request_reaches_only_its_callers_agent_decided_and_recorded()
     assert_eq!(done["result"]["isError"], true, "{done}");
 
     let db = cogward::db::Db::connect(&stack.database_url).await.unwrap();
+    // Each relay with its decision and outcome; an intent for the one relayed.
     for (run, expected) in [
         (
             &runs[0].0,
             vec![
-                ("sampling:conf.test_sampling", "ok"),
-                ("elicitation:conf.test_elicitation", "denied"),
+                "sampling:conf.test_sampling permit ok",
+                "elicitation:conf.test_elicitation deny denied",
             ],
         ),
         (&runs[1].0, vec![]),
     ] {
-        let got: Vec<(String, String)> = crate::mcp::run_entries(&db, run, "gateway.mcp_request")
+        let got: Vec<String> = crate::mcp::run_entries(&db, run, "gateway.mcp_request")
             .await
             .iter()
             .map(|v| {
-                (
-                    v["target"].as_str().unwrap().into(),
-                    v["outcome"].as_str().unwrap().into(),
+                format!(
+                    "{} {} {}",
+                    v["target"].as_str().unwrap(),
+                    v["decision"].as_str().unwrap(),
+                    v["outcome"].as_str().unwrap()
                 )
             })
             .collect();
-        let expected: Vec<(String, String)> = expected
-            .into_iter()
-            .map(|(t, o)| (t.into(), o.into()))
-            .collect();
         assert_eq!(got, expected);
+        let intents = crate::mcp::run_entries(&db, run, "gateway.call_intent").await;
+        let relayed: Vec<&Value> = intents
+            .iter()
+            .filter(|i| i["target"] == "sampling:conf.test_sampling")
+            .collect();
+        assert_eq!(relayed.len(), expected.len().min(1), "{intents:?}");
     }
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");

@@ -1160,14 +1160,13 @@ impl CallJob {
                 call.reasons.join("; ")
             );
             error(REFUSED, why)
-        } else if let Err(e) = self.gw.record_intent(&mut call).await {
-            tracing::error!(error = %format!("{e:#}"), "a relay's intent could not be recorded");
-            return drop(r.answer.send(error(
-                -32603,
-                "cogward: the request could not be recorded".into(),
-            )));
         } else {
             call.decision = CallDecision::Permit;
+            if let Err(e) = self.gw.record_intent(&mut call).await {
+                tracing::error!(error = %format!("{e:#}"), "a relay's intent could not be recorded");
+                let why = "cogward: the request could not be recorded".into();
+                return drop(r.answer.send(error(-32603, why)));
+            }
             self.ask_agent(agent, &r, &mut call).await
         };
         call.latency = started.elapsed();
