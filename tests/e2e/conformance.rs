@@ -348,6 +348,10 @@ async fn a_servers_request_reaches_only_its_callers_agent_decided_and_recorded()
             .filter(|i| i["target"] == "sampling:conf.test_sampling")
             .collect();
         assert_eq!(relayed.len(), expected.len().min(1), "{intents:?}");
+        assert!(
+            relayed.iter().all(|i| i["decision"] == "permit"),
+            "{intents:?}"
+        );
     }
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
