@@ -673,7 +673,6 @@ async fn call_tool(r: &Req<'_>) -> Result<Response, RpcError> {
     )
     .await?;
     let call = CallRecord::new(
-        "gateway.tool_call",
         "tool",
         run,
         full_name,
@@ -1141,7 +1140,6 @@ impl CallJob {
             .map(|m| m["params"].clone())
             .unwrap_or(Value::Null);
         let mut call = CallRecord::new(
-            "gateway.mcp_request",
             "mcp",
             run,
             format!("{feature}:{server}.{tool}"),

@@ -481,7 +481,7 @@ impl CallDecision {
 pub struct CallRecord {
     pub call_id: String,
     /// `gateway.model_call`, `gateway.tool_call` or `gateway.mcp_request` (prompts, resources,
-    /// completions).
+    /// completions, relays): [`outcome_event`] of its kind.
     pub event_type: &'static str,
     /// `model`, `tool` or `mcp`.
     pub kind: &'static str,
@@ -512,6 +512,15 @@ pub struct CallRecord {
     pub intent_recorded: bool,
 }
 
+/// The ledger event that records the outcome of a call of `kind` (`model`, `tool`, `mcp`).
+pub fn outcome_event(kind: &str) -> &'static str {
+    match kind {
+        "tool" => "gateway.tool_call",
+        "mcp" => "gateway.mcp_request",
+        _ => "gateway.model_call",
+    }
+}
+
 /// Tokens and cost a call is charged in the journal: reserved at its intent, measured at its
 /// outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -525,7 +534,6 @@ impl CallRecord {
     /// A call about to be decided: a deny with nothing measured yet, until the gateway says
     /// otherwise.
     pub fn new(
-        event_type: &'static str,
         kind: &'static str,
         run: &RunIdentity,
         target: String,
@@ -534,7 +542,7 @@ impl CallRecord {
     ) -> Self {
         Self {
             call_id: uuid::Uuid::new_v4().to_string(),
-            event_type,
+            event_type: outcome_event(kind),
             kind,
             run: run.clone(),
             target,
@@ -673,11 +681,7 @@ async fn settle_abandoned_once(gw: &Gateway) -> Result<()> {
             args_sha256: row.try_get("args_sha256")?,
             policy_sha256: row.try_get("policy_sha256")?,
         };
-        let event_type = match journal.kind.as_str() {
-            "tool" => "gateway.tool_call",
-            "mcp" => "gateway.mcp_request",
-            _ => "gateway.model_call",
-        };
+        let event_type = outcome_event(&journal.kind);
         let body = json!({
             "call_id": journal.call_id, "run_id": journal.run_id, "tenant": journal.tenant,
             "agent": journal.agent, "target": journal.target, "args_sha256": journal.args_sha256,

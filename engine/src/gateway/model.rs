@@ -229,7 +229,6 @@ async fn handle(
         request["stream_options"]["include_usage"] = Value::Bool(true);
     }
     let mut call = CallRecord::new(
-        "gateway.model_call",
         "model",
         &run,
         format!("{provider_name}/{requested_model}"),

@@ -225,7 +225,6 @@ async fn carry_out_use(r: &Req<'_>, u: Use<'_>) -> Result<Response, RpcError> {
         o.remove("arguments");
     }
     let call = CallRecord::new(
-        "gateway.mcp_request",
         "mcp",
         run,
         u.target,
