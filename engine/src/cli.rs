@@ -759,21 +759,12 @@ async fn run_command(api: &ApiClient, cmd: &RunCommand) -> Result<u8> {
             let mut buf = String::new();
             while let Some(chunk) = resp.chunk().await? {
                 buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buf.find("\n\n") {
-                    let frame: String = buf.drain(..end + 2).collect();
-                    let field = |name: &str| {
-                        frame
-                            .lines()
-                            .find_map(|l| l.strip_prefix(name).map(str::trim).map(str::to_string))
-                    };
-                    match field("event:").as_deref() {
-                        Some("run_event") => {
-                            let data = field("data:").unwrap_or_default();
-                            print(&serde_json::from_str(&data)?)?;
-                        }
+                while let Some(frame) = crate::sse::take_event(&mut buf) {
+                    let data = frame.data.unwrap_or_default();
+                    match frame.event.as_deref() {
+                        Some("run_event") => print(&serde_json::from_str(&data)?)?,
                         Some("end") => {
-                            let data: serde_json::Value =
-                                serde_json::from_str(&field("data:").unwrap_or_default())?;
+                            let data: serde_json::Value = serde_json::from_str(&data)?;
                             if !*json {
                                 println!("-- run {}", data["status"].as_str().unwrap_or("ended"));
                             }

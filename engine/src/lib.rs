@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod mirror;
 pub mod policy;
 pub mod runs;
+pub mod sse;
 pub mod state_dir;
 pub mod temporal;
 pub mod worker;

@@ -562,23 +562,13 @@ impl HttpClient {
         let mut buf = String::new();
         while let Some(chunk) = resp.chunk().await? {
             buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let event: String = buf.drain(..end + 2).collect();
-                let field = |name: &str| {
-                    event
-                        .lines()
-                        .filter_map(|l| l.strip_prefix(name))
-                        .map(|d| d.strip_prefix(' ').unwrap_or(d).to_string())
-                        .collect::<Vec<_>>()
-                };
-                if let Some(id) = field("id:").pop() {
+            while let Some(event) = crate::sse::take_event(&mut buf) {
+                if let Some(id) = event.id {
                     *last_event = Some(id);
                 }
-                let data = field("data:");
-                if data.is_empty() {
+                let Some(text) = event.data else {
                     continue;
-                }
-                let text = data.join("\n");
+                };
                 let Ok(msg) = serde_json::from_str::<Incoming>(&text) else {
                     continue;
                 };
