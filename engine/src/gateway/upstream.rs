@@ -195,18 +195,20 @@ impl Upstreams {
             "resources/templates/list" => (Some("resources"), "resourceTemplates"),
             _ => (None, "tools"),
         };
+        // What needs no request needs no breaker either: nothing to probe, nothing answered.
+        let c = self.live(server, run_id).await?;
+        if let Some(cap) = capability
+            && c.capabilities.get(cap).is_none()
+        {
+            return Ok(Arc::new(Vec::new()));
+        }
+        if let Ok(cached) = c.lists.lock()
+            && let Some((entries, at)) = cached.get(method)
+            && at.elapsed() < LIST_TTL
+        {
+            return Ok(entries.clone());
+        }
         self.guarded(server, run_id, |c| async move {
-            if let Some(cap) = capability
-                && c.capabilities.get(cap).is_none()
-            {
-                return Ok(Arc::new(Vec::new()));
-            }
-            if let Ok(cached) = c.lists.lock()
-                && let Some((entries, at)) = cached.get(method)
-                && at.elapsed() < LIST_TTL
-            {
-                return Ok(entries.clone());
-            }
             let mut entries = Vec::new();
             let mut cursor: Option<String> = None;
             loop {
@@ -244,12 +246,24 @@ impl Upstreams {
         server: &McpServer,
         run_id: &str,
     ) -> Result<Value, UpstreamError> {
-        self.guarded(
-            server,
-            run_id,
-            |c| async move { Ok(c.capabilities.clone()) },
-        )
-        .await
+        Ok(self.live(server, run_id).await?.capabilities.clone())
+    }
+
+    /// The server's connection (connecting if need be) for what is not a call: it never takes
+    /// the half-open probe or closes the circuit, but a failure to connect counts like any other.
+    async fn live(
+        &self,
+        server: &McpServer,
+        run_id: &str,
+    ) -> Result<Arc<Connection>, UpstreamError> {
+        if self.cooling_down(&server.name) {
+            return Err(UpstreamError::CircuitOpen(server.name.clone()));
+        }
+        let connected = self.connection(server, run_id).await;
+        if let Err(e) = &connected {
+            self.failed(&server.name, &e.to_string()).await;
+        }
+        connected
     }
 
     /// Send `method` with `params` (its notifications to `interim` meanwhile); the result as the
@@ -329,6 +343,15 @@ impl Upstreams {
             }
             None => Ok(()),
         }
+    }
+
+    /// Is `server`'s circuit open and still cooling down?
+    fn cooling_down(&self, server: &str) -> bool {
+        self.breakers.lock().is_ok_and(|b| {
+            b.get(server)
+                .and_then(|b| b.open_until)
+                .is_some_and(|until| Instant::now() < until)
+        })
     }
 
     async fn succeeded(&self, server: &str) {
