@@ -1,6 +1,6 @@
 // The official TypeScript SDK client against one MCP endpoint: initialize, list tools, call every
-// tool (arguments for the ones that need them, a progressToken on each call, sampling and
-// elicitation handlers that answer fixed values), and print one JSON record of everything seen:
+// tool (arguments for the ones that need them, a progressToken on each call, sampling,
+// elicitation and roots handlers that answer fixed values), and print one JSON record of everything seen:
 // the initialize result, the tool list, and per tool the result or error plus the notifications
 // and server-to-client requests received while it ran. compare_clients.py diffs two records.
 //
@@ -14,6 +14,7 @@ import {
   CallToolResultSchema,
   CreateMessageRequestSchema,
   ElicitRequestSchema,
+  ListRootsRequestSchema,
   LoggingMessageNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
 
@@ -28,16 +29,22 @@ const ARGS: Record<string, Record<string, unknown>> = {
   test_sampling: { prompt: 'Test prompt for sampling' },
   test_elicitation: { message: 'Please provide your information' },
   json_schema_2020_12_tool: { name: 'x', address: { street: 's', city: 'c' } },
+  test_cancellable: { seconds: 0 },
+  test_sampling_cancelled: { ms: 10000 },
 };
 
 const events: unknown[] = [];
-const client = new Client({ name: 'cogward-probe-ts', version: '1.0.0' }, { capabilities: { sampling: {}, elicitation: {} } });
+const client = new Client({ name: 'cogward-probe-ts', version: '1.0.0' }, { capabilities: { sampling: {}, elicitation: {}, roots: {} } });
 client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => {
   events.push({ notification: n.method, params: n.params });
 });
 client.setRequestHandler(CreateMessageRequestSchema, async (r) => {
   events.push({ request: r.method, params: r.params });
   return { role: 'assistant', content: { type: 'text', text: 'probe sampling answer' }, model: 'probe-model', stopReason: 'endTurn' };
+});
+client.setRequestHandler(ListRootsRequestSchema, async (r) => {
+  events.push({ request: r.method });
+  return { roots: [{ uri: 'file:///probe', name: 'probe' }] };
 });
 client.setRequestHandler(ElicitRequestSchema, async (r) => {
   events.push({ request: r.method, params: r.params });

@@ -1,6 +1,6 @@
 """The official Python MCP SDK (mcp 2.3.0) client against one MCP endpoint: the same probe as
 client-probe.ts (initialize, setLevel debug, list tools, call every tool with a progress callback,
-sampling and elicitation callbacks answering fixed values), printing one JSON record.
+sampling, elicitation and roots callbacks answering fixed values), printing one JSON record.
 
     python client_probe.py --url URL [--token-file F]
 """
@@ -18,6 +18,8 @@ ARGS = {
     "test_sampling": {"prompt": "Test prompt for sampling"},
     "test_elicitation": {"message": "Please provide your information"},
     "json_schema_2020_12_tool": {"name": "x", "address": {"street": "s", "city": "c"}},
+    "test_cancellable": {"seconds": 0},
+    "test_sampling_cancelled": {"ms": 10000},
 }
 
 
@@ -51,6 +53,10 @@ async def main():
         events.append({"request": "elicitation/create", "params": dump(params)})
         return types.ElicitResult(action="accept", content={"username": "probe", "email": "probe@example.com"})
 
+    async def roots(ctx):
+        events.append({"request": "roots/list"})
+        return types.ListRootsResult(roots=[types.Root(uri="file:///probe", name="probe")])
+
     async def logging_cb(params):
         events.append({"notification": "notifications/message", "params": dump(params)})
 
@@ -60,6 +66,7 @@ async def main():
                 read, write = streams[0], streams[1]
                 async with ClientSession(
                     read, write, sampling_callback=sampling, elicitation_callback=elicitation,
+                    list_roots_callback=roots,
                     logging_callback=logging_cb,
                 ) as s:
                     init = await s.initialize()

@@ -19,6 +19,7 @@ import {
   CompleteRequestSchema,
   CreateMessageResultSchema,
   ElicitResultSchema,
+  ListRootsResultSchema,
   GetPromptRequestSchema,
   ListPromptsRequestSchema,
   ListResourcesRequestSchema,
@@ -92,6 +93,17 @@ const TOOLS = [
     icons: [{ src: 'data:image/png;base64,' + 'iVBORw0KGgo=', mimeType: 'image/png' }],
     _meta: { 'example.com/tool-meta': { kept: true } },
   },
+  // Not used by the suite either: probes of cancellation both ways and of roots relays.
+  {
+    name: 'test_cancellable', description: 'Runs until cancelled (or `seconds` pass); the cancellations it saw are in test_cancellations',
+    inputSchema: { type: 'object', properties: { seconds: { type: 'number' } } },
+  },
+  { name: 'test_cancellations', description: 'The cancellations test_cancellable saw, as JSON text', inputSchema: noArgs },
+  {
+    name: 'test_sampling_cancelled', description: 'Asks the client to sample, then cancels the request after `ms`',
+    inputSchema: { type: 'object', properties: { ms: { type: 'number' } } },
+  },
+  { name: 'test_roots', description: "Asks the client for its roots and returns them", inputSchema: noArgs },
   {
     name: 'json_schema_2020_12_tool', description: 'Tool with JSON Schema 2020-12 features',
     inputSchema: {
@@ -135,6 +147,8 @@ const COMPLETIONS: Record<string, string[]> = {
 };
 
 type Session = { transport: StreamableHTTPServerTransport; server: Server };
+// What test_cancellable saw: each cancelled call's reason.
+const cancellations: unknown[] = [];
 const sessions = new Map<string, Session>();
 
 function makeServer(): Server {
@@ -203,6 +217,34 @@ function makeServer(): Server {
           if (progress < 100) await sleep(50);
         }
         return { content: [{ type: 'text', text: `Progress tool completed (progressToken ${JSON.stringify(token ?? null)})` }] };
+      }
+      case 'test_cancellable': {
+        // Noted as the cancellation arrives, before the server acknowledges its POST.
+        extra.signal.addEventListener('abort', () => cancellations.push({ reason: String(extra.signal.reason ?? '') }));
+        const until = Date.now() + Number(a.seconds ?? 30) * 1000;
+        while (Date.now() < until && !extra.signal.aborted) await sleep(20);
+        return { content: [{ type: 'text', text: extra.signal.aborted ? 'cancelled' : 'ran to the end' }] };
+      }
+      case 'test_cancellations':
+        return { content: [{ type: 'text', text: JSON.stringify(cancellations) }] };
+      case 'test_sampling_cancelled': {
+        try {
+          await extra.sendRequest(
+            { method: 'sampling/createMessage', params: { messages: [{ role: 'user', content: { type: 'text', text: 'never mind' } }], maxTokens: 10 } },
+            CreateMessageResultSchema,
+            { timeout: Number(a.ms ?? 500) },
+          );
+          return { content: [{ type: 'text', text: 'answered before the cancellation' }] };
+        } catch (e) {
+          return { content: [{ type: 'text', text: `cancelled the sampling request: ${String(e)}` }] };
+        }
+      }
+      case 'test_roots': {
+        if (!server.getClientCapabilities()?.roots) {
+          return { isError: true, content: [{ type: 'text', text: 'The client does not support roots' }] };
+        }
+        const r = await extra.sendRequest({ method: 'roots/list' }, ListRootsResultSchema);
+        return { content: [{ type: 'text', text: `roots: ${JSON.stringify(r.roots)}` }] };
       }
       case 'test_sampling': {
         if (!server.getClientCapabilities()?.sampling) {

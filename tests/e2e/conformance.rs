@@ -105,7 +105,7 @@ async fn the_conformance_suite_passes_through_the_gateway_what_it_passes_directl
     };
     let conf = ConfStack::start(
         &node,
-        &json!({"tenants": {"acme": {"default_scope": ["conf.*", "prompt:conf.*", "resource:conf:*", "sampling:conf.*", "elicitation:conf.*"]}}}),
+        &json!({"tenants": {"acme": {"default_scope": ["conf.*", "prompt:conf.*", "resource:conf:*", "sampling:conf.*", "elicitation:conf.*", "roots:conf.*"]}}}),
     );
     let (stack, upstream_url, dir) = (&conf.stack, &conf.upstream_url, &conf.dir);
     let (id, _) = stack
@@ -353,6 +353,229 @@ async fn a_servers_request_reaches_only_its_callers_agent_decided_and_recorded()
             "{intents:?}"
         );
     }
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+    for (id, _) in &runs {
+        stack.cancel(id).await.unwrap();
+    }
+}
+
+/// The messages left on an SSE answer until it ends (at most 30 s).
+async fn rest_of(resp: &mut reqwest::Response, buf: &mut String) -> Vec<serde_json::Value> {
+    let deadline = std::time::Duration::from_secs(30);
+    while let Some(chunk) = tokio::time::timeout(deadline, resp.chunk())
+        .await
+        .expect("the stream ends within 30 s")
+        .unwrap()
+    {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    buf.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            (!data.is_empty()).then(|| serde_json::from_str(&data.join("\n")).unwrap())
+        })
+        .collect()
+}
+
+/// Cancellation both ways. An agent's `notifications/cancelled` for its call in flight reaches
+/// the server under the server's id for it (the tool sees the agent's reason), the agent's
+/// stream ends with no response, and the call is recorded `cancelled`; another run's
+/// cancellation of the same request id changes nothing. The server cancelling its sampling
+/// request reaches the agent under the gateway's id for it, and the relay is recorded
+/// `cancelled_by_server`. A server's `roots/list` during a call reaches its agent, decided and
+/// recorded like the other relays.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancellation_goes_both_ways_and_roots_reach_the_calling_agent() {
+    let Some(node) = node22() else {
+        return;
+    };
+    let conf = ConfStack::start(
+        &node,
+        &json!({"tenants": {"acme": {"default_scope": [
+            "conf.*", "roots:conf.test_roots", "sampling:conf.test_sampling_cancelled"]}}}),
+    );
+    let stack = &conf.stack;
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (id, _) = stack
+            .submit_until(&spec("acme", &["sleep", "600"]), &["running"])
+            .await
+            .unwrap();
+        let token = credential(stack, &id);
+        runs.push((id, token));
+    }
+    let url = stack.gw_url("/mcp");
+    let caps = json!({"sampling": {}, "roots": {}});
+    let a = RawSession::open(&url, &runs[0].1, caps.clone()).await;
+    let b = RawSession::open(&url, &runs[1].1, caps).await;
+    let db = cogward::db::Db::connect(&stack.database_url).await.unwrap();
+    let call = |id: i64, tool: &str, args: serde_json::Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": format!("conf_{tool}"), "arguments": args}})
+    };
+    let cancel = |id: i64, reason: &str| {
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+               "params": {"requestId": id, "reason": reason}})
+    };
+    let pending = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM gateway_calls WHERE target = 'conf.test_cancellable' AND outcome = 'pending'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        n
+    };
+    let until_pending = || async {
+        for _ in 0..200 {
+            if pending().await == 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the call was never forwarded");
+    };
+
+    // The agent cancels its call in flight; another run's cancellation of id 1 first does
+    // nothing.
+    let started = std::time::Instant::now();
+    let mut stream = a
+        .post(call(1, "test_cancellable", json!({"seconds": 30})))
+        .await;
+    until_pending().await;
+    assert_eq!(b.post(cancel(1, "not yours")).await.status(), 202);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        pending().await,
+        1,
+        "another run's cancellation ended the call"
+    );
+    assert_eq!(
+        a.post(cancel(1, "the user pressed stop")).await.status(),
+        202
+    );
+    let mut buf = String::new();
+    let rest = rest_of(&mut stream, &mut buf).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the call ran on"
+    );
+    assert!(
+        rest.iter().all(|m| m.get("id").is_none()),
+        "a cancelled request got a response: {rest:?}"
+    );
+    // The same over a JSON answer: an error saying so.
+    let json_only = a.http.clone();
+    let post = json_only
+        .post(&url)
+        .bearer_auth(&runs[0].1)
+        .header("mcp-session-id", &a.id)
+        .header("accept", "application/json")
+        .json(&call(2, "test_cancellable", json!({"seconds": 30})))
+        .send();
+    let answered = tokio::spawn(post);
+    until_pending().await;
+    assert_eq!(a.post(cancel(2, "again")).await.status(), 202);
+    let answer: Value = answered.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32800, "{answer}");
+    let mut stream = a.post(call(3, "test_cancellations", json!({}))).await;
+    let mut buf = String::new();
+    let seen = next_message(&mut stream, &mut buf).await;
+    let seen: Value =
+        serde_json::from_str(seen["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        seen,
+        json!([{"reason": "the user pressed stop"}, {"reason": "again"}]),
+        "what the server saw"
+    );
+
+    // The server cancels its sampling request: the agent hears it under the id it was asked
+    // with; its late answer is ignored.
+    let mut stream = a
+        .post(call(4, "test_sampling_cancelled", json!({"ms": 1000})))
+        .await;
+    let mut buf = String::new();
+    let asked = next_message(&mut stream, &mut buf).await;
+    assert_eq!(asked["method"], "sampling/createMessage", "{asked}");
+    let cancelled = next_message(&mut stream, &mut buf).await;
+    assert_eq!(
+        cancelled["method"], "notifications/cancelled",
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["params"]["requestId"], asked["id"], "{cancelled}");
+    let late = json!({"jsonrpc": "2.0", "id": asked["id"], "result": {"role": "assistant",
+                      "model": "m", "content": {"type": "text", "text": "late"}}});
+    assert_eq!(a.post(late).await.status(), 202);
+    let done = next_message(&mut stream, &mut buf).await;
+    assert_eq!(done["id"], 4, "{done}");
+    let text = done["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("cancelled the sampling request"), "{done}");
+
+    // Roots: asked of the calling agent, its answer to the server.
+    let mut stream = a.post(call(5, "test_roots", json!({}))).await;
+    let mut buf = String::new();
+    let asked = next_message(&mut stream, &mut buf).await;
+    assert_eq!(asked["method"], "roots/list", "{asked}");
+    assert!(asked["id"].as_str().unwrap().starts_with("cw-"), "{asked}");
+    let roots = json!({"jsonrpc": "2.0", "id": asked["id"],
+                       "result": {"roots": [{"uri": "file:///work", "name": "work"}]}});
+    assert_eq!(b.post(roots.clone()).await.status(), 202);
+    assert_eq!(a.post(roots).await.status(), 202);
+    let done = next_message(&mut stream, &mut buf).await;
+    assert_eq!(done["id"], 5, "{done}");
+    assert_eq!(
+        done["result"]["content"][0]["text"], r#"roots: [{"uri":"file:///work","name":"work"}]"#,
+        "{done}"
+    );
+
+    let outcomes: Vec<String> = crate::mcp::tool_call_entries(&db, &runs[0].0)
+        .await
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["target"].as_str().unwrap(),
+                v["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "conf.test_cancellable cancelled",
+            "conf.test_cancellable cancelled",
+            "conf.test_cancellations ok",
+            "conf.test_sampling_cancelled ok",
+            "conf.test_roots ok"
+        ]
+    );
+    let relays: Vec<String> = crate::mcp::run_entries(&db, &runs[0].0, "gateway.mcp_request")
+        .await
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["target"].as_str().unwrap(),
+                v["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        relays,
+        [
+            "sampling:conf.test_sampling_cancelled cancelled_by_server",
+            "roots:conf.test_roots ok"
+        ]
+    );
+    assert!(
+        crate::mcp::run_entries(&db, &runs[1].0, "gateway.tool_call")
+            .await
+            .is_empty()
+    );
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
     for (id, _) in &runs {

@@ -28,7 +28,7 @@ mod features;
 
 use super::config::McpServer;
 use super::obligations::{self, Site};
-use super::rpc::{Interim, ServerRequest};
+use super::rpc::{CANCELLED, Interim, ServerRequest};
 use super::upstream::UpstreamError;
 use super::{AuthFailure, CallDecision, CallRecord, Gateway, RunIdentity, sha256_hex};
 use crate::api::AppState;
@@ -52,7 +52,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use temporalio_client::{WorkflowQueryOptions, WorkflowSignalOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Largest JSON-RPC message accepted.
 pub const MCP_BODY_LIMIT: usize = 1024 * 1024;
@@ -316,7 +316,14 @@ async fn dispatch(
         return Ok(StatusCode::ACCEPTED.into_response());
     };
     if !obj.contains_key("id") {
-        // Notifications (initialized, cancelled, ...): nothing to answer.
+        // Notifications (initialized, ...): nothing to answer; a cancellation is for one of
+        // the session's own requests.
+        if method == "notifications/cancelled"
+            && let Some(params) = obj.get("params")
+        {
+            let (session, _) = session(gw, headers, &run, &id).await?;
+            cancel_request(gw, &session, params);
+        }
         return Ok(StatusCode::ACCEPTED.into_response());
     }
     let params = obj.get("params").cloned().unwrap_or(Value::Null);
@@ -329,7 +336,7 @@ async fn dispatch(
     if method == "initialize" {
         return initialize(gw, &run, &id, &params).await;
     }
-    let (_, capabilities) = session(gw, headers, &run, &id).await?;
+    let (session, capabilities) = session(gw, headers, &run, &id).await?;
     if let Some(v) = headers
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())
@@ -352,6 +359,7 @@ async fn dispatch(
         params: &params,
         body: &body,
         sse,
+        session: &session,
         capabilities: &capabilities,
     };
     let answer = match method {
@@ -460,6 +468,61 @@ async fn initialize(
 /// A server request relayed to an agent: the agent's run, and where its answer (the agent's
 /// whole message, as written) goes.
 pub type PendingRelay = (String, oneshot::Sender<Box<RawValue>>);
+
+/// Fires an agent request's cancellation (with the agent's reason, or null).
+pub type CancelSender = watch::Sender<Option<Value>>;
+
+/// An agent request the agent may cancel (`notifications/cancelled` on its session, by the
+/// request's id): registered while the job that carries it out lives.
+struct Cancellable {
+    gw: Arc<Gateway>,
+    key: (String, String),
+    rx: watch::Receiver<Option<Value>>,
+}
+
+impl Cancellable {
+    fn register(gw: &Arc<Gateway>, session: &str, id: &Value) -> Option<Cancellable> {
+        if id.is_null() {
+            return None;
+        }
+        let key = (session.to_string(), id.to_string());
+        let (tx, rx) = watch::channel(None);
+        gw.cancels.lock().ok()?.insert(key.clone(), tx);
+        Some(Cancellable {
+            gw: gw.clone(),
+            key,
+            rx,
+        })
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.rx.borrow().is_some()
+    }
+}
+
+impl Drop for Cancellable {
+    fn drop(&mut self) {
+        if let Ok(mut cancels) = self.gw.cancels.lock()
+            && cancels
+                .get(&self.key)
+                .is_some_and(|tx| tx.subscribe().same_channel(&self.rx))
+        {
+            cancels.remove(&self.key);
+        }
+    }
+}
+
+/// The agent cancels its request `params.requestId` on `session`: the request's job, if it is
+/// still in flight, is told.
+fn cancel_request(gw: &Gateway, session: &str, params: &Value) {
+    let key = (session.to_string(), params["requestId"].to_string());
+    if let Ok(cancels) = gw.cancels.lock()
+        && let Some(tx) = cancels.get(&key)
+    {
+        let reason = params.get("reason").cloned().unwrap_or(Value::Null);
+        tx.send_replace(Some(reason));
+    }
+}
 
 /// An agent's MCP session: its run, and what its client declared at `initialize`.
 #[derive(Debug, Clone)]
@@ -613,6 +676,8 @@ struct Req<'a> {
     body: &'a [u8],
     /// The client takes a stream as the answer.
     sse: bool,
+    /// The agent's MCP session.
+    session: &'a str,
     /// What the agent's client declared at `initialize`.
     capabilities: &'a Value,
 }
@@ -790,21 +855,24 @@ async fn carry_out(
                 };
                 tokio::spawn(async move {
                     let result = job.forward(&mut call, Some(&agent)).await;
-                    if agent.tx.is_closed() {
+                    if agent.tx.is_closed() && !job.cancelled() {
                         call.outcome = "client_gone".into();
                     }
                     let message = match job.finish(&mut call, result).await {
                         Ok(m) => m,
                         Err(e) => to_raw(&e.body()),
                     };
-                    agent.send(&message).await;
+                    // A cancelled request gets no response: its stream just ends.
+                    if !job.cancelled() {
+                        agent.send(&message).await;
+                    }
                 });
                 return Ok(super::event_stream(rx));
             }
             let (reply, answer) = oneshot::channel();
             tokio::spawn(async move {
                 let result = job.forward(&mut call, None).await;
-                if reply.is_closed() {
+                if reply.is_closed() && !job.cancelled() {
                     call.outcome = "client_gone".into();
                 }
                 let _ = reply.send(job.finish(&mut call, result).await);
@@ -896,6 +964,8 @@ struct CallJob {
     progress_token: Option<Value>,
     /// What the agent's client declared (which server requests it can be relayed).
     client: Value,
+    /// The agent's cancellation of the request, if it sends one.
+    cancel: Option<Cancellable>,
 }
 
 /// How many messages an agent's stream holds before the call waits for the agent to read.
@@ -950,6 +1020,9 @@ impl AgentStream {
                 Some(to_raw(&v))
             }
             "notifications/message" if redacted => None,
+            // The server's cancellations are of its own requests, under its ids: mapped to the
+            // agent's by the relay that holds them, never passed on as they are.
+            "notifications/cancelled" => None,
             _ => Some(note.to_owned()),
         }
     }
@@ -974,7 +1047,13 @@ impl CallJob {
             sse: r.sse,
             progress_token: params_progress_token(r.params),
             client: r.capabilities.clone(),
+            cancel: Cancellable::register(&r.state.gateway, r.session, r.id),
         }
+    }
+
+    /// Has the agent cancelled the request?
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(Cancellable::is_cancelled)
     }
 
     /// Record the call's intent; an error (nothing may be forwarded) as the JSON-RPC answer.
@@ -1013,10 +1092,11 @@ impl CallJob {
         // run's progress never reaches it), streamed or not.
         let (sink, mut notes) = mpsc::channel::<Box<RawValue>>(STREAM_BUFFER);
         let (requests, mut server_requests) = mpsc::channel::<ServerRequest>(RELAYS_PER_CALL);
-        let interim = (agent.is_some() || self.progress_token.is_some()).then(|| Interim {
+        let interim = Some(Interim {
             sink,
             progress_token: self.progress_token.as_ref().map(Value::to_string),
             requests: agent.is_some().then_some(requests),
+            cancel: self.cancel.as_ref().map(|c| c.rx.clone()),
         });
         let request = self.gw.upstreams.request(
             &self.server,
@@ -1054,6 +1134,13 @@ impl CallJob {
             call.detail["notifications"] = json!(relayed);
         }
         call.upstream_latency = started.elapsed();
+        if self.cancelled() {
+            // The server has been told; whatever it did is in its answer no more.
+            call.outcome = "cancelled".into();
+            return Answer::Error(
+                json!({"code": CANCELLED, "message": "cogward: the request was cancelled"}),
+            );
+        }
         match answer {
             Ok(result) => {
                 call.outcome = "ok".into();
@@ -1101,19 +1188,27 @@ impl CallJob {
     }
 
     /// Relay a server's request within this call (`origin`, a tool call say) to the agent, if
-    /// its client declared the feature and tool-access permits it (action `sample` or `elicit`
-    /// on `sampling:server.tool` / `elicitation:server.tool`); its intent recorded before it
+    /// its client declared the feature and tool-access permits it (action `sample`, `elicit` or
+    /// `roots` on `sampling:server.tool`, `elicitation:server.tool`, `roots:server.tool`); its
+    /// intent recorded before it
     /// reaches the agent and its outcome before the server has the answer
     /// (`gateway.mcp_request`). Otherwise the server gets an error saying why.
     async fn relay(&self, run: &RunIdentity, origin: &str, agent: &AgentStream, r: ServerRequest) {
-        let (action, feature) = match r.method.as_str() {
+        let ServerRequest {
+            method,
+            message,
+            answer: reply,
+            cancelled,
+        } = r;
+        let (action, feature) = match method.as_str() {
             "sampling/createMessage" => ("sample", "sampling"),
+            "roots/list" => ("roots", "roots"),
             _ => ("elicit", "elicitation"),
         };
         let error = |code: i64, message: String| Err(json!({"code": code, "message": message}));
         if self.client.get(feature).is_none() {
             let why = format!("cogward: the agent's client does not support {feature}");
-            let _ = r.answer.send(error(-32601, why));
+            let _ = reply.send(error(-32601, why));
             return;
         }
         let tool = origin.split_once('.').map_or(origin, |(_, t)| t);
@@ -1129,14 +1224,14 @@ impl CallJob {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "deciding a relayed request");
-                let _ = r.answer.send(error(
+                let _ = reply.send(error(
                     -32603,
                     "cogward: the request could not be decided".into(),
                 ));
                 return;
             }
         };
-        let params: Value = serde_json::from_str::<Value>(r.message.get())
+        let params: Value = serde_json::from_str::<Value>(message.get())
             .map(|m| m["params"].clone())
             .unwrap_or(Value::Null);
         let mut call = CallRecord::new(
@@ -1144,7 +1239,7 @@ impl CallJob {
             run,
             format!("{feature}:{server}.{tool}"),
             sha256_hex(canonical_string(&params).as_bytes()),
-            json!({"method": r.method, "server": server, "tool": tool, "origin": origin}),
+            json!({"method": method, "server": server, "tool": tool, "origin": origin}),
         );
         call.reasons = decision.decision.reasons.clone();
         let effect = decision.decision.effect;
@@ -1163,19 +1258,19 @@ impl CallJob {
             if let Err(e) = self.gw.record_intent(&mut call).await {
                 tracing::error!(error = %format!("{e:#}"), "a relay's intent could not be recorded");
                 let why = "cogward: the request could not be recorded".into();
-                return drop(r.answer.send(error(-32603, why)));
+                return drop(reply.send(error(-32603, why)));
             }
-            self.ask_agent(agent, &r, &mut call).await
+            self.ask_agent(agent, &message, cancelled, &mut call).await
         };
         call.latency = started.elapsed();
         if let Err(e) = self.gw.settle(&call).await {
             tracing::error!(error = %format!("{e:#}"), "a relay's outcome could not be recorded");
-            return drop(r.answer.send(error(
+            return drop(reply.send(error(
                 -32603,
                 "cogward: the answer could not be recorded".into(),
             )));
         }
-        let _ = r.answer.send(answer);
+        let _ = reply.send(answer);
     }
 
     /// Send the server's request to the agent under an id of ours and wait for its answer
@@ -1183,7 +1278,8 @@ impl CallJob {
     async fn ask_agent(
         &self,
         agent: &AgentStream,
-        r: &ServerRequest,
+        request: &RawValue,
+        cancelled: oneshot::Receiver<Value>,
         call: &mut CallRecord,
     ) -> Result<Box<RawValue>, Value> {
         let relay_id = format!("cw-{}", uuid::Uuid::new_v4().simple());
@@ -1191,7 +1287,7 @@ impl CallJob {
         if let Ok(mut relays) = self.gw.relays.lock() {
             relays.insert(relay_id.clone(), (call.run.run_id.clone(), tx));
         }
-        let mut message = raw_params_of(&r.message);
+        let mut message = raw_params_of(request);
         message.insert("id".into(), to_raw(&json!(relay_id)));
         let message =
             serde_json::value::to_raw_value(&message).unwrap_or_else(|_| to_raw(&json!({})));
@@ -1202,10 +1298,20 @@ impl CallJob {
             call.outcome = "client_gone".into();
             None
         } else {
-            match tokio::time::timeout(limit, rx).await {
-                Ok(Ok(answer)) => Some(answer),
-                Ok(Err(_)) | Err(_) => {
-                    call.outcome = "timeout".into();
+            tokio::select! {
+                answer = tokio::time::timeout(limit, rx) => match answer {
+                    Ok(Ok(answer)) => Some(answer),
+                    Ok(Err(_)) | Err(_) => {
+                        call.outcome = "timeout".into();
+                        None
+                    }
+                },
+                // The server no longer wants the answer: the agent hears so, under our id.
+                Ok(mut params) = cancelled => {
+                    call.outcome = "cancelled_by_server".into();
+                    params["requestId"] = json!(relay_id);
+                    agent.offer(&to_raw(&json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                                "params": params})));
                     None
                 }
             }
@@ -1306,7 +1412,8 @@ fn park(state: AppState, job: CallJob, mut call: CallRecord, group: Option<Strin
         // A decision is for one execution: the first copy to claim it uses it, and a copy
         // that finds it claimed (or expired) parks as a new request.
         let mut reattach = true;
-        let gone = || tx.is_closed();
+        // An agent that cancelled the call is gone for it too (the decision waits for a retry).
+        let gone = || tx.is_closed() || job.cancelled();
         let waited = loop {
             match wait_for_decision(
                 &state,
@@ -1342,7 +1449,7 @@ fn park(state: AppState, job: CallJob, mut call: CallRecord, group: Option<Strin
                 if call.outcome == "ok" {
                     call.outcome = "approved".into();
                 }
-                if tx.is_closed() {
+                if tx.is_closed() && !job.cancelled() {
                     call.outcome = "client_gone".into();
                 }
                 result
@@ -1400,7 +1507,9 @@ fn park(state: AppState, job: CallJob, mut call: CallRecord, group: Option<Strin
             Ok(v) => v,
             Err(e) => to_raw(&e.body()),
         };
-        agent.send(&message).await;
+        if !job.cancelled() {
+            agent.send(&message).await;
+        }
     });
     super::event_stream(rx)
 }

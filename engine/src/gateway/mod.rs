@@ -55,6 +55,8 @@ pub struct Gateway {
     /// Server requests relayed to an agent, by the id the agent got: its run, and where its
     /// answer goes.
     pub relays: Mutex<HashMap<String, mcp::PendingRelay>>,
+    /// Agent requests in flight that the agent may cancel: by (session, request id as JSON).
+    pub cancels: Mutex<HashMap<(String, String), mcp::CancelSender>>,
     /// Outcomes the ledger could not take yet.
     pub spool: spool::Spool,
     /// Serialises each tenant's budget decisions with their reservations (striped by tenant),
@@ -224,6 +226,7 @@ impl Gateway {
             upstreams,
             sessions: Mutex::new(HashMap::new()),
             relays: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(HashMap::new()),
             spool: spool::Spool::open(spool_dir)?,
             admission: (0..ADMISSION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))

@@ -3,13 +3,18 @@
 //!
 //! Results are kept as the server wrote them ([`RawValue`]): the gateway passes them on byte
 //! for byte unless it must change them (a redaction), so nothing the server said is lost or
-//! re-encoded (unknown fields, number spellings, key order). A server's `sampling` and
-//! `elicitation` requests on an HTTP call's own stream go to whoever the call is for
+//! re-encoded (unknown fields, number spellings, key order). A server's `sampling`,
+//! `elicitation` and `roots` requests on an HTTP call's own stream go to whoever the call is for
 //! ([`Interim::requests`]); any other request (`ping` aside), and any on stdio, is answered
 //! "method not found". Notifications reach the request they belong to ([`Interim`]): a
 //! `notifications/progress` by its progress token (on any transport), any notification on an
 //! HTTP request's own stream; the rest cannot be attributed (a session serves several runs) and
 //! is dropped.
+//!
+//! Cancellation goes both ways: a request whose [`Interim::cancel`] fires is cancelled upstream
+//! (`notifications/cancelled` under the server's id for it) and answered at once with
+//! [`CANCELLED`]; the server cancelling a request it sent within one of ours reaches whoever
+//! holds that request ([`ServerRequest::cancelled`]), and its answer is then never sent.
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
@@ -49,6 +54,10 @@ struct Incoming {
     error: Option<Value>,
 }
 
+/// The error a request cancelled by its caller ends with (no answer is awaited after the
+/// server has been told).
+pub const CANCELLED: i64 = -32800;
+
 type Reply = std::result::Result<Box<RawValue>, ServerError>;
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
 /// Where the notifications of a request in flight go, by the progress token it sent (as JSON).
@@ -64,11 +73,13 @@ pub struct Interim {
     /// it, or on stdio (nothing says which request they belong to), they are answered "method
     /// not found".
     pub requests: Option<mpsc::Sender<ServerRequest>>,
+    /// Fires (with the caller's reason, or null) when the caller cancels the request.
+    pub cancel: Option<tokio::sync::watch::Receiver<Option<Value>>>,
 }
 
 /// The server requests a request's [`Interim`] can take: what the gateway's HTTP client
-/// declares (capabilities `sampling`, `elicitation`).
-pub const RELAYED: [&str; 2] = ["sampling/createMessage", "elicitation/create"];
+/// declares (capabilities `sampling`, `elicitation`, `roots`).
+pub const RELAYED: [&str; 3] = ["sampling/createMessage", "elicitation/create", "roots/list"];
 
 /// A request the server sent within one of ours, for whoever ours is for to answer.
 pub struct ServerRequest {
@@ -77,6 +88,8 @@ pub struct ServerRequest {
     pub message: Box<RawValue>,
     /// The answer: a result, or an error object.
     pub answer: oneshot::Sender<std::result::Result<Box<RawValue>, Value>>,
+    /// Fires with the server's `notifications/cancelled` params if it cancels the request.
+    pub cancelled: oneshot::Receiver<Value>,
 }
 
 /// Where a message the server sent goes.
@@ -91,10 +104,12 @@ struct Routes<'a> {
 enum Reply2Server {
     /// Send this message back.
     Send(String),
-    /// Send the answer to server request `id` once it comes.
+    /// Send the answer to server request `id` once it comes, unless the server cancels it
+    /// first (then `cancel` is fired).
     Relayed {
         id: Box<RawValue>,
         answer: oneshot::Receiver<std::result::Result<Box<RawValue>, Value>>,
+        cancel: oneshot::Sender<Value>,
     },
 }
 
@@ -124,13 +139,19 @@ fn route(text: &str, msg: Incoming, routes: &Routes<'_>) -> Option<Reply2Server>
                 && let Ok(message) = RawValue::from_string(text.to_string())
             {
                 let (answer, rx) = oneshot::channel();
+                let (cancel, cancelled) = oneshot::channel();
                 let relayed = requests.try_send(ServerRequest {
                     method: method.clone(),
                     message,
                     answer,
+                    cancelled,
                 });
                 if relayed.is_ok() {
-                    return Some(Reply2Server::Relayed { id, answer: rx });
+                    return Some(Reply2Server::Relayed {
+                        id,
+                        answer: rx,
+                        cancel,
+                    });
                 }
             }
             let error = json!({"code": -32601,
@@ -201,6 +222,15 @@ fn with_progress_token(params: &RawValue, token: &str) -> Result<Box<RawValue>> 
     Ok(serde_json::value::to_raw_value(&members)?)
 }
 
+/// The notification that cancels our request `id`.
+fn cancel_text(id: u64, reason: &Value) -> String {
+    let mut params = json!({"requestId": id});
+    if !reason.is_null() {
+        params["reason"] = reason.clone();
+    }
+    json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}).to_string()
+}
+
 fn request_text(id: u64, method: &str, params: &RawValue) -> String {
     format!(
         r#"{{"jsonrpc":"2.0","id":{id},"method":{},"params":{}}}"#,
@@ -248,7 +278,7 @@ impl Client {
         // are, so nothing is declared.
         let capabilities = match self {
             Client::Stdio(_) => json!({}),
-            Client::Http(_) => json!({"sampling": {}, "elicitation": {}}),
+            Client::Http(_) => json!({"sampling": {}, "elicitation": {}, "roots": {}}),
         };
         let params = RawValue::from_string(
             json!({"protocolVersion": PROTOCOL_VERSION, "capabilities": capabilities,
@@ -293,12 +323,14 @@ impl Client {
         &self,
         method: &str,
         params: &RawValue,
-        interim: Option<Interim>,
+        mut interim: Option<Interim>,
     ) -> Result<Reply> {
-        let sinks = match self {
-            Client::Stdio(c) => &c.sinks,
-            Client::Http(c) => &c.sinks,
+        let (sinks, next_id) = match self {
+            Client::Stdio(c) => (&c.sinks, &c.next_id),
+            Client::Http(c) => (&c.sinks, &c.next_id),
         };
+        let id = next_id.fetch_add(1, Ordering::SeqCst);
+        let cancel = interim.as_mut().and_then(|i| i.cancel.take());
         // The request's progress token goes upstream as it is unless another request in
         // flight on this connection (another run's, maybe) holds the same one: then it is
         // replaced by one of ours for this request.
@@ -319,9 +351,31 @@ impl Client {
             token = Some(t);
         }
         let params = replaced.as_deref().unwrap_or(params);
-        let reply = match self {
-            Client::Stdio(c) => c.request(method, params).await,
-            Client::Http(c) => c.request(method, params, interim.as_ref()).await,
+        let sent = async {
+            match self {
+                Client::Stdio(c) => c.request(id, method, params).await,
+                Client::Http(c) => c.request(id, method, params, interim.as_ref()).await,
+            }
+        };
+        let reply = match cancel {
+            None => sent.await,
+            Some(mut cancel) => {
+                let cancelled = async move {
+                    let fired = cancel.wait_for(Option::is_some).await;
+                    fired.map(|reason| reason.clone().unwrap_or_default())
+                };
+                tokio::select! {
+                    reply = sent => reply,
+                    Ok(reason) = cancelled => {
+                        self.cancel(id, &reason).await;
+                        Ok(Err(ServerError {
+                            code: CANCELLED,
+                            message: "cogward: the request was cancelled by its caller".into(),
+                            data: None,
+                        }))
+                    }
+                }
+            }
         };
         if let (Some(t), Ok(mut s)) = (&token, sinks.lock()) {
             s.remove(t);
@@ -330,10 +384,30 @@ impl Client {
     }
 
     async fn notify(&self, method: &str) -> Result<()> {
-        let text = format!(r#"{{"jsonrpc":"2.0","method":{}}}"#, json!(method));
+        self.send(&format!(
+            r#"{{"jsonrpc":"2.0","method":{}}}"#,
+            json!(method)
+        ))
+        .await
+    }
+
+    /// Tell the server our request `id` is cancelled (best effort: the request is over for us
+    /// either way).
+    async fn cancel(&self, id: u64, reason: &Value) {
+        if let Client::Stdio(c) = self
+            && let Ok(mut p) = c.pending.lock()
+        {
+            p.remove(&id);
+        }
+        if let Err(e) = self.send(&cancel_text(id, reason)).await {
+            tracing::warn!(error = %format!("{e:#}"), "telling a server a request is cancelled");
+        }
+    }
+
+    async fn send(&self, text: &str) -> Result<()> {
         match self {
-            Client::Stdio(c) => c.write(&text).await,
-            Client::Http(c) => c.post(&text).await.map(|_| ()),
+            Client::Stdio(c) => c.write(text).await,
+            Client::Http(c) => c.post(text).await.map(|_| ()),
         }
     }
 }
@@ -417,11 +491,10 @@ impl StdioClient {
         Ok(())
     }
 
-    async fn request(&self, method: &str, params: &RawValue) -> Result<Reply> {
+    async fn request(&self, id: u64, method: &str, params: &RawValue) -> Result<Reply> {
         if self.closed.load(Ordering::SeqCst) {
             bail!("the server's process has exited");
         }
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id, tx);
@@ -498,11 +571,11 @@ impl HttpClient {
 
     async fn request(
         &self,
+        id: u64,
         method: &str,
         params: &RawValue,
         stream: Option<&Interim>,
     ) -> Result<Reply> {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let pending: Pending = Arc::default();
         let routes = Routes {
             pending: &pending,
@@ -551,7 +624,8 @@ impl HttpClient {
     }
 
     /// Read SSE events until the response (`Some`) or the end of the stream (`None`), answering
-    /// the server's requests and noting the last event id.
+    /// the server's requests and noting the last event id. A relayed request's answer is
+    /// awaited while the stream is still read: the server may cancel the request meanwhile.
     async fn read_stream(
         &self,
         resp: &mut reqwest::Response,
@@ -559,8 +633,27 @@ impl HttpClient {
         rx: &mut oneshot::Receiver<Reply>,
         last_event: &mut Option<String>,
     ) -> Result<Option<Reply>> {
+        use futures::StreamExt;
+        type Answer = std::result::Result<Box<RawValue>, Value>;
         let mut buf = String::new();
-        while let Some(chunk) = resp.chunk().await? {
+        // The server's requests relayed and not answered yet: their cancellation by id.
+        let mut relayed: HashMap<String, oneshot::Sender<Value>> = HashMap::new();
+        let mut answers = futures::stream::FuturesUnordered::new();
+        loop {
+            let chunk = tokio::select! {
+                chunk = resp.chunk() => chunk?,
+                Some((id, answer)) = answers.next() => {
+                    let (id, answer): (Box<RawValue>, Answer) = (id, answer);
+                    // Unless the server cancelled it: then it wants no answer.
+                    if relayed.remove(id.get()).is_some() {
+                        let _ = self.post(&response_text(&id, answer)).await;
+                    }
+                    continue;
+                }
+            };
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
             buf.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(event) = crate::sse::take_event(&mut buf) {
                 if let Some(id) = event.id {
@@ -572,16 +665,26 @@ impl HttpClient {
                 let Ok(msg) = serde_json::from_str::<Incoming>(&text) else {
                     continue;
                 };
+                if msg.method.as_deref() == Some("notifications/cancelled")
+                    && let Some(params) = &msg.params
+                    && let Some(cancel) = relayed.remove(&params["requestId"].to_string())
+                {
+                    let _ = cancel.send(params.clone());
+                    continue;
+                }
                 match route(&text, msg, routes) {
                     Some(Reply2Server::Send(answer)) => {
                         let _ = self.post(&answer).await;
                     }
                     // The server waits for this answer before it goes on with the request.
-                    Some(Reply2Server::Relayed { id, answer }) => {
-                        let answer = answer.await.unwrap_or_else(|_| {
-                            Err(json!({"code": -32603, "message": "cogward: the request was not answered"}))
+                    Some(Reply2Server::Relayed { id, answer, cancel }) => {
+                        relayed.insert(id.get().to_string(), cancel);
+                        answers.push(async move {
+                            let answer = answer.await.unwrap_or_else(|_| {
+                                Err(json!({"code": -32603, "message": "cogward: the request was not answered"}))
+                            });
+                            (id, answer)
                         });
-                        let _ = self.post(&response_text(&id, answer)).await;
                     }
                     None => {}
                 }
@@ -590,7 +693,6 @@ impl HttpClient {
                 }
             }
         }
-        Ok(None)
     }
 
     /// Resume the session's stream after `event_id`.
@@ -697,6 +799,7 @@ mod tests {
             sink: mine.clone(),
             progress_token: None,
             requests: Some(requests),
+            cancel: None,
         };
         let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"cw-p-1","progress":0.5}}"#;
         let log = r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}"#;
@@ -721,7 +824,7 @@ mod tests {
         // A sampling request on the call's stream is the call's to answer, as the server
         // wrote it; the answer goes back under the server's id.
         let sampling = r#"{"jsonrpc":"2.0","id":"s-9","method":"sampling/createMessage","params":{"maxTokens":5}}"#;
-        let Some(Reply2Server::Relayed { id, answer }) = on(sampling, Some(&my_call)) else {
+        let Some(Reply2Server::Relayed { id, answer, .. }) = on(sampling, Some(&my_call)) else {
             panic!("not relayed");
         };
         let relayed = requests_rx.try_recv().unwrap();
@@ -735,10 +838,10 @@ mod tests {
             response_text(&id, answer),
             r#"{"jsonrpc":"2.0","id":"s-9","result":{"role":"assistant"}}"#
         );
-        // Roots are not relayed: answered at once.
-        let roots = r#"{"jsonrpc":"2.0","id":4,"method":"roots/list"}"#;
+        // Anything else is answered at once.
+        let other = r#"{"jsonrpc":"2.0","id":4,"method":"tasks/list"}"#;
         assert!(matches!(
-            on(roots, Some(&my_call)),
+            on(other, Some(&my_call)),
             Some(Reply2Server::Send(_))
         ));
         // A flood is dropped once the sink is full, never waited for.

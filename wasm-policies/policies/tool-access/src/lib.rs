@@ -10,12 +10,12 @@
 //! | `prompt.get`, `prompt.list` | get a prompt, see it in `prompts/list` | `{server, prompt, arguments}` | `prompt:server.prompt` |
 //! | `resource.read`, `resource.list` | read a resource, see it in `resources/list` (and templates) | `{server, uri}` | `resource:server:uri` |
 //! | `complete` | complete an argument of a prompt or resource template | `{server, prompt}` or `{server, uri}` | as above |
-//! | `sample`, `elicit` | relay the server's sampling (elicitation) request made during a call of `tool` to the agent | `{server, tool}` | `sampling:server.tool`, `elicitation:server.tool` |
+//! | `sample`, `elicit`, `roots` | relay the server's sampling (elicitation, roots) request made during a call of `tool` to the agent | `{server, tool}` | `sampling:server.tool`, `elicitation:server.tool`, `roots:server.tool` |
 //!
 //! So a tool scope such as `everything.*` names no prompt or resource: an agent sees and gets
 //! those only where its scope says `prompt:everything.*` or `resource:everything:*` (the change
-//! that brought them failed closed). `call`, `prompt.get`, `resource.read`, `sample` and `elicit`
-//! are *uses*; the others are *listings*.
+//! that brought them failed closed). `call`, `prompt.get`, `resource.read`, `sample`, `elicit` and
+//! `roots` are *uses*; the others are *listings*.
 //!
 //! Data (`data.example.json`): per tenant (exact name, else `"*"`):
 //!
@@ -168,17 +168,18 @@ impl Resource<'_> {
             "complete" => ("resource", false),
             "sample" => ("sampling", true),
             "elicit" => ("elicitation", true),
+            "roots" => ("roots", true),
             other => {
                 return Err(format!(
                     "unknown tool action {other:?} (expected call, list, prompt.get, \
-                     prompt.list, resource.read, resource.list, complete, sample or elicit)"
+                     prompt.list, resource.read, resource.list, complete, sample, elicit or roots)"
                 ));
             }
         };
         let server = &self.server;
         let name = match what {
             "tool" if !self.tool.is_empty() => format!("{server}.{}", self.tool),
-            "sampling" | "elicitation" if !self.tool.is_empty() => {
+            "sampling" | "elicitation" | "roots" if !self.tool.is_empty() => {
                 format!("{what}:{server}.{}", self.tool)
             }
             "prompt" => match self.prompt.as_deref() {
@@ -1015,6 +1016,11 @@ mod tests {
             ),
             (
                 "elicit",
+                json!({"server": "docs", "tool": "summarise"}),
+                Effect::Deny,
+            ),
+            (
+                "roots",
                 json!({"server": "docs", "tool": "summarise"}),
                 Effect::Deny,
             ),
