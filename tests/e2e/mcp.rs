@@ -507,7 +507,7 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
         ("no credential", None, Some(&session), call.clone().into_bytes(), 401, -32001),
         ("forged credential", Some(&forged), Some(&session), call.clone().into_bytes(), 401, -32001),
         ("malformed JSON", Some(&token), Some(&session), b"{\"jsonrpc\": ".to_vec(), 400, -32700),
-        ("batch", Some(&token), Some(&session), format!("[{call}]").into_bytes(), 400, -32600),
+        ("a batch on 2025-11-25", Some(&token), Some(&session), format!("[{call}]").into_bytes(), 400, -32600),
         ("not JSON-RPC 2.0", Some(&token), Some(&session), br#"{"id": 1, "method": "tools/list"}"#.to_vec(), 400, -32600),
         ("no session", Some(&token), None, call.clone().into_bytes(), 400, -32600),
         ("unknown session", Some(&token), Some("0123456789abcdef"), call.clone().into_bytes(), 404, -32001),
@@ -545,6 +545,161 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
         before,
         "a refused request changed something"
     );
+}
+
+/// JSON-RPC batches on a 2025-03-26 session: each message decided, recorded and answered on its
+/// own (a permitted call, a denied one, a listing, a notification), the answers together as a
+/// JSON array or as one stream; `initialize` in a batch is refused alone; an empty batch, one
+/// over 32 messages or with a key given twice is refused whole and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_on_2025_03_26_are_answered_message_by_message() {
+    let Some(everything) = everything_js() else {
+        return;
+    };
+    let m = mcp_stack(&everything, false).await;
+    let (stack, db) = (&m.stack, m.db.clone());
+    let (id, token) = running_run(stack).await;
+    let url = stack.gw_url("/mcp");
+    let http = reqwest::Client::new();
+    let session = open_session(&http, &url, &token, "2025-03-26").await;
+    let post = |body: String, accept: &'static str| {
+        http.post(&url)
+            .bearer_auth(&token)
+            .header("mcp-session-id", &session)
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .body(body)
+            .send()
+    };
+    let call = |id: i64, tool: &str, message: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": tool, "arguments": {"message": message}}})
+    };
+    let batch = |base: i64| {
+        json!([
+            call(base, "everything_echo", "one of a batch"),
+            call(base + 1, "everything_get-env", ""),
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": base + 2, "method": "tools/list"},
+            {"jsonrpc": "2.0", "id": base + 3, "method": "initialize",
+             "params": {"protocolVersion": "2025-03-26", "capabilities": {},
+                        "clientInfo": {"name": "e2e", "version": "1"}}}
+        ])
+        .to_string()
+    };
+    let by_id = |answers: Vec<Value>| {
+        let mut m: std::collections::BTreeMap<i64, Value> = std::collections::BTreeMap::new();
+        for a in answers {
+            m.insert(a["id"].as_i64().unwrap(), a);
+        }
+        m
+    };
+    let check = |answers: &std::collections::BTreeMap<i64, Value>, base: i64| {
+        assert_eq!(
+            answers.keys().copied().collect::<Vec<_>>(),
+            vec![base, base + 1, base + 2, base + 3],
+            "{answers:?}"
+        );
+        let echo = &answers[&base]["result"];
+        assert_eq!(echo["content"][0]["text"], "Echo: one of a batch", "{echo}");
+        let env = &answers[&(base + 1)]["result"];
+        assert_eq!(env["isError"], true, "{env}");
+        assert_eq!(env["_meta"]["cogward/decision"], "deny", "{env}");
+        assert!(answers[&(base + 2)]["result"]["tools"].is_array());
+        assert_eq!(answers[&(base + 3)]["error"]["code"], -32600);
+    };
+
+    // As one JSON array.
+    let resp = post(batch(1), "application/json").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let answers: Vec<Value> = resp.json().await.unwrap();
+    check(&by_id(answers), 1);
+    // As one stream.
+    let resp = post(batch(11), "application/json, text/event-stream")
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let text = resp.text().await.unwrap();
+    let answers: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    check(&by_id(answers), 11);
+    // Notifications alone: acknowledged.
+    let notes = json!([{"jsonrpc": "2.0", "method": "notifications/initialized"}]).to_string();
+    assert_eq!(post(notes, "application/json").await.unwrap().status(), 202);
+    let outcomes: Vec<String> = tool_call_entries(&db, &id)
+        .await
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["target"].as_str().unwrap(),
+                e["decision"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut sorted = outcomes.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "everything.echo permit",
+            "everything.echo permit",
+            "everything.get-env deny",
+            "everything.get-env deny"
+        ],
+        "{outcomes:?}"
+    );
+
+    let before = (
+        count(&db, "SELECT COUNT(*) FROM gateway_calls").await,
+        count(
+            &db,
+            "SELECT COUNT(*) FROM ledger_entries WHERE event_type LIKE 'gateway.%'",
+        )
+        .await,
+    );
+    let many = Value::Array(
+        (0..33)
+            .map(|i| call(100 + i, "everything_echo", "x"))
+            .collect(),
+    );
+    for (what, body, code) in [
+        ("empty", "[]".to_string(), -32600),
+        ("33 messages", many.to_string(), -32600),
+        (
+            "a key twice",
+            format!(
+                r#"[{}, {{"jsonrpc": "2.0", "id": 9, "id": 10, "method": "tools/list"}}]"#,
+                call(8, "everything_echo", "x")
+            ),
+            -32700,
+        ),
+    ] {
+        let resp = post(body, "application/json").await.unwrap();
+        assert_eq!(resp.status(), 400, "{what}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code, "{what}: {v}");
+    }
+    assert_eq!(
+        (
+            count(&db, "SELECT COUNT(*) FROM gateway_calls").await,
+            count(
+                &db,
+                "SELECT COUNT(*) FROM ledger_entries WHERE event_type LIKE 'gateway.%'"
+            )
+            .await,
+        ),
+        before,
+        "a refused batch changed something"
+    );
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
 }
 
 /// A command run whose agent, inside its sandbox, uses the official Python MCP client and the

@@ -24,6 +24,7 @@
 //! (400, -32700), not a JSON-RPC request (400, -32600), no session (400), unknown session (404),
 //! no or bad run credential (401), over 1 MiB (413).
 
+mod batch;
 mod features;
 
 use super::config::McpServer;
@@ -282,12 +283,28 @@ async fn dispatch(
             format!("cogward: parse error: {e}"),
         )
     })?;
+    if message.is_array() {
+        return batch::dispatch(state, headers, &run, &body).await;
+    }
+    one(state, headers, &run, &message, &body, false).await
+}
+
+/// Answer one message (`body` as the agent wrote it, `message` parsed), alone or in a batch.
+async fn one(
+    state: &AppState,
+    headers: &HeaderMap,
+    run: &RunIdentity,
+    message: &Value,
+    body: &[u8],
+    in_batch: bool,
+) -> Result<Response, RpcError> {
+    let gw = &state.gateway;
     let Some(obj) = message.as_object() else {
         return Err(rpc_error(
             StatusCode::BAD_REQUEST,
             &Value::Null,
             -32600,
-            "cogward: a message is one JSON-RPC object (batches are not supported)",
+            "cogward: a message is one JSON-RPC object, or on MCP 2025-03-26 an array of them",
         ));
     };
     let id = obj.get("id").cloned().unwrap_or(Value::Null);
@@ -308,7 +325,7 @@ async fn dispatch(
             && let Ok(mut relays) = gw.relays.lock()
             && relays.get(relay).is_some_and(|(r, _)| *r == run.run_id)
             && let Some((_, answer)) = relays.remove(relay)
-            && let Ok(raw) = RawValue::from_string(String::from_utf8_lossy(&body).into_owned())
+            && let Ok(raw) = RawValue::from_string(String::from_utf8_lossy(body).into_owned())
         {
             // As the agent wrote it.
             let _ = answer.send(raw);
@@ -321,7 +338,7 @@ async fn dispatch(
         if method == "notifications/cancelled"
             && let Some(params) = obj.get("params")
         {
-            let (session, _) = session(gw, headers, &run, &id).await?;
+            let (session, _) = session(gw, headers, run, &id).await?;
             cancel_request(gw, &session, params);
         }
         return Ok(StatusCode::ACCEPTED.into_response());
@@ -334,9 +351,17 @@ async fn dispatch(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if method == "initialize" {
-        return initialize(gw, &run, &id, &params).await;
+        if in_batch {
+            return Err(rpc_error(
+                StatusCode::BAD_REQUEST,
+                &id,
+                -32600,
+                "cogward: initialize cannot be part of a batch",
+            ));
+        }
+        return initialize(gw, run, &id, &params).await;
     }
-    let (session, capabilities) = session(gw, headers, &run, &id).await?;
+    let (session, SessionInfo { capabilities, .. }) = session(gw, headers, run, &id).await?;
     if let Some(v) = headers
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())
@@ -354,10 +379,10 @@ async fn dispatch(
     }
     let req = Req {
         state,
-        run: &run,
+        run,
         id: &id,
         params: &params,
-        body: &body,
+        body,
         sse,
         session: &session,
         capabilities: &capabilities,
@@ -366,7 +391,7 @@ async fn dispatch(
         "ping" => rpc_result(&id, json!({})),
         "tools/list" => rpc_result(
             &id,
-            json!({"tools": features::listing(gw, &run, Listing::TOOLS).await}),
+            json!({"tools": features::listing(gw, run, Listing::TOOLS).await}),
         ),
         "tools/call" => return call_tool(&req).await,
         other => {
@@ -447,6 +472,7 @@ async fn initialize(
         let info = SessionInfo {
             run_id: run.run_id.clone(),
             capabilities,
+            protocol_version: version.to_string(),
         };
         s.insert(session_id.clone(), info);
     }
@@ -529,16 +555,18 @@ fn cancel_request(gw: &Gateway, session: &str, params: &Value) {
 pub struct SessionInfo {
     pub run_id: String,
     pub capabilities: Value,
+    /// The protocol version negotiated at `initialize`.
+    pub protocol_version: String,
 }
 
-/// The request's session (its id, what its client declared): it must exist and belong to the
+/// The request's session (its id, and what was negotiated): it must exist and belong to the
 /// credential's run.
 async fn session(
     gw: &Gateway,
     headers: &HeaderMap,
     run: &RunIdentity,
     id: &Value,
-) -> Result<(String, Value), RpcError> {
+) -> Result<(String, SessionInfo), RpcError> {
     let Some(session_id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return Err(rpc_error(
             StatusCode::BAD_REQUEST,
@@ -555,8 +583,8 @@ async fn session(
     let owner = match cached {
         Some(owner) => Some(owner),
         None => {
-            let row: Option<(String, String)> = sqlx::query_as(
-                "SELECT run_id, client_capabilities FROM mcp_sessions WHERE session_id = $1",
+            let row: Option<(String, String, String)> = sqlx::query_as(
+                "SELECT run_id, client_capabilities, protocol_version FROM mcp_sessions WHERE session_id = $1",
             )
             .bind(session_id)
             .fetch_optional(&gw.db.pool)
@@ -570,9 +598,10 @@ async fn session(
                     "cogward: internal error",
                 )
             })?;
-            let owner = row.map(|(run_id, capabilities)| SessionInfo {
+            let owner = row.map(|(run_id, capabilities, protocol_version)| SessionInfo {
                 run_id,
                 capabilities: serde_json::from_str(&capabilities).unwrap_or_else(|_| json!({})),
+                protocol_version,
             });
             if let (Some(o), Ok(mut s)) = (&owner, gw.sessions.lock()) {
                 s.insert(session_id.to_string(), o.clone());
@@ -581,7 +610,7 @@ async fn session(
         }
     };
     match owner {
-        Some(o) if o.run_id == run.run_id => Ok((session_id.to_string(), o.capabilities)),
+        Some(o) if o.run_id == run.run_id => Ok((session_id.to_string(), o)),
         _ => Err(rpc_error(
             StatusCode::NOT_FOUND,
             id,
