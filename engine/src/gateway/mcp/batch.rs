@@ -95,7 +95,7 @@ fn merged(answers: Vec<Response>) -> Response {
             futures::stream::once(async move {
                 let json = axum::body::to_bytes(body, usize::MAX).await?;
                 let message = RawValue::from_string(String::from_utf8_lossy(&json).into_owned())
-                    .map_err(|e| axum::Error::new(e))?;
+                    .map_err(axum::Error::new)?;
                 Ok(AgentStream::event(&message))
             })
             .boxed()
