@@ -23,6 +23,7 @@
 
 use crate::agent_events::{Normaliser, OutputFormat};
 use crate::spec::{PolicyRef, RuntimeSpec};
+pub use crate::workspace::TreeFile;
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use cogward_runner::protocol::{
     EvidenceItem, MANIFEST_FILE, Manifest, RunnerResult, STDERR_FILE, STDOUT_FILE, StoredEvidence,
@@ -82,10 +83,22 @@ pub struct RunManifest {
     /// The policy that admitted the run (module and data digests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission_policy: Option<PolicyRef>,
+    /// The checkout `work/` started as, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<CheckedOut>,
     pub outcome: String,
     pub exit_code: Option<i32>,
     pub started_at_ms: u64,
     pub finished_at_ms: u64,
+}
+
+/// A run's checkout: the repository and ref the spec named, and the commit they were.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckedOut {
+    pub repository: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub commit: String,
 }
 
 /// Where the store is, for the engine's state directory.
@@ -193,8 +206,11 @@ pub struct RunFacts<'a> {
     pub sandbox_profile: &'a str,
     pub spec_sha256: &'a str,
     pub admission_policy: Option<PolicyRef>,
-    /// The files the run was given in `work/` before it started (the diff's left side).
-    pub initial_files: &'a BTreeMap<String, String>,
+    /// What `work/` held before the run started (the diff's left side): the checkout's files
+    /// and those the run was given.
+    pub initial_files: &'a BTreeMap<String, TreeFile>,
+    /// The checkout `work/` started as: the diff is then spelled as `git diff` spells it.
+    pub workspace: Option<CheckedOut>,
 }
 
 /// Store the evidence of a finished run whose directory is `run_dir`.
@@ -219,6 +235,7 @@ pub fn store_run(
         sandbox_profile: facts.sandbox_profile.to_string(),
         spec_sha256: facts.spec_sha256.to_string(),
         admission_policy: facts.admission_policy.clone(),
+        workspace: facts.workspace.clone(),
         outcome: serde_json::to_value(result.outcome)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
@@ -241,7 +258,8 @@ pub fn store_run(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    let diff = tree_diff(work.as_ref(), facts.initial_files, &artifacts);
+    let git = facts.workspace.is_some();
+    let diff = tree_diff(work.as_ref(), facts.initial_files, &artifacts, git);
     w.put("diff", "text/x-diff", diff.as_bytes())?;
     let stdout = std::fs::read(run_dir.join(STDOUT_FILE)).unwrap_or_default();
     if let Some(format) = OutputFormat::of(facts.runtime) {
@@ -323,9 +341,16 @@ fn read_no_follow(dir: &Dir, rel: &str, max: u64) -> io::Result<Option<Vec<u8>>>
     Ok((bytes.len() as u64 <= max).then_some(bytes))
 }
 
-/// The work directory against the files the run was given, as a unified diff (`a/` the run's
-/// start, `b/` its end). Binary and large files are named with their digests.
-pub fn tree_diff(work: Option<&Dir>, initial: &BTreeMap<String, String>, end: &Manifest) -> String {
+/// The work directory against what it held at the start, as a unified diff (`a/` the run's
+/// start, `b/` its end); with `git`, headed `diff --git` (a checkout's diff, which `git apply`
+/// takes on its commit). Binary and large files are named with their digests.
+pub fn tree_diff(
+    work: Option<&Dir>,
+    initial: &BTreeMap<String, TreeFile>,
+    end: &Manifest,
+    git: bool,
+) -> String {
+    let head = if git { "diff --git" } else { "diff --cogward" };
     let mut out = String::new();
     let after: BTreeMap<&str, &cogward_runner::protocol::Artifact> =
         end.artifacts.iter().map(|a| (a.path.as_str(), a)).collect();
@@ -335,38 +360,55 @@ pub fn tree_diff(work: Option<&Dir>, initial: &BTreeMap<String, String>, end: &M
     paths.dedup();
     let (mut diffed, mut more) = (0usize, 0usize);
     for path in paths {
-        if diffed >= MAX_DIFFED_FILES || out.len() >= MAX_DIFF_BYTES {
-            let unchanged = matches!((initial.get(path), after.get(path)),
-                (Some(o), Some(a)) if sha256_hex(o.as_bytes()) == a.sha256);
-            more += usize::from(!unchanged);
+        let (old, new_meta) = (initial.get(path), after.get(path));
+        if let (Some(o), Some(a)) = (old, new_meta)
+            && o.sha256 == a.sha256
+        {
             continue;
         }
-        let before = out.len();
-        let old = initial.get(path).map(|s| s.as_bytes().to_vec());
-        let new = match (after.get(path), work) {
+        if diffed >= MAX_DIFFED_FILES || out.len() >= MAX_DIFF_BYTES {
+            more += 1;
+            continue;
+        }
+        let new = match (new_meta, work) {
             (Some(a), Some(dir)) if a.bytes <= MAX_DIFFED_FILE => {
                 read_no_follow(dir, path, MAX_DIFFED_FILE).ok().flatten()
             }
             _ => None,
         };
-        let new_meta = after.get(path);
-        if old.is_some() && new_meta.is_none() {
-            out.push_str(&file_diff(path, old.as_deref(), Some(&[]), true));
-            diffed += 1;
-            continue;
-        }
-        match (&old, &new, new_meta) {
-            (Some(o), Some(n), _) if o == n => {}
-            (_, Some(n), _) => out.push_str(&file_diff(path, old.as_deref(), Some(n), false)),
-            (_, None, Some(a)) => out.push_str(&format!(
-                "diff --cogward a/{path} b/{path}\n{} file {path}: {} bytes, sha256 {} (not diffed)\n",
+        let old_bytes = old.and_then(|o| o.bytes.as_deref());
+        // `git apply` needs a created or deleted file's mode (a new file's is not known: the
+        // artifacts have no modes).
+        let mode = |o: &TreeFile| if o.executable { "100755" } else { "100644" };
+        let (created, deleted) = match old {
+            _ if !git => (String::new(), String::new()),
+            None => ("new file mode 100644\n".into(), String::new()),
+            Some(o) => (String::new(), format!("deleted file mode {}\n", mode(o))),
+        };
+        match (old, new_meta, &new) {
+            (Some(_), None, _) if old_bytes.is_some() => {
+                let diff = file_diff(head, path, old_bytes, Some(&[]), true);
+                out.push_str(&with_mode(diff, &deleted));
+            }
+            (Some(_), None, _) => out.push_str(&format!(
+                "{head} a/{path} b/{path}\nDeleted file {path} (not diffed)\n"
+            )),
+            (None, _, Some(n)) => {
+                let diff = file_diff(head, path, None, Some(n), false);
+                out.push_str(&with_mode(diff, &created));
+            }
+            (Some(_), _, Some(n)) if old_bytes.is_some() => {
+                out.push_str(&file_diff(head, path, old_bytes, Some(n), false));
+            }
+            (_, Some(a), _) => out.push_str(&format!(
+                "{head} a/{path} b/{path}\n{} file {path}: {} bytes, sha256 {} (not diffed)\n",
                 if old.is_some() { "Changed" } else { "New" },
                 a.bytes,
                 a.sha256
             )),
-            _ => {}
+            (None, None, _) => continue,
         }
-        diffed += usize::from(out.len() > before);
+        diffed += 1;
     }
     if more > 0 {
         out.push_str(&format!(
@@ -381,14 +423,28 @@ pub fn tree_diff(work: Option<&Dir>, initial: &BTreeMap<String, String>, end: &M
     out
 }
 
-fn file_diff(path: &str, old: Option<&[u8]>, new: Option<&[u8]>, deleted: bool) -> String {
+/// `diff` with `mode` (a `new file mode` or `deleted file mode` line) after its first line.
+fn with_mode(diff: String, mode: &str) -> String {
+    match diff.split_once('\n') {
+        Some((first, rest)) if !mode.is_empty() => format!("{first}\n{mode}{rest}"),
+        _ => diff,
+    }
+}
+
+fn file_diff(
+    head: &str,
+    path: &str,
+    old: Option<&[u8]>,
+    new: Option<&[u8]>,
+    deleted: bool,
+) -> String {
     let (Ok(o), Ok(n)) = (
         std::str::from_utf8(old.unwrap_or_default()),
         std::str::from_utf8(new.unwrap_or_default()),
     ) else {
         let digest = |b: Option<&[u8]>| b.map(sha256_hex).unwrap_or_else(|| "-".into());
         return format!(
-            "diff --cogward a/{path} b/{path}\nBinary file {path} changed: sha256 {} -> {}\n",
+            "{head} a/{path} b/{path}\nBinary file {path} changed: sha256 {} -> {}\n",
             digest(old),
             digest(new)
         );
@@ -400,7 +456,7 @@ fn file_diff(path: &str, old: Option<&[u8]>, new: Option<&[u8]>, deleted: bool) 
     };
     let diff = similar::TextDiff::from_lines(o, n);
     format!(
-        "diff --cogward a/{path} b/{path}\n{}",
+        "{head} a/{path} b/{path}\n{}",
         diff.unified_diff().context_radius(3).header(&from, &to)
     )
 }
@@ -618,7 +674,10 @@ mod tests {
         dir
     }
 
-    fn facts<'a>(runtime: &'a RuntimeSpec, initial: &'a BTreeMap<String, String>) -> RunFacts<'a> {
+    fn facts<'a>(
+        runtime: &'a RuntimeSpec,
+        initial: &'a BTreeMap<String, TreeFile>,
+    ) -> RunFacts<'a> {
         RunFacts {
             run_id: "run-1",
             tenant: "acme",
@@ -628,6 +687,7 @@ mod tests {
             spec_sha256: "abc",
             admission_policy: None,
             initial_files: initial,
+            workspace: None,
         }
     }
 
@@ -637,7 +697,15 @@ mod tests {
         let dir = run_dir();
         let runtime: RuntimeSpec =
             serde_json::from_str(r#"{"type":"claude-code","prompt":"p","model":"m"}"#).unwrap();
-        let initial = BTreeMap::from([("a.txt".to_string(), "one\ntwo\nthree\n".to_string())]);
+        let text = b"one\ntwo\nthree\n";
+        let initial = BTreeMap::from([(
+            "a.txt".to_string(),
+            TreeFile {
+                sha256: sha256_hex(text),
+                bytes: Some(text.to_vec()),
+                executable: false,
+            },
+        )]);
         let facts = facts(&runtime, &initial);
         let stored = store_run(store.path(), &facts, dir.path(), &result(5)).unwrap();
         // History gets the run's own items; the index lists the artifacts too.
@@ -709,7 +777,7 @@ mod tests {
             ..Default::default()
         };
         let dir = Dir::open_ambient_dir(work.path(), cap_std::ambient_authority()).unwrap();
-        let diff = tree_diff(Some(&dir), &BTreeMap::new(), &end);
+        let diff = tree_diff(Some(&dir), &BTreeMap::new(), &end, false);
         assert_eq!(diff.matches("+++ b/").count(), MAX_DIFFED_FILES);
         assert!(diff.ends_with("# 5 more changed files are not in this diff (its caps); the index lists each with its digest\n"), "{}", &diff[diff.len() - 200..]);
     }

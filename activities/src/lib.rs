@@ -12,6 +12,7 @@ pub mod evidence;
 pub mod runner;
 pub mod secrets;
 pub mod spec;
+pub mod workspace;
 
 use admission::{AdmitInput, PolicyDecider};
 use cogward_runner::protocol::SandboxProfile;
@@ -45,6 +46,8 @@ pub struct ActivitiesConfig {
     pub gateway: Option<GatewayAccess>,
     /// Where the agent CLIs (the `claude-code` and `codex` runtimes) are installed.
     pub agent_clis: agent_cli::AgentClis,
+    /// The repositories a run's workspace may check out ([`workspace`]).
+    pub repositories_dir: PathBuf,
 }
 
 /// Where runners forward their sandbox's gateway port, and who issues and revokes run

@@ -10,8 +10,9 @@
 use crate::ActivitiesConfig;
 use crate::spec::{CommandRuntime, RunId, RunLimits, RunnerEvidence, RuntimeSpec};
 use cogward_runner::protocol::{
-    EVENTS_FILE, GatewayEgress, LOCK_FILE, Limits, PROTOCOL_VERSION, ProfileName, REQUEST_FILE,
-    RESULT_FILE, RunnerEvent, RunnerRequest, RunnerResult, STARTED_FILE, SandboxProfile, SecretRef,
+    Checkout, EVENTS_FILE, GatewayEgress, LOCK_FILE, Limits, PROTOCOL_VERSION, ProfileName,
+    REQUEST_FILE, RESULT_FILE, RunnerEvent, RunnerRequest, RunnerResult, STARTED_FILE,
+    SandboxProfile, SecretRef,
 };
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
@@ -56,6 +57,9 @@ pub struct StartRunnerInput {
     pub spec_sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission_policy: Option<crate::spec::PolicyRef>,
+    /// What `work/` starts as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::spec::Workspace>,
 }
 
 /// Heartbeat details: the runner's latest progress.
@@ -188,6 +192,17 @@ pub fn runner_request(
             launch.argv
         }
     };
+    let checkout = match &input.workspace {
+        None => None,
+        Some(crate::spec::Workspace::Git(git)) => {
+            let repo = crate::workspace::repository(&config.repositories_dir, &git.repository)?;
+            let commit = crate::workspace::resolve(&repo, &git.repository, &git.git_ref)?;
+            Some(Checkout {
+                repository: repo.to_string_lossy().into_owned(),
+                commit,
+            })
+        }
+    };
     let l = input.limits;
     Ok(RunnerRequest {
         protocol: PROTOCOL_VERSION,
@@ -208,6 +223,7 @@ pub fn runner_request(
         gateway,
         egress_proxy,
         files,
+        checkout,
         home_files,
         secrets,
     })
@@ -396,12 +412,37 @@ fn store_evidence(
     result: &RunnerResult,
 ) -> io::Result<cogward_runner::protocol::StoredEvidence> {
     let dir = run_dir(config, &input.run_id);
-    // What the run was given in `work/`, as its request (written once, before it started) says.
-    let initial = fs::read(dir.join(REQUEST_FILE))
+    // What `work/` held at the start, as the run's request (written once, before it started)
+    // says: the checkout's tree, read from the engine's repository, and the files it was given.
+    let request = fs::read(dir.join(REQUEST_FILE))
         .ok()
-        .and_then(|b| serde_json::from_slice::<RunnerRequest>(&b).ok())
-        .map(|r| r.files)
-        .unwrap_or_default();
+        .and_then(|b| serde_json::from_slice::<RunnerRequest>(&b).ok());
+    let mut initial = BTreeMap::new();
+    let mut workspace = None;
+    if let Some(request) = &request {
+        if let (Some(c), Some(crate::spec::Workspace::Git(git))) =
+            (&request.checkout, &input.workspace)
+        {
+            initial = crate::workspace::tree(
+                Path::new(&c.repository),
+                &c.commit,
+                crate::evidence::MAX_DIFFED_FILE,
+            )?;
+            workspace = Some(crate::evidence::CheckedOut {
+                repository: git.repository.clone(),
+                git_ref: git.git_ref.clone(),
+                commit: c.commit.clone(),
+            });
+        }
+        for (path, text) in &request.files {
+            let file = crate::evidence::TreeFile {
+                sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
+                bytes: Some(text.as_bytes().to_vec()),
+                executable: false,
+            };
+            initial.insert(path.clone(), file);
+        }
+    }
     let facts = crate::evidence::RunFacts {
         run_id: input.run_id.as_str(),
         tenant: &input.tenant,
@@ -416,6 +457,7 @@ fn store_evidence(
         spec_sha256: &input.spec_sha256,
         admission_policy: input.admission_policy.clone(),
         initial_files: &initial,
+        workspace,
     };
     crate::evidence::store_run(
         &crate::evidence::root(&config.state_dir),
@@ -584,6 +626,7 @@ mod tests {
             agent_clis: crate::agent_cli::AgentClis {
                 dir: "/nonexistent/agents".into(),
             },
+            repositories_dir: "/nonexistent/repositories".into(),
         }
     }
 
@@ -600,7 +643,46 @@ mod tests {
             secrets: Vec::new(),
             spec_sha256: String::new(),
             admission_policy: None,
+            workspace: None,
         }
+    }
+
+    #[test]
+    fn a_workspace_is_checked_out_at_the_commit_its_ref_names_then() {
+        let repos = tempfile::tempdir().unwrap();
+        crate::workspace::tests::repo(repos.path());
+        let config = ActivitiesConfig {
+            repositories_dir: repos.path().into(),
+            ..config()
+        };
+        let with = |repository: &str, git_ref: &str| StartRunnerInput {
+            workspace: Some(crate::spec::Workspace::Git(crate::spec::GitWorkspace {
+                repository: repository.into(),
+                git_ref: git_ref.into(),
+            })),
+            ..input()
+        };
+        let req = runner_request(&config, &with("app", "v1"), Vec::new(), None).unwrap();
+        let checkout = req.checkout.unwrap();
+        let app = repos.path().join("app").canonicalize().unwrap();
+        assert_eq!(checkout.repository, app.to_string_lossy());
+        assert_eq!(
+            checkout.commit,
+            crate::workspace::resolve(&app, "app", "v1").unwrap()
+        );
+        let err = runner_request(&config, &with("other", "main"), Vec::new(), None).unwrap_err();
+        assert!(
+            err.contains("\"other\" is not one of this engine's"),
+            "{err}"
+        );
+        let err = runner_request(&config, &with("app", "gone"), Vec::new(), None).unwrap_err();
+        assert!(err.contains("not a commit of repository app"), "{err}");
+        assert!(
+            runner_request(&config, &input(), Vec::new(), None)
+                .unwrap()
+                .checkout
+                .is_none()
+        );
     }
 
     #[test]

@@ -49,6 +49,54 @@ pub struct RunSpec {
     /// decides which a tenant may use); none means nothing beyond the gateway.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<String>,
+    /// What `work/` starts as besides the runtime's own files: a checkout of a repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<Workspace>,
+}
+
+/// A run's starting work directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Workspace {
+    /// A git checkout (detached) of `ref` of one of the repositories the engine offers
+    /// (`--repositories-dir`: `<dir>/<repository>` or `<dir>/<repository>.git`). The run's
+    /// diff is then against that commit, as `git diff` spells it.
+    Git(GitWorkspace),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitWorkspace {
+    pub repository: String,
+    /// A branch, tag or commit of the repository (`HEAD` by default).
+    #[serde(default = "default_git_ref", rename = "ref")]
+    pub git_ref: String,
+}
+
+fn default_git_ref() -> String {
+    "HEAD".into()
+}
+
+impl GitWorkspace {
+    fn validate(&self) -> Result<(), SpecError> {
+        check_name("workspace.git.repository", &self.repository)?;
+        let r = &self.git_ref;
+        let ok = !r.is_empty()
+            && r.len() <= 200
+            && !r.starts_with('-')
+            && !r.contains("..")
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+        if !ok {
+            return Err(SpecError {
+                field: "workspace.git.ref",
+                message: "must be 1-200 characters of [A-Za-z0-9._/-], not starting with '-' \
+                          and without '..'"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Most egress profiles one run may name.
@@ -278,6 +326,9 @@ impl RunSpec {
         check_name("agent", &self.agent)?;
         check_name("tenant", &self.tenant)?;
         self.runtime.validate()?;
+        if let Some(Workspace::Git(git)) = &self.workspace {
+            git.validate()?;
+        }
         if self.inputs.values().any(|s| s.contains('\0')) {
             return Err(SpecError {
                 field: "inputs",

@@ -184,6 +184,11 @@ pub struct EngineConfig {
         global = true
     )]
     pub agents_dir: PathBuf,
+    /// The git repositories a run's `workspace` may check out, by name: `<dir>/<name>` or
+    /// `<dir>/<name>.git` (default: `<state-dir>/repositories`). cogward reads them and never
+    /// writes them; keeping them current (`git fetch` of a mirror) is the operator's.
+    #[arg(long, env = "COGWARD_REPOSITORIES_DIR", global = true)]
+    pub repositories_dir: Option<PathBuf>,
 }
 
 /// `FIRST-LAST`, inclusive, not including 0.
@@ -258,6 +263,12 @@ impl EngineConfig {
         self.egress_config
             .clone()
             .unwrap_or_else(|| self.state_dir.join("egress.json"))
+    }
+
+    pub fn repositories_dir(&self) -> PathBuf {
+        self.repositories_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("repositories"))
     }
 
     pub fn secrets_file(&self) -> PathBuf {

@@ -30,6 +30,7 @@ pub fn activities_config(
         agent_clis: cogward_activities::agent_cli::AgentClis {
             dir: config.agents_dir.clone(),
         },
+        repositories_dir: config.repositories_dir(),
     }
 }
 

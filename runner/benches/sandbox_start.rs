@@ -43,6 +43,7 @@ fn request(i: usize, profile: ProfileName) -> RunnerRequest {
         gateway: None,
         egress_proxy: None,
         files: BTreeMap::new(),
+        checkout: None,
         home_files: BTreeMap::new(),
         secrets: Vec::new(),
     }

@@ -19,14 +19,15 @@ pub struct Manifest {
     pub skipped: Vec<PathBuf>,
 }
 
-/// Walk `work` (a path the runner owns) and hash every regular file in it.
-pub fn build(work: &Path) -> io::Result<Manifest> {
+/// Walk `work` (a path the runner owns) and hash every regular file in it, but for those under
+/// the top-level entries named in `skip` (a checkout's `.git`).
+pub fn build(work: &Path, skip: &[&str]) -> io::Result<Manifest> {
     let root = Dir::open_ambient_dir(work, cap_std::ambient_authority())?;
-    build_from(root)
+    build_from(root, skip)
 }
 
-/// Walk the directory `root` and hash every regular file in it.
-pub fn build_from(root: Dir) -> io::Result<Manifest> {
+/// Walk the directory `root` and hash every regular file in it (but under `skip`).
+pub fn build_from(root: Dir, skip: &[&str]) -> io::Result<Manifest> {
     let mut manifest = Manifest::default();
     let mut hashed = 0u64;
     let mut pending = vec![(root, PathBuf::new())];
@@ -35,6 +36,9 @@ pub fn build_from(root: Dir) -> io::Result<Manifest> {
             let entry = entry?;
             let name = entry.file_name();
             let rel = rel_dir.join(&name);
+            if rel_dir.as_os_str().is_empty() && name.to_str().is_some_and(|n| skip.contains(&n)) {
+                continue;
+            }
             // `DirEntry::file_type` does not follow symlinks.
             let kind = entry.file_type()?;
             if kind.is_dir() {
@@ -112,7 +116,7 @@ mod tests {
         fs::write(w.join("b/c/deep.txt"), b"deep").unwrap();
         fs::write(w.join("a.txt"), b"").unwrap();
         fs::write(w.join("b.txt"), b"bb").unwrap();
-        let m = build(w).unwrap();
+        let m = build(w, &[]).unwrap();
         let got: Vec<(&str, u64)> = m
             .file
             .artifacts
@@ -141,7 +145,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("secret"), w.join("link")).unwrap();
         std::os::unix::fs::symlink(outside.path(), w.join("dirlink")).unwrap();
         fs::write(w.join("real"), b"r").unwrap();
-        let m = build(w).unwrap();
+        let m = build(w, &[]).unwrap();
         let paths: Vec<&str> = m.file.artifacts.iter().map(|a| a.path.as_str()).collect();
         assert_eq!(paths, ["real"]);
     }
@@ -165,7 +169,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = std::ffi::OsStr::from_bytes(b"bad\xff");
         fs::write(dir.path().join(name), b"x").unwrap();
-        let m = build(dir.path()).unwrap();
+        let m = build(dir.path(), &[]).unwrap();
         assert!(m.file.artifacts.is_empty());
         assert_eq!(m.skipped, [PathBuf::from(name)]);
     }

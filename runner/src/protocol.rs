@@ -57,6 +57,9 @@ pub struct RunnerRequest {
     /// configuration, say). Paths are plain relative names: no `..`, no absolute paths.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
+    /// A git checkout `work/` starts as, before `files` are written over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<Checkout>,
     /// Files written into the agent's private home (`HOME`, a tmpfs of its own, never an
     /// artifact) before it starts: an agent CLI's configuration. Same path rules as `files`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -67,6 +70,20 @@ pub struct RunnerRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretRef>,
 }
+
+/// A commit of a repository of the engine's, checked out (detached) as `work/`. Its `.git` is
+/// the agent's to use; the engine never runs git in it (the run's diff is computed from the
+/// engine's repository and the files the runner hashed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkout {
+    /// An absolute path on the runner's host: a repository the engine trusts.
+    pub repository: String,
+    /// The full commit id.
+    pub commit: String,
+}
+
+/// The git directory of a checkout, left out of the artifacts.
+pub const GIT_DIR: &str = ".git";
 
 impl RunnerRequest {
     /// The sandbox's ways out, in the order of its ports: the gateway, then the egress proxy.

@@ -1,7 +1,7 @@
 //! Reading and validating `request.json`: everything that can be refused is refused here,
 //! before the runner claims the run directory (`started`), so a bad request never starts anything.
 
-use crate::protocol::{PROTOCOL_VERSION, RunnerRequest};
+use crate::protocol::{GIT_DIR, PROTOCOL_VERSION, RunnerRequest};
 use crate::sandbox::env::RUNNER_OWNED_VARS;
 use std::path::{Path, PathBuf};
 
@@ -53,6 +53,10 @@ pub enum RequestError {
     BadSecretName(String),
     #[error("gateway.{0} must be greater than zero")]
     ZeroGatewayBound(&'static str),
+    #[error(
+        "checkout: the repository must be an absolute path and the commit a full hex commit id (got {0:?})"
+    )]
+    BadCheckout(String),
 }
 
 /// Read and validate `path`.
@@ -123,8 +127,18 @@ pub fn validate(request: &RunnerRequest) -> Result<(), RequestError> {
         return Err(RequestError::BadLeaseDir(request.sandbox.lease_dir.clone()));
     }
     for path in request.files.keys() {
-        if !is_plain_relative_path(path) {
+        if !is_plain_relative_path(path) || path.split('/').next() == Some(GIT_DIR) {
             return Err(RequestError::BadFilePath(path.clone()));
+        }
+    }
+    if let Some(c) = &request.checkout {
+        let hex =
+            matches!(c.commit.len(), 40 | 64) && c.commit.bytes().all(|b| b.is_ascii_hexdigit());
+        if !Path::new(&c.repository).is_absolute() || !hex {
+            return Err(RequestError::BadCheckout(format!(
+                "{} at {}",
+                c.repository, c.commit
+            )));
         }
     }
     for (path, contents) in &request.home_files {
@@ -211,6 +225,7 @@ mod tests {
             gateway: None,
             egress_proxy: None,
             files: BTreeMap::new(),
+            checkout: None,
             home_files: BTreeMap::new(),
             secrets: Vec::new(),
         }

@@ -4,7 +4,7 @@ use crate::capture::StreamCapture;
 use crate::exit_code;
 use crate::outcome::{self, AgentStatus, Decision};
 use crate::protocol::{
-    Outcome, PROTOCOL_VERSION, REQUEST_FILE, RunnerEvent, RunnerRequest, RunnerResult,
+    GIT_DIR, Outcome, PROTOCOL_VERSION, REQUEST_FILE, RunnerEvent, RunnerRequest, RunnerResult,
     STARTED_FILE, STDERR_FILE, STDOUT_FILE, SandboxEvidence, StreamDigest,
 };
 use crate::request::{self, RequestError};
@@ -162,7 +162,11 @@ impl Run<'_> {
         let mut detail = decision.detail;
         let work = self.dir.work_dir();
         let manifest = if work.is_dir() {
-            match manifest::build(&work) {
+            let skip: &[&str] = match self.request.checkout {
+                Some(_) => &[GIT_DIR],
+                None => &[],
+            };
+            match manifest::build(&work, skip) {
                 Ok(m) => {
                     for skipped in &m.skipped {
                         log(format_args!(
@@ -364,7 +368,10 @@ mod linux {
         if run.dir.has_started() {
             return Err(ClaimError::AlreadyStarted(run.dir.file(STARTED_FILE)).into());
         }
-        if let Err(e) = run.dir.prepare_work(&request.files, lease.id) {
+        if let Err(e) = run
+            .dir
+            .prepare_work(&request.files, request.checkout.as_ref(), lease.id)
+        {
             let detail = format!("preparing the work directory and the agent's files: {e}");
             return run.sandbox_failed(detail, empty_digest(), empty_digest());
         }

@@ -6,8 +6,8 @@
 //! even see them: its filesystem view holds `work/` alone).
 
 use crate::protocol::{
-    ArtifactsSummary, EVENTS_FILE, LOCK_FILE, MANIFEST_FILE, Manifest, REQUEST_FILE, RESULT_FILE,
-    RUNNER_LOG_FILE, RunnerEvent, RunnerResult, STARTED_FILE, WORK_DIR,
+    ArtifactsSummary, Checkout, EVENTS_FILE, GIT_DIR, LOCK_FILE, MANIFEST_FILE, Manifest,
+    REQUEST_FILE, RESULT_FILE, RUNNER_LOG_FILE, RunnerEvent, RunnerResult, STARTED_FILE, WORK_DIR,
 };
 use cap_std::fs::{Dir, OpenOptionsExt as _};
 use nix::sys::stat::Mode;
@@ -185,8 +185,16 @@ impl RunDir {
     /// relative to a `cap-std` handle, files with `O_EXCL` (never through a link). Only then is
     /// it handed to the sandbox's host id: the written entries first, `work/` itself last.
     ///
+    /// With a `checkout`, `work/` is first a clone of the engine's repository at the commit
+    /// (see [`RunDir::check_out`]); `files` then replace what the checkout has at their paths.
+    ///
     /// Paths were validated as plain relative paths with the request.
-    pub fn prepare_work(&self, files: &BTreeMap<String, String>, host_id: u32) -> io::Result<()> {
+    pub fn prepare_work(
+        &self,
+        files: &BTreeMap<String, String>,
+        checkout: Option<&Checkout>,
+        host_id: u32,
+    ) -> io::Result<()> {
         let run = Dir::open_ambient_dir(&self.root, cap_std::ambient_authority())?;
         match run.symlink_metadata(WORK_DIR) {
             Ok(meta) if meta.is_dir() => {}
@@ -209,6 +217,10 @@ impl RunDir {
             nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o700)).map_err(io::Error::from)
         };
         private(&work, 0)?;
+        if let Some(c) = checkout {
+            self.check_out(c)?;
+            chown_tree(&work, host_id)?;
+        }
         let mut dirs = Vec::new();
         for (rel, content) in files {
             let rel = Path::new(rel);
@@ -218,6 +230,14 @@ impl RunDir {
                 match work.create_dir(&at) {
                     Ok(()) => dirs.push(at.clone()),
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if checkout.is_some() {
+                // What the checkout has there goes (unlinked, never followed).
+                match work.remove_file(rel) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -232,6 +252,61 @@ impl RunDir {
             std::os::unix::fs::fchown(&d, Some(host_id), Some(host_id))?;
         }
         private(&work, host_id)
+    }
+
+    /// Clone the engine's repository into `work/` (still root's and private) and check the
+    /// commit out, detached. `--no-local`: the objects are copied through git's own transport,
+    /// never hard-linked (the tree is handed to the sandbox's user next, and a shared inode
+    /// would hand it the engine's repository too) and nothing of the repository's own
+    /// configuration or hooks comes along. Git runs with no system or global configuration.
+    /// A retried runner whose earlier attempt cloned already checks out again.
+    fn check_out(&self, c: &Checkout) -> io::Result<()> {
+        let work = self.work_dir();
+        let git = |args: &[&std::ffi::OsStr]| -> io::Result<()> {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .env_clear()
+                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                .env("HOME", "/nonexistent")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .stdin(std::process::Stdio::null())
+                .output()?;
+            if out.status.success() {
+                return Ok(());
+            }
+            Err(io::Error::other(format!(
+                "git {}: {}",
+                args.first()
+                    .map(|a| a.to_string_lossy())
+                    .unwrap_or_default(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        };
+        let os = std::ffi::OsStr::new;
+        if std::fs::symlink_metadata(work.join(GIT_DIR)).is_err() {
+            git(&[
+                os("clone"),
+                os("--quiet"),
+                os("--no-local"),
+                os("--no-checkout"),
+                os("--"),
+                os(&c.repository),
+                work.as_os_str(),
+            ])?;
+        }
+        git(&[
+            os("-C"),
+            work.as_os_str(),
+            os("-c"),
+            os("advice.detachedHead=false"),
+            os("checkout"),
+            os("--quiet"),
+            os("--force"),
+            os("--detach"),
+            os(&c.commit),
+        ])
     }
 
     /// Create (truncating) one of the agent's output logs.
@@ -287,6 +362,34 @@ impl RunDir {
     fn sync(&self) -> io::Result<()> {
         File::open(&self.root)?.sync_all()
     }
+}
+
+/// Give every entry under `dir` (not `dir` itself) to `uid`, links included, never following
+/// one.
+fn chown_tree(dir: &Dir, uid: u32) -> io::Result<()> {
+    let id = (
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(uid)),
+    );
+    let mut pending = vec![dir.try_clone()?];
+    while let Some(d) = pending.pop() {
+        for entry in d.entries()? {
+            let entry = entry?;
+            let name = entry.file_name();
+            nix::unistd::fchownat(
+                &d,
+                name.as_os_str(),
+                id.0,
+                id.1,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(io::Error::from)?;
+            if entry.file_type()?.is_dir() {
+                pending.push(entry.open_dir()?);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A descriptor of `dir` itself that `fchown`/`fchmod` accept (cap-std's may be `O_PATH`).

@@ -482,6 +482,7 @@ fn runner_request(i: usize) -> RunnerRequest {
         gateway: None,
         egress_proxy: None,
         files: BTreeMap::new(),
+        checkout: None,
         home_files: BTreeMap::new(),
         secrets: Vec::new(),
     }

@@ -3,6 +3,7 @@
 //! umask it was started with. The escape tests proper are the runner's (`runner/tests/escape.rs`).
 
 use crate::stack::{Stack, StackOptions, spec};
+use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -406,4 +407,146 @@ async fn a_run_leaving_30000_files_ends_and_its_history_stays_small() {
     );
     assert!(largest < 16 * 1024, "a history event of {largest} bytes");
     assert!(total < 128 * 1024, "history of {total} bytes");
+}
+
+/// `git` with no configuration of the machine's, in `dir`.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=e2e", "-c", "user.email=e2e@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A run whose workspace is a repository's tag starts in a checkout of that commit (its
+/// `.git` the agent's to use), and its diff is against that commit, as `git diff` spells it:
+/// `git apply` takes it on a clone of the commit. The agent rigs its `.git` (fsmonitor, an
+/// external diff, a hook) and links a host file: the engine runs no git in the agent's
+/// checkout, so none of it runs, and nothing outside `work/` is read. A repository the engine
+/// does not have, or a ref that is no commit of it, ends the run with the reason; a ref
+/// spelled as an option is refused at submission (422 `invalid_spec`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_git_workspace_is_checked_out_and_its_diff_applies_to_its_commit() {
+    let stack = Stack::start(StackOptions::default()).unwrap();
+    let repo = stack.state_dir().join("repositories/app");
+    std::fs::create_dir_all(repo.join("src")).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README.md"), "v1 readme\n").unwrap();
+    std::fs::write(repo.join("src/old.txt"), "to be removed\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "v1"]);
+    git(&repo, &["tag", "v1"]);
+    let v1 = git(&repo, &["rev-parse", "v1"]);
+    std::fs::write(repo.join("README.md"), "v2 readme\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "v2"]);
+
+    let mark = format!("/tmp/cogward-pwned-{}", uuid::Uuid::new_v4().simple());
+    let script = format!(
+        "set -e\n\
+         test \"$(cat README.md)\" = 'v1 readme'\n\
+         test -d .git\n\
+         echo \"an agent's line\" >> README.md\n\
+         rm src/old.txt\n\
+         printf 'new\\n' > added.txt\n\
+         printf '[core]\\n\\tfsmonitor = touch {mark}\\n[diff]\\n\\texternal = touch {mark}\\n' >> .git/config\n\
+         mkdir -p .git/hooks\n\
+         printf '#!/bin/sh\\ntouch {mark}\\n' > .git/hooks/post-checkout\n\
+         chmod +x .git/hooks/post-checkout\n\
+         ln -s /etc/passwd passwd-link\n"
+    );
+    let mut run_spec = spec("acme", &["sh", "-c", &script]);
+    run_spec["workspace"] = json!({"git": {"repository": "app", "ref": "v1"}});
+    let (id, run) = stack
+        .submit_until(&run_spec, &["succeeded", "failed"])
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", stack.logs());
+    let (code, diff, err) = stack.cli(&stack.tokens.ci, &["run", "diff", &id]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    for expected in [
+        "diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n",
+        "+an agent's line\n",
+        "diff --git a/src/old.txt b/src/old.txt\ndeleted file mode 100644\n--- a/src/old.txt\n+++ /dev/null\n",
+        "diff --git a/added.txt b/added.txt\nnew file mode 100644\n--- /dev/null\n+++ b/added.txt\n",
+    ] {
+        assert!(diff.contains(expected), "{expected:?} not in:\n{diff}");
+    }
+    assert!(!diff.contains(".git/"), "{diff}");
+    assert!(!diff.contains("root:"), "{diff}");
+    assert!(
+        !Path::new(&mark).exists(),
+        "the agent's git configuration ran on the host"
+    );
+
+    // The diff is the commit's: git applies it to a clone of v1.
+    let check = tempfile::tempdir().unwrap();
+    let clone = check.path().join("app");
+    git(
+        check.path(),
+        &[
+            "clone",
+            "-q",
+            repo.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    git(&clone, &["checkout", "-q", "--detach", "v1"]);
+    std::fs::write(check.path().join("run.diff"), &diff).unwrap();
+    git(
+        &clone,
+        &["apply", check.path().join("run.diff").to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read_to_string(clone.join("README.md")).unwrap(),
+        "v1 readme\nan agent's line\n"
+    );
+    assert!(!clone.join("src/old.txt").exists());
+    let (code, manifest, err) = stack
+        .cli(&stack.tokens.ci, &["run", "evidence", &id, "manifest"])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let manifest: Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(
+        manifest["workspace"],
+        json!({"repository": "app", "ref": "v1", "commit": v1}),
+        "{manifest}"
+    );
+
+    for (workspace, reason) in [
+        (
+            json!({"git": {"repository": "nope"}}),
+            "\"nope\" is not one of this engine's",
+        ),
+        (
+            json!({"git": {"repository": "app", "ref": "gone"}}),
+            "\"gone\" is not a commit of repository app",
+        ),
+    ] {
+        let mut s = spec("acme", &["true"]);
+        s["workspace"] = workspace;
+        let (_, run) = stack
+            .submit_until(&s, &["succeeded", "failed"])
+            .await
+            .unwrap();
+        assert_eq!(run["status"], "failed", "{run}");
+        assert!(run["reason"].as_str().unwrap().contains(reason), "{run}");
+    }
+    let mut s = spec("acme", &["true"]);
+    s["workspace"] = json!({"git": {"repository": "app", "ref": "--upload-pack=touch /tmp/x"}});
+    let (status, body) = stack
+        .call(
+            reqwest::Method::POST,
+            "/v1/runs",
+            Some(&stack.tokens.ci),
+            Some(serde_json::to_vec(&s).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("workspace.git.ref"), "{body}");
 }

@@ -223,6 +223,7 @@ impl AgentRun {
                     secrets: spec.secrets.clone(),
                     spec_sha256: admission.spec_sha256.clone(),
                     admission_policy: admission.decision.policy.clone(),
+                    workspace: spec.workspace.clone(),
                 },
                 ActivityOptions::with_start_to_close_timeout(timeout)
                     .heartbeat_timeout(RUNNER_HEARTBEAT_TIMEOUT)

@@ -184,6 +184,7 @@ mod tests {
             gateway: None,
             egress_proxy: None,
             files: BTreeMap::new(),
+            checkout: None,
             home_files: BTreeMap::new(),
             secrets: Vec::new(),
             sandbox: SandboxProfile::default(),
