@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0009_mcp_client_capabilities.sql",
         include_str!("../../migrations/0009_mcp_client_capabilities.sql"),
     ),
+    (
+        10,
+        "0010_mcp_log_level.sql",
+        include_str!("../../migrations/0010_mcp_log_level.sql"),
+    ),
 ];
 
 /// The database cannot take writes (or answer) right now: its disk is full, its server is gone,

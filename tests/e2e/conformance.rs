@@ -42,7 +42,8 @@ impl Drop for Upstream {
     }
 }
 
-fn start_upstream(node: &Path) -> (Upstream, String) {
+/// Start the upstream, writing every message it receives or sends to `log` (JSONL).
+fn start_upstream(node: &Path, log: &Path) -> (Upstream, String) {
     // upstream.ts imports the SDK from the tools' node_modules, as run.sh links it.
     let link = conformance_dir().join("node_modules");
     if !link.exists() {
@@ -52,6 +53,7 @@ fn start_upstream(node: &Path) -> (Upstream, String) {
     let mut child = Command::new(node)
         .arg(conformance_dir().join("upstream.ts"))
         .args(["--port", "0"])
+        .env("CONF_UPSTREAM_LOG", log)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -80,8 +82,8 @@ struct ConfStack {
 
 impl ConfStack {
     fn start(node: &Path, access: &serde_json::Value) -> ConfStack {
-        let (upstream, upstream_url) = start_upstream(node);
         let dir = tempfile::tempdir().unwrap();
+        let (upstream, upstream_url) = start_upstream(node, &dir.path().join("upstream.jsonl"));
         let provider = FakeProvider::start(dir.path());
         let mut config = gateway_config(&provider.url);
         config["mcp_servers"] =
@@ -578,6 +580,149 @@ async fn cancellation_goes_both_ways_and_roots_reach_the_calling_agent() {
     );
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
+    for (id, _) in &runs {
+        stack.cancel(id).await.unwrap();
+    }
+}
+
+/// A server whose upstream sessions are per agent session (the default for HTTP) sees each
+/// agent as its own client: one agent's `logging/setLevel` quiets its own tool's log messages
+/// and nobody else's; a client that declared no roots is, to the server, a client without roots
+/// (as it is asked directly), one that did is asked for them; each agent session has an upstream
+/// session of its own, which `DELETE /mcp` ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_agent_session_is_its_own_client_to_a_session_scoped_server() {
+    let Some(node) = node22() else {
+        return;
+    };
+    let conf = ConfStack::start(
+        &node,
+        &json!({"tenants": {"acme": {"default_scope": ["conf.*", "roots:conf.test_roots"]}}}),
+    );
+    let stack = &conf.stack;
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (id, _) = stack
+            .submit_until(&spec("acme", &["sleep", "600"]), &["running"])
+            .await
+            .unwrap();
+        let token = credential(stack, &id);
+        runs.push((id, token));
+    }
+    let url = stack.gw_url("/mcp");
+    let a = RawSession::open(&url, &runs[0].1, json!({})).await;
+    let b = RawSession::open(&url, &runs[1].1, json!({"roots": {}})).await;
+    let call = |id: i64, tool: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": format!("conf_{tool}"), "arguments": {}}})
+    };
+    let logs = |messages: &[Value]| {
+        messages
+            .iter()
+            .filter(|m| m["method"] == "notifications/message")
+            .count()
+    };
+
+    let mut set = a
+        .post(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel",
+                     "params": {"level": "error"}}),
+        )
+        .await;
+    let mut buf = String::new();
+    let set = rest_of(&mut set, &mut buf).await;
+    assert_eq!(set[0]["result"], json!({}), "{set:?}");
+    let mut buf = String::new();
+    let quiet = rest_of(
+        &mut a.post(call(2, "test_tool_with_logging")).await,
+        &mut buf,
+    )
+    .await;
+    assert_eq!(logs(&quiet), 0, "{quiet:?}");
+    let mut buf = String::new();
+    let loud = rest_of(
+        &mut b.post(call(2, "test_tool_with_logging")).await,
+        &mut buf,
+    )
+    .await;
+    assert_eq!(logs(&loud), 3, "{loud:?}");
+
+    let mut buf = String::new();
+    let none = rest_of(&mut a.post(call(3, "test_roots")).await, &mut buf).await;
+    let done = none.last().unwrap();
+    assert_eq!(done["result"]["isError"], true, "{none:?}");
+    assert_eq!(
+        done["result"]["content"][0]["text"],
+        "The client does not support roots"
+    );
+    let mut stream = b.post(call(3, "test_roots")).await;
+    let mut buf = String::new();
+    let asked = next_message(&mut stream, &mut buf).await;
+    assert_eq!(asked["method"], "roots/list", "{asked}");
+    let roots = json!({"jsonrpc": "2.0", "id": asked["id"], "result": {"roots": []}});
+    assert_eq!(b.post(roots).await.status(), 202);
+    let done = next_message(&mut stream, &mut buf).await;
+    assert_eq!(done["result"]["content"][0]["text"], "roots: []", "{done}");
+
+    // Each agent session's calls reached the server on an upstream session of its own.
+    let trace = || -> Vec<Value> {
+        std::fs::read_to_string(conf.dir.path().join("upstream.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let session_of = |tool: &str, trace: &[Value]| -> std::collections::BTreeSet<String> {
+        trace
+            .iter()
+            .filter(|t| t["dir"] == "in" && t["message"]["params"]["name"] == tool)
+            .filter_map(|t| t["session"].as_str().map(str::to_string))
+            .collect()
+    };
+    let t = trace();
+    let (sa, sb) = (
+        session_of("test_tool_with_logging", &t),
+        session_of("test_roots", &t),
+    );
+    assert_eq!((sa.len(), sb.len()), (2, 2), "{sa:?} {sb:?}");
+    assert_eq!(
+        sa, sb,
+        "each agent's calls stay on its own upstream session"
+    );
+    let level_set: Vec<&Value> = t
+        .iter()
+        .filter(|t| t["dir"] == "in" && t["message"]["method"] == "logging/setLevel")
+        .collect();
+    assert_eq!(level_set.len(), 1, "{level_set:?}");
+
+    // DELETE ends the agent session, and its upstream session with it.
+    let deleted = a
+        .http
+        .delete(&url)
+        .bearer_auth(&runs[0].1)
+        .header("mcp-session-id", &a.id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let upstream_a = level_set[0]["session"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !trace()
+        .iter()
+        .any(|t| t["http"] == "DELETE" && t["session"] == upstream_a.as_str())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream session was not ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut buf = String::new();
+    let still = rest_of(&mut b.post(call(4, "test_simple_text")).await, &mut buf).await;
+    assert!(
+        still.last().unwrap()["result"]["content"].is_array(),
+        "{still:?}"
+    );
     for (id, _) in &runs {
         stack.cancel(id).await.unwrap();
     }

@@ -82,10 +82,11 @@ pub struct McpServer {
     #[serde(default = "every_tenant")]
     pub tenants: Vec<String>,
     pub transport: McpTransport,
-    /// `shared`: one connection (one process, for stdio) for every run; `run`: one per run,
-    /// closed when the run ends.
+    /// `session`: one upstream session per agent session (the default for HTTP servers);
+    /// `shared`: one connection (one process, for stdio) for every run (the default for stdio
+    /// servers); `run`: one per run, closed when the run ends.
     #[serde(default)]
-    pub scope: McpScope,
+    pub scope: Option<McpScope>,
     /// A call's time limit, in seconds.
     #[serde(default = "default_call_timeout")]
     pub timeout_seconds: u64,
@@ -112,12 +113,23 @@ pub enum McpTransport {
     Http { url: String },
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum McpScope {
-    #[default]
     Shared,
     Run,
+    Session,
+}
+
+impl McpServer {
+    /// The server's scope, as configured or by its transport: an HTTP session costs the server
+    /// a handshake, a stdio one a process.
+    pub fn scope(&self) -> McpScope {
+        self.scope.unwrap_or(match self.transport {
+            McpTransport::Http { .. } => McpScope::Session,
+            McpTransport::Stdio { .. } => McpScope::Shared,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -30,7 +30,7 @@ mod features;
 use super::config::McpServer;
 use super::obligations::{self, Site};
 use super::rpc::{CANCELLED, Interim, ServerRequest};
-use super::upstream::UpstreamError;
+use super::upstream::{Caller, UpstreamError};
 use super::{AuthFailure, CallDecision, CallRecord, Gateway, RunIdentity, sha256_hex};
 use crate::api::AppState;
 use crate::ledger::canonical_string;
@@ -240,6 +240,7 @@ async fn handle_delete(State(state): State<AppState>, headers: HeaderMap) -> Res
             if let Ok(mut s) = gw.sessions.lock() {
                 s.remove(&id);
             }
+            gw.upstreams.close_session(&id);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => e.into_response(),
@@ -341,6 +342,11 @@ async fn one(
             let (session, _) = session(gw, headers, run, &id).await?;
             cancel_request(gw, &session, params);
         }
+        // The agent's roots changed: its own upstream sessions hear it.
+        if method == "notifications/roots/list_changed" {
+            let (session, _) = session(gw, headers, run, &id).await?;
+            gw.upstreams.notify_session(&session, method).await;
+        }
         return Ok(StatusCode::ACCEPTED.into_response());
     }
     let params = obj.get("params").cloned().unwrap_or(Value::Null);
@@ -361,7 +367,13 @@ async fn one(
         }
         return initialize(gw, run, &id, &params).await;
     }
-    let (session, SessionInfo { capabilities, .. }) = session(gw, headers, run, &id).await?;
+    let (session, info) = session(gw, headers, run, &id).await?;
+    let caller = Caller {
+        run_id: run.run_id.clone(),
+        session: Some(session.clone()),
+        capabilities: info.capabilities,
+        log_level: info.log_level,
+    };
     if let Some(v) = headers
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())
@@ -385,13 +397,13 @@ async fn one(
         body,
         sse,
         session: &session,
-        capabilities: &capabilities,
+        caller: &caller,
     };
     let answer = match method {
         "ping" => rpc_result(&id, json!({})),
         "tools/list" => rpc_result(
             &id,
-            json!({"tools": features::listing(gw, run, Listing::TOOLS).await}),
+            json!({"tools": features::listing(gw, run, &caller, Listing::TOOLS).await}),
         ),
         "tools/call" => return call_tool(&req).await,
         other => {
@@ -473,6 +485,7 @@ async fn initialize(
             run_id: run.run_id.clone(),
             capabilities,
             protocol_version: version.to_string(),
+            log_level: None,
         };
         s.insert(session_id.clone(), info);
     }
@@ -557,6 +570,8 @@ pub struct SessionInfo {
     pub capabilities: Value,
     /// The protocol version negotiated at `initialize`.
     pub protocol_version: String,
+    /// The level it asked for with `logging/setLevel`.
+    pub log_level: Option<String>,
 }
 
 /// The request's session (its id, and what was negotiated): it must exist and belong to the
@@ -583,8 +598,8 @@ async fn session(
     let owner = match cached {
         Some(owner) => Some(owner),
         None => {
-            let row: Option<(String, String, String)> = sqlx::query_as(
-                "SELECT run_id, client_capabilities, protocol_version FROM mcp_sessions WHERE session_id = $1",
+            let row: Option<(String, String, String, Option<String>)> = sqlx::query_as(
+                "SELECT run_id, client_capabilities, protocol_version, log_level FROM mcp_sessions WHERE session_id = $1",
             )
             .bind(session_id)
             .fetch_optional(&gw.db.pool)
@@ -598,11 +613,16 @@ async fn session(
                     "cogward: internal error",
                 )
             })?;
-            let owner = row.map(|(run_id, capabilities, protocol_version)| SessionInfo {
-                run_id,
-                capabilities: serde_json::from_str(&capabilities).unwrap_or_else(|_| json!({})),
-                protocol_version,
-            });
+            let owner =
+                row.map(
+                    |(run_id, capabilities, protocol_version, log_level)| SessionInfo {
+                        run_id,
+                        capabilities: serde_json::from_str(&capabilities)
+                            .unwrap_or_else(|_| json!({})),
+                        protocol_version,
+                        log_level,
+                    },
+                );
             if let (Some(o), Ok(mut s)) = (&owner, gw.sessions.lock()) {
                 s.insert(session_id.to_string(), o.clone());
             }
@@ -707,8 +727,8 @@ struct Req<'a> {
     sse: bool,
     /// The agent's MCP session.
     session: &'a str,
-    /// What the agent's client declared at `initialize`.
-    capabilities: &'a Value,
+    /// Whom the request goes upstream for: the run, the session, what its client declared.
+    caller: &'a Caller,
 }
 
 async fn call_tool(r: &Req<'_>) -> Result<Response, RpcError> {
@@ -743,7 +763,7 @@ async fn call_tool(r: &Req<'_>) -> Result<Response, RpcError> {
             format!("Unknown tool: {name}"),
         ));
     };
-    let known = match gw.upstreams.tools(server, &run.run_id).await {
+    let known = match gw.upstreams.tools(server, r.caller).await {
         Ok(tools) => tools
             .iter()
             .any(|t| t.get("name").and_then(Value::as_str) == Some(tool)),
@@ -991,8 +1011,9 @@ struct CallJob {
     sse: bool,
     /// The agent's `progressToken`, if it sent one.
     progress_token: Option<Value>,
-    /// What the agent's client declared (which server requests it can be relayed).
-    client: Value,
+    /// Whom it goes upstream for; what the agent's client declared (which server requests it
+    /// can be relayed).
+    caller: Caller,
     /// The agent's cancellation of the request, if it sends one.
     cancel: Option<Cancellable>,
 }
@@ -1075,7 +1096,7 @@ impl CallJob {
             started,
             sse: r.sse,
             progress_token: params_progress_token(r.params),
-            client: r.capabilities.clone(),
+            caller: r.caller.clone(),
             cancel: Cancellable::register(&r.state.gateway, r.session, r.id),
         }
     }
@@ -1129,7 +1150,7 @@ impl CallJob {
         });
         let request = self.gw.upstreams.request(
             &self.server,
-            &call.run.run_id,
+            &self.caller,
             self.method,
             self.params.clone(),
             interim,
@@ -1235,7 +1256,7 @@ impl CallJob {
             _ => ("elicit", "elicitation"),
         };
         let error = |code: i64, message: String| Err(json!({"code": code, "message": message}));
-        if self.client.get(feature).is_none() {
+        if self.caller.capabilities.get(feature).is_none() {
             let why = format!("cogward: the agent's client does not support {feature}");
             let _ = reply.send(error(-32601, why));
             return;

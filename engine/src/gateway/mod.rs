@@ -701,12 +701,13 @@ async fn settle_abandoned_once(gw: &Gateway) -> Result<()> {
     Ok(())
 }
 
-/// Every few seconds, close the per-run MCP servers of runs that ended (until the process
-/// exits).
+/// Every few seconds, close the per-run and per-session MCP server sessions of runs that
+/// ended, and the per-session ones idle too long (until the process exits).
 pub async fn close_servers_of_ended_runs(gw: Arc<Gateway>) {
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
         gw.upstreams.close_ended_runs(&gw.db).await;
+        gw.upstreams.close_idle_sessions();
     }
 }
 

@@ -253,11 +253,18 @@ impl Client {
         env: &std::collections::BTreeMap<String, String>,
     ) -> Result<(Client, Value)> {
         let client = Client::Stdio(StdioClient::spawn(command, env)?);
-        let capabilities = client.initialize().await?;
+        // Nothing says whose a stdio server's requests are: none are declared.
+        let capabilities = client.initialize(json!({})).await?;
         Ok((client, capabilities))
     }
 
-    pub async fn connect_http(http: reqwest::Client, url: &str) -> Result<(Client, Value)> {
+    /// `capabilities`: what the client declares ([`RELAYED`] requests it can take on a call's
+    /// stream).
+    pub async fn connect_http(
+        http: reqwest::Client,
+        url: &str,
+        capabilities: Value,
+    ) -> Result<(Client, Value)> {
         let client = Client::Http(HttpClient {
             http,
             url: url.to_string(),
@@ -267,19 +274,12 @@ impl Client {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         });
-        let capabilities = client.initialize().await?;
+        let capabilities = client.initialize(capabilities).await?;
         Ok((client, capabilities))
     }
 
-    /// The handshake; the server's capabilities.
-    async fn initialize(&self) -> Result<Value> {
-        // Over HTTP a server's requests within a call arrive on that call's stream, so they
-        // can be relayed to the call's agent ([`RELAYED`]); over stdio nothing says whose they
-        // are, so nothing is declared.
-        let capabilities = match self {
-            Client::Stdio(_) => json!({}),
-            Client::Http(_) => json!({"sampling": {}, "elicitation": {}, "roots": {}}),
-        };
+    /// The handshake, declaring `capabilities`; the server's capabilities.
+    async fn initialize(&self, capabilities: Value) -> Result<Value> {
         let params = RawValue::from_string(
             json!({"protocolVersion": PROTOCOL_VERSION, "capabilities": capabilities,
                    "clientInfo": {"name": "cogward-gateway", "version": env!("CARGO_PKG_VERSION")}})
@@ -383,7 +383,8 @@ impl Client {
         reply
     }
 
-    async fn notify(&self, method: &str) -> Result<()> {
+    /// Send the notification `method` (no params).
+    pub async fn notify(&self, method: &str) -> Result<()> {
         self.send(&format!(
             r#"{{"jsonrpc":"2.0","method":{}}}"#,
             json!(method)

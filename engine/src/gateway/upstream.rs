@@ -1,7 +1,12 @@
 //! Upstream MCP servers, through our own client ([`super::rpc`]): started (stdio) or connected
-//! (Streamable HTTP) on first use, shared by every run or one per run as configured,
-//! reconnected after a failure, and guarded by a circuit breaker. Results are passed on as the
-//! server wrote them.
+//! (Streamable HTTP) on first use — one upstream session per agent session, per run, or shared
+//! by every run, as configured ([`McpScope`]) — reconnected after a failure, and guarded by a
+//! circuit breaker. Results are passed on as the server wrote them.
+//!
+//! A session-scoped server's upstream session is the agent session's own: it is opened with
+//! the agent's client capabilities (what of them the gateway relays: sampling, elicitation,
+//! roots) and its log level, gets the agent's `logging/setLevel`, and is closed when the agent
+//! session ends (`DELETE /mcp`), its run ends, or it has been idle for [`SESSION_IDLE`].
 //!
 //! The breaker counts consecutive failed calls (transport errors, timeouts; a tool's own
 //! `isError` result is not a failure). At `breaker.failures` it opens: calls are refused at once
@@ -25,8 +30,30 @@ const LIST_MAX: usize = 10_000;
 /// How long connecting (starting a stdio server, the MCP handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A connection's key: the server, and the run for per-run servers.
-type ConnectionKey = (String, Option<String>);
+/// How long a session-scoped upstream session may go unused before it is closed.
+pub const SESSION_IDLE: Duration = Duration::from_secs(600);
+
+/// A connection's key: the server, the run (per-run and per-session servers) and the agent
+/// session (per-session servers).
+type ConnectionKey = (String, Option<String>, Option<String>);
+
+/// Where one key's connection lives; connecting holds it (and nothing else) locked.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+
+/// Whom a request goes upstream for.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub run_id: String,
+    /// The agent's MCP session.
+    pub session: Option<String>,
+    /// What the agent's client declared at `initialize`.
+    pub capabilities: Value,
+    /// The level the agent asked for with `logging/setLevel`, if it did.
+    pub log_level: Option<String>,
+}
+
+/// The client capabilities the gateway can serve for a server's requests on a call's stream.
+const RELAYABLE: [&str; 3] = ["sampling", "elicitation", "roots"];
 
 /// A listing as fetched, and when.
 type Listed = (Arc<Vec<Value>>, Instant);
@@ -38,6 +65,26 @@ struct Connection {
     capabilities: Value,
     /// The server's listings by method (`tools/list`, ...), each entry as it described it.
     lists: Mutex<HashMap<&'static str, Listed>>,
+    /// When it was last asked for.
+    used: Mutex<Instant>,
+}
+
+impl Connection {
+    /// `logging/setLevel` on this session, if the server declared logging (best effort: a
+    /// server that refuses it keeps its level).
+    async fn set_level(&self, level: &str) {
+        if self.capabilities.get("logging").is_none() {
+            return;
+        }
+        let Ok(params) = RawValue::from_string(json!({"level": level}).to_string()) else {
+            return;
+        };
+        match self.client.request("logging/setLevel", &params).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::info!(error = %e, "a server refused a log level"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "setting a server's log level"),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -68,8 +115,7 @@ pub struct Upstreams {
     namespace: String,
     breaker: Breaker,
     http: reqwest::Client,
-    /// By (server, run id for per-run servers).
-    connections: tokio::sync::Mutex<HashMap<ConnectionKey, Arc<Connection>>>,
+    connections: Mutex<HashMap<ConnectionKey, Slot>>,
     breakers: Mutex<HashMap<String, BreakerState>>,
 }
 
@@ -85,68 +131,154 @@ impl Upstreams {
             namespace,
             breaker,
             http,
-            connections: tokio::sync::Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
             breakers: Mutex::new(HashMap::new()),
         })
     }
 
-    fn key(server: &McpServer, run_id: &str) -> ConnectionKey {
-        let run = (server.scope == McpScope::Run).then(|| run_id.to_string());
-        (server.name.clone(), run)
+    fn key(server: &McpServer, caller: &Caller) -> ConnectionKey {
+        let run = Some(caller.run_id.clone());
+        match server.scope() {
+            McpScope::Shared => (server.name.clone(), None, None),
+            McpScope::Run => (server.name.clone(), run, None),
+            McpScope::Session => (server.name.clone(), run, caller.session.clone()),
+        }
     }
 
     async fn connection(
         &self,
         server: &McpServer,
-        run_id: &str,
+        caller: &Caller,
     ) -> Result<Arc<Connection>, UpstreamError> {
-        let key = Self::key(server, run_id);
-        let mut connections = self.connections.lock().await;
-        if let Some(c) = connections.get(&key)
+        let slot = {
+            let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+            connections
+                .entry(Self::key(server, caller))
+                .or_default()
+                .clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref()
             && !c.client.is_closed()
         {
+            if let Ok(mut used) = c.used.lock() {
+                *used = Instant::now();
+            }
             return Ok(c.clone());
         }
         let failed = |detail: String| UpstreamError::Failed {
             server: server.name.clone(),
             detail,
         };
-        let (client, capabilities) = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(server))
-            .await
-            .map_err(|_| failed(format!("connecting took over {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| failed(format!("connecting: {e:#}")))?;
+        let (client, capabilities) =
+            tokio::time::timeout(CONNECT_TIMEOUT, self.connect(server, caller))
+                .await
+                .map_err(|_| failed(format!("connecting took over {CONNECT_TIMEOUT:?}")))?
+                .map_err(|e| failed(format!("connecting: {e:#}")))?;
         let connection = Arc::new(Connection {
             client,
             capabilities,
             lists: Mutex::new(HashMap::new()),
+            used: Mutex::new(Instant::now()),
         });
-        connections.insert(key, connection.clone());
+        if server.scope() == McpScope::Session
+            && let Some(level) = &caller.log_level
+        {
+            connection.set_level(level).await;
+        }
+        *slot = Some(connection.clone());
         Ok(connection)
     }
 
-    async fn connect(&self, server: &McpServer) -> anyhow::Result<(Client, Value)> {
+    async fn connect(
+        &self,
+        server: &McpServer,
+        caller: &Caller,
+    ) -> anyhow::Result<(Client, Value)> {
         match &server.transport {
             McpTransport::Stdio { command, env } => Client::connect_stdio(command, env).await,
-            McpTransport::Http { url } => Client::connect_http(self.http.clone(), url).await,
+            McpTransport::Http { url } => {
+                // A server's requests within a call arrive on that call's stream, so they can be
+                // relayed to the call's agent: a session of the agent's own declares what its
+                // client did, a shared one all the gateway can relay.
+                let declared: serde_json::Map<String, Value> = match server.scope() {
+                    McpScope::Session => RELAYABLE
+                        .iter()
+                        .filter_map(|k| Some((k.to_string(), caller.capabilities.get(*k)?.clone())))
+                        .collect(),
+                    _ => RELAYABLE
+                        .iter()
+                        .map(|k| (k.to_string(), json!({})))
+                        .collect(),
+                };
+                Client::connect_http(self.http.clone(), url, Value::Object(declared)).await
+            }
         }
     }
 
     /// Forget a connection that failed, so the next call connects afresh.
-    async fn drop_connection(&self, server: &McpServer, run_id: &str) {
-        self.connections
-            .lock()
-            .await
-            .remove(&Self::key(server, run_id));
+    fn drop_connection(&self, server: &McpServer, caller: &Caller) {
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        connections.remove(&Self::key(server, caller));
     }
 
-    /// Close the per-run servers of runs that ended (a stdio server's process ends with its
-    /// connection).
+    /// The agent session `session` set its log level: tell its own upstream sessions that
+    /// declared logging (the shared and per-run ones are not its alone).
+    pub async fn set_level(&self, session: &str, level: &str) {
+        for c in self.live_connections(|(_, _, s)| s.as_deref() == Some(session)) {
+            c.set_level(level).await;
+        }
+    }
+
+    /// Pass the agent's notification `method` (no params) to its own upstream sessions.
+    pub async fn notify_session(&self, session: &str, method: &str) {
+        for c in self.live_connections(|(_, _, s)| s.as_deref() == Some(session)) {
+            if let Err(e) = c.client.notify(method).await {
+                tracing::warn!(error = %format!("{e:#}"), method, "passing a notification upstream");
+            }
+        }
+    }
+
+    /// The agent session `session` ended: close its upstream sessions.
+    pub fn close_session(&self, session: &str) {
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        connections.retain(|(_, _, s), _| s.as_deref() != Some(session));
+    }
+
+    /// Close the per-session servers' sessions nobody used for [`SESSION_IDLE`] (and that no
+    /// request holds); an agent's next request opens a new one.
+    pub fn close_idle_sessions(&self) {
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        connections.retain(|(_, _, session), slot| {
+            let Ok(slot) = slot.try_lock() else {
+                return true;
+            };
+            let idle = slot.as_ref().is_none_or(|c| {
+                Arc::strong_count(c) == 1
+                    && c.used.lock().is_ok_and(|u| u.elapsed() >= SESSION_IDLE)
+            });
+            session.is_none() || !idle
+        });
+    }
+
+    /// The connections whose key `pick` chooses, connected now.
+    fn live_connections(&self, pick: impl Fn(&ConnectionKey) -> bool) -> Vec<Arc<Connection>> {
+        let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        connections
+            .iter()
+            .filter(|(k, _)| pick(k))
+            .filter_map(|(_, slot)| slot.try_lock().ok()?.clone())
+            .collect()
+    }
+
+    /// Close the per-run and per-session servers of runs that ended (a stdio server's process
+    /// ends with its connection).
     pub async fn close_ended_runs(&self, db: &crate::db::Db) {
-        let runs: Vec<String> = {
-            let connections = self.connections.lock().await;
+        let runs: std::collections::BTreeSet<String> = {
+            let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
             connections
                 .keys()
-                .filter_map(|(_, run)| run.clone())
+                .filter_map(|(_, run, _)| run.clone())
                 .collect()
         };
         for run_id in runs {
@@ -161,11 +293,9 @@ impl Upstreams {
                 .and_then(cogward_activities::spec::RunStatus::parse)
                 .is_none_or(cogward_activities::spec::RunStatus::is_terminal);
             if ended {
-                tracing::info!(run_id, "closing the run's MCP servers");
-                self.connections
-                    .lock()
-                    .await
-                    .retain(|(_, run), _| run.as_deref() != Some(run_id.as_str()));
+                tracing::info!(run_id, "closing the run's MCP server sessions");
+                let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+                connections.retain(|(_, run, _), _| run.as_deref() != Some(run_id.as_str()));
             }
         }
     }
@@ -174,9 +304,9 @@ impl Upstreams {
     pub async fn tools(
         &self,
         server: &McpServer,
-        run_id: &str,
+        caller: &Caller,
     ) -> Result<Arc<Vec<Value>>, UpstreamError> {
-        self.list(server, run_id, "tools/list").await
+        self.list(server, caller, "tools/list").await
     }
 
     /// A listing of the server's, all pages of it (cached for a while): `tools/list`,
@@ -186,7 +316,7 @@ impl Upstreams {
     pub async fn list(
         &self,
         server: &McpServer,
-        run_id: &str,
+        caller: &Caller,
         method: &'static str,
     ) -> Result<Arc<Vec<Value>>, UpstreamError> {
         let (capability, field) = match method {
@@ -196,7 +326,7 @@ impl Upstreams {
             _ => (None, "tools"),
         };
         // What needs no request needs no breaker either: nothing to probe, nothing answered.
-        let c = self.live(server, run_id).await?;
+        let c = self.live(server, caller).await?;
         if let Some(cap) = capability
             && c.capabilities.get(cap).is_none()
         {
@@ -208,7 +338,7 @@ impl Upstreams {
         {
             return Ok(entries.clone());
         }
-        self.guarded(server, run_id, |c| async move {
+        self.guarded(server, caller, |c| async move {
             let mut entries = Vec::new();
             let mut cursor: Option<String> = None;
             loop {
@@ -244,9 +374,9 @@ impl Upstreams {
     pub async fn capabilities(
         &self,
         server: &McpServer,
-        run_id: &str,
+        caller: &Caller,
     ) -> Result<Value, UpstreamError> {
-        Ok(self.live(server, run_id).await?.capabilities.clone())
+        Ok(self.live(server, caller).await?.capabilities.clone())
     }
 
     /// The server's connection (connecting if need be) for what is not a call: it never takes
@@ -254,12 +384,12 @@ impl Upstreams {
     async fn live(
         &self,
         server: &McpServer,
-        run_id: &str,
+        caller: &Caller,
     ) -> Result<Arc<Connection>, UpstreamError> {
         if self.cooling_down(&server.name) {
             return Err(UpstreamError::CircuitOpen(server.name.clone()));
         }
-        let connected = self.connection(server, run_id).await;
+        let connected = self.connection(server, caller).await;
         if let Err(e) = &connected {
             self.failed(&server.name, &e.to_string()).await;
         }
@@ -273,12 +403,12 @@ impl Upstreams {
     pub async fn request(
         &self,
         server: &McpServer,
-        run_id: &str,
+        caller: &Caller,
         method: &str,
         params: Box<RawValue>,
         interim: Option<Interim>,
     ) -> Result<Box<RawValue>, UpstreamError> {
-        self.guarded(server, run_id, |c| async move {
+        self.guarded(server, caller, |c| async move {
             c.client.request_with(method, &params, interim).await
         })
         .await?
@@ -294,7 +424,7 @@ impl Upstreams {
     async fn guarded<T, F, Fut>(
         &self,
         server: &McpServer,
-        run_id: &str,
+        caller: &Caller,
         op: F,
     ) -> Result<T, UpstreamError>
     where
@@ -303,7 +433,7 @@ impl Upstreams {
     {
         self.admit(&server.name)?;
         let limit = Duration::from_secs(server.timeout_seconds);
-        let result = match self.connection(server, run_id).await {
+        let result = match self.connection(server, caller).await {
             Ok(c) => match tokio::time::timeout(limit, op(c)).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(format!("{e:#}")),
@@ -317,7 +447,7 @@ impl Upstreams {
                 Ok(v)
             }
             Err(detail) => {
-                self.drop_connection(server, run_id).await;
+                self.drop_connection(server, caller);
                 self.failed(&server.name, &detail).await;
                 Err(UpstreamError::Failed {
                     server: server.name.clone(),

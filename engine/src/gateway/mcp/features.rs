@@ -14,15 +14,16 @@
 //!   Several claimants is an error naming them; `_meta["cogward/server"]` in the request
 //!   chooses one. A server of another tenant, or outside the run's `mcp_servers`, is never a
 //!   candidate.
-//! - `logging/setLevel` is accepted (a valid level answers `{}`) and not forwarded: upstream
-//!   sessions are shared by the runs of a server (or of a run), so one agent cannot set another's
-//!   level, and log notifications are not relayed to agents yet (docs/api.md).
+//! - `logging/setLevel` is kept with the agent's session and sent to the servers whose upstream
+//!   session is that session's own (scope `session`); a shared or per-run server's session is
+//!   not one agent's, so its level is not the agent's to set.
 
 use super::{
     CallJob, Req, RpcError, carry_out, decide, raw_params, reply, resolve, rpc_error, rpc_result,
     servers, to_raw,
 };
 use crate::gateway::config::McpServer;
+use crate::gateway::upstream::Caller;
 use crate::gateway::{CallRecord, Gateway, RunIdentity, sha256_hex};
 use crate::ledger::canonical_string;
 use axum::http::StatusCode;
@@ -48,18 +49,20 @@ const LOG_LEVELS: [&str; 8] = [
 
 /// Answer `method` if it is one of this module's; `None` otherwise.
 pub(super) async fn dispatch(r: &Req<'_>, method: &str) -> Option<Result<Response, RpcError>> {
-    let (state, run, id, params, sse) = (r.state, r.run, r.id, r.params, r.sse);
+    let (state, run, id, sse) = (r.state, r.run, r.id, r.sse);
     let gw = &state.gateway;
     let listed = |v: Value| Ok(reply(sse, &to_raw(&rpc_result(id, v))));
     Some(match method {
-        "logging/setLevel" => set_level(id, params).map(|v| reply(sse, &to_raw(&v))),
-        "prompts/list" => listed(json!({"prompts": listing(gw, run, Listing::PROMPTS).await})),
+        "logging/setLevel" => set_level(r).await.map(|v| reply(sse, &to_raw(&v))),
+        "prompts/list" => {
+            listed(json!({"prompts": listing(gw, run, r.caller, Listing::PROMPTS).await}))
+        }
         "resources/list" => {
-            listed(json!({"resources": listing(gw, run, Listing::RESOURCES).await}))
+            listed(json!({"resources": listing(gw, run, r.caller, Listing::RESOURCES).await}))
         }
-        "resources/templates/list" => {
-            listed(json!({"resourceTemplates": listing(gw, run, Listing::TEMPLATES).await}))
-        }
+        "resources/templates/list" => listed(
+            json!({"resourceTemplates": listing(gw, run, r.caller, Listing::TEMPLATES).await}),
+        ),
         "prompts/get" => get_prompt(r).await,
         "resources/read" => read_resource(r).await,
         "completion/complete" => complete(r).await,
@@ -111,10 +114,15 @@ impl Listing {
 
 /// The union of a listing over the servers this run may use, each entry as its server
 /// described it (names namespaced where the listing is), without what the policy denies.
-pub(super) async fn listing(gw: &Gateway, run: &RunIdentity, what: Listing) -> Vec<Value> {
+pub(super) async fn listing(
+    gw: &Gateway,
+    run: &RunIdentity,
+    caller: &Caller,
+    what: Listing,
+) -> Vec<Value> {
     let mut out = Vec::new();
     for server in servers(gw, run) {
-        let entries = match gw.upstreams.list(server, &run.run_id, what.method).await {
+        let entries = match gw.upstreams.list(server, caller, what.method).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, server = %server.name, method = what.method,
@@ -152,14 +160,42 @@ pub(super) async fn listing(gw: &Gateway, run: &RunIdentity, what: Listing) -> V
     out
 }
 
-fn set_level(id: &Value, params: &Value) -> Result<Value, RpcError> {
-    match params.get("level").and_then(Value::as_str) {
-        Some(level) if LOG_LEVELS.contains(&level) => Ok(rpc_result(id, json!({}))),
-        _ => Err(invalid(
+/// The agent session's log level: kept with the session (for its upstream sessions opened
+/// later, and across a restart) and sent to its own upstream sessions now.
+async fn set_level(r: &Req<'_>) -> Result<Value, RpcError> {
+    let (gw, id) = (&r.state.gateway, r.id);
+    let Some(level) = r
+        .params
+        .get("level")
+        .and_then(Value::as_str)
+        .filter(|l| LOG_LEVELS.contains(l))
+    else {
+        return Err(invalid(
             id,
             format!("`level` must be one of {}", LOG_LEVELS.join(", ")),
-        )),
+        ));
+    };
+    sqlx::query("UPDATE mcp_sessions SET log_level = $1 WHERE session_id = $2")
+        .bind(level)
+        .bind(r.session)
+        .execute(&gw.db.pool)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "keeping an MCP session's log level");
+            rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                id,
+                -32603,
+                "cogward: the level could not be kept",
+            )
+        })?;
+    if let Ok(mut sessions) = gw.sessions.lock()
+        && let Some(info) = sessions.get_mut(r.session)
+    {
+        info.log_level = Some(level.to_string());
     }
+    gw.upstreams.set_level(r.session, level).await;
+    Ok(rpc_result(id, json!({})))
 }
 
 fn invalid(id: &Value, why: impl std::fmt::Display) -> RpcError {
@@ -243,7 +279,7 @@ async fn get_prompt(r: &Req<'_>) -> Result<Response, RpcError> {
     };
     let unknown = || invalid(id, format!("unknown prompt {name}"));
     let (server, prompt) = resolve(gw, run, name).ok_or_else(unknown)?;
-    let known = match gw.upstreams.list(server, &run.run_id, "prompts/list").await {
+    let known = match gw.upstreams.list(server, r.caller, "prompts/list").await {
         Ok(prompts) => prompts
             .iter()
             .any(|p| p.get("name").and_then(Value::as_str) == Some(prompt)),
@@ -271,7 +307,7 @@ async fn read_resource(r: &Req<'_>) -> Result<Response, RpcError> {
     let Some(uri) = params.get("uri").and_then(Value::as_str) else {
         return Err(invalid(id, "`uri` is required"));
     };
-    let server = route_uri(&state.gateway, run, id, uri, qualifier(params)).await?;
+    let server = route_uri(&state.gateway, run, r.caller, id, uri, qualifier(params)).await?;
     let u = Use {
         server,
         method: "resources/read",
@@ -301,7 +337,7 @@ async fn complete(r: &Req<'_>) -> Result<Response, RpcError> {
             }
             Some("ref/resource") => {
                 let uri = reference["uri"].as_str().unwrap_or_default();
-                let server = route_uri(gw, run, id, uri, qualifier(params)).await?;
+                let server = route_uri(gw, run, r.caller, id, uri, qualifier(params)).await?;
                 let target = format!("resource:{}:{uri}", server.name);
                 (server, json!({"uri": uri}), target, reference.clone())
             }
@@ -311,7 +347,7 @@ async fn complete(r: &Req<'_>) -> Result<Response, RpcError> {
         };
     let declared = gw
         .upstreams
-        .capabilities(server, &run.run_id)
+        .capabilities(server, r.caller)
         .await
         .map(|c| c.get("completions").is_some())
         .unwrap_or(true);
@@ -345,6 +381,7 @@ fn qualifier(params: &Value) -> Option<&str> {
 async fn route_uri<'a>(
     gw: &'a Gateway,
     run: &'a RunIdentity,
+    caller: &Caller,
     id: &Value,
     uri: &str,
     qualifier: Option<&str>,
@@ -362,7 +399,7 @@ async fn route_uri<'a>(
         if qualifier.is_some_and(|q| q != server.name) {
             continue;
         }
-        let caps = gw.upstreams.capabilities(server, &run.run_id).await;
+        let caps = gw.upstreams.capabilities(server, caller).await;
         if caps.is_ok_and(|c| c.get("resources").is_some()) {
             candidates.push(server);
         }
@@ -377,17 +414,14 @@ async fn route_uri<'a>(
     let mut by_listing = Vec::new();
     let mut by_template = Vec::new();
     for &server in &candidates {
-        let listed = gw
-            .upstreams
-            .list(server, &run.run_id, "resources/list")
-            .await;
+        let listed = gw.upstreams.list(server, caller, "resources/list").await;
         if listed.is_ok_and(|l| l.iter().any(|r| r["uri"] == uri)) {
             by_listing.push(server);
             continue;
         }
         let templates = gw
             .upstreams
-            .list(server, &run.run_id, "resources/templates/list")
+            .list(server, caller, "resources/templates/list")
             .await;
         if templates.is_ok_and(|l| {
             l.iter().any(|t| {
