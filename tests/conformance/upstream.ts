@@ -105,6 +105,10 @@ const TOOLS = [
   },
   { name: 'test_roots', description: "Asks the client for its roots and returns them", inputSchema: noArgs },
   {
+    name: 'test_touch_resource', description: 'Tells subscribers (on the standalone stream) that `uri` changed',
+    inputSchema: { type: 'object', properties: { uri: { type: 'string' } } },
+  },
+  {
     name: 'json_schema_2020_12_tool', description: 'Tool with JSON Schema 2020-12 features',
     inputSchema: {
       $schema: 'https://json-schema.org/draft/2020-12/schema',
@@ -238,6 +242,12 @@ function makeServer(): Server {
         } catch (e) {
           return { content: [{ type: 'text', text: `cancelled the sampling request: ${String(e)}` }] };
         }
+      }
+      case 'test_touch_resource': {
+        const uri = String(a.uri ?? '');
+        if (!subscriptions.has(uri)) return { content: [{ type: 'text', text: `nobody subscribed to ${uri}` }] };
+        await server.sendResourceUpdated({ uri });
+        return { content: [{ type: 'text', text: `told the subscribers of ${uri}` }] };
       }
       case 'test_roots': {
         if (!server.getClientCapabilities()?.roots) {

@@ -145,12 +145,8 @@ async fn the_conformance_suite_passes_through_the_gateway_what_it_passes_directl
         summary["passing"]["direct"], total,
         "the upstream itself: {stdout}"
     );
-    // What passes through the gateway today (docs/api.md lists what is not proxied yet); an
-    // allowlisted scenario that passes again is reported by run.sh as stale.
-    assert!(
-        summary["passing"]["gateway"].as_u64().unwrap() >= 30,
-        "{stdout}"
-    );
+    // Every scenario passes through the gateway too (not-proxied.txt names none).
+    assert_eq!(summary["passing"]["gateway"], total, "{stdout}");
     // The official SDK clients (TypeScript, Python): the tool lists through the gateway equal
     // the direct ones (names mapped back), and so does every call's result, progress, log
     // messages, sampling and elicitation requests included.
@@ -588,8 +584,9 @@ async fn cancellation_goes_both_ways_and_roots_reach_the_calling_agent() {
 /// A server whose upstream sessions are per agent session (the default for HTTP) sees each
 /// agent as its own client: one agent's `logging/setLevel` quiets its own tool's log messages
 /// and nobody else's; a client that declared no roots is, to the server, a client without roots
-/// (as it is asked directly), one that did is asked for them; each agent session has an upstream
-/// session of its own, which `DELETE /mcp` ends.
+/// (as it is asked directly), one that did is asked for them; a subscription's updates reach the
+/// subscriber's standalone stream (`GET /mcp`) and nobody else's; each agent session has an
+/// upstream session of its own, which `DELETE /mcp` ends.
 #[tokio::test(flavor = "multi_thread")]
 async fn each_agent_session_is_its_own_client_to_a_session_scoped_server() {
     let Some(node) = node22() else {
@@ -597,7 +594,7 @@ async fn each_agent_session_is_its_own_client_to_a_session_scoped_server() {
     };
     let conf = ConfStack::start(
         &node,
-        &json!({"tenants": {"acme": {"default_scope": ["conf.*", "roots:conf.test_roots"]}}}),
+        &json!({"tenants": {"acme": {"default_scope": ["conf.*", "roots:conf.test_roots", "resource:conf:*"]}}}),
     );
     let stack = &conf.stack;
     let mut runs = Vec::new();
@@ -663,6 +660,96 @@ async fn each_agent_session_is_its_own_client_to_a_session_scoped_server() {
     assert_eq!(b.post(roots).await.status(), 202);
     let done = next_message(&mut stream, &mut buf).await;
     assert_eq!(done["result"]["content"][0]["text"], "roots: []", "{done}");
+
+    // A subscription: decided and recorded like a read; the server's update, sent outside any
+    // call, reaches the subscriber's standalone stream, and nobody else's.
+    let listen = |session: &RawSession| {
+        session
+            .http
+            .get(&url)
+            .bearer_auth(&session.token)
+            .header("mcp-session-id", &session.id)
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let mut a_stream = listen(&a).await.unwrap();
+    let mut b_stream = listen(&b).await.unwrap();
+    assert_eq!(a_stream.status(), 200);
+    let watched = "test://watched-resource";
+    let mut buf = String::new();
+    let subscribed = rest_of(
+        &mut a
+            .post(
+                json!({"jsonrpc": "2.0", "id": 5, "method": "resources/subscribe",
+                         "params": {"uri": watched}}),
+            )
+            .await,
+        &mut buf,
+    )
+    .await;
+    assert_eq!(
+        subscribed.last().unwrap()["result"],
+        json!({}),
+        "{subscribed:?}"
+    );
+    let touch = |id: i64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "conf_test_touch_resource", "arguments": {"uri": watched}}})
+    };
+    let mut buf = String::new();
+    let told = rest_of(&mut a.post(touch(6)).await, &mut buf).await;
+    assert_eq!(
+        told.last().unwrap()["result"]["content"][0]["text"],
+        format!("told the subscribers of {watched}")
+    );
+    let mut buf = String::new();
+    let updated = next_message(&mut a_stream, &mut buf).await;
+    assert_eq!(
+        updated["method"], "notifications/resources/updated",
+        "{updated}"
+    );
+    assert_eq!(updated["params"]["uri"], watched, "{updated}");
+    // B's own upstream session has no subscription: the server tells B's nobody.
+    let mut buf = String::new();
+    let not_b = rest_of(&mut b.post(touch(6)).await, &mut buf).await;
+    assert_eq!(
+        not_b.last().unwrap()["result"]["content"][0]["text"],
+        format!("nobody subscribed to {watched}")
+    );
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(500), b_stream.chunk()).await;
+    assert!(quiet.is_err(), "B's stream got {quiet:?}");
+    let mut buf = String::new();
+    let unsubscribed = rest_of(
+        &mut a
+            .post(
+                json!({"jsonrpc": "2.0", "id": 7, "method": "resources/unsubscribe",
+                         "params": {"uri": watched}}),
+            )
+            .await,
+        &mut buf,
+    )
+    .await;
+    assert_eq!(unsubscribed.last().unwrap()["result"], json!({}));
+    let db = cogward::db::Db::connect(&stack.database_url).await.unwrap();
+    let uses: Vec<String> = crate::mcp::run_entries(&db, &runs[0].0, "gateway.mcp_request")
+        .await
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {} {}",
+                v["detail"]["method"].as_str().unwrap_or("?"),
+                v["target"].as_str().unwrap(),
+                v["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        uses,
+        [
+            format!("resources/subscribe resource:conf:{watched} ok"),
+            format!("resources/unsubscribe resource:conf:{watched} ok"),
+        ]
+    );
 
     // Each agent session's calls reached the server on an upstream session of its own.
     let trace = || -> Vec<Value> {

@@ -513,7 +513,8 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
         ("unknown session", Some(&token), Some("0123456789abcdef"), call.clone().into_bytes(), 404, -32001),
         ("another run's session", Some(&token), Some(&other_session), call.clone().into_bytes(), 404, -32001),
         ("oversized", Some(&token), Some(&session), vec![b' '; 2 << 20], 413, -32600),
-        ("unsupported method", Some(&token), Some(&session), br#"{"jsonrpc": "2.0", "id": 3, "method": "resources/subscribe", "params": {"uri": "demo://x"}}"#.to_vec(), 200, -32601),
+        ("unsupported method", Some(&token), Some(&session), br#"{"jsonrpc": "2.0", "id": 3, "method": "sampling/createMessage", "params": {}}"#.to_vec(), 200, -32601),
+        ("a subscription on a shared server", Some(&token), Some(&session), br#"{"jsonrpc": "2.0", "id": 3, "method": "resources/subscribe", "params": {"uri": "demo://resource/static/document/architecture.md"}}"#.to_vec(), 200, -32601),
         ("arguments not an object", Some(&token), Some(&session),
          br#"{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "everything_echo", "arguments": [1]}}"#.to_vec(), 200, -32602),
     ];
@@ -538,8 +539,19 @@ async fn bad_mcp_requests_get_clear_errors_and_change_nothing() {
         );
         assert!(v["error"]["message"].is_string(), "{what}: {v}");
     }
+    // The standalone stream: only as a stream, only in a session of the run's own.
     let resp = http.get(&url).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.status(), 406);
+    for (session, status) in [(None, 400), (Some(&other_session), 404)] {
+        let mut req = http
+            .get(&url)
+            .bearer_auth(&token)
+            .header("accept", "text/event-stream");
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        assert_eq!(req.send().await.unwrap().status(), status);
+    }
     assert_eq!(
         counts().await,
         before,

@@ -208,19 +208,56 @@ fn origin_allowed(listed: &[String], origin: &str, host: Option<&str>) -> bool {
     }
 }
 
+/// The agent session's standalone stream: what its session-scoped servers send outside any
+/// call (resource updates, log messages), and an SSE comment every [`KEEPALIVE`] so that idle
+/// connections stay open.
 async fn handle_get(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(refused) = origin_refused(&state.gateway, &headers) {
+    let gw = &state.gateway;
+    if let Some(refused) = origin_refused(gw, &headers) {
         return refused;
     }
-    // No server-initiated stream: the spec's answer is 405.
-    rpc_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &Value::Null,
-        -32600,
-        "cogward: this gateway opens no standalone SSE stream; POST requests",
-    )
-    .into_response()
+    let run = match gw.authenticate(&headers).await {
+        Ok(r) => r,
+        Err(e) => return authenticate_error(e).into_response(),
+    };
+    let takes_stream = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !takes_stream {
+        return rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            &Value::Null,
+            -32600,
+            "cogward: GET /mcp is a stream: Accept: text/event-stream",
+        )
+        .into_response();
+    }
+    let session = match session(gw, &headers, &run, &Value::Null).await {
+        Ok((id, _)) => id,
+        Err(e) => return e.into_response(),
+    };
+    let mut notes = gw.upstreams.attach_stream(&session);
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                note = notes.recv() => match note {
+                    Some(note) => AgentStream::event(&note),
+                    None => break,
+                },
+                _ = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keepalive\n\n"),
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                break;
+            }
+        }
+    });
+    super::event_stream(rx)
 }
+
+/// How often an idle standalone stream gets an SSE comment.
+const KEEPALIVE: Duration = Duration::from_secs(15);
 
 async fn handle_delete(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let gw = &state.gateway;
@@ -492,7 +529,7 @@ async fn initialize(
     let result = json!({
         "protocolVersion": version,
         "capabilities": {"tools": {"listChanged": false}, "prompts": {"listChanged": false},
-                         "resources": {"subscribe": false, "listChanged": false},
+                         "resources": {"subscribe": true, "listChanged": false},
                          "completions": {}, "logging": {}},
         "serverInfo": {"name": "cogward-gateway", "version": env!("CARGO_PKG_VERSION")},
         "instructions": "Tools of this run, governed by cogward: every call is decided by policy and recorded.",

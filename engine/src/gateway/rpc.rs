@@ -273,6 +273,7 @@ impl Client {
             protocol: Mutex::new(None),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            listener: Mutex::new(None),
         });
         let capabilities = client.initialize(capabilities).await?;
         Ok((client, capabilities))
@@ -381,6 +382,78 @@ impl Client {
             s.remove(t);
         }
         reply
+    }
+
+    /// Read the session's standalone stream (`GET`, Streamable HTTP) for as long as the client
+    /// lives: the server's notifications there go to `sink` as it wrote them (a full sink drops
+    /// them); its requests there are answered (`ping`) or refused (-32601: outside any call
+    /// nobody can be asked). A server that offers no stream (405) is left alone; a stream that
+    /// ends is resumed after its last event.
+    pub fn listen(&self, sink: mpsc::Sender<Box<RawValue>>) {
+        let Client::Http(c) = self else {
+            return;
+        };
+        let endpoint = Endpoint {
+            http: c.http.clone(),
+            url: c.url.clone(),
+            session: c.session.lock().ok().and_then(|s| s.clone()),
+            protocol: c.protocol.lock().ok().and_then(|p| p.clone()),
+        };
+        let task = tokio::spawn(async move {
+            let mut last_event: Option<String> = None;
+            let mut failures = 0u32;
+            while failures < MAX_RESUMES as u32 {
+                let mut req = endpoint
+                    .with_session(endpoint.http.get(&endpoint.url))
+                    .header("accept", "text/event-stream");
+                if let Some(id) = &last_event {
+                    req = req.header("last-event-id", id);
+                }
+                let mut resp = match req.send().await {
+                    Ok(r) if r.status().is_success() => r,
+                    Ok(r) if r.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => return,
+                    _ => {
+                        failures += 1;
+                        tokio::time::sleep(RESUME_DELAY * 10).await;
+                        continue;
+                    }
+                };
+                failures = 0;
+                let mut buf = String::new();
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    buf.push_str(&String::from_utf8_lossy(&chunk));
+                    while let Some(event) = crate::sse::take_event(&mut buf) {
+                        if let Some(id) = event.id {
+                            last_event = Some(id);
+                        }
+                        let Some(text) = event.data else { continue };
+                        let Ok(msg) = serde_json::from_str::<Incoming>(&text) else {
+                            continue;
+                        };
+                        match (msg.method, msg.id) {
+                            (Some(method), Some(id)) => {
+                                let answer = match method.as_str() {
+                                    "ping" => Ok(json_raw("{}")),
+                                    _ => Err(json!({"code": -32601,
+                                        "message": format!("cogward: {method} outside a call has nobody to ask")})),
+                                };
+                                endpoint.post(response_text(&id, answer)).await;
+                            }
+                            (Some(_), None) => {
+                                if let Ok(raw) = RawValue::from_string(text) {
+                                    let _ = sink.try_send(raw);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                tokio::time::sleep(RESUME_DELAY).await;
+            }
+        });
+        if let Ok(mut listener) = c.listener.lock() {
+            *listener = Some(task);
+        }
     }
 
     /// Send the notification `method` (no params).
@@ -518,6 +591,8 @@ pub struct HttpClient {
     protocol: Mutex<Option<String>>,
     next_id: AtomicU64,
     closed: AtomicBool,
+    /// The task reading the session's standalone stream ([`Client::listen`]).
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl HttpClient {
@@ -712,6 +787,37 @@ impl HttpClient {
     }
 }
 
+/// Where an HTTP session's standalone stream is read from, apart from its client.
+struct Endpoint {
+    http: reqwest::Client,
+    url: String,
+    session: Option<String>,
+    protocol: Option<String>,
+}
+
+impl Endpoint {
+    fn with_session(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(s) = &self.session {
+            req = req.header("mcp-session-id", s);
+        }
+        if let Some(v) = &self.protocol {
+            req = req.header("mcp-protocol-version", v);
+        }
+        req
+    }
+
+    /// POST one message, best effort.
+    async fn post(&self, body: String) {
+        let req = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        let _ = self.with_session(req).send().await;
+    }
+}
+
 /// How often a request's stream is resumed before the request counts as failed.
 const MAX_RESUMES: usize = 5;
 /// How long before a stream is resumed (the server's `retry:` hint is not awaited longer).
@@ -719,6 +825,9 @@ const RESUME_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Drop for HttpClient {
     fn drop(&mut self) {
+        if let Some(task) = self.listener.lock().ok().and_then(|mut l| l.take()) {
+            task.abort();
+        }
         // Tell the server the session is over (best effort).
         let session = self.session.lock().ok().and_then(|s| s.clone());
         if let (Some(session), Ok(rt)) = (session, tokio::runtime::Handle::try_current()) {

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// How long a server's tool (prompt, resource) list is reused before it is fetched again.
 const LIST_TTL: Duration = Duration::from_secs(30);
@@ -51,6 +52,11 @@ pub struct Caller {
     /// The level the agent asked for with `logging/setLevel`, if it did.
     pub log_level: Option<String>,
 }
+
+/// The notifications a session-scoped server sends outside any call that reach its agent.
+const OUTSIDE_CALLS: [&str; 2] = ["notifications/resources/updated", "notifications/message"];
+/// Messages waiting for an agent to read its standalone stream; more are dropped.
+const AGENT_STREAM_BUFFER: usize = 64;
 
 /// The client capabilities the gateway can serve for a server's requests on a call's stream.
 const RELAYABLE: [&str; 3] = ["sampling", "elicitation", "roots"];
@@ -116,6 +122,9 @@ pub struct Upstreams {
     breaker: Breaker,
     http: reqwest::Client,
     connections: Mutex<HashMap<ConnectionKey, Slot>>,
+    /// Agent sessions' standalone streams (`GET /mcp`), by session: where the notifications
+    /// their session-scoped servers send outside any call go.
+    agent_streams: Arc<Mutex<HashMap<String, mpsc::Sender<Box<RawValue>>>>>,
     breakers: Mutex<HashMap<String, BreakerState>>,
 }
 
@@ -132,6 +141,7 @@ impl Upstreams {
             breaker,
             http,
             connections: Mutex::new(HashMap::new()),
+            agent_streams: Arc::default(),
             breakers: Mutex::new(HashMap::new()),
         })
     }
@@ -182,9 +192,12 @@ impl Upstreams {
             used: Mutex::new(Instant::now()),
         });
         if server.scope() == McpScope::Session
-            && let Some(level) = &caller.log_level
+            && let Some(session) = &caller.session
         {
-            connection.set_level(level).await;
+            if let Some(level) = &caller.log_level {
+                connection.set_level(level).await;
+            }
+            self.listen(&connection, session);
         }
         *slot = Some(connection.clone());
         Ok(connection)
@@ -228,6 +241,41 @@ impl Upstreams {
         for c in self.live_connections(|(_, _, s)| s.as_deref() == Some(session)) {
             c.set_level(level).await;
         }
+    }
+
+    /// Read a session-scoped server's standalone stream: its resource updates and log messages
+    /// go to the agent session's own stream, if it has one open (else, or when it is full, they
+    /// are dropped).
+    fn listen(&self, connection: &Connection, session: &str) {
+        let (tx, mut rx) = mpsc::channel::<Box<RawValue>>(AGENT_STREAM_BUFFER);
+        connection.client.listen(tx);
+        let streams = self.agent_streams.clone();
+        let session = session.to_string();
+        tokio::spawn(async move {
+            while let Some(note) = rx.recv().await {
+                let method = serde_json::from_str::<Value>(note.get())
+                    .ok()
+                    .and_then(|v| v["method"].as_str().map(str::to_string));
+                if !method.is_some_and(|m| OUTSIDE_CALLS.contains(&m.as_str())) {
+                    continue;
+                }
+                let stream = streams.lock().ok().and_then(|s| s.get(&session).cloned());
+                if let Some(stream) = stream {
+                    let _ = stream.try_send(note);
+                }
+            }
+        });
+    }
+
+    /// The agent session `session` opened its standalone stream (the one before it, if any, no
+    /// longer gets anything).
+    pub fn attach_stream(&self, session: &str) -> mpsc::Receiver<Box<RawValue>> {
+        let (tx, rx) = mpsc::channel(AGENT_STREAM_BUFFER);
+        if let Ok(mut streams) = self.agent_streams.lock() {
+            streams.retain(|_, s| !s.is_closed());
+            streams.insert(session.to_string(), tx);
+        }
+        rx
     }
 
     /// Pass the agent's notification `method` (no params) to its own upstream sessions.

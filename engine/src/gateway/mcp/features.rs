@@ -2,6 +2,8 @@
 //! `<server>_<prompt>` like tools), resources (`resources/list`, `resources/templates/list`,
 //! `resources/read`), argument completion (`completion/complete`) and `logging/setLevel`.
 //!
+//! - `resources/subscribe` and `resources/unsubscribe` (servers of scope `session` only) are
+//!   decided and recorded like reads; the updates reach the agent's standalone stream.
 //! - Listings are decided entry by entry (actions `prompt.list`, `resource.list`): what is
 //!   denied is not listed.
 //! - A prompt get, a resource read and a completion are *uses*: decided (`prompt.get`,
@@ -22,7 +24,7 @@ use super::{
     CallJob, Req, RpcError, carry_out, decide, raw_params, reply, resolve, rpc_error, rpc_result,
     servers, to_raw,
 };
-use crate::gateway::config::McpServer;
+use crate::gateway::config::{McpScope, McpServer};
 use crate::gateway::upstream::Caller;
 use crate::gateway::{CallRecord, Gateway, RunIdentity, sha256_hex};
 use crate::ledger::canonical_string;
@@ -64,7 +66,9 @@ pub(super) async fn dispatch(r: &Req<'_>, method: &str) -> Option<Result<Respons
             json!({"resourceTemplates": listing(gw, run, r.caller, Listing::TEMPLATES).await}),
         ),
         "prompts/get" => get_prompt(r).await,
-        "resources/read" => read_resource(r).await,
+        "resources/read" => on_resource(r, "resources/read").await,
+        "resources/subscribe" => on_resource(r, "resources/subscribe").await,
+        "resources/unsubscribe" => on_resource(r, "resources/unsubscribe").await,
         "completion/complete" => complete(r).await,
         _ => return None,
     })
@@ -302,15 +306,31 @@ async fn get_prompt(r: &Req<'_>) -> Result<Response, RpcError> {
     carry_out_use(r, u).await
 }
 
-async fn read_resource(r: &Req<'_>) -> Result<Response, RpcError> {
+/// A read of a resource, or a subscription to its updates (or its end): decided as a read
+/// (who may read it may hear it changed). A subscription needs a server whose upstream session
+/// is the agent session's own (scope `session`): its updates arrive outside any call, on that
+/// session's standalone stream, and go to the agent's (`GET /mcp`).
+async fn on_resource(r: &Req<'_>, method: &'static str) -> Result<Response, RpcError> {
     let (state, run, id, params, body) = (r.state, r.run, r.id, r.params, r.body);
     let Some(uri) = params.get("uri").and_then(Value::as_str) else {
         return Err(invalid(id, "`uri` is required"));
     };
     let server = route_uri(&state.gateway, run, r.caller, id, uri, qualifier(params)).await?;
+    if method != "resources/read" && server.scope() != McpScope::Session {
+        return Err(rpc_error(
+            StatusCode::OK,
+            id,
+            -32601,
+            format!(
+                "cogward: {method} needs a server whose upstream session is this agent's own; \
+                 {} is shared (docs/operations.md, `scope`)",
+                server.name
+            ),
+        ));
+    }
     let u = Use {
         server,
-        method: "resources/read",
+        method,
         action: "resource.read",
         resource: json!({"uri": uri}),
         target: format!("resource:{}:{uri}", server.name),
