@@ -243,9 +243,9 @@ async fn next_message(resp: &mut reqwest::Response, buf: &mut String) -> serde_j
 }
 
 /// A server's sampling request during a tool call reaches the calling agent and nobody else:
-/// another run that answers it in its stead is ignored, the caller's answer completes the tool;
-/// the relay is decided (tool-access `sample` on `sampling:conf.test_sampling`) and recorded
-/// before the server has its answer. An elicitation the policy does not name is refused to the
+/// another run, or another session of the same run, that answers it in its stead is ignored,
+/// the caller's answer completes the tool; the relay is decided (tool-access `sample` on
+/// `sampling:conf.test_sampling`) and recorded before the server has its answer. An elicitation the policy does not name is refused to the
 /// server and never reaches the agent; a client that declared no sampling is never asked.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_servers_request_reaches_only_its_callers_agent_decided_and_recorded() {
@@ -287,8 +287,10 @@ async fn a_servers_request_reaches_only_its_callers_agent_decided_and_recorded()
     assert_eq!(asked["method"], "sampling/createMessage", "{asked}");
     let relay_id = asked["id"].clone();
     assert!(relay_id.as_str().unwrap().starts_with("cw-"), "{asked}");
-    // Another run answers first: accepted, and ignored.
+    // Another run answers first, then another session of the same run: accepted, and ignored.
     assert_eq!(b.post(answer(&relay_id, "from B")).await.status(), 202);
+    let a2 = RawSession::open(&url, &runs[0].1, json!({"sampling": {}})).await;
+    assert_eq!(a2.post(answer(&relay_id, "from A2")).await.status(), 202);
     assert_eq!(a.post(answer(&relay_id, "from A")).await.status(), 202);
     let done = next_message(&mut stream, &mut buf).await;
     assert_eq!(done["id"], 1, "{done}");

@@ -2,9 +2,29 @@
 //! duplicated key is a request two readers could understand differently (the policy decides
 //! on one `model`, the provider reads the other), so it is refused, never resolved.
 
+//!
+//! Also the few helpers for JSON kept as written ([`RawValue`]): the gateway passes messages on
+//! byte for byte and edits only the members it must.
+
 use serde::de::{DeserializeSeed, Error, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::fmt;
+
+/// A JSON object's members, each as written.
+pub type Members = BTreeMap<String, Box<RawValue>>;
+
+/// The members of `object`, each as written (`Err` if it is not an object).
+pub fn members(object: &RawValue) -> Result<Members, serde_json::Error> {
+    serde_json::from_str(object.get())
+}
+
+/// A value of ours as raw JSON.
+pub fn raw(v: &Value) -> Box<RawValue> {
+    // A `Value` always serialises to JSON.
+    RawValue::from_string(v.to_string()).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
 
 /// Parse `bytes` as one JSON value; a key repeated in any object is an error.
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {

@@ -28,6 +28,7 @@ mod batch;
 mod features;
 
 use super::config::McpServer;
+use super::json::raw as to_raw;
 use super::obligations::{self, Site};
 use super::rpc::{CANCELLED, Interim, ServerRequest};
 use super::upstream::{Caller, UpstreamError};
@@ -112,12 +113,6 @@ fn rpc_result(id: &Value, result: Value) -> Value {
 fn rpc_result_raw(id: &Value, result: &RawValue) -> Box<RawValue> {
     let text = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#, result.get());
     RawValue::from_string(text).unwrap_or_else(|_| to_raw(&json!({"jsonrpc": "2.0", "id": id})))
-}
-
-/// A value of ours as raw JSON.
-fn to_raw(v: &Value) -> Box<RawValue> {
-    // A `Value` always serialises to JSON.
-    RawValue::from_string(v.to_string()).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 fn authenticate_error(e: AuthFailure) -> RpcError {
@@ -357,12 +352,16 @@ async fn one(
         ));
     }
     let Some(method) = obj.get("method").and_then(Value::as_str) else {
-        // The agent's answer to a server request relayed to it (only its own run's), else a
-        // response to a request we never sent, or garbage: accepted, and otherwise ignored.
+        // The agent's answer to a server request relayed to it (only on the session it was
+        // asked on, of its own run), else a response to a request we never sent, or garbage:
+        // accepted, and otherwise ignored.
+        let session_id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
         if let Some(relay) = id.as_str()
             && let Ok(mut relays) = gw.relays.lock()
-            && relays.get(relay).is_some_and(|(r, _)| *r == run.run_id)
-            && let Some((_, answer)) = relays.remove(relay)
+            && relays
+                .get(relay)
+                .is_some_and(|(r, s, _)| *r == run.run_id && Some(s.as_str()) == session_id)
+            && let Some((_, _, answer)) = relays.remove(relay)
             && let Ok(raw) = RawValue::from_string(String::from_utf8_lossy(body).into_owned())
         {
             // As the agent wrote it.
@@ -541,9 +540,9 @@ async fn initialize(
     Ok(resp)
 }
 
-/// A server request relayed to an agent: the agent's run, and where its answer (the agent's
-/// whole message, as written) goes.
-pub type PendingRelay = (String, oneshot::Sender<Box<RawValue>>);
+/// A server request relayed to an agent: the agent's run and session, and where its answer (the
+/// agent's whole message, as written) goes.
+pub type PendingRelay = (String, String, oneshot::Sender<Box<RawValue>>);
 
 /// Fires an agent request's cancellation (with the agent's reason, or null).
 pub type CancelSender = watch::Sender<Option<Value>>;
@@ -716,17 +715,12 @@ fn resolve<'a>(
     (!tool.is_empty()).then_some((server, tool))
 }
 
-/// A raw JSON object's members, each raw.
-fn raw_params_of(object: &RawValue) -> std::collections::BTreeMap<String, Box<RawValue>> {
-    serde_json::from_str(object.get()).unwrap_or_default()
-}
-
 /// A request's params as the agent wrote them, each top-level member raw.
-fn raw_params(body: &[u8]) -> std::collections::BTreeMap<String, Box<RawValue>> {
+fn raw_params(body: &[u8]) -> super::json::Members {
     #[derive(serde::Deserialize)]
     struct Message {
         #[serde(default)]
-        params: std::collections::BTreeMap<String, Box<RawValue>>,
+        params: super::json::Members,
     }
     serde_json::from_slice::<Message>(body)
         .map(|m| m.params)
@@ -1089,9 +1083,15 @@ impl AgentStream {
     /// An upstream notification as the agent gets it (its own token, the offset applied, a
     /// log message or progress text withheld from a call whose result is redacted), or `None`.
     fn relayed(&self, note: &RawValue, redacted: bool) -> Option<Box<RawValue>> {
-        let mut v: Value = serde_json::from_str(note.get()).ok()?;
-        match v["method"].as_str()? {
+        /// As far as choosing needs: only progress is edited.
+        #[derive(serde::Deserialize)]
+        struct Note {
+            method: String,
+        }
+        let method = serde_json::from_str::<Note>(note.get()).ok()?.method;
+        match method.as_str() {
             "notifications/progress" => {
+                let mut v: Value = serde_json::from_str(note.get()).ok()?;
                 let params = v.get_mut("params")?.as_object_mut()?;
                 params.insert("progressToken".into(), self.progress_token.clone()?);
                 if redacted {
@@ -1372,9 +1372,10 @@ impl CallJob {
         let relay_id = format!("cw-{}", uuid::Uuid::new_v4().simple());
         let (tx, rx) = oneshot::channel();
         if let Ok(mut relays) = self.gw.relays.lock() {
-            relays.insert(relay_id.clone(), (call.run.run_id.clone(), tx));
+            let session = self.caller.session.clone().unwrap_or_default();
+            relays.insert(relay_id.clone(), (call.run.run_id.clone(), session, tx));
         }
-        let mut message = raw_params_of(request);
+        let mut message = super::json::members(request).unwrap_or_default();
         message.insert("id".into(), to_raw(&json!(relay_id)));
         let message =
             serde_json::value::to_raw_value(&message).unwrap_or_else(|_| to_raw(&json!({})));
@@ -1411,7 +1412,7 @@ impl CallJob {
                 json!({"code": -32603, "message": format!("cogward: the agent's client did not answer ({})", call.outcome)}),
             );
         };
-        let mut answer = raw_params_of(&answer);
+        let mut answer = super::json::members(&answer).unwrap_or_default();
         if let Some(result) = answer.remove("result") {
             call.outcome = "ok".into();
             if let Ok(r) = serde_json::from_str::<Value>(result.get())

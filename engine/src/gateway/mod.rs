@@ -52,8 +52,8 @@ pub struct Gateway {
     /// MCP session id → its run and what its client declared (the database is the record;
     /// this saves a read per request).
     pub sessions: Mutex<HashMap<String, mcp::SessionInfo>>,
-    /// Server requests relayed to an agent, by the id the agent got: its run, and where its
-    /// answer goes.
+    /// Server requests relayed to an agent, by the id the agent got: its run and session, and
+    /// where its answer goes.
     pub relays: Mutex<HashMap<String, mcp::PendingRelay>>,
     /// Agent requests in flight that the agent may cancel: by (session, request id as JSON).
     pub cancels: Mutex<HashMap<(String, String), mcp::CancelSender>>,

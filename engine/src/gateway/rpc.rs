@@ -16,6 +16,7 @@
 //! [`CANCELLED`]; the server cancelling a request it sent within one of ours reaches whoever
 //! holds that request ([`ServerRequest::cancelled`]), and its answer is then never sent.
 
+use super::json::{Members, members, raw};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -132,7 +133,7 @@ fn route(text: &str, msg: Incoming, routes: &Routes<'_>) -> Option<Reply2Server>
     match (msg.method, msg.id) {
         (Some(method), Some(id)) => {
             if method == "ping" {
-                return Some(Reply2Server::Send(response_text(&id, Ok(json_raw("{}")))));
+                return Some(Reply2Server::Send(response_text(&id, Ok(raw(&json!({}))))));
             }
             let requests = routes.stream.and_then(|i| i.requests.as_ref());
             if let Some(requests) = requests.filter(|_| RELAYED.contains(&method.as_str()))
@@ -201,17 +202,11 @@ fn route(text: &str, msg: Incoming, routes: &Routes<'_>) -> Option<Reply2Server>
     }
 }
 
-/// A JSON literal of ours as raw JSON.
-fn json_raw(text: &str) -> Box<RawValue> {
-    RawValue::from_string(text.to_string()).unwrap_or_else(|_| RawValue::NULL.to_owned())
-}
-
 /// `params` with `_meta.progressToken` set to `token` (JSON text); every other member as it was.
 fn with_progress_token(params: &RawValue, token: &str) -> Result<Box<RawValue>> {
-    type Members = std::collections::BTreeMap<String, Box<RawValue>>;
-    let mut members: Members = serde_json::from_str(params.get())?;
-    let mut meta: Members = match members.get("_meta") {
-        Some(m) => serde_json::from_str(m.get())?,
+    let mut members = members(params)?;
+    let mut meta = match members.get("_meta") {
+        Some(m) => super::json::members(m)?,
         None => Members::new(),
     };
     meta.insert(
@@ -433,7 +428,7 @@ impl Client {
                         match (msg.method, msg.id) {
                             (Some(method), Some(id)) => {
                                 let answer = match method.as_str() {
-                                    "ping" => Ok(json_raw("{}")),
+                                    "ping" => Ok(raw(&json!({}))),
                                     _ => Err(json!({"code": -32601,
                                         "message": format!("cogward: {method} outside a call has nobody to ask")})),
                                 };
@@ -941,7 +936,7 @@ mod tests {
         assert_eq!(relayed.message.get(), sampling);
         relayed
             .answer
-            .send(Ok(json_raw(r#"{"role":"assistant"}"#)))
+            .send(Ok(raw(&json!({"role": "assistant"}))))
             .unwrap();
         let answer = answer.blocking_recv().unwrap();
         assert_eq!(

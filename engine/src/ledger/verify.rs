@@ -45,29 +45,30 @@ pub struct CallWithoutOutcome {
     pub target: String,
 }
 
-/// Intents waiting for their outcomes, as the chain is walked.
+/// Intents waiting for their outcomes, as the chain is walked: each with the event its outcome
+/// is (`outcome_event` in the intent).
 #[derive(Default)]
-struct OpenCalls(std::collections::BTreeMap<String, CallWithoutOutcome>);
+struct OpenCalls(std::collections::BTreeMap<String, (CallWithoutOutcome, String)>);
 
 impl OpenCalls {
     fn observe(&mut self, seq: i64, event_type: &str, body: &serde_json::Value) {
-        let call_id = || body["call_id"].as_str().unwrap_or_default().to_string();
-        match event_type {
-            "gateway.call_intent" => {
-                self.0.insert(
-                    call_id(),
-                    CallWithoutOutcome {
-                        seq,
-                        run_id: body["run_id"].as_str().unwrap_or_default().into(),
-                        call_id: call_id(),
-                        target: body["target"].as_str().unwrap_or_default().into(),
-                    },
-                );
-            }
-            "gateway.model_call" | "gateway.tool_call" | "gateway.mcp_request" => {
-                self.0.remove(&call_id());
-            }
-            _ => {}
+        let call_id = body["call_id"].as_str().unwrap_or_default();
+        if event_type == "gateway.call_intent" {
+            let text = |key: &str| body[key].as_str().unwrap_or_default().to_string();
+            let call = CallWithoutOutcome {
+                seq,
+                run_id: text("run_id"),
+                call_id: call_id.to_string(),
+                target: text("target"),
+            };
+            self.0
+                .insert(call_id.to_string(), (call, text("outcome_event")));
+        } else if self
+            .0
+            .get(call_id)
+            .is_some_and(|(_, outcome)| outcome == event_type)
+        {
+            self.0.remove(call_id);
         }
     }
 }
@@ -163,7 +164,7 @@ pub async fn verify(db: &Db) -> Result<VerifyReport> {
         head_hash,
         ok: true,
         first_bad: None,
-        calls_without_outcome: open.0.into_values().collect(),
+        calls_without_outcome: open.0.into_values().map(|(call, _)| call).collect(),
         checkpoints: Vec::new(),
     })
 }
