@@ -23,16 +23,8 @@ pub struct TreeFile {
 }
 
 fn git(repo: &Path) -> Command {
-    let mut cmd = Command::new("git");
-    cmd.arg("--git-dir")
-        .arg(git_dir(repo))
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", "/nonexistent")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null());
+    let mut cmd = cogward_runner::git::command();
+    cmd.arg("--git-dir").arg(git_dir(repo));
     cmd
 }
 

@@ -41,6 +41,7 @@ pub mod capture;
 pub mod cgroup;
 #[cfg(target_os = "linux")]
 pub mod egress;
+pub mod git;
 pub mod lease;
 pub mod manifest;
 pub mod outcome;

@@ -258,21 +258,12 @@ impl RunDir {
     /// commit out, detached. `--no-local`: the objects are copied through git's own transport,
     /// never hard-linked (the tree is handed to the sandbox's user next, and a shared inode
     /// would hand it the engine's repository too) and nothing of the repository's own
-    /// configuration or hooks comes along. Git runs with no system or global configuration.
+    /// configuration or hooks comes along. Git runs as [`crate::git::command`] has it.
     /// A retried runner whose earlier attempt cloned already checks out again.
     fn check_out(&self, c: &Checkout) -> io::Result<()> {
         let work = self.work_dir();
         let git = |args: &[&std::ffi::OsStr]| -> io::Result<()> {
-            let out = std::process::Command::new("git")
-                .args(args)
-                .env_clear()
-                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-                .env("HOME", "/nonexistent")
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .env("GIT_TERMINAL_PROMPT", "0")
-                .stdin(std::process::Stdio::null())
-                .output()?;
+            let out = crate::git::command().args(args).output()?;
             if out.status.success() {
                 return Ok(());
             }

@@ -81,6 +81,21 @@ struct ConfStack {
 }
 
 impl ConfStack {
+    /// `n` runs of acme's, running: (run id, credential) each.
+    async fn running_runs(&self, n: usize) -> Vec<(String, String)> {
+        let mut runs = Vec::new();
+        for _ in 0..n {
+            let (id, _) = self
+                .stack
+                .submit_until(&spec("acme", &["sleep", "600"]), &["running"])
+                .await
+                .unwrap();
+            let token = credential(&self.stack, &id);
+            runs.push((id, token));
+        }
+        runs
+    }
+
     fn start(node: &Path, access: &serde_json::Value) -> ConfStack {
         let dir = tempfile::tempdir().unwrap();
         let (upstream, upstream_url) = start_upstream(node, &dir.path().join("upstream.jsonl"));
@@ -257,15 +272,7 @@ async fn a_servers_request_reaches_only_its_callers_agent_decided_and_recorded()
         &json!({"tenants": {"acme": {"default_scope": ["conf.*", "sampling:conf.test_sampling"]}}}),
     );
     let stack = &conf.stack;
-    let mut runs = Vec::new();
-    for _ in 0..2 {
-        let (id, _) = stack
-            .submit_until(&spec("acme", &["sleep", "600"]), &["running"])
-            .await
-            .unwrap();
-        let token = credential(stack, &id);
-        runs.push((id, token));
-    }
+    let runs = conf.running_runs(2).await;
     let url = stack.gw_url("/mcp");
     let both = json!({"sampling": {}, "elicitation": {}});
     let a = RawSession::open(&url, &runs[0].1, both.clone()).await;
@@ -399,15 +406,7 @@ async fn cancellation_goes_both_ways_and_roots_reach_the_calling_agent() {
             "conf.*", "roots:conf.test_roots", "sampling:conf.test_sampling_cancelled"]}}}),
     );
     let stack = &conf.stack;
-    let mut runs = Vec::new();
-    for _ in 0..2 {
-        let (id, _) = stack
-            .submit_until(&spec("acme", &["sleep", "600"]), &["running"])
-            .await
-            .unwrap();
-        let token = credential(stack, &id);
-        runs.push((id, token));
-    }
+    let runs = conf.running_runs(2).await;
     let url = stack.gw_url("/mcp");
     let caps = json!({"sampling": {}, "roots": {}});
     let a = RawSession::open(&url, &runs[0].1, caps.clone()).await;
@@ -599,15 +598,7 @@ async fn each_agent_session_is_its_own_client_to_a_session_scoped_server() {
         &json!({"tenants": {"acme": {"default_scope": ["conf.*", "roots:conf.test_roots", "resource:conf:*"]}}}),
     );
     let stack = &conf.stack;
-    let mut runs = Vec::new();
-    for _ in 0..2 {
-        let (id, _) = stack
-            .submit_until(&spec("acme", &["sleep", "600"]), &["running"])
-            .await
-            .unwrap();
-        let token = credential(stack, &id);
-        runs.push((id, token));
-    }
+    let runs = conf.running_runs(2).await;
     let url = stack.gw_url("/mcp");
     let a = RawSession::open(&url, &runs[0].1, json!({})).await;
     let b = RawSession::open(&url, &runs[1].1, json!({"roots": {}})).await;
