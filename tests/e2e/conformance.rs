@@ -531,17 +531,7 @@ async fn cancellation_goes_both_ways_and_roots_reach_the_calling_agent() {
         "{done}"
     );
 
-    let outcomes: Vec<String> = crate::mcp::tool_call_entries(&db, &runs[0].0)
-        .await
-        .iter()
-        .map(|v| {
-            format!(
-                "{} {}",
-                v["target"].as_str().unwrap(),
-                v["outcome"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let outcomes = crate::mcp::target_outcomes(&db, &runs[0].0, "gateway.tool_call").await;
     assert_eq!(
         outcomes,
         [
@@ -552,17 +542,7 @@ async fn cancellation_goes_both_ways_and_roots_reach_the_calling_agent() {
             "conf.test_roots ok"
         ]
     );
-    let relays: Vec<String> = crate::mcp::run_entries(&db, &runs[0].0, "gateway.mcp_request")
-        .await
-        .iter()
-        .map(|v| {
-            format!(
-                "{} {}",
-                v["target"].as_str().unwrap(),
-                v["outcome"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let relays = crate::mcp::target_outcomes(&db, &runs[0].0, "gateway.mcp_request").await;
     assert_eq!(
         relays,
         [

@@ -249,6 +249,21 @@ pub async fn tool_call_entries(db: &Db, run_id: &str) -> Vec<Value> {
     run_entries(db, run_id, "gateway.tool_call").await
 }
 
+/// "target outcome" of each of a run's ledger entries of `event_type`, in order.
+pub async fn target_outcomes(db: &Db, run_id: &str, event_type: &str) -> Vec<String> {
+    run_entries(db, run_id, event_type)
+        .await
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {}",
+                v["target"].as_str().unwrap(),
+                v["outcome"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 /// The bodies of a run's ledger entries of `event_type`, in order.
 pub async fn run_entries(db: &Db, run_id: &str, event_type: &str) -> Vec<Value> {
     let bodies: Vec<String> = sqlx::query_scalar(
