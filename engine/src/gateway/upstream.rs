@@ -291,11 +291,18 @@ impl Upstreams {
     pub fn close_session(&self, session: &str) {
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         connections.retain(|(_, _, s), _| s.as_deref() != Some(session));
+        if let Ok(mut streams) = self.agent_streams.lock() {
+            streams.remove(session);
+        }
     }
 
     /// Close the per-session servers' sessions nobody used for [`SESSION_IDLE`] (and that no
-    /// request holds); an agent's next request opens a new one.
+    /// request holds); an agent's next request opens a new one. Forget standalone streams their
+    /// agents closed.
     pub fn close_idle_sessions(&self) {
+        if let Ok(mut streams) = self.agent_streams.lock() {
+            streams.retain(|_, s| !s.is_closed());
+        }
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         connections.retain(|(_, _, session), slot| {
             let Ok(slot) = slot.try_lock() else {
