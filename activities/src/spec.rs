@@ -525,6 +525,9 @@ pub struct ApprovalSignal {
     pub approver: String,
     #[serde(default)]
     pub comment: Option<String>,
+    /// Where the decision was made (`api`, `slack`, `jira`); none before channels existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -540,6 +543,8 @@ pub struct ApprovalDecision {
     pub verdict: ApprovalVerdict,
     pub approver: String,
     pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -644,6 +649,8 @@ pub struct ToolCallDecision {
     pub approver: String,
     #[serde(default)]
     pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// A parked tool call as the workflow holds it: the request and, once made, the decision.

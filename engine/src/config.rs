@@ -189,6 +189,10 @@ pub struct EngineConfig {
     /// writes them; keeping them current (`git fetch` of a mirror) is the operator's.
     #[arg(long, env = "COGWARD_REPOSITORIES_DIR", global = true)]
     pub repositories_dir: Option<PathBuf>,
+    /// The approval channels whose callbacks decide (Slack, Jira; default
+    /// `<state-dir>/channels.json`, none if absent).
+    #[arg(long, env = "COGWARD_CHANNELS_CONFIG", global = true)]
+    pub channels_config: Option<PathBuf>,
 }
 
 /// `FIRST-LAST`, inclusive, not including 0.
@@ -263,6 +267,12 @@ impl EngineConfig {
         self.egress_config
             .clone()
             .unwrap_or_else(|| self.state_dir.join("egress.json"))
+    }
+
+    pub fn channels_config(&self) -> PathBuf {
+        self.channels_config
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("channels.json"))
     }
 
     pub fn repositories_dir(&self) -> PathBuf {

@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0010_mcp_log_level.sql",
         include_str!("../../migrations/0010_mcp_log_level.sql"),
     ),
+    (
+        11,
+        "0011_callback_deliveries.sql",
+        include_str!("../../migrations/0011_callback_deliveries.sql"),
+    ),
 ];
 
 /// The database cannot take writes (or answer) right now: its disk is full, its server is gone,

@@ -110,6 +110,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         policies,
         gateway,
         state_dir: config.state_dir.clone(),
+        channels: Arc::new(api::callbacks::Channels::load(&config.channels_config())?),
     };
     let gateway_listener = tokio::net::TcpListener::bind(config.gateway_listen)
         .await

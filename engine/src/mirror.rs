@@ -350,14 +350,16 @@ impl<'a> Derivation<'a> {
                 if a.signal_name == "approve" || a.signal_name == "reject" =>
             {
                 let signal: ApprovalSignal = first_payload(&a.input)?;
-                Some((
-                    "run.approval",
-                    json!({
-                        "signal": a.signal_name,
-                        "approver": signal.approver,
-                        "comment": signal.comment,
-                    }),
-                ))
+                let mut body = json!({
+                    "signal": a.signal_name,
+                    "approver": signal.approver,
+                    "comment": signal.comment,
+                });
+                // Only where one was named: entries mirrored before channels derive unchanged.
+                if let Some(channel) = signal.channel {
+                    body["channel"] = json!(channel);
+                }
+                Some(("run.approval", body))
             }
             Attributes::WorkflowExecutionCompletedEventAttributes(a) => {
                 let summary: RunSummary = first_payload(&a.result)?;

@@ -77,6 +77,7 @@ impl AgentRun {
                 verdict,
                 approver: signal.approver,
                 comment: signal.comment,
+                channel: signal.channel,
             });
         }
     }
@@ -303,6 +304,7 @@ impl AgentRun {
                 verdict: decision.verdict,
                 approver: decision.approver,
                 comment: decision.comment,
+                channel: decision.channel,
             });
         }
     }

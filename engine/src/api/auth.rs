@@ -122,6 +122,11 @@ impl Tokens {
         Self { by_digest }
     }
 
+    /// The principal named `name`, if there is one.
+    pub fn by_name(&self, name: &str) -> Option<Principal> {
+        self.by_digest.values().find(|p| p.name == name).cloned()
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading tokens file {}", path.display()))?;

@@ -2,6 +2,7 @@
 //! socket.
 
 pub mod auth;
+pub mod callbacks;
 pub mod error;
 pub mod evidence;
 pub mod policies;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     /// The engine's state directory (run directories live in `runs/`).
     pub state_dir: std::path::PathBuf,
+    /// The approval channels (Slack, Jira) whose callbacks decide.
+    pub channels: Arc<callbacks::Channels>,
 }
 
 impl FromRef<AppState> for Arc<Gateway> {
@@ -75,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .merge(run_events::router())
         .merge(evidence::router())
         .merge(policies::router())
+        .merge(callbacks::router())
         .fallback(|| async {
             error::problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -276,20 +276,23 @@ async fn list(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DecisionBody {
+pub(crate) struct DecisionBody {
     #[serde(default)]
-    comment: Option<String>,
+    pub(crate) comment: Option<String>,
     /// Decide this parked tool call of the running agent instead of the run's start gate.
     #[serde(default)]
-    tool_call: Option<String>,
+    pub(crate) tool_call: Option<String>,
 }
 
-async fn decide(
+/// Decide run `id`'s gate (or, with `body.tool_call`, one of its parked tool calls) as
+/// `principal`, from `channel` (`api`, `slack`, `jira`): the checks every channel shares.
+pub(crate) async fn decide(
     state: AppState,
     principal: Principal,
     id: String,
     body: DecisionBody,
     approve: bool,
+    channel: &str,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
     principal.require(Role::Approve)?;
     let record = load(&state, &principal, &id).await?;
@@ -313,17 +316,8 @@ async fn decide(
             .ok()
             .flatten()
     };
-    if let Some(call_id) = body.tool_call {
-        return decide_tool_call(
-            &state,
-            &principal,
-            &record,
-            live,
-            call_id,
-            body.comment,
-            approve,
-        )
-        .await;
+    if body.tool_call.is_some() {
+        return decide_tool_call(&state, &principal, &record, live, body, approve, channel).await;
     }
     let current = live.as_ref().map_or(record.status, |s| s.status);
     if current != RunStatus::AwaitingApproval {
@@ -361,6 +355,7 @@ async fn decide(
     let signal = ApprovalSignal {
         approver: principal.name.clone(),
         comment: body.comment,
+        channel: Some(channel.to_string()),
     };
     let sent = if approve {
         handle
@@ -390,10 +385,11 @@ async fn decide_tool_call(
     principal: &Principal,
     record: &RunRecord,
     live: Option<RunSummary>,
-    call_id: String,
-    comment: Option<String>,
+    body: DecisionBody,
     approve: bool,
+    channel: &str,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let (call_id, comment) = (body.tool_call.unwrap_or_default(), body.comment);
     let Some(live) = live else {
         return Err(problem(
             StatusCode::CONFLICT,
@@ -446,6 +442,7 @@ async fn decide_tool_call(
         },
         approver: principal.name.clone(),
         comment,
+        channel: Some(channel.to_string()),
     };
     state
         .client()?
@@ -509,7 +506,7 @@ async fn approve(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
-    decide(state, principal, id, optional_json(&body)?, true).await
+    decide(state, principal, id, optional_json(&body)?, true, "api").await
 }
 
 async fn reject(
@@ -518,7 +515,7 @@ async fn reject(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
-    decide(state, principal, id, optional_json(&body)?, false).await
+    decide(state, principal, id, optional_json(&body)?, false, "api").await
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,478 @@
+//! Decisions from where approvers are: Slack's interactive callbacks (`POST
+//! /v1/callbacks/slack`) and Jira's admin webhooks (`POST /v1/callbacks/jira`). Neither carries
+//! a cogward token: each is verified on its raw bytes before anything is parsed, as the vendor
+//! signs it —
+//!
+//! - Slack: `X-Slack-Signature: v0=<hex HMAC-SHA256(signing secret, "v0:{ts}:{body}")>` with
+//!   `X-Slack-Request-Timestamp` within five minutes;
+//! - Jira: `X-Hub-Signature: sha256=<hex HMAC-SHA256(webhook secret, body)>`; Jira signs no
+//!   time, so each delivery's `X-Atlassian-Webhook-Identifier` is taken once;
+//!
+//! compared in constant time, and a delivery (Slack's signature, Jira's identifier) is taken
+//! once, ever (`callback_deliveries`, migration 0011): a replay inside the window is refused. The
+//! channel's user is mapped to a cogward principal (the channel's `users`), which then decides
+//! as it would through the API — the same checks (its role, tenant, group; never the
+//! submitter), recorded with the channel. Every refusal is a `security.callback_refused` ledger
+//! entry and changes nothing else.
+//!
+//! What a decision is about is in the message: a Slack button's `value`, a Jira issue's label,
+//! `run:<run id>` (a run's gate) or `tool:<run id>:<call id>` (a parked tool call; in a Jira
+//! label `cogward-run-<id>` / `cogward-tool-<run id>-<call id>`, labels having no colons).
+//! Posting the requests to Slack and Jira is not built yet (the `Approval` workflow's, issue 13).
+
+use super::AppState;
+use super::auth::Role;
+use super::error::{ApiError, problem};
+use super::runs::DecisionBody;
+use crate::ledger::NewEntry;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use subtle::ConstantTimeEq;
+
+/// How far a Slack request's timestamp may be from now.
+const SLACK_WINDOW_SECONDS: i64 = 300;
+/// How long a callback may take before its answer is given (Slack wants one within 3 s); the
+/// decision goes on after it.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_millis(2500);
+
+/// `channels.json`: the approval channels and their users.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelsFile {
+    #[serde(default)]
+    slack: Option<SlackFile>,
+    #[serde(default)]
+    jira: Option<JiraFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlackFile {
+    /// The environment variable holding the app's signing secret.
+    signing_secret_env: String,
+    /// Slack user id → cogward principal.
+    users: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JiraFile {
+    /// The environment variable holding the webhook's secret.
+    webhook_secret_env: String,
+    /// Jira `accountId` → cogward principal.
+    users: BTreeMap<String, String>,
+    /// The statuses a transition to approves, or rejects.
+    approve_status: String,
+    reject_status: String,
+}
+
+/// The approval channels, their secrets resolved.
+#[derive(Debug, Default)]
+pub struct Channels {
+    slack: Option<(SlackFile, Vec<u8>)>,
+    jira: Option<(JiraFile, Vec<u8>)>,
+}
+
+impl Channels {
+    /// Read `path` (none: no channels) and the secrets it names from the environment.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let file: ChannelsFile = serde_json::from_str(&text)
+            .with_context(|| format!("parsing channels file {}", path.display()))?;
+        let secret = |var: &str| -> anyhow::Result<Vec<u8>> {
+            let value = std::env::var(var)
+                .with_context(|| format!("{}: {var} is not set", path.display()))?;
+            anyhow::ensure!(!value.is_empty(), "{}: {var} is empty", path.display());
+            Ok(value.into_bytes())
+        };
+        let slack = match file.slack {
+            Some(s) => {
+                let key = secret(&s.signing_secret_env)?;
+                Some((s, key))
+            }
+            None => None,
+        };
+        let jira = match file.jira {
+            Some(j) => {
+                let key = secret(&j.webhook_secret_env)?;
+                Some((j, key))
+            }
+            None => None,
+        };
+        Ok(Self { slack, jira })
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/callbacks/slack", post(slack))
+        .route("/v1/callbacks/jira", post(jira))
+}
+
+/// A callback refused: why, for the ledger and the answer.
+struct Refused {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+}
+
+fn refused(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Refused {
+    Refused {
+        status,
+        code,
+        detail: detail.into(),
+    }
+}
+
+/// What a verified callback asks: who, which way, about what.
+struct Asked {
+    channel: &'static str,
+    /// The channel's user, and the principal it maps to.
+    user: String,
+    principal: String,
+    approve: bool,
+    run_id: String,
+    tool_call: Option<String>,
+}
+
+fn hmac_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    // HMAC takes a key of any length: the error cannot happen (and an empty answer matches no
+    // signature).
+    let Ok(mut mac) = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key) else {
+        return String::new();
+    };
+    for p in parts {
+        mac.update(p);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// `run:<id>` or `tool:<run id>:<call id>`.
+fn subject(text: &str) -> Option<(String, Option<String>)> {
+    if let Some(run) = text.strip_prefix("run:") {
+        return (!run.is_empty()).then(|| (run.to_string(), None));
+    }
+    let (run, call) = text.strip_prefix("tool:")?.split_once(':')?;
+    (!run.is_empty() && !call.is_empty()).then(|| (run.to_string(), Some(call.to_string())))
+}
+
+async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let asked = match verify_slack(&state, &headers, &body).await {
+        Ok(asked) => asked,
+        Err(r) => return refuse(&state, "slack", r, json!({})).await,
+    };
+    decide(state, asked).await
+}
+
+async fn verify_slack(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Asked, Refused> {
+    let unauthorized = |detail: &str| refused(StatusCode::UNAUTHORIZED, "bad_signature", detail);
+    let Some((slack, secret)) = &state.channels.slack else {
+        return Err(refused(
+            StatusCode::NOT_FOUND,
+            "channel_not_configured",
+            "Slack is not an approval channel here",
+        ));
+    };
+    let ts = header(headers, "x-slack-request-timestamp")
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or_else(|| unauthorized("no X-Slack-Request-Timestamp"))?;
+    let signature = header(headers, "x-slack-signature")
+        .and_then(|s| s.strip_prefix("v0="))
+        .ok_or_else(|| unauthorized("no v0 X-Slack-Signature"))?;
+    let expected = hmac_hex(secret, &[format!("v0:{ts}:").as_bytes(), body]);
+    if !same(signature, &expected) {
+        return Err(unauthorized("the signature does not match the body"));
+    }
+    if (chrono::Utc::now().timestamp() - ts).abs() > SLACK_WINDOW_SECONDS {
+        return Err(refused(
+            StatusCode::UNAUTHORIZED,
+            "stale_request",
+            format!("the request's timestamp {ts} is more than {SLACK_WINDOW_SECONDS} s from now"),
+        ));
+    }
+    take_once(state, "slack", signature).await?;
+    let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(body)
+        .map_err(|e| refused(StatusCode::BAD_REQUEST, "bad_payload", e.to_string()))?;
+    let payload: Value = form
+        .get("payload")
+        .and_then(|p| serde_json::from_str(p).ok())
+        .ok_or_else(|| refused(StatusCode::BAD_REQUEST, "bad_payload", "no JSON `payload`"))?;
+    let bad = |why: &str| refused(StatusCode::BAD_REQUEST, "bad_payload", why);
+    if payload["type"] != "block_actions" {
+        return Err(bad("not a block_actions payload"));
+    }
+    let action = &payload["actions"][0];
+    let approve = match action["action_id"].as_str() {
+        Some("approve") => true,
+        Some("reject") => false,
+        _ => return Err(bad("the action is neither approve nor reject")),
+    };
+    let (run_id, tool_call) = action["value"]
+        .as_str()
+        .and_then(subject)
+        .ok_or_else(|| bad("the button's value names no run or tool call"))?;
+    let user = payload["user"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let principal = mapped(&slack.users, "Slack", &user)?;
+    Ok(Asked {
+        channel: "slack",
+        user,
+        principal,
+        approve,
+        run_id,
+        tool_call,
+    })
+}
+
+async fn jira(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let asked = match verify_jira(&state, &headers, &body).await {
+        Ok(Some(asked)) => asked,
+        // A change that decides nothing (another field, another status): acknowledged.
+        Ok(None) => return StatusCode::NO_CONTENT.into_response(),
+        Err(r) => return refuse(&state, "jira", r, json!({})).await,
+    };
+    decide(state, asked).await
+}
+
+async fn verify_jira(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<Asked>, Refused> {
+    let unauthorized = |detail: &str| refused(StatusCode::UNAUTHORIZED, "bad_signature", detail);
+    let Some((jira, secret)) = &state.channels.jira else {
+        return Err(refused(
+            StatusCode::NOT_FOUND,
+            "channel_not_configured",
+            "Jira is not an approval channel here",
+        ));
+    };
+    let signature = header(headers, "x-hub-signature")
+        .and_then(|s| s.strip_prefix("sha256="))
+        .ok_or_else(|| unauthorized("no sha256 X-Hub-Signature"))?;
+    if !same(signature, &hmac_hex(secret, &[body])) {
+        return Err(unauthorized("the signature does not match the body"));
+    }
+    let delivery = header(headers, "x-atlassian-webhook-identifier")
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| unauthorized("no X-Atlassian-Webhook-Identifier"))?;
+    take_once(state, "jira", delivery).await?;
+    let bad = |why: &str| refused(StatusCode::BAD_REQUEST, "bad_payload", why);
+    let event: Value = serde_json::from_slice(body).map_err(|_| bad("not JSON"))?;
+    if event["webhookEvent"] != "jira:issue_updated" {
+        return Ok(None);
+    }
+    let status = event["changelog"]["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["field"] == "status"))
+        .and_then(|i| i["toString"].as_str());
+    let approve = match status {
+        Some(s) if s == jira.approve_status => true,
+        Some(s) if s == jira.reject_status => false,
+        _ => return Ok(None),
+    };
+    let label = event["issue"]["fields"]["labels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|l| {
+            if let Some(run) = l.strip_prefix("cogward-run-") {
+                return subject(&format!("run:{run}"));
+            }
+            let rest = l.strip_prefix("cogward-tool-")?;
+            // Run ids are `run-<hex>`: the call id follows the run id's hex.
+            let (run, call) = rest.strip_prefix("run-")?.split_once('-')?;
+            subject(&format!("tool:run-{run}:{call}"))
+        });
+    let (run_id, tool_call) = label.ok_or_else(|| bad("the issue names no cogward run"))?;
+    let user = event["user"]["accountId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let principal = mapped(&jira.users, "Jira", &user)?;
+    Ok(Some(Asked {
+        channel: "jira",
+        user,
+        principal,
+        approve,
+        run_id,
+        tool_call,
+    }))
+}
+
+/// The cogward principal a channel's user is.
+fn mapped(users: &BTreeMap<String, String>, channel: &str, user: &str) -> Result<String, Refused> {
+    users.get(user).cloned().ok_or_else(|| {
+        refused(
+            StatusCode::FORBIDDEN,
+            "unknown_approver",
+            format!("{channel} user {user:?} is no cogward principal"),
+        )
+    })
+}
+
+/// Take a delivery once: a second time is a replay.
+async fn take_once(state: &AppState, channel: &str, delivery: &str) -> Result<(), Refused> {
+    let inserted = sqlx::query(
+        "INSERT INTO callback_deliveries (channel, delivery_id, received_at) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(channel)
+    .bind(delivery)
+    .bind(crate::now_rfc3339())
+    .execute(&state.db.pool)
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "recording a callback delivery");
+        refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "the delivery could not be recorded; nothing was decided",
+        )
+    })?;
+    if inserted.rows_affected() == 0 {
+        return Err(refused(
+            StatusCode::CONFLICT,
+            "replayed",
+            "this delivery was already taken",
+        ));
+    }
+    Ok(())
+}
+
+/// Decide as the mapped principal, as the API would; answer within Slack's time (the decision
+/// goes on if it takes longer).
+async fn decide(state: AppState, asked: Asked) -> Response {
+    let Some(principal) = state.tokens.by_name(&asked.principal) else {
+        let r = refused(
+            StatusCode::FORBIDDEN,
+            "unknown_approver",
+            format!(
+                "{} maps to {:?}, who is no principal here",
+                asked.user, asked.principal
+            ),
+        );
+        return refuse(&state, asked.channel, r, about(&asked)).await;
+    };
+    if principal.require(Role::Approve).is_err() {
+        let r = refused(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{} may not approve", asked.principal),
+        );
+        return refuse(&state, asked.channel, r, about(&asked)).await;
+    }
+    let body = DecisionBody {
+        comment: Some(format!("from {} user {}", asked.channel, asked.user)),
+        tool_call: asked.tool_call.clone(),
+    };
+    let task = tokio::spawn(super::runs::decide(
+        state.clone(),
+        principal,
+        asked.run_id.clone(),
+        body,
+        asked.approve,
+        asked.channel,
+    ));
+    match tokio::time::timeout(ANSWER_WITHIN, task).await {
+        Ok(Ok(Ok(_))) => StatusCode::OK.into_response(),
+        Ok(Ok(Err(ApiError(p)))) => {
+            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::FORBIDDEN);
+            let r = Refused {
+                status,
+                code: "decision_refused",
+                detail: format!("{}: {}", p.code, p.detail),
+            };
+            refuse(&state, asked.channel, r, about(&asked)).await
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "a callback's decision failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        // Still deciding: the channel has its answer, the decision goes on.
+        Err(_) => StatusCode::OK.into_response(),
+    }
+}
+
+fn about(asked: &Asked) -> Value {
+    json!({"user": asked.user, "principal": asked.principal, "run_id": asked.run_id,
+           "tool_call": asked.tool_call, "approve": asked.approve})
+}
+
+/// Record the refusal (`security.callback_refused`) and answer it.
+async fn refuse(state: &AppState, channel: &str, r: Refused, mut about: Value) -> Response {
+    tracing::warn!(channel, code = r.code, detail = %r.detail, "callback refused");
+    about["channel"] = json!(channel);
+    about["code"] = json!(r.code);
+    about["reason"] = json!(r.detail);
+    let entry = NewEntry::app(
+        &state.gateway.namespace,
+        format!("callbacks/{channel}"),
+        "security.callback_refused",
+        about,
+    );
+    if let Err(e) = state.ledger.append(vec![entry]).await {
+        tracing::error!(error = %format!("{e:#}"), "recording a refused callback");
+    }
+    problem(r.status, r.code, r.detail).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_signatures_are_computed_as_slack_documents() {
+        // Slack's documented example (api.slack.com/authentication/verifying-requests-from-slack).
+        let secret = b"8f742231b10e8888abcd99yyyzzz85a5";
+        let ts = "1531420618";
+        let body = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+        let sig = hmac_hex(secret, &[format!("v0:{ts}:").as_bytes(), body.as_bytes()]);
+        assert_eq!(
+            sig,
+            "a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+        );
+    }
+
+    #[test]
+    fn subjects_name_a_gate_or_a_tool_call() {
+        assert_eq!(subject("run:run-1"), Some(("run-1".into(), None)));
+        assert_eq!(
+            subject("tool:run-1:call-9"),
+            Some(("run-1".into(), Some("call-9".into())))
+        );
+        for bad in ["run:", "tool:run-1", "tool::x", "other:1", ""] {
+            assert_eq!(subject(bad), None, "{bad}");
+        }
+        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+}

@@ -1,0 +1,296 @@
+//! Approvals from Slack and Jira: their callbacks, as the vendors send and sign them (the
+//! senders here are ours, speaking Slack's interactive-payload form encoding and Jira's webhook
+//! JSON, signed exactly as each documents), against a real stack. Tried as an approver, an
+//! attacker and a replaying proxy would.
+
+use crate::stack::{Stack, StackOptions, spec};
+use crate::{RUN_TIMEOUT, run_id};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+
+const SLACK_SECRET: &str = "e2e-slack-signing-secret";
+const JIRA_SECRET: &str = "e2e-jira-webhook-secret";
+
+fn hmac_hex(key: &str, data: &[u8]) -> String {
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(data);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A stack whose approval channels are Slack and Jira, their users mapped to the stack's
+/// principals (`approver`, `lead`, `ci`; `U_NOBODY` to nobody).
+fn stack(dir: &std::path::Path) -> Stack {
+    let channels = dir.join("channels.json");
+    std::fs::write(
+        &channels,
+        json!({
+            "slack": {"signing_secret_env": "E2E_SLACK_SECRET",
+                      "users": {"U_APPROVER": "approver", "U_LEAD": "lead", "U_CI": "ci"}},
+            "jira": {"webhook_secret_env": "E2E_JIRA_SECRET",
+                     "users": {"5b10a2844c20165700ede21g": "lead", "5b10ac8d82e05b22cc7d4ef5": "approver"},
+                     "approve_status": "Approved", "reject_status": "Rejected"}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    Stack::start(StackOptions {
+        env: vec![
+            (
+                "COGWARD_CHANNELS_CONFIG".into(),
+                channels.display().to_string(),
+            ),
+            ("E2E_SLACK_SECRET".into(), SLACK_SECRET.into()),
+            ("E2E_JIRA_SECRET".into(), JIRA_SECRET.into()),
+        ],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Slack's interactive callback for a button click: the `block_actions` payload, form-encoded
+/// as Slack posts it, and its signature headers.
+fn slack_click(
+    user: &str,
+    action: &str,
+    value: &str,
+    ts: i64,
+    secret: &str,
+) -> (Vec<u8>, Vec<(String, String)>) {
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": user.to_lowercase(), "team_id": "T0E2E"},
+        "api_app_id": "A0E2E", "token": "deprecated-verification-token",
+        "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": "C0E2E"},
+        "trigger_id": "1.2.3", "team": {"id": "T0E2E", "domain": "e2e"},
+        "channel": {"id": "C0E2E", "name": "approvals"},
+        "message": {"type": "message", "ts": "1700000000.000100", "text": "approve?"},
+        "response_url": "https://hooks.slack.com/actions/T0E2E/1/abc",
+        "actions": [{"action_id": action, "block_id": "decision", "type": "button",
+                     "value": value, "action_ts": "1700000001.000200",
+                     "text": {"type": "plain_text", "text": action}}],
+        "state": {"values": {}}
+    });
+    let body = serde_urlencoded::to_string([("payload", payload.to_string())])
+        .unwrap()
+        .into_bytes();
+    let mut signed = format!("v0:{ts}:").into_bytes();
+    signed.extend_from_slice(&body);
+    let headers = vec![
+        (
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        ),
+        ("x-slack-request-timestamp".into(), ts.to_string()),
+        (
+            "x-slack-signature".into(),
+            format!("v0={}", hmac_hex(secret, &signed)),
+        ),
+    ];
+    (body, headers)
+}
+
+/// Jira's `jira:issue_updated` webhook for a status transition of an issue labelled for the
+/// run, signed with `X-Hub-Signature`, with its delivery identifier.
+fn jira_transition(
+    account: &str,
+    run: &str,
+    to: &str,
+    delivery: &str,
+    secret: &str,
+) -> (Vec<u8>, Vec<(String, String)>) {
+    let body = json!({
+        "timestamp": 1700000000000u64, "webhookEvent": "jira:issue_updated",
+        "issue_event_type_name": "issue_generic",
+        "user": {"accountId": account, "displayName": "Approver", "active": true},
+        "issue": {"id": "10001", "key": "OPS-7", "self": "https://example.atlassian.net/rest/api/3/issue/10001",
+                  "fields": {"summary": "Approve run", "labels": [format!("cogward-run-{run}")],
+                             "status": {"name": to}}},
+        "changelog": {"id": "10400", "items": [{"field": "status", "fieldtype": "jira",
+                      "fieldId": "status", "from": "1", "fromString": "Waiting", "to": "2", "toString": to}]}
+    })
+    .to_string()
+    .into_bytes();
+    let headers = vec![
+        ("content-type".into(), "application/json".into()),
+        (
+            "x-hub-signature".into(),
+            format!("sha256={}", hmac_hex(secret, &body)),
+        ),
+        ("x-atlassian-webhook-identifier".into(), delivery.into()),
+    ];
+    (body, headers)
+}
+
+async fn post(
+    stack: &Stack,
+    path: &str,
+    (body, headers): &(Vec<u8>, Vec<(String, String)>),
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(stack.url(path))
+        .body(body.clone());
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn refusals(stack: &Stack) -> Vec<String> {
+    let db = cogward::db::Db::connect(&stack.database_url).await.unwrap();
+    let bodies: Vec<String> = sqlx::query_scalar(
+        "SELECT body FROM ledger_entries WHERE event_type = 'security.callback_refused' ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    bodies
+        .iter()
+        .map(|b| {
+            let v: Value = serde_json::from_str(b).unwrap();
+            format!(
+                "{} {}",
+                v["channel"].as_str().unwrap(),
+                v["code"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// A run's gate approved from a Slack button by a mapped approver, after a forged signature, a
+/// stale timestamp, an unmapped user, a user without the approve role and the run's own
+/// submitter were each refused; the click replayed is refused. Another run rejected by a Jira
+/// transition; a forged or unidentified delivery, a replayed one and a transition to another
+/// status decide nothing. Each refusal is in the ledger; approvals carry their channel.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(dir.path());
+    let mut s = spec("acme", &["true"]);
+    s["requires_approval"] = json!(true);
+    let (status, run) = stack.submit_as(&stack.tokens.lead, &s).await.unwrap();
+    assert_eq!(status, 201, "{run}");
+    let a = run_id(&run);
+    stack
+        .wait_status(&a, &["awaiting_approval"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let value = format!("run:{a}");
+    let slack = "/v1/callbacks/slack";
+    for (what, click, status) in [
+        (
+            "forged",
+            slack_click("U_APPROVER", "approve", &value, now, "not the secret"),
+            401,
+        ),
+        (
+            "stale",
+            slack_click("U_APPROVER", "approve", &value, now - 600, SLACK_SECRET),
+            401,
+        ),
+        (
+            "unmapped",
+            slack_click("U_NOBODY", "approve", &value, now, SLACK_SECRET),
+            403,
+        ),
+        (
+            "no approve role",
+            slack_click("U_CI", "approve", &value, now, SLACK_SECRET),
+            403,
+        ),
+        (
+            "the submitter",
+            slack_click("U_LEAD", "approve", &value, now, SLACK_SECRET),
+            403,
+        ),
+    ] {
+        let (got, body) = post(&stack, slack, &click).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert_eq!(
+            stack.run(&a).await.unwrap()["status"],
+            "awaiting_approval",
+            "{what}"
+        );
+    }
+    let click = slack_click("U_APPROVER", "approve", &value, now, SLACK_SECRET);
+    let (got, body) = post(&stack, slack, &click).await;
+    assert_eq!(got, 200, "{body}");
+    let (got, _) = post(&stack, slack, &click).await;
+    assert_eq!(got, 409, "a replayed click");
+    stack
+        .wait_status(&a, &["succeeded"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+    let entries = stack.wait_mirrored(&a).await.unwrap();
+    let approval = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_type"] == "run.approval")
+        .unwrap_or_else(|| panic!("no approval entry: {entries}"));
+    let body: Value = serde_json::from_str(approval["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (
+            body["approver"].as_str(),
+            body["channel"].as_str(),
+            body["signal"].as_str()
+        ),
+        (Some("approver"), Some("slack"), Some("approve")),
+        "{approval}"
+    );
+
+    // Jira: the run of ci's, rejected by lead's transition.
+    let mut s = spec("acme", &["true"]);
+    s["requires_approval"] = json!(true);
+    let (_, run) = stack.submit_as(&stack.tokens.ci, &s).await.unwrap();
+    let b = run_id(&run);
+    stack
+        .wait_status(&b, &["awaiting_approval"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+    let jira = "/v1/callbacks/jira";
+    let lead = "5b10a2844c20165700ede21g";
+    let forged = jira_transition(lead, &b, "Rejected", "d-1", "not the secret");
+    assert_eq!(post(&stack, jira, &forged).await.0, 401);
+    let mut unidentified = jira_transition(lead, &b, "Rejected", "", JIRA_SECRET);
+    unidentified
+        .1
+        .retain(|(k, _)| k != "x-atlassian-webhook-identifier");
+    assert_eq!(post(&stack, jira, &unidentified).await.0, 401);
+    let moved = jira_transition(lead, &b, "In Progress", "d-2", JIRA_SECRET);
+    assert_eq!(
+        post(&stack, jira, &moved).await.0,
+        204,
+        "another status decides nothing"
+    );
+    assert_eq!(stack.run(&b).await.unwrap()["status"], "awaiting_approval");
+    let reject = jira_transition(lead, &b, "Rejected", "d-3", JIRA_SECRET);
+    let (got, body) = post(&stack, jira, &reject).await;
+    assert_eq!(got, 200, "{body}");
+    assert_eq!(post(&stack, jira, &reject).await.0, 409, "a redelivery");
+    let run = stack
+        .wait_status(&b, &["rejected"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(run["summary"]["approval"]["channel"], "jira", "{run}");
+    assert_eq!(run["summary"]["approval"]["approver"], "lead", "{run}");
+
+    assert_eq!(
+        refusals(&stack).await,
+        [
+            "slack bad_signature",
+            "slack stale_request",
+            "slack unknown_approver",
+            "slack forbidden",
+            "slack decision_refused",
+            "slack replayed",
+            "jira bad_signature",
+            "jira bad_signature",
+            "jira replayed",
+        ]
+    );
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
+}
