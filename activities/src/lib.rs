@@ -9,6 +9,7 @@ pub mod agent_cli;
 pub mod agent_events;
 pub mod credential;
 pub mod evidence;
+pub mod notify;
 pub mod runner;
 pub mod secrets;
 pub mod spec;
@@ -48,6 +49,8 @@ pub struct ActivitiesConfig {
     pub agent_clis: agent_cli::AgentClis,
     /// The repositories a run's workspace may check out ([`workspace`]).
     pub repositories_dir: PathBuf,
+    /// Where runs waiting for approval are posted ([`notify`]), if anywhere.
+    pub slack: Option<notify::SlackPoster>,
 }
 
 /// Where runners forward their sandbox's gateway port, and who issues and revokes run
@@ -118,6 +121,27 @@ impl RunActivities {
         let admission = admission::verdict(&input.spec, record);
         tracing::info!(run_id = %input.run_id, verdict = ?admission.verdict, "admission decided");
         Ok(admission)
+    }
+
+    /// Tell the approvers of a run at its gate (Slack, if configured); never fails.
+    #[activity]
+    pub async fn notify_approvers(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        notice: notify::GateNotice,
+    ) -> Result<notify::Posted, ActivityError> {
+        Ok(notify::tell_gate(self.config.slack.as_ref(), &notice).await)
+    }
+
+    /// Update what was posted with the gate's outcome; never fails.
+    #[activity]
+    pub async fn notify_outcome(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        notice: notify::OutcomeNotice,
+    ) -> Result<(), ActivityError> {
+        notify::tell_outcome(self.config.slack.as_ref(), &notice).await;
+        Ok(())
     }
 
     /// Start the run's sandboxed runner (or find the one already started) and return its

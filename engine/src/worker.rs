@@ -12,8 +12,9 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 pub fn activities_config(
     config: &EngineConfig,
     credentials: Arc<crate::gateway::RunCredentials>,
-) -> ActivitiesConfig {
-    ActivitiesConfig {
+) -> Result<ActivitiesConfig> {
+    let channels = crate::api::callbacks::Channels::load(&config.channels_config())?;
+    Ok(ActivitiesConfig {
         state_dir: config.state_dir.clone(),
         runner_bin: config.runner_bin(),
         sandbox: config.sandbox_profile(),
@@ -31,7 +32,8 @@ pub fn activities_config(
             dir: config.agents_dir.clone(),
         },
         repositories_dir: config.repositories_dir(),
-    }
+        slack: channels.slack_poster,
+    })
 }
 
 /// Run the worker until it stops cleanly. A worker that cannot reach Temporal (at start or
@@ -53,7 +55,7 @@ pub async fn run(config: &EngineConfig) -> Result<()> {
         keys: Arc::new(crate::gateway::keys::KeyRing::open(config.gateway_keys())?),
     });
     let policies = Arc::new(crate::policy::Policies::new(db, config.policy_limits())?);
-    let activities = activities_config(config, credentials);
+    let activities = activities_config(config, credentials)?;
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();

@@ -9,6 +9,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
 const SLACK_SECRET: &str = "e2e-slack-signing-secret";
+const SLACK_BOT_TOKEN: &str = "xoxb-e2e-bot-token";
 const JIRA_SECRET: &str = "e2e-jira-webhook-secret";
 
 fn hmac_hex(key: &str, data: &[u8]) -> String {
@@ -17,14 +18,107 @@ fn hmac_hex(key: &str, data: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// A stack whose approval channels are Slack and Jira, their users mapped to the stack's
-/// principals (`approver`, `lead`, `ci`; `U_NOBODY` to nobody).
-fn stack(dir: &std::path::Path) -> Stack {
+/// Slack's Web API, as far as cogward uses it (`chat.postMessage`, `chat.update`): bearer bot
+/// token, JSON bodies, HTTP 200 with `ok`; its first post is `ratelimited` (with
+/// `Retry-After`), as Slack answers a burst. Every call it took, in order.
+struct FakeSlack {
+    url: String,
+    calls: Calls,
+}
+
+type Calls = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+async fn fake_slack_method(
+    axum::extract::State(calls): axum::extract::State<Calls>,
+    axum::extract::Path(method): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if auth != Some(format!("Bearer {SLACK_BOT_TOKEN}").as_str()) {
+        return axum::Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return axum::Json(json!({"ok": false, "error": "invalid_json"})).into_response();
+    };
+    let mut calls = calls.lock().unwrap();
+    let limited_before = calls.iter().any(|(m, _)| m == "ratelimited");
+    if method == "chat.postMessage" && !limited_before {
+        calls.push(("ratelimited".into(), body));
+        let answer = axum::Json(json!({"ok": false, "error": "ratelimited"}));
+        return ([("retry-after", "1")], answer).into_response();
+    }
+    let answer = match method.as_str() {
+        "chat.postMessage" => {
+            let ts = format!("1700000000.{:06}", calls.len());
+            json!({"ok": true, "channel": body["channel"], "ts": ts,
+                   "message": {"text": body["text"], "blocks": body["blocks"]}})
+        }
+        "chat.update" => {
+            let posted = calls.iter().any(|(m, b)| {
+                m == "chat.postMessage" && b["ts"] == body["ts"] && b["channel"] == body["channel"]
+            });
+            if posted {
+                json!({"ok": true, "channel": body["channel"], "ts": body["ts"], "text": body["text"]})
+            } else {
+                json!({"ok": false, "error": "message_not_found"})
+            }
+        }
+        _ => json!({"ok": false, "error": "unknown_method"}),
+    };
+    let mut recorded = body;
+    if method == "chat.postMessage" {
+        recorded["ts"] = answer["ts"].clone();
+    }
+    calls.push((method, recorded));
+    axum::Json(answer).into_response()
+}
+
+impl FakeSlack {
+    async fn start() -> FakeSlack {
+        let calls: Calls = Default::default();
+        let app = axum::Router::new()
+            .route("/api/{method}", axum::routing::post(fake_slack_method))
+            .with_state(calls.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeSlack { url, calls }
+    }
+
+    /// The calls of `method` taken so far, waiting (up to 30 s) until there are `n`.
+    async fn calls_of(&self, method: &str, n: usize) -> Vec<Value> {
+        for _ in 0..300 {
+            let got: Vec<Value> = self
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(m, _)| m == method)
+                .map(|(_, b)| b.clone())
+                .collect();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!(
+            "fewer than {n} {method} calls: {:?}",
+            self.calls.lock().unwrap()
+        );
+    }
+}
+
+/// A stack whose approval channels are Slack (posting to `slack_api`) and Jira, their users
+/// mapped to the stack's principals (`approver`, `lead`, `ci`; `U_NOBODY` to nobody).
+fn stack(dir: &std::path::Path, slack_api: &str) -> Stack {
     let channels = dir.join("channels.json");
     std::fs::write(
         &channels,
         json!({
             "slack": {"signing_secret_env": "E2E_SLACK_SECRET",
+                      "api_url": slack_api, "bot_token_env": "E2E_SLACK_BOT_TOKEN", "channel": "C0APPROVALS",
                       "users": {"U_APPROVER": "approver", "U_LEAD": "lead", "U_CI": "ci"}},
             "jira": {"webhook_secret_env": "E2E_JIRA_SECRET",
                      "users": {"5b10a2844c20165700ede21g": "lead", "5b10ac8d82e05b22cc7d4ef5": "approver"},
@@ -40,6 +134,7 @@ fn stack(dir: &std::path::Path) -> Stack {
                 channels.display().to_string(),
             ),
             ("E2E_SLACK_SECRET".into(), SLACK_SECRET.into()),
+            ("E2E_SLACK_BOT_TOKEN".into(), SLACK_BOT_TOKEN.into()),
             ("E2E_JIRA_SECRET".into(), JIRA_SECRET.into()),
         ],
         ..Default::default()
@@ -162,11 +257,14 @@ async fn refusals(stack: &Stack) -> Vec<String> {
 /// stale timestamp, an unmapped user, a user without the approve role and the run's own
 /// submitter were each refused; the click replayed is refused. Another run rejected by a Jira
 /// transition; a forged or unidentified delivery, a replayed one and a transition to another
-/// status decide nothing. Each refusal is in the ledger; approvals carry their channel.
+/// status decide nothing. Each refusal is in the ledger; approvals carry their channel. Each
+/// request is posted to (fake) Slack with its buttons, through a rate limit, and the message
+/// updated with the outcome.
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_are_not() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = stack(dir.path());
+    let fake_slack = FakeSlack::start().await;
+    let stack = stack(dir.path(), &fake_slack.url);
     let mut s = spec("acme", &["true"]);
     s["requires_approval"] = json!(true);
     let (status, run) = stack.submit_as(&stack.tokens.lead, &s).await.unwrap();
@@ -176,8 +274,22 @@ async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_a
         .wait_status(&a, &["awaiting_approval"], RUN_TIMEOUT)
         .await
         .unwrap();
+    // The request was posted (after Slack's rate limit) with the buttons the approver clicks.
+    let posted = fake_slack.calls_of("chat.postMessage", 1).await;
+    let message = &posted[0];
+    assert_eq!(message["channel"], "C0APPROVALS", "{message}");
+    assert!(message["text"].as_str().unwrap().contains(&a), "{message}");
+    let buttons = &message["blocks"][1]["elements"];
+    let value = buttons[0]["value"].as_str().unwrap().to_string();
+    assert_eq!(value, format!("run:{a}"), "{message}");
+    assert_eq!(
+        (
+            buttons[0]["action_id"].as_str(),
+            buttons[1]["action_id"].as_str()
+        ),
+        (Some("approve"), Some("reject"))
+    );
     let now = chrono::Utc::now().timestamp();
-    let value = format!("run:{a}");
     let slack = "/v1/callbacks/slack";
     for (what, click, status) in [
         (
@@ -223,6 +335,18 @@ async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_a
         .wait_status(&a, &["succeeded"], RUN_TIMEOUT)
         .await
         .unwrap();
+    // The message now says who decided, where; its buttons are gone.
+    let updated = fake_slack.calls_of("chat.update", 1).await;
+    assert_eq!(updated[0]["ts"], message["ts"], "{updated:?}");
+    assert_eq!(
+        updated[0]["text"],
+        format!("Run `{a}`: approved by approver (slack)")
+    );
+    assert_eq!(
+        updated[0]["blocks"].as_array().unwrap().len(),
+        1,
+        "{updated:?}"
+    );
     let entries = stack.wait_mirrored(&a).await.unwrap();
     let approval = entries["entries"]
         .as_array()
@@ -276,6 +400,11 @@ async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_a
         .unwrap();
     assert_eq!(run["summary"]["approval"]["channel"], "jira", "{run}");
     assert_eq!(run["summary"]["approval"]["approver"], "lead", "{run}");
+    let updated = fake_slack.calls_of("chat.update", 2).await;
+    assert_eq!(
+        updated[1]["text"],
+        format!("Run `{b}`: rejected by lead (jira)")
+    );
 
     assert_eq!(
         refusals(&stack).await,

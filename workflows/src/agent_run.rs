@@ -7,6 +7,7 @@
 
 use cogward_activities::RunActivities;
 use cogward_activities::admission::AdmitInput;
+use cogward_activities::notify::{GateNotice, OutcomeNotice};
 use cogward_activities::runner::StartRunnerInput;
 use cogward_activities::spec::{
     Admission, AdmissionVerdict, ApprovalDecision, ApprovalSignal, ApprovalVerdict, RunInput,
@@ -26,6 +27,8 @@ const ACTIVITY_MARGIN: Duration = Duration::from_secs(60);
 /// A runner's heartbeat timeout: a worker killed mid-run is noticed, and the activity retried on
 /// another worker, after at most this long.
 pub const RUNNER_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long telling the approvers (or updating what they were told) may take.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[workflow]
 #[derive(Default)]
@@ -177,11 +180,57 @@ impl AgentRun {
         if spec.requires_approval || escalated {
             Self::set_status(ctx, RunStatus::AwaitingApproval);
             let deadline = Duration::from_secs(spec.approval_timeout_seconds);
-            temporalio_sdk::workflows::select! {
-                _ = ctx.wait_condition(|s| s.approval.is_some()) => {},
-                _ = ctx.timer(deadline) => {},
+            // The approvers are told (Slack, if configured) while the gate waits.
+            let notice = GateNotice {
+                run_id: input.run_id.to_string(),
+                tenant: spec.tenant.clone(),
+                agent: spec.agent.clone(),
+                submitted_by: input.submitted_by.clone(),
+                group: admission.approval_group.clone(),
+                reasons: admission.reasons.clone(),
             };
-            let verdict = ctx.state(|s| s.approval.as_ref().map(|a| a.verdict));
+            let told = ctx.execute_activity(
+                RunActivities::notify_approvers,
+                notice,
+                ActivityOptions::with_start_to_close_timeout(NOTIFY_TIMEOUT).build(),
+            );
+            let gate = async {
+                temporalio_sdk::workflows::select! {
+                    _ = ctx.wait_condition(|s| s.approval.is_some()) => {},
+                    _ = ctx.timer(deadline) => {},
+                };
+            };
+            let (posted, ()) = temporalio_sdk::workflows::join!(told, gate);
+            let decided = ctx.state(|s| s.approval.clone());
+            if let Ok(posted) = posted
+                && posted.slack.is_some()
+            {
+                let outcome = match &decided {
+                    Some(d) => format!(
+                        "{} by {} ({})",
+                        match d.verdict {
+                            ApprovalVerdict::Approved => "approved",
+                            ApprovalVerdict::Rejected => "rejected",
+                        },
+                        d.approver,
+                        d.channel.as_deref().unwrap_or("api")
+                    ),
+                    None if ctx.cancellation_token().is_cancelled() => "cancelled".into(),
+                    None => "expired".into(),
+                };
+                let _ = ctx
+                    .execute_activity(
+                        RunActivities::notify_outcome,
+                        OutcomeNotice {
+                            run_id: input.run_id.to_string(),
+                            posted,
+                            outcome,
+                        },
+                        ActivityOptions::with_start_to_close_timeout(NOTIFY_TIMEOUT).build(),
+                    )
+                    .await;
+            }
+            let verdict = decided.map(|a| a.verdict);
             match verdict {
                 Some(ApprovalVerdict::Approved) => {}
                 Some(ApprovalVerdict::Rejected) => {

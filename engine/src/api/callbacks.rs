@@ -18,7 +18,9 @@
 //! What a decision is about is in the message: a Slack button's `value`, a Jira issue's label,
 //! `run:<run id>` (a run's gate) or `tool:<run id>:<call id>` (a parked tool call; in a Jira
 //! label `cogward-run-<id>` / `cogward-tool-<run id>-<call id>`, labels having no colons).
-//! Posting the requests to Slack and Jira is not built yet (the `Approval` workflow's, issue 13).
+//! A run waiting at its gate is posted to Slack by the workflow (`notify_approvers`, with these
+//! buttons), and the message updated with the outcome; posting to Jira, and tool calls' requests,
+//! are not built yet.
 
 use super::AppState;
 use super::auth::Role;
@@ -61,6 +63,18 @@ struct SlackFile {
     signing_secret_env: String,
     /// Slack user id → cogward principal.
     users: BTreeMap<String, String>,
+    /// Where runs waiting for approval are posted: the Web API, the bot token's variable and
+    /// the channel id (both needed to post at all).
+    #[serde(default = "slack_api")]
+    api_url: String,
+    #[serde(default)]
+    bot_token_env: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+}
+
+fn slack_api() -> String {
+    "https://slack.com/api".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +94,8 @@ struct JiraFile {
 pub struct Channels {
     slack: Option<(SlackFile, Vec<u8>)>,
     jira: Option<(JiraFile, Vec<u8>)>,
+    /// Where runs waiting for approval are posted.
+    pub slack_poster: Option<cogward_activities::notify::SlackPoster>,
 }
 
 impl Channels {
@@ -99,9 +115,17 @@ impl Channels {
             anyhow::ensure!(!value.is_empty(), "{}: {var} is empty", path.display());
             Ok(value.into_bytes())
         };
+        let mut slack_poster = None;
         let slack = match file.slack {
             Some(s) => {
                 let key = secret(&s.signing_secret_env)?;
+                if let (Some(token_env), Some(channel)) = (&s.bot_token_env, &s.channel) {
+                    slack_poster = Some(cogward_activities::notify::SlackPoster {
+                        api_url: s.api_url.clone(),
+                        token: String::from_utf8_lossy(&secret(token_env)?).into_owned(),
+                        channel: channel.clone(),
+                    });
+                }
                 Some((s, key))
             }
             None => None,
@@ -113,7 +137,11 @@ impl Channels {
             }
             None => None,
         };
-        Ok(Self { slack, jira })
+        Ok(Self {
+            slack,
+            jira,
+            slack_poster,
+        })
     }
 }
 

@@ -1,0 +1,189 @@
+//! Telling approvers: a run waiting at its gate is posted to Slack as an interactive message
+//! (Block Kit, approve/reject buttons whose value names the run, answered at
+//! `/v1/callbacks/slack`), and the message is updated with the outcome once the gate closes.
+//!
+//! Slack's Web API answers HTTP 200 with `{"ok": false, "error": ...}` on failure; `ratelimited`
+//! is retried after its `Retry-After` (a few times), anything else is given up on. Telling
+//! never holds a decision up and never fails the run: a message that could not be posted is
+//! logged and said in the activity's result, and the run can still be decided through the API.
+//! An activity retried after a worker crash may post twice.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Slack's Web API as the engine posts to it.
+#[derive(Debug, Clone)]
+pub struct SlackPoster {
+    /// `https://slack.com/api` (a fake's URL in tests).
+    pub api_url: String,
+    /// The bot token (`xoxb-…`).
+    pub token: String,
+    /// The channel (an id) requests are posted to.
+    pub channel: String,
+}
+
+/// A run at its gate, as the approvers are told of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateNotice {
+    pub run_id: String,
+    pub tenant: String,
+    pub agent: String,
+    pub submitted_by: String,
+    /// The group a policy asked for, if it escalated.
+    pub group: Option<String>,
+    pub reasons: Vec<String>,
+}
+
+/// Where the notice went (what to update later), or why it did not.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Posted {
+    /// The Slack message: its channel id and `ts`.
+    pub slack: Option<(String, String)>,
+    pub error: Option<String>,
+}
+
+/// The gate closed: what the posted message should now say.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutcomeNotice {
+    pub run_id: String,
+    pub posted: Posted,
+    /// `approved by alice (slack)`, `rejected by bob (api)`, `expired`, `cancelled`.
+    pub outcome: String,
+}
+
+/// Most `ratelimited` answers waited out before a call is given up on.
+const RATE_LIMIT_RETRIES: u32 = 3;
+/// Longest `Retry-After` waited.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+impl SlackPoster {
+    /// Call a Web API method; its answer when `ok`, else the error code.
+    async fn call(&self, method: &str, body: &Value) -> Result<Value, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url = format!("{}/{method}", self.api_url.trim_end_matches('/'));
+        for attempt in 0..=RATE_LIMIT_RETRIES {
+            let resp = http
+                .post(&url)
+                .bearer_auth(&self.token)
+                .json(body)
+                .send()
+                .await
+                .map_err(|e| format!("{method}: {e}"))?;
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let answer: Value = resp
+                .json()
+                .await
+                .map_err(|e| format!("{method}: not JSON: {e}"))?;
+            if answer["ok"] == true {
+                return Ok(answer);
+            }
+            let error = answer["error"]
+                .as_str()
+                .unwrap_or("unknown_error")
+                .to_string();
+            if error != "ratelimited" || attempt == RATE_LIMIT_RETRIES {
+                return Err(format!("{method}: {error}"));
+            }
+            let wait = retry_after
+                .unwrap_or(Duration::from_secs(1))
+                .min(MAX_RETRY_AFTER);
+            tokio::time::sleep(wait).await;
+        }
+        Err(format!("{method}: ratelimited"))
+    }
+
+    /// Post the run's request; the message's channel and `ts`.
+    pub async fn post(&self, notice: &GateNotice) -> Result<(String, String), String> {
+        let text = gate_text(notice);
+        let value = format!("run:{}", notice.run_id);
+        let button = |action: &str, label: &str, style: &str| {
+            json!({"type": "button", "action_id": action, "style": style, "value": value,
+                   "text": {"type": "plain_text", "text": label}})
+        };
+        let blocks = json!([
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "actions", "block_id": "cogward-decision",
+             "elements": [button("approve", "Approve", "primary"), button("reject", "Reject", "danger")]}
+        ]);
+        let answer = self
+            .call(
+                "chat.postMessage",
+                &json!({"channel": self.channel, "text": text, "blocks": blocks}),
+            )
+            .await?;
+        let channel = answer["channel"]
+            .as_str()
+            .unwrap_or(&self.channel)
+            .to_string();
+        let ts = answer["ts"]
+            .as_str()
+            .ok_or("chat.postMessage: no ts in the answer")?
+            .to_string();
+        Ok((channel, ts))
+    }
+
+    /// Replace the posted message with the outcome (its buttons go).
+    pub async fn update(&self, channel: &str, ts: &str, text: &str) -> Result<(), String> {
+        let blocks = json!([{"type": "section", "text": {"type": "mrkdwn", "text": text}}]);
+        self.call(
+            "chat.update",
+            &json!({"channel": channel, "ts": ts, "text": text, "blocks": blocks}),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+fn gate_text(n: &GateNotice) -> String {
+    let mut text = format!(
+        "Run `{}` of agent `{}` for tenant `{}` (submitted by {}) waits for approval",
+        n.run_id, n.agent, n.tenant, n.submitted_by
+    );
+    if let Some(group) = &n.group {
+        text.push_str(&format!(" from group `{group}`"));
+    }
+    if !n.reasons.is_empty() {
+        text.push_str(&format!(": {}", n.reasons.join("; ")));
+    }
+    text
+}
+
+/// Tell the approvers of a run at its gate (nothing configured: nothing posted).
+pub async fn tell_gate(slack: Option<&SlackPoster>, notice: &GateNotice) -> Posted {
+    let Some(slack) = slack else {
+        return Posted::default();
+    };
+    match slack.post(notice).await {
+        Ok(message) => Posted {
+            slack: Some(message),
+            error: None,
+        },
+        Err(error) => {
+            tracing::warn!(run_id = %notice.run_id, %error, "the approval request could not be posted to Slack");
+            Posted {
+                slack: None,
+                error: Some(error),
+            }
+        }
+    }
+}
+
+/// Update what was posted with the gate's outcome.
+pub async fn tell_outcome(slack: Option<&SlackPoster>, notice: &OutcomeNotice) {
+    let (Some(slack), Some((channel, ts))) = (slack, &notice.posted.slack) else {
+        return;
+    };
+    let text = format!("Run `{}`: {}", notice.run_id, notice.outcome);
+    if let Err(error) = slack.update(channel, ts, &text).await {
+        tracing::warn!(run_id = %notice.run_id, %error, "the Slack message could not be updated");
+    }
+}
