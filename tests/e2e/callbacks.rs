@@ -423,3 +423,59 @@ async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_a
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
 }
+
+/// A callback that arrives while Temporal is down is answered 5xx, so the vendor redelivers it;
+/// the redeliveries of that very delivery (same Jira identifier) are not refused as replays
+/// while it is undecided, and the run is decided once, from Jira, when Temporal is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_that_could_not_decide_is_taken_again_when_redelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake_slack = FakeSlack::start().await;
+    let mut stack = stack(dir.path(), &fake_slack.url);
+    let mut s = spec("acme", &["true"]);
+    s["requires_approval"] = json!(true);
+    let (_, run) = stack.submit_as(&stack.tokens.ci, &s).await.unwrap();
+    let id = run_id(&run);
+    stack
+        .wait_status(&id, &["awaiting_approval"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+    stack.temporal.kill9();
+    let approve = jira_transition(
+        "5b10ac8d82e05b22cc7d4ef5",
+        &id,
+        "Approved",
+        "d-retry",
+        JIRA_SECRET,
+    );
+    let (got, body) = post(&stack, "/v1/callbacks/jira", &approve).await;
+    assert!(got >= 500, "{got} {body}");
+    // Redelivered while that is undecided: not a replay, come again.
+    let (got, body) = post(&stack, "/v1/callbacks/jira", &approve).await;
+    assert_eq!(got, 503, "{body}");
+    assert_eq!(body["code"], "still_deciding", "{body}");
+    stack.temporal.kill9_and_restart().unwrap();
+    // Redelivered until taken: while the first is in flight it is "come again" (5xx); once
+    // it is decided (the first, its decision retried until Temporal answered, or this one),
+    // it is a replay.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (got, body) = post(&stack, "/v1/callbacks/jira", &approve).await;
+        if got == 200 || got == 409 {
+            break;
+        }
+        assert!(got >= 500, "the redelivery was refused: {got} {body}");
+        assert!(std::time::Instant::now() < deadline, "never decided");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let run = stack
+        .wait_status(&id, &["succeeded"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(run["summary"]["approval"]["channel"], "jira", "{run}");
+    assert_eq!(
+        post(&stack, "/v1/callbacks/jira", &approve).await.0,
+        409,
+        "once decided, the delivery is a replay"
+    );
+}

@@ -9,7 +9,8 @@
 //!   time, so each delivery's `X-Atlassian-Webhook-Identifier` is taken once;
 //!
 //! compared in constant time, and a delivery (Slack's signature, Jira's identifier) is taken
-//! once, ever (`callback_deliveries`, migration 0011): a replay inside the window is refused. The
+//! once (`callback_deliveries`, migration 0011): a replay is refused once its first delivery is
+//! decided, asked to come again while that is in flight, and taken if that could not decide. The
 //! channel's user is mapped to a cogward principal (the channel's `users`), which then decides
 //! as it would through the API — the same checks (its role, tenant, group; never the
 //! submitter), recorded with the channel. Every refusal is a `security.callback_refused` ledger
@@ -169,6 +170,8 @@ fn refused(status: StatusCode, code: &'static str, detail: impl Into<String>) ->
 /// What a verified callback asks: who, which way, about what.
 struct Asked {
     channel: &'static str,
+    /// The delivery taken ([`take_once`]).
+    delivery: String,
     /// The channel's user, and the principal it maps to.
     user: String,
     principal: String,
@@ -244,7 +247,6 @@ async fn verify_slack(
             format!("the request's timestamp {ts} is more than {SLACK_WINDOW_SECONDS} s from now"),
         ));
     }
-    take_once(state, "slack", signature).await?;
     let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(body)
         .map_err(|e| refused(StatusCode::BAD_REQUEST, "bad_payload", e.to_string()))?;
     let payload: Value = form
@@ -270,8 +272,10 @@ async fn verify_slack(
         .unwrap_or_default()
         .to_string();
     let principal = mapped(&slack.users, "Slack", &user)?;
+    take_once(state, "slack", signature).await?;
     Ok(Asked {
         channel: "slack",
+        delivery: signature.to_string(),
         user,
         principal,
         approve,
@@ -312,7 +316,6 @@ async fn verify_jira(
     let delivery = header(headers, "x-atlassian-webhook-identifier")
         .filter(|d| !d.is_empty())
         .ok_or_else(|| unauthorized("no X-Atlassian-Webhook-Identifier"))?;
-    take_once(state, "jira", delivery).await?;
     let bad = |why: &str| refused(StatusCode::BAD_REQUEST, "bad_payload", why);
     let event: Value = serde_json::from_slice(body).map_err(|_| bad("not JSON"))?;
     if event["webhookEvent"] != "jira:issue_updated" {
@@ -347,8 +350,10 @@ async fn verify_jira(
         .unwrap_or_default()
         .to_string();
     let principal = mapped(&jira.users, "Jira", &user)?;
+    take_once(state, "jira", delivery).await?;
     Ok(Some(Asked {
         channel: "jira",
+        delivery: delivery.to_string(),
         user,
         principal,
         approve,
@@ -388,6 +393,22 @@ async fn take_once(state: &AppState, channel: &str, delivery: &str) -> Result<()
         )
     })?;
     if inserted.rows_affected() == 0 {
+        let decided: Option<i64> = sqlx::query_scalar(
+            "SELECT decided FROM callback_deliveries WHERE channel = $1 AND delivery_id = $2",
+        )
+        .bind(channel)
+        .bind(delivery)
+        .fetch_optional(&state.db.pool)
+        .await
+        .unwrap_or(Some(1));
+        // Taken and still in flight (its decision may yet fail and give it back): come again.
+        if decided == Some(0) {
+            return Err(refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "still_deciding",
+                "this delivery's decision is in flight; redeliver later",
+            ));
+        }
         return Err(refused(
             StatusCode::CONFLICT,
             "replayed",
@@ -395,6 +416,20 @@ async fn take_once(state: &AppState, channel: &str, delivery: &str) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// The delivery's decision is made (or refused for good): a redelivery is a replay now.
+async fn settle(state: &AppState, channel: &str, delivery: &str) {
+    let settled = sqlx::query(
+        "UPDATE callback_deliveries SET decided = 1 WHERE channel = $1 AND delivery_id = $2",
+    )
+    .bind(channel)
+    .bind(delivery)
+    .execute(&state.db.pool)
+    .await;
+    if let Err(e) = settled {
+        tracing::error!(error = %e, "settling a callback delivery");
+    }
 }
 
 /// Decide as the mapped principal, as the API would; answer within Slack's time (the decision
@@ -409,6 +444,7 @@ async fn decide(state: AppState, asked: Asked) -> Response {
                 asked.user, asked.principal
             ),
         );
+        settle(&state, asked.channel, &asked.delivery).await;
         return refuse(&state, asked.channel, r, about(&asked)).await;
     };
     if principal.require(Role::Approve).is_err() {
@@ -417,26 +453,33 @@ async fn decide(state: AppState, asked: Asked) -> Response {
             "forbidden",
             format!("{} may not approve", asked.principal),
         );
+        settle(&state, asked.channel, &asked.delivery).await;
         return refuse(&state, asked.channel, r, about(&asked)).await;
     }
     let body = DecisionBody {
         comment: Some(format!("from {} user {}", asked.channel, asked.user)),
         tool_call: asked.tool_call.clone(),
     };
-    let task = tokio::spawn(super::runs::decide(
-        state.clone(),
-        principal,
-        asked.run_id.clone(),
-        body,
-        asked.approve,
-        asked.channel,
-    ));
+    let (channel, delivery) = (asked.channel, asked.delivery.clone());
+    let deciding = state.clone();
+    let (run_id, approve) = (asked.run_id.clone(), asked.approve);
+    // The decision runs to its end whatever the channel is told meanwhile; if it could not be
+    // made (Temporal unreachable, say) the delivery is given back, so that the vendor's retry of
+    // it is not taken for a replay.
+    let task = tokio::spawn(async move {
+        let decided =
+            super::runs::decide(deciding.clone(), principal, run_id, body, approve, channel).await;
+        match &decided {
+            Err(ApiError(p)) if p.status >= 500 => give_back(&deciding, channel, &delivery).await,
+            _ => settle(&deciding, channel, &delivery).await,
+        }
+        decided
+    });
     match tokio::time::timeout(ANSWER_WITHIN, task).await {
         Ok(Ok(Ok(_))) => StatusCode::OK.into_response(),
         Ok(Ok(Err(ApiError(p)))) => {
-            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::FORBIDDEN);
             let r = Refused {
-                status,
+                status: StatusCode::from_u16(p.status).unwrap_or(StatusCode::FORBIDDEN),
                 code: "decision_refused",
                 detail: format!("{}: {}", p.code, p.detail),
             };
@@ -444,10 +487,32 @@ async fn decide(state: AppState, asked: Asked) -> Response {
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "a callback's decision failed");
+            give_back(&state, asked.channel, &asked.delivery).await;
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
-        // Still deciding: the channel has its answer, the decision goes on.
-        Err(_) => StatusCode::OK.into_response(),
+        // Still deciding. Slack wants its answer now (an approver whose click is lost clicks
+        // again: a new delivery); Jira redelivers what is not answered 2xx, and a redelivery
+        // after the decision is made is a replay, refused harmlessly.
+        Err(_) if asked.channel == "slack" => StatusCode::OK.into_response(),
+        Err(_) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "still_deciding",
+            "the decision is not made yet; redeliver",
+        )
+        .into_response(),
+    }
+}
+
+/// Forget a delivery whose decision failed, so that its retry is taken.
+async fn give_back(state: &AppState, channel: &str, delivery: &str) {
+    let forgotten =
+        sqlx::query("DELETE FROM callback_deliveries WHERE channel = $1 AND delivery_id = $2")
+            .bind(channel)
+            .bind(delivery)
+            .execute(&state.db.pool)
+            .await;
+    if let Err(e) = forgotten {
+        tracing::error!(error = %e, "forgetting a callback delivery whose decision failed");
     }
 }
 
