@@ -50,7 +50,7 @@ pub struct ActivitiesConfig {
     /// The repositories a run's workspace may check out ([`workspace`]).
     pub repositories_dir: PathBuf,
     /// Where runs waiting for approval are posted ([`notify`]), if anywhere.
-    pub slack: Option<notify::SlackPoster>,
+    pub posters: notify::Posters,
 }
 
 /// Where runners forward their sandbox's gateway port, and who issues and revokes run
@@ -123,14 +123,14 @@ impl RunActivities {
         Ok(admission)
     }
 
-    /// Tell the approvers of a run at its gate (Slack, if configured); never fails.
+    /// Tell the approvers of a run at its gate (Slack, Jira, as configured); never fails.
     #[activity]
     pub async fn notify_approvers(
         self: Arc<Self>,
         _ctx: ActivityContext,
         notice: notify::GateNotice,
     ) -> Result<notify::Posted, ActivityError> {
-        Ok(notify::tell_gate(self.config.slack.as_ref(), &notice).await)
+        Ok(notify::tell_gate(&self.config.posters, &notice).await)
     }
 
     /// Update what was posted with the gate's outcome; never fails.
@@ -140,7 +140,7 @@ impl RunActivities {
         _ctx: ActivityContext,
         notice: notify::OutcomeNotice,
     ) -> Result<(), ActivityError> {
-        notify::tell_outcome(self.config.slack.as_ref(), &notice).await;
+        notify::tell_outcome(&self.config.posters, &notice).await;
         Ok(())
     }
 

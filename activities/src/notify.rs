@@ -1,6 +1,8 @@
 //! Telling approvers: a run waiting at its gate is posted to Slack as an interactive message
 //! (Block Kit, approve/reject buttons whose value names the run, answered at
-//! `/v1/callbacks/slack`), and the message is updated with the outcome once the gate closes.
+//! `/v1/callbacks/slack`) and filed in Jira as an issue labelled for the run (its transition
+//! answered at `/v1/callbacks/jira`); once the gate closes the message is updated and the issue
+//! commented with the outcome.
 //!
 //! Slack's Web API answers HTTP 200 with `{"ok": false, "error": ...}` on failure; `ratelimited`
 //! is retried after its `Retry-After` (a few times), anything else is given up on. Telling
@@ -23,6 +25,79 @@ pub struct SlackPoster {
     pub channel: String,
 }
 
+/// Jira Cloud's REST API v3 as the engine files requests there.
+#[derive(Debug, Clone)]
+pub struct JiraPoster {
+    /// `https://your-site.atlassian.net` (a fake's URL in tests).
+    pub base_url: String,
+    /// Basic auth: the account's email and an API token.
+    pub user: String,
+    pub token: String,
+    pub project_key: String,
+    pub issue_type: String,
+}
+
+/// Atlassian Document Format: one paragraph of `text`.
+fn adf(text: &str) -> Value {
+    json!({"type": "doc", "version": 1,
+           "content": [{"type": "paragraph", "content": [{"type": "text", "text": text}]}]})
+}
+
+impl JiraPoster {
+    async fn call(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url = format!("{}{path}", self.base_url.trim_end_matches('/'));
+        let resp = http
+            .post(&url)
+            .basic_auth(&self.user, Some(&self.token))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        let status = resp.status();
+        let answer: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(format!("{path}: HTTP {status}: {answer}"));
+        }
+        Ok(answer)
+    }
+
+    /// File the run's request as an issue labelled for it (a transition of it decides the
+    /// run, `/v1/callbacks/jira`); the issue's key.
+    pub async fn post(&self, notice: &GateNotice) -> Result<String, String> {
+        let body = json!({"fields": {
+            "project": {"key": self.project_key},
+            "issuetype": {"name": self.issue_type},
+            "summary": format!("Approve cogward run {}", notice.run_id),
+            "description": adf(&gate_text(notice)),
+            "labels": [format!("cogward-run-{}", notice.run_id)],
+        }});
+        let answer = self.call("/rest/api/3/issue", &body).await?;
+        answer["key"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("issue create: no key in {answer}"))
+    }
+
+    /// Comment the outcome on the issue.
+    pub async fn comment(&self, key: &str, text: &str) -> Result<(), String> {
+        let path = format!("/rest/api/3/issue/{key}/comment");
+        self.call(&path, &json!({"body": adf(text)}))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Where requests are posted.
+#[derive(Debug, Clone, Default)]
+pub struct Posters {
+    pub slack: Option<SlackPoster>,
+    pub jira: Option<JiraPoster>,
+}
+
 /// A run at its gate, as the approvers are told of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GateNotice {
@@ -40,7 +115,12 @@ pub struct GateNotice {
 pub struct Posted {
     /// The Slack message: its channel id and `ts`.
     pub slack: Option<(String, String)>,
-    pub error: Option<String>,
+    /// The Jira issue's key.
+    #[serde(default)]
+    pub jira: Option<String>,
+    /// Why a post failed, each.
+    #[serde(default)]
+    pub errors: Vec<String>,
 }
 
 /// The gate closed: what the posted message should now say.
@@ -157,33 +237,39 @@ fn gate_text(n: &GateNotice) -> String {
     text
 }
 
-/// Tell the approvers of a run at its gate (nothing configured: nothing posted).
-pub async fn tell_gate(slack: Option<&SlackPoster>, notice: &GateNotice) -> Posted {
-    let Some(slack) = slack else {
-        return Posted::default();
-    };
-    match slack.post(notice).await {
-        Ok(message) => Posted {
-            slack: Some(message),
-            error: None,
-        },
-        Err(error) => {
-            tracing::warn!(run_id = %notice.run_id, %error, "the approval request could not be posted to Slack");
-            Posted {
-                slack: None,
-                error: Some(error),
-            }
+/// Tell the approvers of a run at its gate, wherever configured.
+pub async fn tell_gate(posters: &Posters, notice: &GateNotice) -> Posted {
+    let mut posted = Posted::default();
+    if let Some(slack) = &posters.slack {
+        match slack.post(notice).await {
+            Ok(message) => posted.slack = Some(message),
+            Err(e) => posted.errors.push(e),
         }
     }
+    if let Some(jira) = &posters.jira {
+        match jira.post(notice).await {
+            Ok(key) => posted.jira = Some(key),
+            Err(e) => posted.errors.push(e),
+        }
+    }
+    for error in &posted.errors {
+        tracing::warn!(run_id = %notice.run_id, %error, "the approval request could not be posted");
+    }
+    posted
 }
 
-/// Update what was posted with the gate's outcome.
-pub async fn tell_outcome(slack: Option<&SlackPoster>, notice: &OutcomeNotice) {
-    let (Some(slack), Some((channel, ts))) = (slack, &notice.posted.slack) else {
-        return;
-    };
+/// Tell what was posted the gate's outcome: the Slack message replaced, the Jira issue
+/// commented.
+pub async fn tell_outcome(posters: &Posters, notice: &OutcomeNotice) {
     let text = format!("Run `{}`: {}", notice.run_id, notice.outcome);
-    if let Err(error) = slack.update(channel, ts, &text).await {
+    if let (Some(slack), Some((channel, ts))) = (&posters.slack, &notice.posted.slack)
+        && let Err(error) = slack.update(channel, ts, &text).await
+    {
         tracing::warn!(run_id = %notice.run_id, %error, "the Slack message could not be updated");
+    }
+    if let (Some(jira), Some(key)) = (&posters.jira, &notice.posted.jira)
+        && let Err(error) = jira.comment(key, &text).await
+    {
+        tracing::warn!(run_id = %notice.run_id, %error, "the Jira issue could not be commented");
     }
 }

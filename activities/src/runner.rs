@@ -627,7 +627,7 @@ mod tests {
                 dir: "/nonexistent/agents".into(),
             },
             repositories_dir: "/nonexistent/repositories".into(),
-            slack: None,
+            posters: Default::default(),
         }
     }
 

@@ -32,7 +32,7 @@ pub fn activities_config(
             dir: config.agents_dir.clone(),
         },
         repositories_dir: config.repositories_dir(),
-        slack: channels.slack_poster,
+        posters: channels.posters,
     })
 }
 

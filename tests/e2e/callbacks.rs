@@ -89,30 +89,118 @@ impl FakeSlack {
 
     /// The calls of `method` taken so far, waiting (up to 30 s) until there are `n`.
     async fn calls_of(&self, method: &str, n: usize) -> Vec<Value> {
-        for _ in 0..300 {
-            let got: Vec<Value> = self
-                .calls
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(m, _)| m == method)
-                .map(|(_, b)| b.clone())
-                .collect();
-            if got.len() >= n {
-                return got;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!(
-            "fewer than {n} {method} calls: {:?}",
-            self.calls.lock().unwrap()
-        );
+        wait_for_calls(&self.calls, method, n).await
     }
 }
 
-/// A stack whose approval channels are Slack (posting to `slack_api`) and Jira, their users
-/// mapped to the stack's principals (`approver`, `lead`, `ci`; `U_NOBODY` to nobody).
-fn stack(dir: &std::path::Path, slack_api: &str) -> Stack {
+/// Jira Cloud's REST API v3, as far as cogward uses it (issue create, comment): Basic auth
+/// (email and API token), JSON bodies, `201` answers. Every call it took, in order.
+struct FakeJira {
+    url: String,
+    calls: Calls,
+}
+
+const JIRA_USER: &str = "cogward@example.com";
+const JIRA_API_TOKEN: &str = "e2e-jira-api-token";
+
+async fn fake_jira_issue(
+    axum::extract::State(calls): axum::extract::State<Calls>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !fake_jira_authorized(&headers) {
+        return axum::http::StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mut calls = calls.lock().unwrap();
+    let key = format!("OPS-{}", calls.len() + 1);
+    let mut recorded = body;
+    recorded["key"] = json!(key);
+    calls.push(("issue".into(), recorded));
+    let answer = json!({"id": "10001", "key": key, "self": format!("https://example.atlassian.net/rest/api/3/issue/{key}")});
+    (axum::http::StatusCode::CREATED, axum::Json(answer)).into_response()
+}
+
+async fn fake_jira_comment(
+    axum::extract::State(calls): axum::extract::State<Calls>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !fake_jira_authorized(&headers) {
+        return axum::http::StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mut calls = calls.lock().unwrap();
+    if !calls
+        .iter()
+        .any(|(m, b)| m == "issue" && b["key"] == key.as_str())
+    {
+        let error = json!({"errorMessages": ["Issue does not exist or you do not have permission to see it."], "errors": {}});
+        return (axum::http::StatusCode::NOT_FOUND, axum::Json(error)).into_response();
+    }
+    let mut recorded = body;
+    recorded["key"] = json!(key);
+    calls.push(("comment".into(), recorded));
+    (
+        axum::http::StatusCode::CREATED,
+        axum::Json(json!({"id": "10100"})),
+    )
+        .into_response()
+}
+
+fn fake_jira_authorized(headers: &axum::http::HeaderMap) -> bool {
+    use base64::Engine;
+    let expected =
+        base64::engine::general_purpose::STANDARD.encode(format!("{JIRA_USER}:{JIRA_API_TOKEN}"));
+    headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(format!("Basic {expected}").as_str())
+}
+
+impl FakeJira {
+    async fn start() -> FakeJira {
+        let calls: Calls = Default::default();
+        let app = axum::Router::new()
+            .route("/rest/api/3/issue", axum::routing::post(fake_jira_issue))
+            .route(
+                "/rest/api/3/issue/{key}/comment",
+                axum::routing::post(fake_jira_comment),
+            )
+            .with_state(calls.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeJira { url, calls }
+    }
+
+    /// The calls of `kind` (`issue`, `comment`) taken so far, waiting (up to 30 s) for `n`.
+    async fn calls_of(&self, kind: &str, n: usize) -> Vec<Value> {
+        wait_for_calls(&self.calls, kind, n).await
+    }
+}
+
+/// The calls of `method` a fake took, waiting (up to 30 s) until there are `n`.
+async fn wait_for_calls(calls: &Calls, method: &str, n: usize) -> Vec<Value> {
+    for _ in 0..300 {
+        let got: Vec<Value> = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, _)| m == method)
+            .map(|(_, b)| b.clone())
+            .collect();
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("fewer than {n} {method} calls: {:?}", calls.lock().unwrap());
+}
+
+/// A stack whose approval channels are Slack (posting to `slack_api`) and Jira (filing at
+/// `jira_url`), their users mapped to the stack's principals (`approver`, `lead`, `ci`;
+/// `U_NOBODY` to nobody).
+fn stack(dir: &std::path::Path, slack_api: &str, jira_url: &str) -> Stack {
     let channels = dir.join("channels.json");
     std::fs::write(
         &channels,
@@ -121,6 +209,8 @@ fn stack(dir: &std::path::Path, slack_api: &str) -> Stack {
                       "api_url": slack_api, "bot_token_env": "E2E_SLACK_BOT_TOKEN", "channel": "C0APPROVALS",
                       "users": {"U_APPROVER": "approver", "U_LEAD": "lead", "U_CI": "ci"}},
             "jira": {"webhook_secret_env": "E2E_JIRA_SECRET",
+                     "base_url": jira_url, "user_email": JIRA_USER, "api_token_env": "E2E_JIRA_API_TOKEN",
+                     "project_key": "OPS", "issue_type": "Task",
                      "users": {"5b10a2844c20165700ede21g": "lead", "5b10ac8d82e05b22cc7d4ef5": "approver"},
                      "approve_status": "Approved", "reject_status": "Rejected"}
         })
@@ -135,6 +225,7 @@ fn stack(dir: &std::path::Path, slack_api: &str) -> Stack {
             ),
             ("E2E_SLACK_SECRET".into(), SLACK_SECRET.into()),
             ("E2E_SLACK_BOT_TOKEN".into(), SLACK_BOT_TOKEN.into()),
+            ("E2E_JIRA_API_TOKEN".into(), JIRA_API_TOKEN.into()),
             ("E2E_JIRA_SECRET".into(), JIRA_SECRET.into()),
         ],
         ..Default::default()
@@ -258,13 +349,14 @@ async fn refusals(stack: &Stack) -> Vec<String> {
 /// submitter were each refused; the click replayed is refused. Another run rejected by a Jira
 /// transition; a forged or unidentified delivery, a replayed one and a transition to another
 /// status decide nothing. Each refusal is in the ledger; approvals carry their channel. Each
-/// request is posted to (fake) Slack with its buttons, through a rate limit, and the message
-/// updated with the outcome.
+/// request is posted to (fake) Slack with its buttons, through a rate limit, and filed in (fake)
+/// Jira labelled for its run; the message is updated and the issue commented with the outcome.
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let fake_slack = FakeSlack::start().await;
-    let stack = stack(dir.path(), &fake_slack.url);
+    let fake_jira = FakeJira::start().await;
+    let stack = stack(dir.path(), &fake_slack.url, &fake_jira.url);
     let mut s = spec("acme", &["true"]);
     s["requires_approval"] = json!(true);
     let (status, run) = stack.submit_as(&stack.tokens.lead, &s).await.unwrap();
@@ -374,6 +466,14 @@ async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_a
         .wait_status(&b, &["awaiting_approval"], RUN_TIMEOUT)
         .await
         .unwrap();
+    // Filed in Jira too: an issue labelled for the run, its description in ADF.
+    let issues = fake_jira.calls_of("issue", 2).await;
+    let issue = issues
+        .iter()
+        .find(|i| i["fields"]["labels"] == json!([format!("cogward-run-{b}")]))
+        .unwrap_or_else(|| panic!("no issue for {b}: {issues:?}"));
+    assert_eq!(issue["fields"]["project"]["key"], "OPS", "{issue}");
+    assert_eq!(issue["fields"]["description"]["type"], "doc", "{issue}");
     let jira = "/v1/callbacks/jira";
     let lead = "5b10a2844c20165700ede21g";
     let forged = jira_transition(lead, &b, "Rejected", "d-1", "not the secret");
@@ -405,6 +505,23 @@ async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_a
         updated[1]["text"],
         format!("Run `{b}`: rejected by lead (jira)")
     );
+    let comments = fake_jira.calls_of("comment", 2).await;
+    let texts: Vec<(&str, &str)> = comments
+        .iter()
+        .map(|c| {
+            (
+                c["key"].as_str().unwrap(),
+                c["body"]["content"][0]["content"][0]["text"]
+                    .as_str()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let on_b = format!("Run `{b}`: rejected by lead (jira)");
+    assert!(
+        texts.contains(&(issue["key"].as_str().unwrap(), on_b.as_str())),
+        "{texts:?}"
+    );
 
     assert_eq!(
         refusals(&stack).await,
@@ -431,7 +548,8 @@ async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_a
 async fn a_callback_that_could_not_decide_is_taken_again_when_redelivered() {
     let dir = tempfile::tempdir().unwrap();
     let fake_slack = FakeSlack::start().await;
-    let mut stack = stack(dir.path(), &fake_slack.url);
+    let fake_jira = FakeJira::start().await;
+    let mut stack = stack(dir.path(), &fake_slack.url, &fake_jira.url);
     let mut s = spec("acme", &["true"]);
     s["requires_approval"] = json!(true);
     let (_, run) = stack.submit_as(&stack.tokens.ci, &s).await.unwrap();

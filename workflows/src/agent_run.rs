@@ -203,7 +203,7 @@ impl AgentRun {
             let (posted, ()) = temporalio_sdk::workflows::join!(told, gate);
             let decided = ctx.state(|s| s.approval.clone());
             if let Ok(posted) = posted
-                && posted.slack.is_some()
+                && (posted.slack.is_some() || posted.jira.is_some())
             {
                 let outcome = match &decided {
                     Some(d) => format!(

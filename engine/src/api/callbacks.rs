@@ -19,9 +19,9 @@
 //! What a decision is about is in the message: a Slack button's `value`, a Jira issue's label,
 //! `run:<run id>` (a run's gate) or `tool:<run id>:<call id>` (a parked tool call; in a Jira
 //! label `cogward-run-<id>` / `cogward-tool-<run id>-<call id>`, labels having no colons).
-//! A run waiting at its gate is posted to Slack by the workflow (`notify_approvers`, with these
-//! buttons), and the message updated with the outcome; posting to Jira, and tool calls' requests,
-//! are not built yet.
+//! A run waiting at its gate is posted to Slack (with these buttons) and filed in Jira (with
+//! that label) by the workflow (`notify_approvers`), and both told the outcome; posting tool
+//! calls' requests is not built yet.
 
 use super::AppState;
 use super::auth::Role;
@@ -88,6 +88,22 @@ struct JiraFile {
     /// The statuses a transition to approves, or rejects.
     approve_status: String,
     reject_status: String,
+    /// Where runs waiting for approval are filed as issues (all of `base_url`, `user_email`,
+    /// `api_token_env` and `project_key` needed to file at all).
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    user_email: Option<String>,
+    #[serde(default)]
+    api_token_env: Option<String>,
+    #[serde(default)]
+    project_key: Option<String>,
+    #[serde(default = "task")]
+    issue_type: String,
+}
+
+fn task() -> String {
+    "Task".into()
 }
 
 /// The approval channels, their secrets resolved.
@@ -96,7 +112,7 @@ pub struct Channels {
     slack: Option<(SlackFile, Vec<u8>)>,
     jira: Option<(JiraFile, Vec<u8>)>,
     /// Where runs waiting for approval are posted.
-    pub slack_poster: Option<cogward_activities::notify::SlackPoster>,
+    pub posters: cogward_activities::notify::Posters,
 }
 
 impl Channels {
@@ -116,12 +132,12 @@ impl Channels {
             anyhow::ensure!(!value.is_empty(), "{}: {var} is empty", path.display());
             Ok(value.into_bytes())
         };
-        let mut slack_poster = None;
+        let mut posters = cogward_activities::notify::Posters::default();
         let slack = match file.slack {
             Some(s) => {
                 let key = secret(&s.signing_secret_env)?;
                 if let (Some(token_env), Some(channel)) = (&s.bot_token_env, &s.channel) {
-                    slack_poster = Some(cogward_activities::notify::SlackPoster {
+                    posters.slack = Some(cogward_activities::notify::SlackPoster {
                         api_url: s.api_url.clone(),
                         token: String::from_utf8_lossy(&secret(token_env)?).into_owned(),
                         channel: channel.clone(),
@@ -134,6 +150,17 @@ impl Channels {
         let jira = match file.jira {
             Some(j) => {
                 let key = secret(&j.webhook_secret_env)?;
+                if let (Some(base_url), Some(user), Some(token_env), Some(project_key)) =
+                    (&j.base_url, &j.user_email, &j.api_token_env, &j.project_key)
+                {
+                    posters.jira = Some(cogward_activities::notify::JiraPoster {
+                        base_url: base_url.clone(),
+                        user: user.clone(),
+                        token: String::from_utf8_lossy(&secret(token_env)?).into_owned(),
+                        project_key: project_key.clone(),
+                        issue_type: j.issue_type.clone(),
+                    });
+                }
                 Some((j, key))
             }
             None => None,
@@ -141,7 +168,7 @@ impl Channels {
         Ok(Self {
             slack,
             jira,
-            slack_poster,
+            posters,
         })
     }
 }
