@@ -37,6 +37,14 @@ pub struct JiraPoster {
     pub issue_type: String,
 }
 
+/// The HTTP client a post goes out with: no call to a vendor may hold a notice up long.
+fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// Atlassian Document Format: one paragraph of `text`.
 fn adf(text: &str) -> Value {
     json!({"type": "doc", "version": 1,
@@ -45,10 +53,7 @@ fn adf(text: &str) -> Value {
 
 impl JiraPoster {
     async fn call(&self, path: &str, body: &Value) -> Result<Value, String> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = client()?;
         let url = format!("{}{path}", self.base_url.trim_end_matches('/'));
         let resp = http
             .post(&url)
@@ -140,10 +145,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 impl SlackPoster {
     /// Call a Web API method; its answer when `ok`, else the error code.
     async fn call(&self, method: &str, body: &Value) -> Result<Value, String> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = client()?;
         let url = format!("{}/{method}", self.api_url.trim_end_matches('/'));
         for attempt in 0..=RATE_LIMIT_RETRIES {
             let resp = http

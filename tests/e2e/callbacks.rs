@@ -18,10 +18,9 @@ fn hmac_hex(key: &str, data: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Slack's Web API, as far as cogward uses it (`chat.postMessage`, `chat.update`): bearer bot
-/// token, JSON bodies, HTTP 200 with `ok`; its first post is `ratelimited` (with
-/// `Retry-After`), as Slack answers a burst. Every call it took, in order.
-struct FakeSlack {
+/// A vendor's API out of reach here, as a local stand-in speaking its wire format
+/// ([`Fake::slack`], [`Fake::jira`]): its URL, and every call it took, in order.
+struct Fake {
     url: String,
     calls: Calls,
 }
@@ -75,29 +74,62 @@ async fn fake_slack_method(
     axum::Json(answer).into_response()
 }
 
-impl FakeSlack {
-    async fn start() -> FakeSlack {
+impl Fake {
+    /// Slack's Web API, as far as cogward uses it (`chat.postMessage`, `chat.update`): bearer
+    /// bot token, JSON bodies, HTTP 200 with `ok`; its first post is `ratelimited` (with
+    /// `Retry-After`), as Slack answers a burst.
+    async fn slack() -> Fake {
         let calls: Calls = Default::default();
         let app = axum::Router::new()
             .route("/api/{method}", axum::routing::post(fake_slack_method))
             .with_state(calls.clone());
+        Fake::serve(app, "/api", calls).await
+    }
+
+    /// Jira Cloud's REST API v3, as far as cogward uses it (issue create, comment): Basic auth
+    /// (email and API token), JSON bodies, `201` answers, 404 for an unknown issue.
+    async fn jira() -> Fake {
+        let calls: Calls = Default::default();
+        let app = axum::Router::new()
+            .route("/rest/api/3/issue", axum::routing::post(fake_jira_issue))
+            .route(
+                "/rest/api/3/issue/{key}/comment",
+                axum::routing::post(fake_jira_comment),
+            )
+            .with_state(calls.clone());
+        Fake::serve(app, "", calls).await
+    }
+
+    /// Serve `app` on a port of its own; the fake, its base URL ending in `path`.
+    async fn serve(app: axum::Router, path: &str, calls: Calls) -> Fake {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/api", listener.local_addr().unwrap());
+        let url = format!("http://{}{path}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeSlack { url, calls }
+        Fake { url, calls }
     }
 
-    /// The calls of `method` taken so far, waiting (up to 30 s) until there are `n`.
+    /// The calls of `method` (`chat.update`, Jira's `issue`, ...) taken so far, waiting (up to
+    /// 30 s) until there are `n`.
     async fn calls_of(&self, method: &str, n: usize) -> Vec<Value> {
-        wait_for_calls(&self.calls, method, n).await
+        for _ in 0..300 {
+            let got: Vec<Value> = self
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(m, _)| m == method)
+                .map(|(_, b)| b.clone())
+                .collect();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!(
+            "fewer than {n} {method} calls: {:?}",
+            self.calls.lock().unwrap()
+        );
     }
-}
-
-/// Jira Cloud's REST API v3, as far as cogward uses it (issue create, comment): Basic auth
-/// (email and API token), JSON bodies, `201` answers. Every call it took, in order.
-struct FakeJira {
-    url: String,
-    calls: Calls,
 }
 
 const JIRA_USER: &str = "cogward@example.com";
@@ -155,46 +187,6 @@ fn fake_jira_authorized(headers: &axum::http::HeaderMap) -> bool {
         base64::engine::general_purpose::STANDARD.encode(format!("{JIRA_USER}:{JIRA_API_TOKEN}"));
     headers.get("authorization").and_then(|v| v.to_str().ok())
         == Some(format!("Basic {expected}").as_str())
-}
-
-impl FakeJira {
-    async fn start() -> FakeJira {
-        let calls: Calls = Default::default();
-        let app = axum::Router::new()
-            .route("/rest/api/3/issue", axum::routing::post(fake_jira_issue))
-            .route(
-                "/rest/api/3/issue/{key}/comment",
-                axum::routing::post(fake_jira_comment),
-            )
-            .with_state(calls.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeJira { url, calls }
-    }
-
-    /// The calls of `kind` (`issue`, `comment`) taken so far, waiting (up to 30 s) for `n`.
-    async fn calls_of(&self, kind: &str, n: usize) -> Vec<Value> {
-        wait_for_calls(&self.calls, kind, n).await
-    }
-}
-
-/// The calls of `method` a fake took, waiting (up to 30 s) until there are `n`.
-async fn wait_for_calls(calls: &Calls, method: &str, n: usize) -> Vec<Value> {
-    for _ in 0..300 {
-        let got: Vec<Value> = calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(m, _)| m == method)
-            .map(|(_, b)| b.clone())
-            .collect();
-        if got.len() >= n {
-            return got;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("fewer than {n} {method} calls: {:?}", calls.lock().unwrap());
 }
 
 /// A stack whose approval channels are Slack (posting to `slack_api`) and Jira (filing at
@@ -354,8 +346,8 @@ async fn refusals(stack: &Stack) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_are_not() {
     let dir = tempfile::tempdir().unwrap();
-    let fake_slack = FakeSlack::start().await;
-    let fake_jira = FakeJira::start().await;
+    let fake_slack = Fake::slack().await;
+    let fake_jira = Fake::jira().await;
     let stack = stack(dir.path(), &fake_slack.url, &fake_jira.url);
     let mut s = spec("acme", &["true"]);
     s["requires_approval"] = json!(true);
@@ -547,8 +539,8 @@ async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_a
 #[tokio::test(flavor = "multi_thread")]
 async fn a_callback_that_could_not_decide_is_taken_again_when_redelivered() {
     let dir = tempfile::tempdir().unwrap();
-    let fake_slack = FakeSlack::start().await;
-    let fake_jira = FakeJira::start().await;
+    let fake_slack = Fake::slack().await;
+    let fake_jira = Fake::jira().await;
     let mut stack = stack(dir.path(), &fake_slack.url, &fake_jira.url);
     let mut s = spec("acme", &["true"]);
     s["requires_approval"] = json!(true);
