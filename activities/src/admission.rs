@@ -2,6 +2,7 @@
 //! engine evaluates; see `wasm-policies/`). This file builds the decision request from the run
 //! and turns the decision into the run's verdict.
 
+use crate::approval::GroupRules;
 use crate::spec::{
     Admission, AdmissionVerdict, CommandRuntime, DecisionRecord, RunId, RunSpec, RuntimeSpec,
 };
@@ -72,7 +73,8 @@ pub fn request(input: &AdmitInput) -> Request {
 
 /// The run's verdict from the policy's decision. An obligation admission cannot honour (only
 /// `require_approval` applies to a run start) turns the decision into a deny: fail closed.
-pub fn verdict(spec: &RunSpec, decision: DecisionRecord) -> Admission {
+/// A run that waits for approval gets its chain and count from `rules`.
+pub fn verdict(spec: &RunSpec, decision: DecisionRecord, rules: &GroupRules) -> Admission {
     let d = &decision.decision;
     let mut reasons = d.reasons.clone();
     let mut approval_group = None;
@@ -94,12 +96,22 @@ pub fn verdict(spec: &RunSpec, decision: DecisionRecord) -> Admission {
         Effect::Escalate => AdmissionVerdict::Escalate,
         Effect::Deny => AdmissionVerdict::Deny,
     };
+    let approval = (verdict == AdmissionVerdict::Escalate
+        || (verdict == AdmissionVerdict::Admit && spec.requires_approval))
+        .then(|| {
+            rules.chain(
+                approval_group.as_deref(),
+                spec.approval_timeout_seconds,
+                spec.approvals_required,
+            )
+        });
     Admission {
         verdict,
         reasons,
         spec_sha256: spec.digest(),
         limits: spec.limits,
         approval_group,
+        approval,
         decision,
     }
 }
@@ -128,14 +140,19 @@ mod tests {
             r#"{"spec_version":1,"agent":"a","tenant":"t","runtime":{"type":"command","command":["/bin/sh"]}}"#,
         )
         .unwrap();
-        let a = verdict(&spec, record(Decision::permit()));
+        let a = verdict(&spec, record(Decision::permit()), &GroupRules::default());
         assert_eq!(a.verdict, AdmissionVerdict::Admit);
-        let a = verdict(&spec, record(Decision::escalate("sec", "why")));
+        let a = verdict(
+            &spec,
+            record(Decision::escalate("sec", "why")),
+            &GroupRules::default(),
+        );
         assert_eq!(a.verdict, AdmissionVerdict::Escalate);
         assert_eq!(a.approval_group.as_deref(), Some("sec"));
         let a = verdict(
             &spec,
             record(Decision::permit().with_obligation(Obligation::Throttle { delay_ms: 5 })),
+            &GroupRules::default(),
         );
         assert_eq!(a.verdict, AdmissionVerdict::Deny);
         let input = AdmitInput {

@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod agent_cli;
 pub mod agent_events;
+pub mod approval;
 pub mod credential;
 pub mod evidence;
 pub mod notify;
@@ -49,8 +50,10 @@ pub struct ActivitiesConfig {
     pub agent_clis: agent_cli::AgentClis,
     /// The repositories a run's workspace may check out ([`workspace`]).
     pub repositories_dir: PathBuf,
-    /// Where runs waiting for approval are posted ([`notify`]), if anywhere.
+    /// Where approvals are posted ([`notify`]), if anywhere.
     pub posters: notify::Posters,
+    /// Each approving group's rule: how many must approve, whom to escalate to.
+    pub group_rules: approval::GroupRules,
 }
 
 /// Where runners forward their sandbox's gateway port, and who issues and revokes run
@@ -118,12 +121,12 @@ impl RunActivities {
             .decide(admission::request(&input))
             .await
             .map_err(|e| ActivityError::from(e.context("deciding admission")))?;
-        let admission = admission::verdict(&input.spec, record);
+        let admission = admission::verdict(&input.spec, record, &self.config.group_rules);
         tracing::info!(run_id = %input.run_id, verdict = ?admission.verdict, "admission decided");
         Ok(admission)
     }
 
-    /// Tell the approvers of a run at its gate (Slack, Jira, as configured); never fails.
+    /// Tell the approvers of an approval's stage (Slack, Jira, as configured); never fails.
     #[activity]
     pub async fn notify_approvers(
         self: Arc<Self>,
@@ -133,7 +136,7 @@ impl RunActivities {
         Ok(notify::tell_gate(&self.config.posters, &notice).await)
     }
 
-    /// Update what was posted with the gate's outcome; never fails.
+    /// Update what was posted with the approval's outcome; never fails.
     #[activity]
     pub async fn notify_outcome(
         self: Arc<Self>,

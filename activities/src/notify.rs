@@ -10,6 +10,7 @@
 //! logged and said in the activity's result, and the run can still be decided through the API.
 //! An activity retried after a worker crash may post twice.
 
+use crate::approval::{ApprovalRequest, ApprovalSubject};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -76,9 +77,9 @@ impl JiraPoster {
         let body = json!({"fields": {
             "project": {"key": self.project_key},
             "issuetype": {"name": self.issue_type},
-            "summary": format!("Approve cogward run {}", notice.run_id),
+            "summary": notice.request.subject.title(),
             "description": adf(&gate_text(notice)),
-            "labels": [format!("cogward-run-{}", notice.run_id)],
+            "labels": [notice.label()],
         }});
         let answer = self.call("/rest/api/3/issue", &body).await?;
         answer["key"]
@@ -103,16 +104,31 @@ pub struct Posters {
     pub jira: Option<JiraPoster>,
 }
 
-/// A run at its gate, as the approvers are told of it.
+/// An approval asking a stage of its chain, as the approvers are told of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GateNotice {
-    pub run_id: String,
-    pub tenant: String,
-    pub agent: String,
-    pub submitted_by: String,
-    /// The group a policy asked for, if it escalated.
-    pub group: Option<String>,
-    pub reasons: Vec<String>,
+    pub request: ApprovalRequest,
+    /// The stage asked (0-based): a later one is an escalation.
+    pub stage: usize,
+}
+
+impl GateNotice {
+    fn group(&self) -> Option<&str> {
+        self.request
+            .stages
+            .get(self.stage)
+            .and_then(|s| s.group.as_deref())
+    }
+
+    /// The Jira label the webhook finds the subject by.
+    fn label(&self) -> String {
+        match &self.request.subject {
+            ApprovalSubject::RunGate { run_id } => format!("cogward-run-{run_id}"),
+            ApprovalSubject::ToolCall {
+                run_id, call_id, ..
+            } => format!("cogward-tool-{run_id}-{call_id}"),
+        }
+    }
 }
 
 /// Where the notice went (what to update later), or why it did not.
@@ -128,10 +144,10 @@ pub struct Posted {
     pub errors: Vec<String>,
 }
 
-/// The gate closed: what the posted message should now say.
+/// The approval ended: what the posted messages should now say.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutcomeNotice {
-    pub run_id: String,
+    pub subject: ApprovalSubject,
     pub posted: Posted,
     /// `approved by alice (slack)`, `rejected by bob (api)`, `expired`, `cancelled`.
     pub outcome: String,
@@ -186,7 +202,7 @@ impl SlackPoster {
     /// Post the run's request; the message's channel and `ts`.
     pub async fn post(&self, notice: &GateNotice) -> Result<(String, String), String> {
         let text = gate_text(notice);
-        let value = format!("run:{}", notice.run_id);
+        let value = notice.request.subject.reference();
         let button = |action: &str, label: &str, style: &str| {
             json!({"type": "button", "action_id": action, "style": style, "value": value,
                    "text": {"type": "plain_text", "text": label}})
@@ -226,15 +242,31 @@ impl SlackPoster {
 }
 
 fn gate_text(n: &GateNotice) -> String {
+    let r = &n.request;
+    let what = match &r.subject {
+        ApprovalSubject::RunGate { run_id } => format!("Run `{run_id}`"),
+        ApprovalSubject::ToolCall {
+            run_id,
+            tool,
+            args_sha256,
+            ..
+        } => format!("Tool call `{tool}` (arguments sha256 `{args_sha256}`) of run `{run_id}`"),
+    };
     let mut text = format!(
-        "Run `{}` of agent `{}` for tenant `{}` (submitted by {}) waits for approval",
-        n.run_id, n.agent, n.tenant, n.submitted_by
+        "{what} of agent `{}` for tenant `{}` (submitted by {}) waits for approval",
+        r.agent, r.tenant, r.requested_by
     );
-    if let Some(group) = &n.group {
+    if let Some(group) = n.group() {
         text.push_str(&format!(" from group `{group}`"));
     }
-    if !n.reasons.is_empty() {
-        text.push_str(&format!(": {}", n.reasons.join("; ")));
+    if r.required > 1 {
+        text.push_str(&format!(" ({} distinct approvers)", r.required));
+    }
+    if n.stage > 0 {
+        text.push_str(" (escalated: the previous group did not decide in time)");
+    }
+    if !r.reasons.is_empty() {
+        text.push_str(&format!(": {}", r.reasons.join("; ")));
     }
     text
 }
@@ -255,7 +287,7 @@ pub async fn tell_gate(posters: &Posters, notice: &GateNotice) -> Posted {
         }
     }
     for error in &posted.errors {
-        tracing::warn!(run_id = %notice.run_id, %error, "the approval request could not be posted");
+        tracing::warn!(subject = %notice.request.subject.reference(), %error, "the approval request could not be posted");
     }
     posted
 }
@@ -263,15 +295,15 @@ pub async fn tell_gate(posters: &Posters, notice: &GateNotice) -> Posted {
 /// Tell what was posted the gate's outcome: the Slack message replaced, the Jira issue
 /// commented.
 pub async fn tell_outcome(posters: &Posters, notice: &OutcomeNotice) {
-    let text = format!("Run `{}`: {}", notice.run_id, notice.outcome);
+    let text = format!("{}: {}", notice.subject.described(), notice.outcome);
     if let (Some(slack), Some((channel, ts))) = (&posters.slack, &notice.posted.slack)
         && let Err(error) = slack.update(channel, ts, &text).await
     {
-        tracing::warn!(run_id = %notice.run_id, %error, "the Slack message could not be updated");
+        tracing::warn!(subject = %notice.subject.reference(), %error, "the Slack message could not be updated");
     }
     if let (Some(jira), Some(key)) = (&posters.jira, &notice.posted.jira)
         && let Err(error) = jira.comment(key, &text).await
     {
-        tracing::warn!(run_id = %notice.run_id, %error, "the Jira issue could not be commented");
+        tracing::warn!(subject = %notice.subject.reference(), %error, "the Jira issue could not be commented");
     }
 }

@@ -628,6 +628,7 @@ mod tests {
             },
             repositories_dir: "/nonexistent/repositories".into(),
             posters: Default::default(),
+            group_rules: Default::default(),
         }
     }
 

@@ -33,6 +33,10 @@ pub struct RunSpec {
     /// How long the approval gate waits before the run ends `expired`.
     #[serde(default = "default_approval_timeout")]
     pub approval_timeout_seconds: u64,
+    /// How many distinct approvers the gate needs (2: the two-person rule). A spec can only
+    /// raise what the approving group's rule asks for (`channels.json` `groups`), never lower it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub approvals_required: u32,
     /// Same tenant + key → the same run, never a second one.
     #[serde(default)]
     pub idempotency_key: Option<String>,
@@ -108,6 +112,13 @@ pub const MAX_SECRETS: usize = 32;
 fn default_approval_timeout() -> u64 {
     3600
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Most distinct approvers a spec may ask for.
+pub const MAX_APPROVALS_REQUIRED: u32 = 5;
 
 /// The agent runtime: any program, or one of the agent CLIs cogward knows how to govern
 /// (started non-interactively in the sandbox, its model and MCP traffic at the gateway).
@@ -390,6 +401,12 @@ impl RunSpec {
                 message: "must be greater than zero".into(),
             });
         }
+        if self.approvals_required > MAX_APPROVALS_REQUIRED {
+            return Err(SpecError {
+                field: "approvals_required",
+                message: format!("must be at most {MAX_APPROVALS_REQUIRED}"),
+            });
+        }
         if let Some(key) = &self.idempotency_key
             && (key.is_empty() || key.len() > 200)
         {
@@ -519,17 +536,6 @@ impl fmt::Display for RunStatus {
     }
 }
 
-/// The payload of the `approve` and `reject` signals: who decided, bound to this run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ApprovalSignal {
-    pub approver: String,
-    #[serde(default)]
-    pub comment: Option<String>,
-    /// Where the decision was made (`api`, `slack`, `jira`); none before channels existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel: Option<String>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalVerdict {
@@ -566,6 +572,9 @@ pub struct Admission {
     /// The group whose approval the policy requires (`escalate` with `require_approval`).
     #[serde(default)]
     pub approval_group: Option<String>,
+    /// Who is asked, in turn, and how many must approve, when the run waits for approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::approval::ApprovalPlan>,
     /// The policy decision behind the verdict, as recorded in the ledger.
     pub decision: DecisionRecord,
 }
@@ -639,18 +648,14 @@ pub struct ToolApprovalRequest {
     /// The group whose member must decide (the policy's `require_approval`), if any.
     pub group: Option<String>,
     pub reasons: Vec<String>,
-}
-
-/// Signal `decide_tool_call`: a human's decision on a parked tool call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolCallDecision {
-    pub call_id: String,
-    pub verdict: ApprovalVerdict,
-    pub approver: String,
+    /// `module_sha256:data_sha256` of the escalating policy: the approval is bound to it.
     #[serde(default)]
-    pub comment: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel: Option<String>,
+    pub policy: String,
+    /// The escalation chain (first stage: `group`) and how many must approve.
+    #[serde(default)]
+    pub stages: Vec<crate::approval::Stage>,
+    #[serde(default)]
+    pub required: u32,
 }
 
 /// A parked tool call as the workflow holds it: the request and, once made, the decision.
@@ -659,6 +664,9 @@ pub struct ToolApproval {
     #[serde(flatten)]
     pub request: ToolApprovalRequest,
     pub decision: Option<ApprovalDecision>,
+    /// How its approval ended (`expired`, `cancelled` with no decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<crate::approval::ApprovalResult>,
 }
 
 #[cfg(test)]

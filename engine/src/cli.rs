@@ -58,6 +58,9 @@ pub enum Command {
     /// Submit and manage agent runs.
     #[command(subcommand)]
     Run(RunCommand),
+    /// Approvals (a run's gate, a parked tool call): list the open ones, show, approve, reject.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// The audit ledger.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -70,6 +73,33 @@ pub enum Command {
     /// The gateway's credential keys.
     #[command(subcommand)]
     Gateway(GatewayCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// The open approvals of the tenants one may act on.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One approval: its request, the stage asked, the votes and the result.
+    Show {
+        approval_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve (one vote; the approval may need more distinct approvers).
+    Approve {
+        approval_id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject (one eligible rejection rejects).
+    Reject {
+        approval_id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,6 +355,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let api = ApiClient::new(&cli, principal)?;
             run_command(&api, cmd).await
         }
+        Command::Approvals(cmd) => {
+            let principal = match cmd {
+                ApprovalsCommand::Approve { .. } | ApprovalsCommand::Reject { .. } => "approver",
+                _ => "ci",
+            };
+            let api = ApiClient::new(&cli, principal)?;
+            approvals_command(&api, cmd).await
+        }
         Command::Policy(cmd) => crate::policy::cli::run(&cli, cmd).await,
         Command::Gateway(GatewayCommand::RotateKey { retire }) => {
             let path = cli.engine.gateway_keys();
@@ -542,6 +580,90 @@ fn print_run(run: &RunView, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One line per approval: id, open/result, stage group, votes.
+fn approval_line(v: &serde_json::Value) -> String {
+    let stage = v["stage"].as_u64().unwrap_or(0) as usize;
+    let group = v["request"]["stages"][stage]["group"]
+        .as_str()
+        .unwrap_or("any approver");
+    let state = match (&v["result"], v["open"].as_bool()) {
+        (serde_json::Value::String(r), _) => r.clone(),
+        (_, Some(true)) => "open".into(),
+        _ => "closed".into(),
+    };
+    let votes: Vec<String> = v["votes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| {
+            format!(
+                "{} {} ({})",
+                x["verdict"].as_str().unwrap_or("?"),
+                x["approver"].as_str().unwrap_or("?"),
+                x["channel"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    format!(
+        "{}  {:<9} stage {} ({group})  {}/{} approvals  {}",
+        v["approval_id"].as_str().unwrap_or("?"),
+        state,
+        stage + 1,
+        votes.iter().filter(|v| v.starts_with("approved")).count(),
+        v["request"]["required"].as_u64().unwrap_or(1),
+        votes.join(", ")
+    )
+}
+
+async fn approvals_command(api: &ApiClient, cmd: &ApprovalsCommand) -> Result<u8> {
+    use reqwest::Method;
+    match cmd {
+        ApprovalsCommand::List { json } => {
+            let v: Vec<serde_json::Value> = api.call(Method::GET, "/v1/approvals", None).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for a in &v {
+                    println!("{}", approval_line(a));
+                }
+            }
+        }
+        ApprovalsCommand::Show { approval_id, json } => {
+            let v: serde_json::Value = api
+                .call(Method::GET, &format!("/v1/approvals/{approval_id}"), None)
+                .await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", approval_line(&v));
+            }
+        }
+        ApprovalsCommand::Approve {
+            approval_id,
+            comment,
+        }
+        | ApprovalsCommand::Reject {
+            approval_id,
+            comment,
+        } => {
+            let verb = if matches!(cmd, ApprovalsCommand::Approve { .. }) {
+                "approve"
+            } else {
+                "reject"
+            };
+            let v: serde_json::Value = api
+                .call(
+                    Method::POST,
+                    &format!("/v1/approvals/{approval_id}/{verb}"),
+                    Some(serde_json::json!({ "comment": comment })),
+                )
+                .await?;
+            println!("{}", approval_line(&v));
+        }
+    }
+    Ok(0)
 }
 
 async fn run_command(api: &ApiClient, cmd: &RunCommand) -> Result<u8> {

@@ -11,8 +11,9 @@ use crate::runs::{MirrorCursor, MirrorUpdate, Runs};
 use anyhow::{Context, Result};
 use base64::Engine;
 use cogward_activities::RunActivities;
+use cogward_activities::approval::{ApprovalOutcome, gate_workflow_id};
 use cogward_activities::spec::{
-    Admission, ApprovalSignal, RunId, RunInput, RunStatus, RunSummary, RunnerEvidence,
+    Admission, ApprovalVerdict, RunId, RunInput, RunStatus, RunSummary, RunnerEvidence,
 };
 use cogward_workflows::AgentRun;
 use futures::{StreamExt, TryStreamExt};
@@ -264,6 +265,47 @@ fn first_payload<T: serde::de::DeserializeOwned>(p: &Option<Payloads>) -> Option
     serde_json::from_slice(&payload.data).ok()
 }
 
+/// The workflow ids of run gates' approvals begin so.
+static GATE_PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| gate_workflow_id(""));
+
+/// What an `Approval` child's outcome puts in the ledger: a gate's decision (`run.approval`,
+/// none if it expired or was cancelled: the run's verdict says so), or a tool call's
+/// (`run.tool_approval`, whatever its result). Every counted vote and every refused one, with
+/// who, where and when.
+fn approval_entry(id: &str, outcome: &ApprovalOutcome) -> Option<(&'static str, Value)> {
+    let gate = id.starts_with(GATE_PREFIX.as_str());
+    let decision = outcome.decision();
+    if gate && decision.is_none() {
+        return None;
+    }
+    let mut body = json!({
+        "approval_id": id,
+        "result": outcome.result,
+        "stage": outcome.stage,
+        "votes": outcome.votes,
+    });
+    if !outcome.refused.is_empty() {
+        body["refused"] = json!(outcome.refused);
+    }
+    if let Some(d) = decision {
+        body["signal"] = json!(match d.verdict {
+            ApprovalVerdict::Approved => "approve",
+            ApprovalVerdict::Rejected => "reject",
+        });
+        body["approver"] = json!(d.approver);
+        body["comment"] = json!(d.comment);
+        body["channel"] = json!(d.channel);
+    }
+    Some((
+        if gate {
+            "run.approval"
+        } else {
+            "run.tool_approval"
+        },
+        body,
+    ))
+}
+
 /// What a run's history says, read once per mirror pass.
 struct Derivation<'a> {
     events: &'a [HistoryEvent],
@@ -346,20 +388,10 @@ impl<'a> Derivation<'a> {
                 let evidence: RunnerEvidence = first_payload(&a.result)?;
                 Some(("run.evidence", serde_json::to_value(evidence).ok()?))
             }
-            Attributes::WorkflowExecutionSignaledEventAttributes(a)
-                if a.signal_name == "approve" || a.signal_name == "reject" =>
-            {
-                let signal: ApprovalSignal = first_payload(&a.input)?;
-                let mut body = json!({
-                    "signal": a.signal_name,
-                    "approver": signal.approver,
-                    "comment": signal.comment,
-                });
-                // Only where one was named: entries mirrored before channels derive unchanged.
-                if let Some(channel) = signal.channel {
-                    body["channel"] = json!(channel);
-                }
-                Some(("run.approval", body))
+            Attributes::ChildWorkflowExecutionCompletedEventAttributes(a) => {
+                let id = &a.workflow_execution.as_ref()?.workflow_id;
+                let outcome: ApprovalOutcome = first_payload(&a.result)?;
+                approval_entry(id, &outcome)
             }
             Attributes::WorkflowExecutionCompletedEventAttributes(a) => {
                 let summary: RunSummary = first_payload(&a.result)?;
@@ -393,7 +425,9 @@ impl<'a> Derivation<'a> {
         let mut status = RunStatus::Pending;
         for ev in self.events {
             match ev.attributes.as_ref() {
-                Some(Attributes::TimerStartedEventAttributes(_)) => {
+                Some(Attributes::StartChildWorkflowExecutionInitiatedEventAttributes(a))
+                    if a.workflow_id.starts_with(GATE_PREFIX.as_str()) =>
+                {
                     status = RunStatus::AwaitingApproval
                 }
                 Some(Attributes::ActivityTaskScheduledEventAttributes(_))

@@ -3,7 +3,7 @@
 use crate::config::EngineConfig;
 use anyhow::{Context, Result};
 use cogward_activities::{ActivitiesConfig, GatewayAccess, RunActivities};
-use cogward_workflows::{AgentRun, TASK_QUEUE};
+use cogward_workflows::{AgentRun, Approval, TASK_QUEUE};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use temporalio_sdk::runtime::RuntimeOptions;
@@ -33,6 +33,7 @@ pub fn activities_config(
         },
         repositories_dir: config.repositories_dir(),
         posters: channels.posters,
+        group_rules: channels.group_rules,
     })
 }
 
@@ -83,6 +84,8 @@ async fn run_once(
     let options = WorkerOptions::new(TASK_QUEUE)
         .register_workflow::<AgentRun>()
         .context("registering AgentRun")?
+        .register_workflow::<Approval>()
+        .context("registering Approval")?
         .register_activities(RunActivities::new(activities.clone(), policies))
         // A worker that dies leaves tasks on its sticky queue; hand them on quickly.
         .sticky_queue_schedule_to_start_timeout(Duration::from_secs(3))

@@ -155,12 +155,19 @@ async fn approval_run_end_to_end(stack: &Stack) {
         .unwrap();
     let mut forged = 0;
     for e in &mut events {
-        if let Some(Attributes::WorkflowExecutionSignaledEventAttributes(a)) = &mut e.attributes {
-            a.signal_name = "reject".into();
-            forged += 1;
+        if let Some(Attributes::ChildWorkflowExecutionCompletedEventAttributes(a)) =
+            &mut e.attributes
+        {
+            for p in a.result.iter_mut().flat_map(|r| r.payloads.iter_mut()) {
+                let text = String::from_utf8(p.data.clone()).unwrap();
+                let rejected = text.replace("approved", "rejected");
+                assert_ne!(text, rejected, "{text}");
+                p.data = rejected.into_bytes();
+                forged += 1;
+            }
         }
     }
-    assert_eq!(forged, 1);
+    assert_eq!(forged, 1, "the gate's approval outcome");
     let err = cogward::ledger::replay::replay_events(events)
         .await
         .unwrap_err();

@@ -1,25 +1,29 @@
 //! `AgentRun`: one agent run, from admission to verdict.
 //!
-//! admit (local activity) → optional approval gate (`approve` / `reject` signals, deadline timer) →
+//! admit (local activity) → optional approval gate (an `Approval` child workflow) →
 //! `StartRunner` (activity) → summary. A cancellation request stops the run wherever it is: at the
 //! gate the run ends `cancelled`; while the runner works, the activity asks the runner to SIGTERM
 //! the agent (SIGKILL after the grace) and the workflow waits for its evidence before ending.
 
+use crate::approval::Approval;
 use cogward_activities::RunActivities;
 use cogward_activities::admission::AdmitInput;
-use cogward_activities::notify::{GateNotice, OutcomeNotice};
+use cogward_activities::approval::{
+    ApprovalOutcome, ApprovalPlan, ApprovalRequest, ApprovalResult, ApprovalSubject, Stage,
+};
 use cogward_activities::runner::StartRunnerInput;
 use cogward_activities::spec::{
-    Admission, AdmissionVerdict, ApprovalDecision, ApprovalSignal, ApprovalVerdict, RunInput,
-    RunStatus, RunSummary, RunnerEvidence, ToolApproval, ToolApprovalRequest, ToolCallDecision,
+    Admission, AdmissionVerdict, ApprovalDecision, RunInput, RunStatus, RunSummary, RunnerEvidence,
+    ToolApproval, ToolApprovalRequest,
 };
 use cogward_runner::protocol::Outcome;
+use futures::FutureExt;
 use std::time::Duration;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityCancellationType, ActivityExecutionError, ActivityOptions, ApplicationFailure,
-    LocalActivityOptions, SyncWorkflowContext, WorkflowCancellationToken, WorkflowContext,
-    WorkflowContextView, WorkflowResult,
+    ChildWorkflowOptions, LocalActivityOptions, ParentClosePolicy, SyncWorkflowContext,
+    WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult,
 };
 
 /// Time the activities get on top of the run's own limits before Temporal times them out.
@@ -27,17 +31,17 @@ const ACTIVITY_MARGIN: Duration = Duration::from_secs(60);
 /// A runner's heartbeat timeout: a worker killed mid-run is noticed, and the activity retried on
 /// another worker, after at most this long.
 pub const RUNNER_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long telling the approvers (or updating what they were told) may take.
-const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[workflow]
 #[derive(Default)]
 pub struct AgentRun {
     summary: Option<RunSummary>,
-    /// The first approve/reject received while the gate was open.
+    /// The decision that opened (or closed) the gate.
     approval: Option<ApprovalDecision>,
     /// Tool calls the gateway parked while the agent ran, with their decisions.
     tool_approvals: Vec<ToolApproval>,
+    /// How many of them have their `Approval` child started.
+    tool_children: usize,
 }
 
 impl AgentRun {
@@ -70,20 +74,140 @@ impl AgentRun {
         })
     }
 
-    fn record_approval(&mut self, verdict: ApprovalVerdict, signal: ApprovalSignal) {
-        let gate_open = self
-            .summary
-            .as_ref()
-            .is_some_and(|s| s.status == RunStatus::AwaitingApproval);
-        if gate_open && self.approval.is_none() {
-            self.approval = Some(ApprovalDecision {
-                verdict,
-                approver: signal.approver,
-                comment: signal.comment,
-                channel: signal.channel,
+    /// Start the `Approval` child for `request` (or join it: its id is the subject's) and wait
+    /// for its outcome; `None` if the run was cancelled before it could start.
+    async fn ask(ctx: &WorkflowContext<Self>, request: ApprovalRequest) -> Option<ApprovalOutcome> {
+        let started = ctx
+            .start_child_workflow(Approval::run, request.clone(), child_options(&request))
+            .await
+            .ok()?;
+        started.result().await.ok()
+    }
+
+    /// Wait for the runner while starting an `Approval` child for each tool call the gateway
+    /// parks, and recording each one's decision as it comes.
+    async fn while_running<F: std::future::Future>(
+        ctx: &WorkflowContext<Self>,
+        input: &RunInput,
+        runner: F,
+    ) -> F::Output {
+        let mut runner = std::pin::pin!(runner.fuse());
+        // The children's results, polled together with the SDK's own waker (`select_all`; a
+        // `FuturesUnordered` would wake with its own, which the SDK refuses as nondeterministic).
+        let mut children: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Decided>>>> =
+            Vec::new();
+        loop {
+            let decided = {
+                let child = async {
+                    if children.is_empty() {
+                        futures::future::pending::<()>().await;
+                    }
+                    let (decided, index, _) =
+                        futures::future::select_all(children.iter_mut()).await;
+                    Some((decided, index))
+                }
+                .fuse();
+                temporalio_sdk::workflows::select! {
+                    r = runner.as_mut() => return r,
+                    asked = ctx.wait_condition(|s| s.tool_approvals.len() > s.tool_children) => match asked {
+                        Ok(()) => None,
+                        // Cancelled: the runner stops the agent, and the children are cancelled
+                        // with the run; only the evidence is still to come.
+                        Err(_) => return runner.await,
+                    },
+                    done = std::pin::pin!(child) => done,
+                }
+            };
+            if let Some(((call_id, outcome), index)) = decided {
+                drop(children.remove(index));
+                let outcome: Option<ApprovalOutcome> = outcome;
+                ctx.state_mut(|s| {
+                    if let Some(a) = s
+                        .tool_approvals
+                        .iter_mut()
+                        .find(|a| a.request.call_id == call_id)
+                    {
+                        a.decision = outcome.as_ref().and_then(ApprovalOutcome::decision);
+                        a.result = outcome.map(|o| o.result);
+                    }
+                });
+                continue;
+            }
+            let new: Vec<ToolApprovalRequest> = ctx.state_mut(|s| {
+                let new = s.tool_approvals[s.tool_children..]
+                    .iter()
+                    .map(|a| a.request.clone())
+                    .collect();
+                s.tool_children = s.tool_approvals.len();
+                new
             });
+            for r in new {
+                let request = ApprovalRequest {
+                    subject: ApprovalSubject::ToolCall {
+                        run_id: input.run_id.to_string(),
+                        call_id: r.call_id.clone(),
+                        tool: r.tool.clone(),
+                        args_sha256: r.args_sha256.clone(),
+                        policy: r.policy.clone(),
+                    },
+                    tenant: input.spec.tenant.clone(),
+                    agent: input.spec.agent.clone(),
+                    requested_by: input.submitted_by.clone(),
+                    reasons: r.reasons.clone(),
+                    stages: r.stages.clone(),
+                    required: r.required,
+                };
+                let started = ctx
+                    .start_child_workflow(Approval::run, request.clone(), child_options(&request))
+                    .await;
+                match started {
+                    Ok(child) => {
+                        let call_id = r.call_id.clone();
+                        children.push(Box::pin(
+                            child.result().map(move |outcome| (call_id, outcome.ok())),
+                        ));
+                    }
+                    Err(e) => tracing::warn!(call_id = %r.call_id, error = %e,
+                        "the approval of a parked tool call could not start"),
+                }
+            }
         }
     }
+}
+
+/// A parked tool call's approval ended: its call id and outcome (none if the child failed).
+type Decided = (String, Option<ApprovalOutcome>);
+
+/// An approval's child options: its derived id, a readable summary and details in Temporal's
+/// UI, and cancelled when the run closes.
+fn child_options(request: &ApprovalRequest) -> ChildWorkflowOptions {
+    let mut details = format!(
+        "**{}**\n\nTenant `{}`, agent `{}`, requested by `{}`; {} distinct approver(s).\n\n",
+        request.subject.title(),
+        request.tenant,
+        request.agent,
+        request.requested_by,
+        request.required
+    );
+    for (i, stage) in request.stages.iter().enumerate() {
+        details.push_str(&format!(
+            "{}. group `{}` for {}s\n",
+            i + 1,
+            stage.group.as_deref().unwrap_or("any approver"),
+            stage.timeout_seconds
+        ));
+    }
+    if !request.reasons.is_empty() {
+        details.push_str(&format!("\nWhy: {}\n", request.reasons.join("; ")));
+    }
+    let mut summary = request.subject.title();
+    summary.truncate(200);
+    ChildWorkflowOptions::builder()
+        .workflow_id(request.subject.workflow_id())
+        .static_summary(summary)
+        .static_details(details)
+        .parent_close_policy(ParentClosePolicy::RequestCancel)
+        .build()
 }
 
 /// How the runner's evidence translates to the run's verdict.
@@ -176,75 +300,52 @@ impl AgentRun {
             return Self::finish(ctx, RunStatus::Denied, Some(reasons));
         }
 
-        // 2. Approval gate: asked for by the spec, or required by the policy (`escalate`).
+        // 2. Approval gate: asked for by the spec, or required by the policy (`escalate`). An
+        // `Approval` child workflow decides it (its chain and count planned at admission).
         if spec.requires_approval || escalated {
             Self::set_status(ctx, RunStatus::AwaitingApproval);
-            let deadline = Duration::from_secs(spec.approval_timeout_seconds);
-            // The approvers are told (Slack, if configured) while the gate waits.
-            let notice = GateNotice {
-                run_id: input.run_id.to_string(),
+            let plan = admission.approval.clone().unwrap_or_else(|| ApprovalPlan {
+                stages: vec![Stage {
+                    group: admission.approval_group.clone(),
+                    timeout_seconds: spec.approval_timeout_seconds,
+                }],
+                required: 1,
+            });
+            let request = ApprovalRequest {
+                subject: ApprovalSubject::RunGate {
+                    run_id: input.run_id.to_string(),
+                },
                 tenant: spec.tenant.clone(),
                 agent: spec.agent.clone(),
-                submitted_by: input.submitted_by.clone(),
-                group: admission.approval_group.clone(),
+                requested_by: input.submitted_by.clone(),
                 reasons: admission.reasons.clone(),
+                stages: plan.stages,
+                required: plan.required,
             };
-            let told = ctx.execute_activity(
-                RunActivities::notify_approvers,
-                notice,
-                ActivityOptions::with_start_to_close_timeout(NOTIFY_TIMEOUT).build(),
-            );
-            let gate = async {
-                temporalio_sdk::workflows::select! {
-                    _ = ctx.wait_condition(|s| s.approval.is_some()) => {},
-                    _ = ctx.timer(deadline) => {},
-                };
-            };
-            let (posted, ()) = temporalio_sdk::workflows::join!(told, gate);
-            let decided = ctx.state(|s| s.approval.clone());
-            if let Ok(posted) = posted
-                && (posted.slack.is_some() || posted.jira.is_some())
-            {
-                let outcome = match &decided {
-                    Some(d) => format!(
-                        "{} by {} ({})",
-                        match d.verdict {
-                            ApprovalVerdict::Approved => "approved",
-                            ApprovalVerdict::Rejected => "rejected",
-                        },
-                        d.approver,
-                        d.channel.as_deref().unwrap_or("api")
-                    ),
-                    None if ctx.cancellation_token().is_cancelled() => "cancelled".into(),
-                    None => "expired".into(),
-                };
-                let _ = ctx
-                    .execute_activity(
-                        RunActivities::notify_outcome,
-                        OutcomeNotice {
-                            run_id: input.run_id.to_string(),
-                            posted,
-                            outcome,
-                        },
-                        ActivityOptions::with_start_to_close_timeout(NOTIFY_TIMEOUT).build(),
-                    )
-                    .await;
-            }
-            let verdict = decided.map(|a| a.verdict);
-            match verdict {
-                Some(ApprovalVerdict::Approved) => {}
-                Some(ApprovalVerdict::Rejected) => {
-                    return Self::finish(ctx, RunStatus::Rejected, None);
-                }
-                None if ctx.cancellation_token().is_cancelled() => {
+            let waited: u64 = request.stages.iter().map(|s| s.timeout_seconds).sum();
+            let outcome = Self::ask(ctx, request).await;
+            let outcome = match outcome {
+                Some(o) => o,
+                None => {
                     let reason = ctx.cancellation_token().reason();
                     return Self::finish(ctx, RunStatus::Cancelled, reason);
                 }
-                None => {
+            };
+            ctx.state_mut(|s| s.approval = outcome.decision());
+            match outcome.result {
+                ApprovalResult::Approved => {}
+                ApprovalResult::Rejected => {
+                    return Self::finish(ctx, RunStatus::Rejected, None);
+                }
+                ApprovalResult::Cancelled => {
+                    let reason = ctx.cancellation_token().reason();
+                    return Self::finish(ctx, RunStatus::Cancelled, reason);
+                }
+                ApprovalResult::Expired => {
                     return Self::finish(
                         ctx,
                         RunStatus::Expired,
-                        Some(format!("no approval within {}s", deadline.as_secs())),
+                        Some(format!("no approval within {waited}s")),
                     );
                 }
             }
@@ -260,27 +361,26 @@ impl AgentRun {
         let limits = admission.limits;
         let timeout = Duration::from_secs(limits.wall_clock_seconds + 2 * limits.grace_seconds)
             + ACTIVITY_MARGIN;
-        let result = ctx
-            .execute_activity(
-                RunActivities::start_runner,
-                StartRunnerInput {
-                    run_id: input.run_id.clone(),
-                    runtime: spec.runtime.clone(),
-                    inputs: spec.inputs.clone(),
-                    limits,
-                    sandbox_profile: spec.sandbox_profile,
-                    tenant: spec.tenant.clone(),
-                    secrets: spec.secrets.clone(),
-                    spec_sha256: admission.spec_sha256.clone(),
-                    admission_policy: admission.decision.policy.clone(),
-                    workspace: spec.workspace.clone(),
-                },
-                ActivityOptions::with_start_to_close_timeout(timeout)
-                    .heartbeat_timeout(RUNNER_HEARTBEAT_TIMEOUT)
-                    .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
-                    .build(),
-            )
-            .await;
+        let runner = ctx.execute_activity(
+            RunActivities::start_runner,
+            StartRunnerInput {
+                run_id: input.run_id.clone(),
+                runtime: spec.runtime.clone(),
+                inputs: spec.inputs.clone(),
+                limits,
+                sandbox_profile: spec.sandbox_profile,
+                tenant: spec.tenant.clone(),
+                secrets: spec.secrets.clone(),
+                spec_sha256: admission.spec_sha256.clone(),
+                admission_policy: admission.decision.policy.clone(),
+                workspace: spec.workspace.clone(),
+            },
+            ActivityOptions::with_start_to_close_timeout(timeout)
+                .heartbeat_timeout(RUNNER_HEARTBEAT_TIMEOUT)
+                .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
+                .build(),
+        );
+        let result = Self::while_running(ctx, &input, runner).await;
         let evidence: RunnerEvidence = match result {
             Ok(evidence) => evidence,
             Err(ActivityExecutionError::Cancelled(_)) => {
@@ -303,16 +403,6 @@ impl AgentRun {
         Self::finish(ctx, status, reason)
     }
 
-    #[signal]
-    pub fn approve(&mut self, _ctx: &mut SyncWorkflowContext<Self>, signal: ApprovalSignal) {
-        self.record_approval(ApprovalVerdict::Approved, signal);
-    }
-
-    #[signal]
-    pub fn reject(&mut self, _ctx: &mut SyncWorkflowContext<Self>, signal: ApprovalSignal) {
-        self.record_approval(ApprovalVerdict::Rejected, signal);
-    }
-
     /// The gateway parked a tool call of this run's agent for approval. Accepted while the
     /// agent runs, once per call id.
     #[signal]
@@ -333,27 +423,7 @@ impl AgentRun {
             self.tool_approvals.push(ToolApproval {
                 request,
                 decision: None,
-            });
-        }
-    }
-
-    /// A human decided a parked tool call; the first decision stands.
-    #[signal]
-    pub fn decide_tool_call(
-        &mut self,
-        _ctx: &mut SyncWorkflowContext<Self>,
-        decision: ToolCallDecision,
-    ) {
-        if let Some(a) = self
-            .tool_approvals
-            .iter_mut()
-            .find(|a| a.request.call_id == decision.call_id && a.decision.is_none())
-        {
-            a.decision = Some(ApprovalDecision {
-                verdict: decision.verdict,
-                approver: decision.approver,
-                comment: decision.comment,
-                channel: decision.channel,
+                result: None,
             });
         }
     }

@@ -2,8 +2,10 @@
 //! activities, timers, signals and queries, so any workflow can be replayed from its history.
 
 pub mod agent_run;
+pub mod approval;
 
 pub use agent_run::AgentRun;
+pub use approval::Approval;
 
 /// The task queue cogward's workers poll.
 pub const TASK_QUEUE: &str = "cogward";

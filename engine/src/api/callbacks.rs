@@ -51,6 +51,9 @@ const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_millis(2500
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChannelsFile {
+    /// Each approving group's rule: how many must approve, whom to escalate to.
+    #[serde(default)]
+    groups: cogward_activities::approval::GroupRules,
     #[serde(default)]
     slack: Option<SlackFile>,
     #[serde(default)]
@@ -111,8 +114,10 @@ fn task() -> String {
 pub struct Channels {
     slack: Option<(SlackFile, Vec<u8>)>,
     jira: Option<(JiraFile, Vec<u8>)>,
-    /// Where runs waiting for approval are posted.
+    /// Where approvals are posted.
     pub posters: cogward_activities::notify::Posters,
+    /// Each approving group's rule (`groups`).
+    pub group_rules: cogward_activities::approval::GroupRules,
 }
 
 impl Channels {
@@ -169,6 +174,7 @@ impl Channels {
             slack,
             jira,
             posters,
+            group_rules: file.groups,
         })
     }
 }

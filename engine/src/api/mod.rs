@@ -1,6 +1,7 @@
 //! The HTTP API (axum): one router per feature, one error type, tests call [`app`] without a
 //! socket.
 
+pub mod approvals;
 pub mod auth;
 pub mod callbacks;
 pub mod error;
@@ -75,6 +76,7 @@ pub fn app(state: AppState) -> Router {
             }),
         )
         .merge(runs::router())
+        .merge(approvals::router())
         .merge(run_events::router())
         .merge(evidence::router())
         .merge(policies::router())

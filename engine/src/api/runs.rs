@@ -10,17 +10,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cogward_activities::spec::{
-    ApprovalSignal, ApprovalVerdict, RunId, RunInput, RunSpec, RunStatus, RunSummary,
-    ToolCallDecision,
-};
+use cogward_activities::approval;
+use cogward_activities::spec::{RunId, RunInput, RunSpec, RunStatus, RunSummary};
 use cogward_workflows::{AgentRun, TASK_QUEUE};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use temporalio_client::errors::WorkflowStartError;
 use temporalio_client::{
     WorkflowCancelOptions, WorkflowDescribeOptions, WorkflowGetResultOptions,
-    WorkflowIdReusePolicy, WorkflowQueryOptions, WorkflowSignalOptions, WorkflowStartOptions,
+    WorkflowIdReusePolicy, WorkflowQueryOptions, WorkflowStartOptions,
 };
 
 pub fn router() -> Router<AppState> {
@@ -285,7 +283,7 @@ pub(crate) struct DecisionBody {
 }
 
 /// Decide run `id`'s gate (or, with `body.tool_call`, one of its parked tool calls) as
-/// `principal`, from `channel` (`api`, `slack`, `jira`): the checks every channel shares.
+/// `principal`, from `channel` (`api`, `slack`, `jira`): a vote on the subject's `Approval`.
 pub(crate) async fn decide(
     state: AppState,
     principal: Principal,
@@ -296,173 +294,61 @@ pub(crate) async fn decide(
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
     principal.require(Role::Approve)?;
     let record = load(&state, &principal, &id).await?;
-    if record.submitted_by == principal.name {
-        return Err(problem(
-            StatusCode::FORBIDDEN,
-            "self_approval",
-            "the submitter of a run cannot approve or reject it",
-        ));
-    }
-    let handle = state
-        .client()?
-        .get_workflow_handle::<AgentRun>(record.run_id.as_str());
-    // Ask the workflow itself: the index may lag the gate by a mirror interval.
-    let live = if record.status.is_terminal() {
+    let run_id = record.run_id.as_str();
+    let approval = match &body.tool_call {
+        Some(call) => approval::tool_call_workflow_id(run_id, call),
+        None => approval::gate_workflow_id(run_id),
+    };
+    let voted = if record.status.is_terminal() {
         None
     } else {
-        handle
-            .query(AgentRun::status, (), WorkflowQueryOptions::default())
-            .await
-            .ok()
-            .flatten()
-    };
-    if body.tool_call.is_some() {
-        return decide_tool_call(&state, &principal, &record, live, body, approve, channel).await;
-    }
-    let current = live.as_ref().map_or(record.status, |s| s.status);
-    if current != RunStatus::AwaitingApproval {
-        return Err(problem(
-            StatusCode::CONFLICT,
-            "not_awaiting_approval",
-            format!("run {} is {current}, not awaiting approval", record.run_id),
-        ));
-    }
-    // At the gate, the workflow's own word is needed: its admission names the group (if a
-    // policy escalated) whose member must decide. Without it, refuse rather than guess.
-    let Some(live) = live else {
-        return Err(problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporal_unavailable",
-            format!(
-                "could not read run {}'s approval gate from Temporal; try again",
-                record.run_id
-            ),
-        ));
-    };
-    let group = live.admission.and_then(|a| a.approval_group);
-    if let Some(group) = group
-        && !principal.groups.contains(&group)
-    {
-        return Err(problem(
-            StatusCode::FORBIDDEN,
-            "not_in_approval_group",
-            format!(
-                "run {} needs a decision from group {group:?}, and {:?} is not in it",
-                record.run_id, principal.name
-            ),
-        ));
-    }
-    let signal = ApprovalSignal {
-        approver: principal.name.clone(),
-        comment: body.comment,
-        channel: Some(channel.to_string()),
-    };
-    let sent = if approve {
-        handle
-            .signal(AgentRun::approve, signal, WorkflowSignalOptions::default())
-            .await
-    } else {
-        handle
-            .signal(AgentRun::reject, signal, WorkflowSignalOptions::default())
-            .await
-    };
-    sent.map_err(|e| {
-        problem(
-            StatusCode::CONFLICT,
-            "not_awaiting_approval",
-            format!("run {} no longer accepts decisions: {e}", record.run_id),
+        Some(
+            super::approvals::vote(
+                &state,
+                &principal,
+                &approval,
+                approve,
+                body.comment,
+                channel,
+            )
+            .await,
         )
-    })?;
-    tracing::info!(run_id = %record.run_id, approver = %principal.name, approve, "approval decision sent");
-    state.mirror_wake.wake(&record.run_id);
-    Ok((StatusCode::ACCEPTED, Json(record.into())))
-}
-
-/// Decide a tool call the gateway parked: only while the run is running, only a pending call,
-/// only by a member of the group the tool-access policy named.
-async fn decide_tool_call(
-    state: &AppState,
-    principal: &Principal,
-    record: &RunRecord,
-    live: Option<RunSummary>,
-    body: DecisionBody,
-    approve: bool,
-    channel: &str,
-) -> Result<(StatusCode, Json<RunView>), ApiError> {
-    let (call_id, comment) = (body.tool_call.unwrap_or_default(), body.comment);
-    let Some(live) = live else {
-        return Err(problem(
-            StatusCode::CONFLICT,
-            "not_running",
-            format!(
-                "run {} is {}: its tool calls can no longer be decided",
-                record.run_id, record.status
-            ),
-        ));
     };
-    let Some(parked) = live
-        .tool_approvals
-        .iter()
-        .find(|a| a.request.call_id == call_id)
-    else {
-        return Err(problem(
-            StatusCode::NOT_FOUND,
-            "unknown_tool_call",
-            format!("run {} has no parked tool call {call_id:?}", record.run_id),
-        ));
+    // What the caller asked of the run does not exist, or no longer takes decisions.
+    let unknown = match voted {
+        Some(Ok(_)) => None,
+        Some(Err(ApiError(p))) if p.code == "approval_not_found" => Some(true),
+        Some(Err(ApiError(p))) if p.code == "approval_closed" => Some(false),
+        Some(Err(e)) => return Err(e),
+        None => Some(false),
     };
-    if parked.decision.is_some() {
-        return Err(problem(
-            StatusCode::CONFLICT,
-            "already_decided",
-            format!(
-                "tool call {call_id} of run {} was already decided",
-                record.run_id
+    if let Some(unknown) = unknown {
+        return Err(match &body.tool_call {
+            None => problem(
+                StatusCode::CONFLICT,
+                "not_awaiting_approval",
+                format!(
+                    "run {} is {}, not awaiting approval",
+                    record.run_id, record.status
+                ),
             ),
-        ));
-    }
-    if let Some(group) = &parked.request.group
-        && !principal.groups.contains(group)
-    {
-        return Err(problem(
-            StatusCode::FORBIDDEN,
-            "not_in_approval_group",
-            format!(
-                "tool call {call_id} ({}) needs a decision from group {group:?}, and {:?} is not in it",
-                parked.request.tool, principal.name
+            Some(call) if unknown => problem(
+                StatusCode::NOT_FOUND,
+                "unknown_tool_call",
+                format!("run {} has no parked tool call {call:?}", record.run_id),
             ),
-        ));
-    }
-    let decision = ToolCallDecision {
-        call_id: call_id.clone(),
-        verdict: if approve {
-            ApprovalVerdict::Approved
-        } else {
-            ApprovalVerdict::Rejected
-        },
-        approver: principal.name.clone(),
-        comment,
-        channel: Some(channel.to_string()),
-    };
-    state
-        .client()?
-        .get_workflow_handle::<AgentRun>(record.run_id.as_str())
-        .signal(
-            AgentRun::decide_tool_call,
-            decision,
-            WorkflowSignalOptions::default(),
-        )
-        .await
-        .map_err(|e| {
-            problem(
+            Some(_) => problem(
                 StatusCode::CONFLICT,
                 "not_running",
-                format!("run {} no longer accepts decisions: {e}", record.run_id),
-            )
-        })?;
-    tracing::info!(run_id = %record.run_id, call_id, approver = %principal.name, approve, "tool call decision sent");
+                format!(
+                    "run {} is {}: its tool calls can no longer be decided",
+                    record.run_id, record.status
+                ),
+            ),
+        });
+    }
     state.mirror_wake.wake(&record.run_id);
-    Ok((StatusCode::ACCEPTED, Json(record.clone().into())))
+    Ok((StatusCode::ACCEPTED, Json(record.into())))
 }
 
 /// The run's parked tool calls and their decisions, read live from the workflow (or from its

@@ -43,17 +43,16 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use cogward_activities::spec::{
-    ApprovalDecision, ApprovalVerdict, RunId, RunStatus, ToolApprovalRequest,
-};
+use cogward_activities::approval::{ApprovalOutcome, ApprovalResult, tool_call_workflow_id};
+use cogward_activities::spec::{ApprovalDecision, ApprovalVerdict, RunId, ToolApprovalRequest};
 use cogward_policy_abi::{Effect, Request, kinds};
-use cogward_workflows::AgentRun;
+use cogward_workflows::{AgentRun, Approval};
 use features::Listing;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use temporalio_client::{WorkflowQueryOptions, WorkflowSignalOptions};
+use temporalio_client::{WorkflowGetResultOptions, WorkflowSignalOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Largest JSON-RPC message accepted.
@@ -61,9 +60,11 @@ pub const MCP_BODY_LIMIT: usize = 1024 * 1024;
 /// Protocol versions spoken, newest first.
 pub const PROTOCOL_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
 const SESSION_HEADER: &str = "mcp-session-id";
-/// How often a parked call looks for its decision, and sends progress.
-const PARK_POLL: Duration = Duration::from_millis(250);
+/// How often a parked call checks its client is still there, and sends it progress.
+const CLIENT_CHECK: Duration = Duration::from_millis(250);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// How long a parked call waits for its run to start the call's `Approval` (a workflow task).
+const APPROVAL_START_WAIT: Duration = Duration::from_secs(10);
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -1689,13 +1690,19 @@ where
         }
     };
     call.detail["parked_call_id"] = json!(parked_id);
-    let handle = state
+    let client = state
         .temporal
         .get()
-        .context("Temporal is unreachable, so the call cannot be parked for approval")?
-        .get_workflow_handle::<AgentRun>(run_id.as_str());
-    // Every time, also on a re-attach: the workflow ignores a call id it knows.
-    handle
+        .context("Temporal is unreachable, so the call cannot be parked for approval")?;
+    let plan = state.channels.group_rules.chain(
+        group.as_deref(),
+        job.gw.config.tool_approval_timeout_seconds,
+        1,
+    );
+    // Every time, also on a re-attach: the workflow ignores a call id it knows. The run starts
+    // the call's `Approval` child, whose result is the decision.
+    client
+        .get_workflow_handle::<AgentRun>(run_id.as_str())
         .signal(
             AgentRun::request_tool_approval,
             ToolApprovalRequest {
@@ -1704,45 +1711,62 @@ where
                 args_sha256: call.args_sha256.clone(),
                 group,
                 reasons: call.reasons.clone(),
+                policy,
+                stages: plan.stages,
+                required: plan.required,
             },
             WorkflowSignalOptions::default(),
         )
         .await?;
     state.mirror_wake.wake(&RunId(run_id.clone()));
-    let timeout = Duration::from_secs(job.gw.config.tool_approval_timeout_seconds);
+    let approval =
+        client.get_workflow_handle::<Approval>(tool_call_workflow_id(&run_id, &parked_id));
     let parked_at = Instant::now();
-    let mut last_progress = Instant::now() - PROGRESS_EVERY;
+    // Temporal answers when the approval ends (a long poll, no polling of ours); meanwhile the
+    // agent hears progress and the gateway notices it went away.
+    let mut outcome = std::pin::pin!(async {
+        loop {
+            match approval
+                .get_result(WorkflowGetResultOptions::default())
+                .await
+            {
+                Ok(outcome) => return Ok(Some(outcome)),
+                // The run has not started the child yet, or never will (it is not running).
+                Err(e) if crate::temporal::is_not_found(&e) => {
+                    if parked_at.elapsed() > APPROVAL_START_WAIT {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(anyhow::Error::from(e)),
+            }
+        }
+    });
+    let mut last_progress: Option<Instant> = None;
     loop {
         if gone() {
             return Ok(Parked::ClientGone);
         }
-        if last_progress.elapsed() >= PROGRESS_EVERY {
-            last_progress = Instant::now();
+        if last_progress.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+            last_progress = Some(Instant::now());
             if !progress(parked_at.elapsed()).await {
                 return Ok(Parked::ClientGone);
             }
         }
-        let summary = handle
-            .query(AgentRun::status, (), WorkflowQueryOptions::default())
-            .await
-            .ok()
-            .flatten();
-        if let Some(s) = summary {
-            let mine = s
-                .tool_approvals
-                .iter()
-                .find(|a| a.request.call_id == parked_id);
-            if let Some(decision) = mine.and_then(|a| a.decision.clone()) {
-                return Ok(Parked::Decided(decision));
-            }
-            if s.status != RunStatus::Running {
-                return Ok(Parked::RunEnded);
-            }
-        }
-        if parked_at.elapsed() > timeout {
-            return Ok(Parked::Expired);
-        }
-        tokio::time::sleep(PARK_POLL).await;
+        let outcome: Option<ApprovalOutcome> = tokio::select! {
+            outcome = &mut outcome => outcome?,
+            _ = tokio::time::sleep(CLIENT_CHECK) => continue,
+        };
+        return Ok(match outcome {
+            None => Parked::RunEnded,
+            Some(o) => match (o.result, o.decision()) {
+                (ApprovalResult::Approved | ApprovalResult::Rejected, Some(d)) => {
+                    Parked::Decided(d)
+                }
+                (ApprovalResult::Expired, _) => Parked::Expired,
+                _ => Parked::RunEnded,
+            },
+        });
     }
 }
 

@@ -1,0 +1,256 @@
+//! `/v1/approvals`: the `Approval` workflows (a run's gate, a parked tool call) — list the open
+//! ones, show one, approve or reject it. Every channel decides through [`vote`]: the API here and
+//! at `/v1/runs/{id}/approve`, Slack and Jira callbacks.
+
+use super::AppState;
+use super::auth::{Principal, Role};
+use super::error::{ApiError, optional_json, problem};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cogward_activities::approval::{Ballot, Refusal, Vote, WORKFLOW_ID_PREFIX};
+use cogward_activities::spec::ApprovalVerdict;
+use cogward_workflows::Approval;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use temporalio_client::{WorkflowListOptions, WorkflowQueryOptions, WorkflowSignalOptions};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/approvals", get(list))
+        .route("/v1/approvals/{id}", get(show))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/reject", post(reject))
+}
+
+/// An approval as the API shows it: its workflow id, whether it still takes decisions, and its
+/// ballot (request, stage asked, votes, refused votes, result).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub approval_id: String,
+    pub open: bool,
+    #[serde(flatten)]
+    pub ballot: Ballot,
+}
+
+/// Most open approvals listed at once.
+const LIST_LIMIT: usize = 200;
+
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Vec<ApprovalView>>, ApiError> {
+    principal.require(Role::Read)?;
+    let client = state.client()?;
+    let open: Vec<String> = client
+        .list_workflows(
+            "WorkflowType = 'Approval' AND ExecutionStatus = 'Running'",
+            WorkflowListOptions::builder().limit(LIST_LIMIT).build(),
+        )
+        .map_ok(|w| w.id().to_string())
+        .try_collect()
+        .await
+        .map_err(unavailable)?;
+    let mut views = Vec::new();
+    for id in open {
+        if let Ok(ballot) = ballot(&state, &principal, &id).await {
+            views.push(ApprovalView {
+                approval_id: id,
+                open: ballot.result.is_none(),
+                ballot,
+            });
+        }
+    }
+    Ok(Json(views))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<ApprovalView>, ApiError> {
+    principal.require(Role::Read)?;
+    let ballot = ballot(&state, &principal, &id).await?;
+    let open = ballot.result.is_none() && is_running(&state, &id).await?;
+    Ok(Json(ApprovalView {
+        approval_id: id,
+        open,
+        ballot,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoteBody {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ApprovalView>), ApiError> {
+    let body: VoteBody = optional_json(&body)?;
+    let view = vote(&state, &principal, &id, true, body.comment, "api").await?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+async fn reject(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ApprovalView>), ApiError> {
+    let body: VoteBody = optional_json(&body)?;
+    let view = vote(&state, &principal, &id, false, body.comment, "api").await?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporal_unavailable",
+        format!("could not read approvals from Temporal: {e}"),
+    )
+}
+
+fn not_found(id: &str) -> ApiError {
+    problem(
+        StatusCode::NOT_FOUND,
+        "approval_not_found",
+        format!("no approval {id}"),
+    )
+}
+
+/// How long a decision waits for an approval that its run has asked for but not yet started
+/// (the child starts within a workflow task of the request).
+const START_WAIT: Duration = Duration::from_secs(3);
+
+/// The approval's ballot, if it exists and `principal` may act on its tenant (another
+/// tenant's approval is not found, exactly as one that does not exist).
+pub(crate) async fn ballot(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<Ballot, ApiError> {
+    if !id.starts_with(WORKFLOW_ID_PREFIX) || id.len() > 300 {
+        return Err(not_found(id));
+    }
+    let handle = state.client()?.get_workflow_handle::<Approval>(id);
+    let started = tokio::time::Instant::now();
+    let ballot = loop {
+        match handle
+            .query(Approval::state, (), WorkflowQueryOptions::default())
+            .await
+        {
+            Ok(ballot) => break ballot,
+            Err(e) if crate::temporal::is_not_found(&e) && started.elapsed() < START_WAIT => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) if crate::temporal::is_not_found(&e) => return Err(not_found(id)),
+            Err(e) => return Err(unavailable(e)),
+        }
+    };
+    ballot
+        .filter(|b| principal.may_act_on(&b.request.tenant))
+        .ok_or_else(|| not_found(id))
+}
+
+async fn is_running(state: &AppState, id: &str) -> Result<bool, ApiError> {
+    let description = state
+        .client()?
+        .get_workflow_handle::<Approval>(id)
+        .describe(Default::default())
+        .await
+        .map_err(unavailable)?;
+    Ok(description
+        .raw_description
+        .workflow_execution_info
+        .as_ref()
+        .is_some_and(|i| {
+            i.status
+            == temporalio_common::protos::temporal::api::enums::v1::WorkflowExecutionStatus::Running
+                as i32
+        }))
+}
+
+/// Decide approval `id` as `principal` from `channel`: the checks the workflow itself applies
+/// (not the requester, a member of the group asked now, once per person, not yet decided), made
+/// here first so that a refusal gets a clear answer; then the `decide` signal.
+pub(crate) async fn vote(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    approve: bool,
+    comment: Option<String>,
+    channel: &str,
+) -> Result<ApprovalView, ApiError> {
+    principal.require(Role::Approve)?;
+    let mut ballot = ballot(state, principal, id).await?;
+    if let Err(why) = ballot.check(&principal.name, &principal.groups) {
+        let (status, detail) = match why {
+            Refusal::SelfApproval => (
+                StatusCode::FORBIDDEN,
+                "the requester cannot approve or reject their own request".to_string(),
+            ),
+            Refusal::NotInGroup => (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{id} asks group {:?} now, and {:?} is not in it",
+                    ballot.group().unwrap_or_default(),
+                    principal.name
+                ),
+            ),
+            Refusal::AlreadyVoted => (
+                StatusCode::CONFLICT,
+                format!("{:?} already decided on {id}", principal.name),
+            ),
+            Refusal::Decided => (StatusCode::CONFLICT, format!("{id} was already decided")),
+        };
+        return Err(problem(status, why.code(), detail));
+    }
+    let vote = Vote {
+        approver: principal.name.clone(),
+        groups: principal.groups.clone(),
+        verdict: if approve {
+            ApprovalVerdict::Approved
+        } else {
+            ApprovalVerdict::Rejected
+        },
+        comment,
+        channel: channel.to_string(),
+        at: crate::now_rfc3339(),
+    };
+    state
+        .client()?
+        .get_workflow_handle::<Approval>(id)
+        .signal(
+            Approval::decide,
+            vote.clone(),
+            WorkflowSignalOptions::default(),
+        )
+        .await
+        .map_err(|e| {
+            if crate::temporal::is_not_found(&e) || e.to_string().contains("completed") {
+                problem(
+                    StatusCode::CONFLICT,
+                    "approval_closed",
+                    format!("{id} no longer takes decisions (it expired or its run ended)"),
+                )
+            } else {
+                unavailable(e)
+            }
+        })?;
+    tracing::info!(approval = id, approver = %principal.name, approve, channel, "approval decision sent");
+    let open = ballot.vote(vote).is_none();
+    Ok(ApprovalView {
+        approval_id: id.to_string(),
+        open,
+        ballot,
+    })
+}
