@@ -5,6 +5,7 @@
 # waits at its approval gate, an approval by a second principal, the agent's model call through
 # the gateway (decided by the model-access and budget policies); Claude Code itself governed in the
 # strict sandbox (its events followed live, an escalated tool call approved, its diff and evidence);
+# approvals as workflows, posted to (stand-in) Slack and Jira and answered from there by signed callbacks;
 # and the runs' verified, hash-chained ledger printed at the end.
 # No model provider is reachable here, so the gateway is configured with tests/fakes/fake_provider.py,
 # a stand-in speaking Anthropic's and OpenAI's wire formats; with real keys, use
@@ -48,11 +49,32 @@ config["mcp_servers"] = [{"name": "everything", "tenants": ["acme"],
     "transport": {"stdio": {"command": ["node", sys.argv[2], "stdio"]}}}]
 print(json.dumps(config, indent=2))
 PY
+log "starting stand-ins for Slack and Jira (tests/fakes/fake_chat.py): approvals are posted there and answered from there"
+export DEMO_SLACK_SECRET="demo-slack-signing-secret-$$" DEMO_SLACK_BOT_TOKEN="xoxb-demo-$$"
+export DEMO_JIRA_SECRET="demo-jira-webhook-secret-$$" DEMO_JIRA_API_TOKEN="demo-jira-token-$$"
+chat_log="$COGWARD_STATE_DIR/chat.jsonl"
+: >"$chat_log"
+python3 tests/fakes/fake_chat.py serve --port 0 --log "$chat_log" --slack-token "$DEMO_SLACK_BOT_TOKEN" \
+    --jira-user demo@example.com --jira-token "$DEMO_JIRA_API_TOKEN" >"$COGWARD_STATE_DIR/chat.out" 2>&1 &
+echo $! >"$COGWARD_STATE_DIR/chat.pid"
+for _ in $(seq 1 50); do grep -q listening "$COGWARD_STATE_DIR/chat.out" && break; sleep 0.1; done
+chat_url=$(sed -n 's/^listening on //p' "$COGWARD_STATE_DIR/chat.out")
+cat >"$COGWARD_STATE_DIR/channels.json" <<JSON
+{"slack": {"signing_secret_env": "DEMO_SLACK_SECRET", "api_url": "$chat_url/api",
+           "bot_token_env": "DEMO_SLACK_BOT_TOKEN", "channel": "C0APPROVALS",
+           "users": {"U0APPROVER": "approver"}},
+ "jira": {"webhook_secret_env": "DEMO_JIRA_SECRET", "base_url": "$chat_url",
+          "user_email": "demo@example.com", "api_token_env": "DEMO_JIRA_API_TOKEN",
+          "project_key": "OPS", "issue_type": "Task",
+          "users": {"5b10ac8d82e05b22cc7d4ef5": "approver"},
+          "approve_status": "Approved", "reject_status": "Rejected"}}
+JSON
 log "starting the stack: cogward dev (log: .cogward/dev.log)"
 cogward dev >"$COGWARD_STATE_DIR/dev.log" 2>&1 &
 echo $! >"$COGWARD_STATE_DIR/dev.pid"
 stop_all() {
-    kill "$(cat "$COGWARD_STATE_DIR/dev.pid")" "$(cat "$COGWARD_STATE_DIR/provider.pid")" 2>/dev/null
+    kill "$(cat "$COGWARD_STATE_DIR/dev.pid")" "$(cat "$COGWARD_STATE_DIR/provider.pid")" \
+        "$(cat "$COGWARD_STATE_DIR/chat.pid")" 2>/dev/null
     wait 2>/dev/null || true
 }
 if [ "${1:-}" != "--keep" ]; then
@@ -87,6 +109,15 @@ print(pending[0] if pending else "")')
         [ -n "$call_id" ] && return 0
         sleep 0.2
     done
+}
+# posted KIND PREFIX: what the approvers were sent to Slack (a button's value) or Jira (an
+# issue's label), polled up to 20 s; sets $posted.
+posted() {
+    for _ in $(seq 1 100); do
+        posted=$(python3 tests/fakes/fake_chat.py posted --log "$chat_log" --kind "$1" --prefix "$2") && return 0
+        sleep 0.2
+    done
+    echo "nothing was posted for $2" >&2; return 1
 }
 # wait_mirrored RUN_ID: until the run's closing event is in the ledger.
 wait_mirrored() {
@@ -134,13 +165,28 @@ cogward run status "$run_id"
 step "the submitting pipeline cannot approve it (no approve role; nobody may approve their own run)"
 cogward run approve "$run_id" --as ci || true
 
-step "a human approves (as principal 'approver')"
-cogward run approve "$run_id" --comment "reviewed in the demo"
+step "the request is an Approval workflow, posted to Slack with approve/reject buttons"
+cogward approvals list
+posted slack-value "run:$run_id"
+echo "button value: $posted"
 
-step "the agent's get-sum call waits: the tool-access policy escalated it to release-managers"
+step "a human approves from Slack (a signed block_actions callback; Slack user U0APPROVER is principal 'approver')"
+python3 tests/fakes/fake_chat.py click --callback "$COGWARD_API/v1/callbacks/slack" \
+    --secret "$DEMO_SLACK_SECRET" --user U0APPROVER --action approve --value "$posted"
+echo "a forged click is refused:"
+python3 tests/fakes/fake_chat.py click --callback "$COGWARD_API/v1/callbacks/slack" \
+    --secret "not-the-secret" --user U0APPROVER --action approve --value "$posted" || true
+
+step "the agent's get-sum call waits: the tool-access policy escalated it to release-managers; it is filed in Jira"
 pending_tool_call "$run_id" 200
 cogward run tool-calls "$run_id"
-cogward run approve "$run_id" --tool-call "$call_id" --comment "sum checked"
+posted jira-label "cogward-tool-$run_id-$call_id"
+echo "Jira issue label: $posted"
+
+step "a release manager moves the Jira issue to Approved (a signed jira:issue_updated webhook)"
+python3 tests/fakes/fake_chat.py transition --callback "$COGWARD_API/v1/callbacks/jira" \
+    --secret "$DEMO_JIRA_SECRET" --account 5b10ac8d82e05b22cc7d4ef5 --label "$posted" --to Approved \
+    --delivery "demo-delivery-$call_id"
 
 step "the verdict"
 wait_status "$run_id" succeeded failed rejected expired cancelled denied
@@ -156,6 +202,19 @@ print("  profile %(profile)s, host id %(host_id)s (its own), Landlock ABI %(land
 step "the run's ledger: every Temporal history event plus admission, policy decisions, the model and tool calls, approvals, evidence, verdict"
 wait_mirrored "$run_id"
 cogward run history "$run_id"
+
+step "what Slack and Jira were told: the requests, then the outcomes (chat.update, a comment)"
+python3 - "$chat_log" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    c = json.loads(line)
+    b = c["body"]
+    text = b.get("text") or b.get("fields", {}).get("summary") or b["body"]["content"][0]["content"][0]["text"]
+    print("%-16s %s" % (c["api"], text))
+PY
+
+step "temporal workflow list (the real CLI): the runs and their approvals, each its own workflow"
+"$COGWARD_TEMPORAL_BIN" workflow list --address "${COGWARD_TEMPORAL_ADDRESS#http://}" | head -n 8
 
 step "temporal workflow show (the real CLI) for the same run"
 "$COGWARD_TEMPORAL_BIN" workflow show -w "$run_id" --address "${COGWARD_TEMPORAL_ADDRESS#http://}" | tail -n 5
@@ -178,7 +237,7 @@ follower=$!
 pending_tool_call "$cc_id" 300
 echo "the agent's get-sum call is parked for a release manager; what it did so far:"
 cat "$COGWARD_STATE_DIR/cc-events.txt"
-cogward run approve "$cc_id" --tool-call "$call_id" --comment "sum checked"
+cogward approvals approve "approval-tool-$cc_id-$call_id" --comment "sum checked"
 wait "$follower" || true
 echo "all its events, as they were followed:"
 cat "$COGWARD_STATE_DIR/cc-events.txt"

@@ -309,6 +309,9 @@ pub struct ApprovalPlan {
     pub required: u32,
 }
 
+/// The rule key for requests no policy names a group for (anyone who may approve is asked).
+pub const ANY_GROUP: &str = "*";
+
 /// Every group's rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRules(pub BTreeMap<String, GroupRule>);
@@ -321,7 +324,7 @@ impl GroupRules {
             group: group.map(str::to_string),
             timeout_seconds,
         };
-        let rule = group.and_then(|g| self.0.get(g));
+        let rule = self.0.get(group.unwrap_or(ANY_GROUP));
         let mut stages = vec![stage(group)];
         for next in rule.map(|r| r.escalate_to.as_slice()).unwrap_or_default() {
             stages.push(stage(Some(next)));
@@ -440,6 +443,11 @@ mod tests {
         let plan = rules.chain(None, 30, 0);
         assert_eq!(plan.stages.len(), 1);
         assert_eq!(plan.required, 1);
+        let rules: GroupRules =
+            serde_json::from_str(r#"{"*": {"required": 2, "escalate_to": ["leads"]}}"#).unwrap();
+        let plan = rules.chain(None, 30, 0);
+        let groups: Vec<_> = plan.stages.iter().map(|s| s.group.as_deref()).collect();
+        assert_eq!((groups, plan.required), (vec![None, Some("leads")], 2));
         // A spec may ask for more approvers, never fewer.
         assert_eq!(rules.chain(Some("sec"), 30, 3).required, 3);
     }

@@ -1,8 +1,8 @@
-//! Telling approvers: a run waiting at its gate is posted to Slack as an interactive message
-//! (Block Kit, approve/reject buttons whose value names the run, answered at
-//! `/v1/callbacks/slack`) and filed in Jira as an issue labelled for the run (its transition
-//! answered at `/v1/callbacks/jira`); once the gate closes the message is updated and the issue
-//! commented with the outcome.
+//! Telling approvers: each stage of an approval (a run's gate, a parked tool call) is posted to
+//! Slack as an interactive message (Block Kit, approve/reject buttons whose value names the
+//! subject, answered at `/v1/callbacks/slack`) and filed in Jira as an issue labelled for the
+//! subject (its transition answered at `/v1/callbacks/jira`); once the approval ends the messages
+//! are updated and the issues commented with the outcome. Activities of the `Approval` workflow.
 //!
 //! Slack's Web API answers HTTP 200 with `{"ok": false, "error": ...}` on failure; `ratelimited`
 //! is retried after its `Retry-After` (a few times), anything else is given up on. Telling

@@ -589,3 +589,61 @@ async fn a_callback_that_could_not_decide_is_taken_again_when_redelivered() {
         "once decided, the delivery is a replay"
     );
 }
+
+/// A delivery the engine took and then died on (kill -9 between recording it and signalling
+/// the approval: the row left in flight, as such a crash leaves it) is taken again once its
+/// lease has passed, and decides once; one still within its lease is asked to come again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_left_in_flight_by_a_dead_engine_is_taken_again_and_decides_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake_slack = Fake::slack().await;
+    let fake_jira = Fake::jira().await;
+    let stack = stack(dir.path(), &fake_slack.url, &fake_jira.url);
+    let mut s = spec("acme", &["true"]);
+    s["requires_approval"] = json!(true);
+    let (_, run) = stack.submit_as(&stack.tokens.ci, &s).await.unwrap();
+    let id = run_id(&run);
+    stack
+        .wait_status(&id, &["awaiting_approval"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+    let db = cogward::db::Db::connect(&stack.database_url).await.unwrap();
+    let at = |ago: i64| {
+        (chrono::Utc::now() - chrono::Duration::seconds(ago))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    for (delivery, ago) in [("d-fresh", 1), ("d-abandoned", 120)] {
+        sqlx::query(
+            "INSERT INTO callback_deliveries (channel, delivery_id, received_at) VALUES ('jira', $1, $2)",
+        )
+        .bind(delivery)
+        .bind(at(ago))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let transition = |delivery: &str| {
+        jira_transition(
+            "5b10ac8d82e05b22cc7d4ef5",
+            &id,
+            "Approved",
+            delivery,
+            JIRA_SECRET,
+        )
+    };
+    let (got, body) = post(&stack, "/v1/callbacks/jira", &transition("d-fresh")).await;
+    assert_eq!(
+        (got, body["code"].as_str()),
+        (503, Some("still_deciding")),
+        "{body}"
+    );
+    let (got, body) = post(&stack, "/v1/callbacks/jira", &transition("d-abandoned")).await;
+    assert_eq!(got, 200, "{body}");
+    let run = stack
+        .wait_status(&id, &["succeeded"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(run["summary"]["approval"]["channel"], "jira", "{run}");
+    let (got, _) = post(&stack, "/v1/callbacks/jira", &transition("d-abandoned")).await;
+    assert_eq!(got, 409, "once decided, the delivery is a replay");
+}

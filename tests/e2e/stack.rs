@@ -149,6 +149,21 @@ impl Temporal {
         Ok(())
     }
 
+    /// The `temporal` CLI against this server: its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(temporal_bin()?)
+            .args(args)
+            .args(["--address", &self.address()])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "temporal {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `temporal workflow show -w ID --output json`: (event id, event type) of every event.
     pub fn history(&self, workflow_id: &str) -> Result<Vec<(i64, String)>> {
         let out = Command::new(temporal_bin()?)

@@ -406,7 +406,28 @@ fn mapped(users: &BTreeMap<String, String>, channel: &str, user: &str) -> Result
     })
 }
 
-/// Take a delivery once: a second time is a replay.
+/// How long a delivery may be in flight before it counts as abandoned (its engine died).
+const IN_FLIGHT_LEASE: chrono::Duration = chrono::Duration::seconds(30);
+
+/// Take over an abandoned in-flight delivery; whether this call did.
+async fn reclaim(state: &AppState, channel: &str, delivery: &str) -> bool {
+    let now = chrono::Utc::now();
+    let cutoff = (now - IN_FLIGHT_LEASE).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    sqlx::query(
+        "UPDATE callback_deliveries SET received_at = $1 WHERE channel = $2 AND delivery_id = $3 \
+         AND decided = 0 AND received_at < $4",
+    )
+    .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    .bind(channel)
+    .bind(delivery)
+    .bind(cutoff)
+    .execute(&state.db.pool)
+    .await
+    .is_ok_and(|r| r.rows_affected() == 1)
+}
+
+/// Take a delivery once: a second time is a replay once its decision is made, and asked to come
+/// again while it is in flight (unless abandoned).
 async fn take_once(state: &AppState, channel: &str, delivery: &str) -> Result<(), Refused> {
     let inserted = sqlx::query(
         "INSERT INTO callback_deliveries (channel, delivery_id, received_at) VALUES ($1, $2, $3) \
@@ -434,6 +455,12 @@ async fn take_once(state: &AppState, channel: &str, delivery: &str) -> Result<()
         .fetch_optional(&state.db.pool)
         .await
         .unwrap_or(Some(1));
+        // Taken and in flight for longer than any decision takes: the engine that took it died
+        // before settling it (perhaps before signalling). Take it again: if its vote did reach
+        // the approval, the approval refuses it as that approver's second.
+        if decided == Some(0) && reclaim(state, channel, delivery).await {
+            return Ok(());
+        }
         // Taken and still in flight (its decision may yet fail and give it back): come again.
         if decided == Some(0) {
             return Err(refused(
