@@ -325,30 +325,6 @@ fn cpu_now(sides: &Sides) -> [f64; 4] {
     [temporal, serve, runners, bench + trues]
 }
 
-/// Requests Temporal's frontend has served so far, by operation (`service_requests`).
-async fn frontend_requests(sides: &Sides) -> HashMap<String, f64> {
-    let url = format!("http://127.0.0.1:{}/metrics", sides.metrics_port);
-    let text = match sides.http.get(url).send().await {
-        Ok(resp) => resp.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    let mut by_op = HashMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("service_requests{") && l.contains("service_name=\"frontend\""))
-    {
-        let op = line
-            .split("operation=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next());
-        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-        if let (Some(op), Some(value)) = (op, value) {
-            *by_op.entry(op.to_string()).or_insert(0.0) += value;
-        }
-    }
-    by_op
-}
-
 struct PhaseResult {
     side: Side,
     runs: usize,
@@ -407,13 +383,13 @@ async fn throughput(sides: &Sides) -> Result<Throughput> {
         // Let the previous phase's trailing work (the mirror catching up) and Temporal's metrics
         // reporting settle, so each phase is charged for its own runs.
         tokio::time::sleep(SETTLE).await;
-        let requests_before = frontend_requests(sides).await;
+        let requests_before = frontend_requests(&sides.http, sides.metrics_port).await;
         let before = cpu_now(sides);
         let wall = phase(sides, side, half).await?;
         let at_end = cpu_now(sides);
         tokio::time::sleep(SETTLE).await;
         let after = cpu_now(sides);
-        let requests_after = frontend_requests(sides).await;
+        let requests_after = frontend_requests(&sides.http, sides.metrics_port).await;
         let requests = requests_after
             .into_iter()
             .map(|(op, n)| {

@@ -279,3 +279,31 @@ pub fn start_everything(env: &Env) -> Result<(Guard, String)> {
     )?;
     Ok((guard, format!("http://127.0.0.1:{port}/mcp")))
 }
+
+/// Requests Temporal's frontend (metrics on `metrics_port`) has served so far, by operation
+/// (`service_requests`).
+pub async fn frontend_requests(
+    http: &reqwest::Client,
+    metrics_port: u16,
+) -> std::collections::HashMap<String, f64> {
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let text = match http.get(url).send().await {
+        Ok(resp) => resp.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let mut by_op = std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("service_requests{") && l.contains("service_name=\"frontend\""))
+    {
+        let op = line
+            .split("operation=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next());
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let (Some(op), Some(value)) = (op, value) {
+            *by_op.entry(op.to_string()).or_insert(0.0) += value;
+        }
+    }
+    by_op
+}
