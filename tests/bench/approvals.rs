@@ -183,16 +183,7 @@ fn main() -> Result<()> {
         .to_string(),
     )?;
     let temporal = start_temporal(&env)?;
-    let mut cmd = env.cogward();
-    cmd.env("BENCH_SLACK_SECRET", SLACK_SECRET)
-        .args(["serve", "--worker"]);
-    let cogward = Guard::spawn("cogward serve --worker", cmd, env.dir.join("serve.log"))?;
-    wait_port(
-        env.api_port,
-        Duration::from_secs(60),
-        "cogward serve",
-        &cogward.log,
-    )?;
+    let cogward = start_cogward_with(&env, &[("BENCH_SLACK_SECRET", SLACK_SECRET)])?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

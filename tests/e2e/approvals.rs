@@ -4,8 +4,8 @@
 //! only it), expiry (denies; a decision after it is refused), all visible through
 //! `/v1/approvals`, `cogward approvals` and Temporal itself, and surviving the engine's kill -9.
 
-use crate::stack::{Stack, StackOptions, spec};
-use crate::{RUN_TIMEOUT, run_id};
+use crate::RUN_TIMEOUT;
+use crate::stack::{Stack, StackOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -67,14 +67,7 @@ async fn two_distinct_approvers_release_a_run_and_an_unanswered_one_escalates_th
     let (mut stack, secops) = stack(dir.path());
 
     // 1. Two-person rule.
-    let mut s = spec("acme", &["true"]);
-    s["requires_approval"] = json!(true);
-    let (_, run) = stack.submit_as(&stack.tokens.ci, &s).await.unwrap();
-    let a = run_id(&run);
-    stack
-        .wait_status(&a, &["awaiting_approval"], RUN_TIMEOUT)
-        .await
-        .unwrap();
+    let a = stack.gated_run(&stack.tokens.ci, json!({})).await.unwrap();
     let id = format!("approval-gate-{a}");
     let (status, v) = vote(&stack, &stack.tokens.approver, &id, "approve").await;
     assert_eq!(status, 202, "{v}");
@@ -143,16 +136,11 @@ async fn two_distinct_approvers_release_a_run_and_an_unanswered_one_escalates_th
 
     // 2. Nobody decides: after 2 s the next group (security) is asked, and only it counts;
     // after its 2 s the approval expires and the run with it.
-    let mut s = spec("acme", &["true"]);
-    s["requires_approval"] = json!(true);
-    s["approval_timeout_seconds"] = json!(2);
-    let (_, run) = stack.submit_as(&stack.tokens.ci, &s).await.unwrap();
-    let b = run_id(&run);
-    let id = format!("approval-gate-{b}");
-    stack
-        .wait_status(&b, &["awaiting_approval"], RUN_TIMEOUT)
+    let b = stack
+        .gated_run(&stack.tokens.ci, json!({"approval_timeout_seconds": 2}))
         .await
         .unwrap();
+    let id = format!("approval-gate-{b}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while approval(&stack, &id).await["stage"] != 1 {
         assert!(tokio::time::Instant::now() < deadline, "never escalated");

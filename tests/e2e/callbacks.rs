@@ -3,8 +3,8 @@
 //! JSON, signed exactly as each documents), against a real stack. Tried as an approver, an
 //! attacker and a replaying proxy would.
 
-use crate::stack::{Stack, StackOptions, spec};
-use crate::{RUN_TIMEOUT, run_id};
+use crate::RUN_TIMEOUT;
+use crate::stack::{Stack, StackOptions};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
@@ -349,13 +349,8 @@ async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_a
     let fake_slack = Fake::slack().await;
     let fake_jira = Fake::jira().await;
     let stack = stack(dir.path(), &fake_slack.url, &fake_jira.url);
-    let mut s = spec("acme", &["true"]);
-    s["requires_approval"] = json!(true);
-    let (status, run) = stack.submit_as(&stack.tokens.lead, &s).await.unwrap();
-    assert_eq!(status, 201, "{run}");
-    let a = run_id(&run);
-    stack
-        .wait_status(&a, &["awaiting_approval"], RUN_TIMEOUT)
+    let a = stack
+        .gated_run(&stack.tokens.lead, json!({}))
         .await
         .unwrap();
     // The request was posted (after Slack's rate limit) with the buttons the approver clicks.
@@ -450,14 +445,7 @@ async fn runs_are_decided_from_slack_and_jira_and_forged_or_replayed_callbacks_a
     );
 
     // Jira: the run of ci's, rejected by lead's transition.
-    let mut s = spec("acme", &["true"]);
-    s["requires_approval"] = json!(true);
-    let (_, run) = stack.submit_as(&stack.tokens.ci, &s).await.unwrap();
-    let b = run_id(&run);
-    stack
-        .wait_status(&b, &["awaiting_approval"], RUN_TIMEOUT)
-        .await
-        .unwrap();
+    let b = stack.gated_run(&stack.tokens.ci, json!({})).await.unwrap();
     // Filed in Jira too: an issue labelled for the run, its description in ADF.
     let issues = fake_jira.calls_of("issue", 2).await;
     let issue = issues
@@ -542,14 +530,7 @@ async fn a_callback_that_could_not_decide_is_taken_again_when_redelivered() {
     let fake_slack = Fake::slack().await;
     let fake_jira = Fake::jira().await;
     let mut stack = stack(dir.path(), &fake_slack.url, &fake_jira.url);
-    let mut s = spec("acme", &["true"]);
-    s["requires_approval"] = json!(true);
-    let (_, run) = stack.submit_as(&stack.tokens.ci, &s).await.unwrap();
-    let id = run_id(&run);
-    stack
-        .wait_status(&id, &["awaiting_approval"], RUN_TIMEOUT)
-        .await
-        .unwrap();
+    let id = stack.gated_run(&stack.tokens.ci, json!({})).await.unwrap();
     stack.temporal.kill9();
     let approve = jira_transition(
         "5b10ac8d82e05b22cc7d4ef5",
@@ -599,14 +580,7 @@ async fn a_delivery_left_in_flight_by_a_dead_engine_is_taken_again_and_decides_o
     let fake_slack = Fake::slack().await;
     let fake_jira = Fake::jira().await;
     let stack = stack(dir.path(), &fake_slack.url, &fake_jira.url);
-    let mut s = spec("acme", &["true"]);
-    s["requires_approval"] = json!(true);
-    let (_, run) = stack.submit_as(&stack.tokens.ci, &s).await.unwrap();
-    let id = run_id(&run);
-    stack
-        .wait_status(&id, &["awaiting_approval"], RUN_TIMEOUT)
-        .await
-        .unwrap();
+    let id = stack.gated_run(&stack.tokens.ci, json!({})).await.unwrap();
     let db = cogward::db::Db::connect(&stack.database_url).await.unwrap();
     let at = |ago: i64| {
         (chrono::Utc::now() - chrono::Duration::seconds(ago))

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use cogward::temporal::{DevServer, start_dev_server, temporal_bin};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -574,6 +574,22 @@ impl Stack {
         let id = run["run_id"].as_str().context("run_id")?.to_string();
         let run = self.wait_status(&id, want, crate::RUN_TIMEOUT).await?;
         Ok((id, run))
+    }
+
+    /// Submit, as `token`, a run of `true` for tenant acme that needs approval (`extra` merged
+    /// into its spec); its id once it waits at its gate.
+    pub async fn gated_run(&self, token: &str, extra: Value) -> Result<String> {
+        let mut s = spec("acme", &["true"]);
+        s["requires_approval"] = json!(true);
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            s[k] = v.clone();
+        }
+        let (status, run) = self.submit_as(token, &s).await?;
+        anyhow::ensure!(status == 201, "submitting: {status} {run}");
+        let id = run["run_id"].as_str().context("run_id")?.to_string();
+        self.wait_status(&id, &["awaiting_approval"], crate::RUN_TIMEOUT)
+            .await?;
+        Ok(id)
     }
 
     pub async fn run(&self, run_id: &str) -> Result<Value> {

@@ -95,9 +95,7 @@ async fn approve(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<ApprovalView>), ApiError> {
-    let body: VoteBody = optional_json(&body)?;
-    let view = vote(&state, &principal, &id, true, body.comment, "api").await?;
-    Ok((StatusCode::ACCEPTED, Json(view)))
+    decide(&state, &principal, &id, &body, true).await
 }
 
 async fn reject(
@@ -106,8 +104,18 @@ async fn reject(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<ApprovalView>), ApiError> {
-    let body: VoteBody = optional_json(&body)?;
-    let view = vote(&state, &principal, &id, false, body.comment, "api").await?;
+    decide(&state, &principal, &id, &body, false).await
+}
+
+async fn decide(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    body: &Bytes,
+    approve: bool,
+) -> Result<(StatusCode, Json<ApprovalView>), ApiError> {
+    let body: VoteBody = optional_json(body)?;
+    let view = vote(state, principal, id, approve, body.comment, "api").await?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 

@@ -230,8 +230,13 @@ pub fn add_principal(env: &Env, roles: &str) -> Result<String> {
 }
 
 pub fn start_cogward(env: &Env) -> Result<Guard> {
+    start_cogward_with(env, &[])
+}
+
+/// [`start_cogward`] with `vars` set in its environment.
+pub fn start_cogward_with(env: &Env, vars: &[(&str, &str)]) -> Result<Guard> {
     let mut cmd = env.cogward();
-    cmd.args(["serve", "--worker"]);
+    cmd.envs(vars.iter().copied()).args(["serve", "--worker"]);
     let guard = Guard::spawn("cogward serve --worker", cmd, env.dir.join("serve.log"))?;
     wait_port(
         env.api_port,
