@@ -200,8 +200,13 @@ fn child_options(request: &ApprovalRequest) -> ChildWorkflowOptions {
     if !request.reasons.is_empty() {
         details.push_str(&format!("\nWhy: {}\n", request.reasons.join("; ")));
     }
-    let mut summary = request.subject.title();
-    summary.truncate(200);
+    // Temporal shows at most 200 bytes of a summary: cut at a character boundary.
+    let title = request.subject.title();
+    let cut = (0..=title.len().min(200))
+        .rev()
+        .find(|&i| title.is_char_boundary(i))
+        .unwrap_or(0);
+    let summary = title[..cut].to_string();
     ChildWorkflowOptions::builder()
         .workflow_id(request.subject.workflow_id())
         .static_summary(summary)
