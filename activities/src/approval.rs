@@ -79,8 +79,11 @@ impl ApprovalSubject {
 
 pub const WORKFLOW_ID_PREFIX: &str = "approval-";
 
+/// Every run gate's approval id begins so.
+pub const GATE_ID_PREFIX: &str = "approval-gate-";
+
 pub fn gate_workflow_id(run_id: &str) -> String {
-    format!("{WORKFLOW_ID_PREFIX}gate-{run_id}")
+    format!("{GATE_ID_PREFIX}{run_id}")
 }
 
 pub fn tool_call_workflow_id(run_id: &str, call_id: &str) -> String {

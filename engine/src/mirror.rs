@@ -11,7 +11,7 @@ use crate::runs::{MirrorCursor, MirrorUpdate, Runs};
 use anyhow::{Context, Result};
 use base64::Engine;
 use cogward_activities::RunActivities;
-use cogward_activities::approval::{ApprovalOutcome, gate_workflow_id};
+use cogward_activities::approval::{ApprovalOutcome, GATE_ID_PREFIX};
 use cogward_activities::spec::{
     Admission, ApprovalVerdict, RunId, RunInput, RunStatus, RunSummary, RunnerEvidence,
 };
@@ -265,15 +265,12 @@ fn first_payload<T: serde::de::DeserializeOwned>(p: &Option<Payloads>) -> Option
     serde_json::from_slice(&payload.data).ok()
 }
 
-/// The workflow ids of run gates' approvals begin so.
-static GATE_PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| gate_workflow_id(""));
-
 /// What an `Approval` child's outcome puts in the ledger: a gate's decision (`run.approval`,
 /// none if it expired or was cancelled: the run's verdict says so), or a tool call's
 /// (`run.tool_approval`, whatever its result). Every counted vote and every refused one, with
 /// who, where and when.
 fn approval_entry(id: &str, outcome: &ApprovalOutcome) -> Option<(&'static str, Value)> {
-    let gate = id.starts_with(GATE_PREFIX.as_str());
+    let gate = id.starts_with(GATE_ID_PREFIX);
     let decision = outcome.decision();
     if gate && decision.is_none() {
         return None;
@@ -426,7 +423,7 @@ impl<'a> Derivation<'a> {
         for ev in self.events {
             match ev.attributes.as_ref() {
                 Some(Attributes::StartChildWorkflowExecutionInitiatedEventAttributes(a))
-                    if a.workflow_id.starts_with(GATE_PREFIX.as_str()) =>
+                    if a.workflow_id.starts_with(GATE_ID_PREFIX) =>
                 {
                     status = RunStatus::AwaitingApproval
                 }
