@@ -607,6 +607,25 @@ pub struct DecisionRecord {
     pub latency_us: u64,
 }
 
+impl DecisionRecord {
+    /// The ledger entries the decision implies: `policy.decision` (the record `cogward policy
+    /// replay` re-evaluates) and, if the module faulted, `security.policy_fault`.
+    pub fn ledger_entries(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let mut entries = vec![(
+            "policy.decision",
+            serde_json::to_value(self).unwrap_or_default(),
+        )];
+        if let Some(fault) = &self.fault {
+            entries.push((
+                "security.policy_fault",
+                serde_json::json!({"kind": self.kind, "policy": self.policy,
+                                   "request_sha256": self.request_sha256, "fault": fault}),
+            ));
+        }
+        entries
+    }
+}
+
 /// What `StartRunner` returns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -223,9 +223,15 @@ pub enum AuditCommand {
         #[arg(long)]
         file: Option<PathBuf>,
     },
-    /// Rebuild a run's workflow history from the ledger alone and replay it against this build's
-    /// workflow code (exit 1 on nondeterminism).
-    Replay { run_id: String },
+    /// Rebuild a workflow's history (a run's, an approval's) from the ledger alone and replay it
+    /// against this build's workflow code (exit 1 on nondeterminism).
+    Replay {
+        /// A run id, or an approval's id (`approval-gate-<run id>`, …).
+        workflow_id: String,
+    },
+    /// Print a workflow's history (a run's, an approval's) rebuilt from the ledger alone, as
+    /// Temporal's JSON (`temporal workflow show --output json` prints the same shape).
+    History { workflow_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,7 +328,17 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             println!("{}", serde_json::to_string(&c)?);
             Ok(0)
         }
-        Command::Audit(AuditCommand::Replay { run_id }) => audit_replay(&cli.engine, run_id).await,
+        Command::Audit(AuditCommand::Replay { workflow_id }) => {
+            audit_replay(&cli.engine, workflow_id).await
+        }
+        Command::Audit(AuditCommand::History { workflow_id }) => {
+            let db = crate::db::Db::connect(&cli.engine.database_url()).await?;
+            let ledger = crate::ledger::Ledger::start(db);
+            let events = crate::ledger::replay::history_from_ledger(&ledger, workflow_id).await?;
+            let history = temporalio_common::protos::temporal::api::history::v1::History { events };
+            println!("{}", serde_json::to_string_pretty(&history)?);
+            Ok(0)
+        }
         Command::Tokens(TokensCommand::Add {
             name,
             roles,

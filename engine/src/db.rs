@@ -68,6 +68,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0011_callback_deliveries.sql",
         include_str!("../../migrations/0011_callback_deliveries.sql"),
     ),
+    (
+        12,
+        "0012_mirror_cursors.sql",
+        include_str!("../../migrations/0012_mirror_cursors.sql"),
+    ),
 ];
 
 /// The database cannot take writes (or answer) right now: its disk is full, its server is gone,
@@ -119,7 +124,55 @@ pub struct Db {
     pub backend: Backend,
 }
 
+/// A write transaction on a connection of its own: committed by [`WriteTx::commit`]; dropped
+/// without it (any failure), its connection is closed rather than handed back to the pool,
+/// since a failed `COMMIT` (a full disk) can leave a SQLite connection inside a transaction that
+/// would hold the write lock against every later writer. Closing rolls it back.
+pub struct WriteTx {
+    conn: sqlx::pool::PoolConnection<sqlx::Any>,
+    committed: bool,
+}
+
+impl WriteTx {
+    pub fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.conn
+    }
+
+    pub async fn commit(mut self) -> Result<()> {
+        sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 impl Db {
+    /// Begin a [`WriteTx`] (on SQLite `BEGIN IMMEDIATE`: the write lock is taken at once, so
+    /// two writers never deadlock upgrading).
+    pub async fn write(&self) -> Result<WriteTx> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .context("acquiring a database connection")?;
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        sqlx::raw_sql(begin).execute(&mut *conn).await?;
+        Ok(WriteTx {
+            conn,
+            committed: false,
+        })
+    }
+
     /// Connect and bring the schema up to date.
     pub async fn connect(url: &str) -> Result<Self> {
         install_default_drivers();

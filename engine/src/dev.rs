@@ -42,10 +42,11 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         temporal::TemporalHandle::connecting(config.temporal.clone(), config.namespace.clone());
     // Usually Temporal answers at once: start serving connected then.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), temporal.wait()).await;
-    let (mirror_wake, wake) = MirrorWake::channel();
+    let mirror_wake = MirrorWake::default();
     let mirror = {
         let (temporal, ledger) = (temporal.clone(), ledger.clone());
         let (namespace, interval) = (config.namespace.clone(), config.mirror_interval());
+        let wake = mirror_wake.clone();
         async move {
             Mirror {
                 client: temporal.wait().await,

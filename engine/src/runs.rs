@@ -4,6 +4,7 @@
 use crate::db::Db;
 use anyhow::{Context, Result};
 use cogward_activities::spec::{RunId, RunSpec, RunStatus, RunSummary};
+use cogward_workflows::history::{AGENT_RUN, RunIndex};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -63,30 +64,14 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<RunRecord> {
     })
 }
 
-/// A run the mirror has not finished copying.
-#[derive(Debug, Clone)]
-pub struct MirrorCursor {
-    pub run_id: RunId,
-    pub mirrored_event_id: i64,
-}
-
-/// What the mirror learned about a run from its history.
-#[derive(Debug, Clone)]
-pub struct MirrorUpdate {
-    pub temporal_run_id: String,
-    pub mirrored_event_id: i64,
-    pub status: RunStatus,
-    pub reason: Option<String>,
-    pub summary: Option<RunSummary>,
-    pub done: bool,
-}
-
 pub struct Runs<'a>(pub &'a Db);
 
 impl Runs<'_> {
     /// Insert a new run; if one with the same id (same tenant + idempotency key) exists, return
     /// that one instead. The bool says whether this call created it.
+    /// The mirror starts following the run's workflow in the same transaction.
     pub async fn insert_or_get(&self, rec: &RunRecord) -> Result<(RunRecord, bool)> {
+        let mut tx = self.0.write().await?;
         let inserted = sqlx::query(concat!(
             "INSERT INTO runs (",
             run_columns!(),
@@ -105,9 +90,11 @@ impl Runs<'_> {
         .bind(&rec.temporal_run_id)
         .bind(&rec.created_at)
         .bind(&rec.updated_at)
-        .execute(&self.0.pool)
+        .execute(tx.conn())
         .await?
         .rows_affected();
+        crate::mirror::follow(tx.conn(), rec.run_id.as_str(), AGENT_RUN).await?;
+        tx.commit().await?;
         let stored = self
             .get(&rec.run_id)
             .await?
@@ -145,52 +132,40 @@ impl Runs<'_> {
 
     /// Remove a run whose workflow Temporal never started (it has no history to mirror).
     pub async fn forget(&self, run_id: &RunId) -> Result<()> {
+        let mut tx = self.0.write().await?;
         sqlx::query("DELETE FROM runs WHERE run_id = $1")
             .bind(run_id.as_str())
-            .execute(&self.0.pool)
+            .execute(tx.conn())
             .await?;
-        Ok(())
-    }
-
-    pub async fn mirror_pending(&self) -> Result<Vec<MirrorCursor>> {
-        let rows = sqlx::query(
-            "SELECT run_id, mirrored_event_id FROM runs WHERE mirror_done = 0 ORDER BY created_at",
-        )
-        .fetch_all(&self.0.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(MirrorCursor {
-                    run_id: RunId(r.try_get("run_id")?),
-                    mirrored_event_id: r.try_get("mirrored_event_id")?,
-                })
-            })
-            .collect()
-    }
-
-    /// Record what the mirror learned of several runs, in one transaction.
-    pub async fn apply_mirror(&self, updates: &[(RunId, MirrorUpdate)]) -> Result<()> {
-        let now = crate::now_rfc3339();
-        let mut tx = self.0.pool.begin().await?;
-        for (run_id, u) in updates {
-            let summary = u.summary.as_ref().map(serde_json::to_string).transpose()?;
-            sqlx::query(
-                "UPDATE runs SET temporal_run_id = $1, mirrored_event_id = $2, status = $3, \
-                 reason = COALESCE($4, reason), summary = COALESCE($5, summary), mirror_done = $6, \
-                 updated_at = $7 WHERE run_id = $8",
-            )
-            .bind(&u.temporal_run_id)
-            .bind(u.mirrored_event_id)
-            .bind(u.status.as_str())
-            .bind(&u.reason)
-            .bind(summary)
-            .bind(i64::from(u.done))
-            .bind(&now)
-            .bind(run_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
+        crate::mirror::unfollow(tx.conn(), run_id.as_str()).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Record in the run's row what the mirror learned of it from its history.
+pub async fn apply_index(
+    conn: &mut sqlx::AnyConnection,
+    run_id: &str,
+    temporal_run_id: &str,
+    index: &RunIndex,
+) -> Result<()> {
+    let summary = index
+        .summary
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()?;
+    sqlx::query(
+        "UPDATE runs SET temporal_run_id = $1, status = $2, reason = COALESCE($3, reason), \
+         summary = COALESCE($4, summary), updated_at = $5 WHERE run_id = $6",
+    )
+    .bind(temporal_run_id)
+    .bind(index.status.as_str())
+    .bind(&index.reason)
+    .bind(summary)
+    .bind(crate::now_rfc3339())
+    .bind(run_id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 20;
 const IDLE_RUNS: usize = 10;
-const IDLE: Duration = Duration::from_secs(10);
+const IDLE: Duration = Duration::from_secs(75);
 const SLACK_SECRET: &str = "bench-slack-signing-secret";
 const BENCH_COMMAND: &str = "cargo bench -p cogward-e2e --bench approvals";
 
@@ -232,7 +232,7 @@ fn main() -> Result<()> {
         for i in 0..IDLE_RUNS {
             api.gated_run(1000 + i).await?;
         }
-        // Let the mirror back off as it does for histories that stop growing.
+        // Let every run and approval settle into its parked long polls.
         tokio::time::sleep(Duration::from_secs(6)).await;
         let metrics_port = env.temporal_port + 2;
         let before = frontend_requests(&api.http, metrics_port).await;

@@ -2,7 +2,8 @@
 //! would: the two-person rule (one approval waits, the same approver twice does not count, a
 //! second distinct one releases), escalation (after the deadline the next group is asked, and
 //! only it), expiry (denies; a decision after it is refused), all visible through
-//! `/v1/approvals`, `cogward approvals` and Temporal itself, and surviving the engine's kill -9.
+//! `/v1/approvals`, `cogward approvals` and Temporal itself (and invisible to another tenant's
+//! approvers), and surviving the engine's kill -9.
 
 use crate::RUN_TIMEOUT;
 use crate::stack::{Stack, StackOptions};
@@ -88,6 +89,10 @@ async fn two_distinct_approvers_release_a_run_and_an_unanswered_one_escalates_th
     assert_eq!(shown["request"]["required"], 2, "{shown}");
     // The engine (API, gateway and worker) kill -9'd with the approval pending: the vote
     // counted so far is the workflow's, so nothing is lost, and nothing counts twice.
+    // (Tokens are read at start: another tenant's approver, for after the restart.)
+    let globex = stack
+        .add_principal_for("globex-approver", "approve,read", &["security"], "globex")
+        .unwrap();
     stack.kill9_and_restart_serve().unwrap();
     let shown = approval(&stack, &id).await;
     assert_eq!(shown["votes"].as_array().unwrap().len(), 1, "{shown}");
@@ -97,6 +102,40 @@ async fn two_distinct_approvers_release_a_run_and_an_unanswered_one_escalates_th
         (409, Some("already_voted")),
         "{v}"
     );
+    // Another tenant's approver neither sees it nor decides it: it does not exist for them.
+    for (method, path) in [
+        (Method::GET, format!("/v1/approvals/{id}")),
+        (Method::GET, format!("/v1/approvals/{id}/history")),
+        (Method::POST, format!("/v1/approvals/{id}/approve")),
+    ] {
+        let body = (method == Method::POST).then(|| b"{}".to_vec());
+        let (status, v) = stack
+            .call(method, &path, Some(&globex), body)
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (404, Some("approval_not_found")),
+            "{path}: {v}"
+        );
+    }
+    // (Its own tenant's principals do see its mirrored history: the 404 above is the tenant's.)
+    let (status, v) = stack
+        .call(
+            Method::GET,
+            &format!("/v1/approvals/{id}/history"),
+            Some(&stack.tokens.ci),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, &v["complete"]), (200, &json!(false)), "{v}");
+    let (status, listed) = stack
+        .call(Method::GET, "/v1/approvals", Some(&globex), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{listed}");
+    assert!(!listed.to_string().contains(&id), "{listed}");
     // The CLI lists it, with its count.
     let (code, out, err) = stack.cli(&stack.tokens.ci, &["approvals", "list"]).unwrap();
     assert_eq!(code, 0, "{err}");

@@ -125,13 +125,40 @@ async fn approval_run_end_to_end(stack: &Stack) {
     let submitted: Value = serde_json::from_str(app[0]["body"].as_str().unwrap()).unwrap();
     assert_eq!(submitted["submitted_by"], "lead");
 
+    // The gate's own workflow is mirrored too: its request, and the vote as it arrived.
+    let gate = format!("approval-gate-{id}");
+    let (status, approval) = stack
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/approvals/{gate}/history"),
+            Some(&stack.tokens.ci),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{approval}");
+    assert_eq!(approval["complete"], true, "{approval}");
+    let approval_entries = approval["entries"].as_array().unwrap();
+    let types: Vec<&str> = approval_entries
+        .iter()
+        .filter(|e| e["kind"] == "app")
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["approval.requested", "approval.decided"]);
+    assert!(
+        approval_entries
+            .iter()
+            .any(|e| e["event_type"] == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"),
+        "the vote's signal: {approval}"
+    );
+
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["ok"], true);
-    // The run's entries, plus the two of the policy bootstrap (push and bind).
+    // The run's entries and its gate's, plus the two of the policy bootstrap (push and bind).
     assert_eq!(
         report["entries"],
-        ledger["entries"].as_array().unwrap().len() + 2
+        ledger["entries"].as_array().unwrap().len() + approval_entries.len() + 2
     );
 
     // The ledger alone holds the exact history: rebuilt from it, it replays against AgentRun...

@@ -5,6 +5,8 @@
 //! gate the run ends `cancelled`; while the runner works, the activity asks the runner to SIGTERM
 //! the agent (SIGKILL after the grace) and the workflow waits for its evidence before ending.
 
+pub mod history;
+
 use crate::approval::Approval;
 use cogward_activities::RunActivities;
 use cogward_activities::admission::AdmitInput;

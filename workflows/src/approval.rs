@@ -8,6 +8,8 @@
 //! once, one rejection rejects and `required` distinct approvals approve. What was posted is
 //! updated with the outcome (`notify_outcome`). Cancelled (its run ended), it ends `cancelled`.
 
+pub mod history;
+
 use cogward_activities::RunActivities;
 use cogward_activities::approval::{
     ApprovalOutcome, ApprovalRequest, ApprovalResult, Ballot, Vote,

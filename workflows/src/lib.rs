@@ -3,6 +3,7 @@
 
 pub mod agent_run;
 pub mod approval;
+pub mod history;
 
 pub use agent_run::AgentRun;
 pub use approval::Approval;

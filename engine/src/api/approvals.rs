@@ -1,10 +1,11 @@
 //! `/v1/approvals`: the `Approval` workflows (a run's gate, a parked tool call) — list the open
-//! ones, show one, approve or reject it. Every channel decides through [`vote`]: the API here and
+//! ones, show one (live, or its mirrored history from the ledger), approve or reject it. Every channel decides through [`vote`]: the API here and
 //! at `/v1/runs/{id}/approve`, Slack and Jira callbacks.
 
 use super::AppState;
 use super::auth::{Principal, Role};
 use super::error::{ApiError, optional_json, problem};
+use crate::ledger::LedgerEntry;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -22,6 +23,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/approvals", get(list))
         .route("/v1/approvals/{id}", get(show))
+        .route("/v1/approvals/{id}/history", get(history))
         .route("/v1/approvals/{id}/approve", post(approve))
         .route("/v1/approvals/{id}/reject", post(reject))
 }
@@ -79,6 +81,45 @@ async fn show(
         approval_id: id,
         open,
         ballot,
+    }))
+}
+
+/// An approval's ledger entries: its own history as mirrored, with what it implies.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApprovalHistoryView {
+    pub approval_id: String,
+    /// True once its closing event is in the ledger.
+    pub complete: bool,
+    pub entries: Vec<LedgerEntry>,
+}
+
+/// From the ledger alone (Temporal need not answer): the tenant is the one its mirrored request
+/// names, and another tenant's approval is not found.
+async fn history(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<ApprovalHistoryView>, ApiError> {
+    principal.require(Role::Read)?;
+    if !id.starts_with(WORKFLOW_ID_PREFIX) {
+        return Err(not_found(&id));
+    }
+    let entries = state.ledger.entries_for_workflow(&id).await?;
+    let tenant = entries
+        .iter()
+        .find(|e| e.kind == "app" && e.event_type == "approval.requested")
+        .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.body).ok())
+        .and_then(|body| body["tenant"].as_str().map(str::to_string));
+    if !tenant.is_some_and(|t| principal.may_act_on(&t)) {
+        return Err(not_found(&id));
+    }
+    let complete = entries.iter().any(|e| {
+        e.kind == "app" && matches!(e.event_type.as_str(), "approval.decided" | "approval.ended")
+    });
+    Ok(Json(ApprovalHistoryView {
+        approval_id: id,
+        complete,
+        entries,
     }))
 }
 

@@ -172,7 +172,6 @@ async fn events(
             if done {
                 // The agent is done; the run's verdict follows within moments (the mirror
                 // records it from history): give it a few seconds to say so.
-                state.mirror_wake.wake(&run_id);
                 let mut status = None;
                 for _ in 0..50 {
                     status = crate::runs::Runs(&state.db)

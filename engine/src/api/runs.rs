@@ -182,6 +182,7 @@ async fn submit(
         }
     }
     tracing::info!(run_id = %run_id, agent = %spec.agent, tenant = %spec.tenant, created, "run submitted");
+    state.mirror_wake.wake();
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -224,7 +225,6 @@ async fn show(
         view.status = summary.status;
         view.reason = summary.reason.clone();
         view.summary = Some(summary);
-        state.mirror_wake.wake(&view.run_id);
     }
     Ok(Json(view))
 }
@@ -347,7 +347,6 @@ pub(crate) async fn decide(
             ),
         });
     }
-    state.mirror_wake.wake(&record.run_id);
     Ok((StatusCode::ACCEPTED, Json(record.into())))
 }
 

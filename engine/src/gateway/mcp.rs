@@ -44,7 +44,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use cogward_activities::approval::{ApprovalOutcome, ApprovalResult, tool_call_workflow_id};
-use cogward_activities::spec::{ApprovalDecision, ApprovalVerdict, RunId, ToolApprovalRequest};
+use cogward_activities::spec::{ApprovalDecision, ApprovalVerdict, ToolApprovalRequest};
 use cogward_policy_abi::{Effect, Request, kinds};
 use cogward_workflows::{AgentRun, Approval};
 use features::Listing;
@@ -1718,7 +1718,6 @@ where
             WorkflowSignalOptions::default(),
         )
         .await?;
-    state.mirror_wake.wake(&RunId(run_id.clone()));
     let approval =
         client.get_workflow_handle::<Approval>(tool_call_workflow_id(&run_id, &parked_id));
     let parked_at = Instant::now();

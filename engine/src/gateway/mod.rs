@@ -345,7 +345,7 @@ impl Gateway {
     fn decision_entries(&self, call: &CallRecord) -> Vec<NewEntry> {
         call.decisions
             .iter()
-            .flat_map(crate::policy::decision_entries)
+            .flat_map(DecisionRecord::ledger_entries)
             .map(|(event_type, body)| self.entry(call, event_type, body))
             .collect()
     }

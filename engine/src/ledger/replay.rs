@@ -5,7 +5,7 @@
 use super::Ledger;
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use cogward_workflows::AgentRun;
+use cogward_workflows::{AgentRun, Approval};
 use prost::Message;
 use temporalio_client::WorkflowHistory;
 use temporalio_common::protos::temporal::api::history::v1::{History, HistoryEvent};
@@ -32,7 +32,7 @@ pub async fn history_from_ledger(ledger: &Ledger, run_id: &str) -> Result<Vec<Hi
         );
     }
     if events.is_empty() {
-        bail!("no history of run {run_id} in the ledger");
+        bail!("no history of workflow {run_id} in the ledger");
     }
     Ok(events)
 }
@@ -48,7 +48,7 @@ pub async fn check_app_entries(
 ) -> Result<Vec<String>> {
     use std::collections::BTreeMap;
     let mut expected: BTreeMap<(i64, String), serde_json::Value> =
-        crate::mirror::derived_app_entries(events)
+        crate::mirror::derived_app_entries(events)?
             .into_iter()
             .map(|(id, t, body)| ((id, t.to_string()), body))
             .collect();
@@ -81,11 +81,14 @@ pub async fn check_app_entries(
     Ok(problems)
 }
 
-/// Replay `events` against `AgentRun`; an error names the nondeterminism.
+/// Replay `events` against this build's workflow of their type (`AgentRun`, `Approval`); an
+/// error names the nondeterminism.
 pub async fn replay_events(events: Vec<HistoryEvent>) -> Result<()> {
     let options = WorkflowReplayerOptions::new()
         .register_workflow::<AgentRun>()
         .context("registering AgentRun")?
+        .register_workflow::<Approval>()
+        .context("registering Approval")?
         .build();
     let replayer = WorkflowReplayer::new(options)?;
     replayer

@@ -49,23 +49,6 @@ pub fn policy_entry(name: &str, event_type: &str, body: Value) -> NewEntry {
     NewEntry::app(POLICY_NAMESPACE, format!("policy/{name}"), event_type, body)
 }
 
-/// The ledger entries a decision implies: `policy.decision` (the record `cogward policy replay`
-/// re-evaluates) and, if the module faulted, `security.policy_fault`.
-pub fn decision_entries(d: &DecisionRecord) -> Vec<(&'static str, Value)> {
-    let mut entries = vec![(
-        "policy.decision",
-        serde_json::to_value(d).unwrap_or_default(),
-    )];
-    if let Some(fault) = &d.fault {
-        entries.push((
-            "security.policy_fault",
-            json!({"kind": d.kind, "policy": d.policy, "request_sha256": d.request_sha256,
-                   "fault": fault}),
-        ));
-    }
-    entries
-}
-
 /// A bundle to push.
 #[derive(Debug)]
 pub struct PushRequest {
