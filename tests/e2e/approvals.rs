@@ -119,16 +119,24 @@ async fn two_distinct_approvers_release_a_run_and_an_unanswered_one_escalates_th
             "{path}: {v}"
         );
     }
-    // (Its own tenant's principals do see its mirrored history: the 404 above is the tenant's.)
-    let (status, v) = stack
-        .call(
-            Method::GET,
-            &format!("/v1/approvals/{id}/history"),
-            Some(&stack.tokens.ci),
-            None,
-        )
-        .await
-        .unwrap();
+    // (Its own tenant's principals do see its mirrored history, once the restarted mirror has
+    // it: the 404 above is the tenant's.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (status, v) = loop {
+        let (status, v) = stack
+            .call(
+                Method::GET,
+                &format!("/v1/approvals/{id}/history"),
+                Some(&stack.tokens.ci),
+                None,
+            )
+            .await
+            .unwrap();
+        if status != 404 || tokio::time::Instant::now() > deadline {
+            break (status, v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!((status, &v["complete"]), (200, &json!(false)), "{v}");
     let (status, listed) = stack
         .call(Method::GET, "/v1/approvals", Some(&globex), None)

@@ -127,15 +127,22 @@ async fn approval_run_end_to_end(stack: &Stack) {
 
     // The gate's own workflow is mirrored too: its request, and the vote as it arrived.
     let gate = format!("approval-gate-{id}");
-    let (status, approval) = stack
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/approvals/{gate}/history"),
-            Some(&stack.tokens.ci),
-            None,
-        )
-        .await
-        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (status, approval) = loop {
+        let (status, approval) = stack
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/approvals/{gate}/history"),
+                Some(&stack.tokens.ci),
+                None,
+            )
+            .await
+            .unwrap();
+        if approval["complete"] == true || tokio::time::Instant::now() > deadline {
+            break (status, approval);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(status, 200, "{approval}");
     assert_eq!(approval["complete"], true, "{approval}");
     let approval_entries = approval["entries"].as_array().unwrap();
