@@ -259,8 +259,9 @@ for e in json.load(sys.stdin)["entries"]:
         print("%-19s %-34s %-9s %-9s tokens %s" % (e["event_type"], b["target"], b["decision"], b["outcome"], b["tokens"]))'
 [ "$status" = succeeded ] || { echo "the Claude Code run did not succeed" >&2; exit 1; }
 
-step "cogward audit replay: the run's history, rebuilt from the ledger alone, replays against this build"
+step "cogward audit replay: the run's history, and its gate's Approval's, rebuilt from the ledger alone, replay against this build"
 cogward audit replay "$run_id"
+cogward audit replay "approval-gate-$run_id"
 
 step "cogward audit verify: the whole chain, offline, from the database alone"
 cogward audit verify
