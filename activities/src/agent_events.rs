@@ -116,11 +116,10 @@ fn cut(text: &str) -> (String, bool) {
     if text.len() <= MAX_EVENT_TEXT {
         return (text.to_string(), false);
     }
-    let mut end = MAX_EVENT_TEXT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    (text[..end].to_string(), true)
+    (
+        text[..text.floor_char_boundary(MAX_EVENT_TEXT)].to_string(),
+        true,
+    )
 }
 
 /// A path inside the sandbox as the reviewer reads it: relative to the work directory.

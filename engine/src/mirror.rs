@@ -83,9 +83,8 @@ impl Mirror {
                         let id = cursor.workflow_id.clone();
                         let mirror = shared.clone();
                         followers.insert(
-                            id,
+                            id.clone(),
                             tokio::spawn(async move {
-                                let id = cursor.workflow_id.clone();
                                 if let Err(e) = mirror.follow(cursor).await {
                                     tracing::warn!(workflow_id = %id, error = %format!("{e:#}"),
                                                    "mirroring history failed; resuming from the ledger's cursor");

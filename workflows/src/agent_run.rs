@@ -204,11 +204,7 @@ fn child_options(request: &ApprovalRequest) -> ChildWorkflowOptions {
     }
     // Temporal shows at most 200 bytes of a summary: cut at a character boundary.
     let title = request.subject.title();
-    let cut = (0..=title.len().min(200))
-        .rev()
-        .find(|&i| title.is_char_boundary(i))
-        .unwrap_or(0);
-    let summary = title[..cut].to_string();
+    let summary = title[..title.floor_char_boundary(200)].to_string();
     ChildWorkflowOptions::builder()
         .workflow_id(request.subject.workflow_id())
         .static_summary(summary)

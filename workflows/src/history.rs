@@ -71,18 +71,13 @@ pub fn workflow_type(events: &[HistoryEvent]) -> Option<&str> {
 /// workflow type has no derivation.
 pub fn derive_all(events: &[HistoryEvent]) -> Option<Vec<(i64, &'static str, Value)>> {
     let mut derivation = derivation(workflow_type(events)?)?;
-    Some(
-        events
-            .iter()
-            .flat_map(|ev| {
-                derivation
-                    .apply(ev)
-                    .into_iter()
-                    .map(move |(t, body)| (ev.event_id, t, body))
-                    .collect::<Vec<_>>()
-            })
-            .collect(),
-    )
+    let mut all = Vec::new();
+    for ev in events {
+        for (t, body) in derivation.apply(ev) {
+            all.push((ev.event_id, t, body));
+        }
+    }
+    Some(all)
 }
 
 /// A child workflow the event says was started: `(workflow id, workflow type)`.
@@ -96,17 +91,25 @@ pub fn child_started(ev: &HistoryEvent) -> Option<(&str, &str)> {
     }
 }
 
-/// Whether the event closes its workflow (no event follows it).
+/// The event types that close a workflow (no event follows one).
+const CLOSING: [EventType; 6] = [
+    EventType::WorkflowExecutionCompleted,
+    EventType::WorkflowExecutionFailed,
+    EventType::WorkflowExecutionTimedOut,
+    EventType::WorkflowExecutionCanceled,
+    EventType::WorkflowExecutionTerminated,
+    EventType::WorkflowExecutionContinuedAsNew,
+];
+
+/// Whether the event closes its workflow.
 pub fn closes(ev: &HistoryEvent) -> bool {
-    matches!(
-        EventType::try_from(ev.event_type),
-        Ok(EventType::WorkflowExecutionCompleted
-            | EventType::WorkflowExecutionFailed
-            | EventType::WorkflowExecutionTimedOut
-            | EventType::WorkflowExecutionCanceled
-            | EventType::WorkflowExecutionTerminated
-            | EventType::WorkflowExecutionContinuedAsNew)
-    )
+    EventType::try_from(ev.event_type).is_ok_and(|t| CLOSING.contains(&t))
+}
+
+/// Whether an event type, by the name the ledger's history entries give it
+/// (`EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED`), closes its workflow.
+pub fn closes_by_name(event_type: &str) -> bool {
+    EventType::from_str_name(event_type).is_some_and(|t| CLOSING.contains(&t))
 }
 
 /// The first payload of an event's payloads, as JSON into `T`.
@@ -223,6 +226,8 @@ mod tests {
         assert_eq!(workflow_type(&events), Some(AGENT_RUN));
         let closing: Vec<_> = events.iter().filter(|e| closes(e)).collect();
         assert_eq!(closing.len(), 1);
+        assert!(closes_by_name("EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED"));
+        assert!(!closes_by_name("EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"));
         assert_eq!(closing[0].event_id, events.last().unwrap().event_id);
         let children: Vec<_> = events.iter().filter_map(child_started).collect();
         assert_eq!(

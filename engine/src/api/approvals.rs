@@ -1,6 +1,7 @@
 //! `/v1/approvals`: the `Approval` workflows (a run's gate, a parked tool call) — list the open
-//! ones, show one (live, or its mirrored history from the ledger), approve or reject it. Every channel decides through [`vote`]: the API here and
-//! at `/v1/runs/{id}/approve`, Slack and Jira callbacks.
+//! ones, show one (live, or its mirrored history from the ledger), approve or reject it. Every
+//! channel decides through [`vote`]: the API here and at `/v1/runs/{id}/approve`, Slack and Jira
+//! callbacks.
 
 use super::AppState;
 use super::auth::{Principal, Role};
@@ -113,9 +114,7 @@ async fn history(
     if !tenant.is_some_and(|t| principal.may_act_on(&t)) {
         return Err(not_found(&id));
     }
-    let complete = entries.iter().any(|e| {
-        e.kind == "app" && matches!(e.event_type.as_str(), "approval.decided" | "approval.ended")
-    });
+    let complete = entries.iter().any(LedgerEntry::closes_its_workflow);
     Ok(Json(ApprovalHistoryView {
         approval_id: id,
         complete,

@@ -471,9 +471,7 @@ async fn history(
         .ledger
         .entries_for_workflow(record.run_id.as_str())
         .await?;
-    let complete = entries
-        .iter()
-        .any(|e| e.kind == "app" && e.event_type == "run.finished");
+    let complete = entries.iter().any(LedgerEntry::closes_its_workflow);
     Ok(Json(HistoryView {
         run_id: record.run_id,
         status: record.status,

@@ -134,6 +134,12 @@ pub enum EntryError {
 }
 
 impl LedgerEntry {
+    /// Whether this is the history entry of its workflow's closing event: once it is in the
+    /// ledger, so is the whole history (and what it implies, appended with it).
+    pub fn closes_its_workflow(&self) -> bool {
+        self.kind == "history" && cogward_workflows::history::closes_by_name(&self.event_type)
+    }
+
     /// The bytes the hash covers. `body` is embedded exactly as stored (the writer stores it in
     /// canonical form), so a change to any byte of any column changes the hash.
     pub fn canonical_bytes(&self) -> Vec<u8> {
