@@ -210,6 +210,42 @@ async fn approval_run_end_to_end(stack: &Stack) {
         format!("{err:#}").to_lowercase().contains("nondetermin"),
         "{err:#}"
     );
+
+    // The gate's own history replays from the ledger too; and an approval whose outcome is
+    // credited to someone else no longer matches the `approval.decided` entry the ledger holds.
+    let out = stack
+        .command()
+        .args(["audit", "replay", &gate])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with("OK: "), "{text}");
+    let mut events = cogward::ledger::replay::history_from_ledger(&ledger, &gate)
+        .await
+        .unwrap();
+    let mut forged = 0;
+    for e in &mut events {
+        if let Some(Attributes::WorkflowExecutionCompletedEventAttributes(a)) = &mut e.attributes {
+            for p in a.result.iter_mut().flat_map(|r| r.payloads.iter_mut()) {
+                let text = String::from_utf8(p.data.clone()).unwrap();
+                let someone_else =
+                    text.replace("\"approver\":\"approver\"", "\"approver\":\"mallory\"");
+                assert_ne!(text, someone_else, "{text}");
+                p.data = someone_else.into_bytes();
+                forged += 1;
+            }
+        }
+    }
+    assert_eq!(forged, 1, "the approval's outcome");
+    let problems = cogward::ledger::replay::check_app_entries(&ledger, &gate, &events)
+        .await
+        .unwrap();
+    assert!(
+        problems.len() == 1
+            && problems[0].contains("approval.decided")
+            && problems[0].contains("mallory"),
+        "{problems:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
