@@ -2,24 +2,16 @@
 //! engine evaluates; see `wasm-policies/`). This file builds the decision request from the run
 //! and turns the decision into the run's verdict.
 
-use crate::approval::GroupRules;
-use crate::spec::{
-    Admission, AdmissionVerdict, CommandRuntime, DecisionRecord, RunId, RunSpec, RuntimeSpec,
-};
 use cogward_policy_abi::{Effect, Obligation, Request, kinds};
-use serde::{Deserialize, Serialize};
+use cogward_protocol::activities::AdmitInput;
+use cogward_protocol::approval::GroupRules;
+use cogward_protocol::spec::{
+    Admission, AdmissionVerdict, CommandRuntime, DecisionRecord, RunSpec, RuntimeSpec,
+};
 use serde_json::json;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
-
-/// The `admit` activity's input.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AdmitInput {
-    pub run_id: RunId,
-    pub spec: RunSpec,
-    pub submitted_by: String,
-}
 
 /// Decides policy requests: finds the bundle bound to the request's (tenant, agent, kind),
 /// evaluates it and returns the record. Implemented by the engine; an `Err` is an
@@ -121,6 +113,7 @@ pub fn verdict(spec: &RunSpec, decision: DecisionRecord, rules: &GroupRules) -> 
 mod tests {
     use super::*;
     use cogward_policy_abi::Decision;
+    use cogward_protocol::spec::RunId;
 
     fn record(decision: Decision) -> DecisionRecord {
         DecisionRecord {

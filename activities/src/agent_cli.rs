@@ -15,7 +15,7 @@
 //! The CLIs are installed by `scripts/setup.sh` from `agents/package-lock.json` (pinned by
 //! integrity hash) into [`AgentClis::dir`], which the sandbox binds read-only.
 
-use crate::spec::{AgentTask, RuntimeSpec};
+use cogward_protocol::spec::{AgentTask, RuntimeSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

@@ -91,11 +91,13 @@ pub enum OutputFormat {
 
 impl OutputFormat {
     /// The format of a runtime's stdout, if it is an agent CLI's.
-    pub fn of(runtime: &crate::spec::RuntimeSpec) -> Option<Self> {
+    pub fn of(runtime: &cogward_protocol::spec::RuntimeSpec) -> Option<Self> {
         match runtime {
-            crate::spec::RuntimeSpec::Command(_) => None,
-            crate::spec::RuntimeSpec::ClaudeCode(_) => Some(OutputFormat::ClaudeStreamJson),
-            crate::spec::RuntimeSpec::Codex(_) => Some(OutputFormat::CodexJsonl),
+            cogward_protocol::spec::RuntimeSpec::Command(_) => None,
+            cogward_protocol::spec::RuntimeSpec::ClaudeCode(_) => {
+                Some(OutputFormat::ClaudeStreamJson)
+            }
+            cogward_protocol::spec::RuntimeSpec::Codex(_) => Some(OutputFormat::CodexJsonl),
         }
     }
 }

@@ -22,13 +22,13 @@
 //! the retention and the blobs no index names any more.
 
 use crate::agent_events::{Normaliser, OutputFormat};
-use crate::spec::{PolicyRef, RuntimeSpec};
 pub use crate::workspace::TreeFile;
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
-use cogward_runner::protocol::{
+use cogward_protocol::runner::{
     EvidenceItem, MANIFEST_FILE, Manifest, RunnerResult, STDERR_FILE, STDOUT_FILE, StoredEvidence,
     WORK_DIR,
 };
+use cogward_protocol::spec::{PolicyRef, RuntimeSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -352,7 +352,7 @@ pub fn tree_diff(
 ) -> String {
     let head = if git { "diff --git" } else { "diff --cogward" };
     let mut out = String::new();
-    let after: BTreeMap<&str, &cogward_runner::protocol::Artifact> =
+    let after: BTreeMap<&str, &cogward_protocol::runner::Artifact> =
         end.artifacts.iter().map(|a| (a.path.as_str(), a)).collect();
     let mut paths: Vec<&str> = initial.keys().map(String::as_str).collect();
     paths.extend(after.keys().copied());
@@ -619,7 +619,7 @@ pub fn sweep(root: &Path, retention: Duration, now: SystemTime) -> io::Result<Sw
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use cogward_runner::protocol::{Artifact, ArtifactsSummary, Outcome, StreamDigest};
+    use cogward_protocol::runner::{Artifact, ArtifactsSummary, Outcome, StreamDigest};
 
     fn result(finished_at_ms: u64) -> RunnerResult {
         RunnerResult {
@@ -766,7 +766,7 @@ mod tests {
         for i in 0..MAX_DIFFED_FILES + 5 {
             let name = format!("f{i:05}.txt");
             std::fs::write(work.path().join(&name), format!("{i}\n")).unwrap();
-            artifacts.push(cogward_runner::protocol::Artifact {
+            artifacts.push(cogward_protocol::runner::Artifact {
                 path: name,
                 sha256: sha256_hex(format!("{i}\n").as_bytes()),
                 bytes: 2,

@@ -1,5 +1,6 @@
 //! cogward's Temporal activities: every side effect of a workflow lives here, one file per
-//! family, plus [`spec`], the home of the types that cross crates.
+//! family. The types they take and return are in `cogward-protocol`, and so are the definitions
+//! (names, inputs, outputs) each activity here is implemented against.
 //!
 //! Activities run at least once. Each one here is written so that a retry of the same run
 //! attempt observes the first attempt's effect instead of repeating it.
@@ -7,18 +8,18 @@
 pub mod admission;
 pub mod agent_cli;
 pub mod agent_events;
-pub mod approval;
 pub mod credential;
 pub mod evidence;
 pub mod notify;
 pub mod runner;
 pub mod secrets;
-pub mod spec;
 pub mod workspace;
 
-use admission::{AdmitInput, PolicyDecider};
-use cogward_runner::protocol::SandboxProfile;
-use spec::{Admission, RunnerEvidence};
+use admission::PolicyDecider;
+use cogward_protocol::activities::{AdmitInput, StartRunnerInput, markers};
+use cogward_protocol::approval::{GateNotice, GroupRules, OutcomeNotice, Posted};
+use cogward_protocol::runner::SandboxProfile;
+use cogward_protocol::spec::{Admission, RunnerEvidence};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +54,7 @@ pub struct ActivitiesConfig {
     /// Where approvals are posted ([`notify`]), if anywhere.
     pub posters: notify::Posters,
     /// Each approving group's rule: how many must approve, whom to escalate to.
-    pub group_rules: approval::GroupRules,
+    pub group_rules: GroupRules,
 }
 
 /// Where runners forward their sandbox's gateway port, and who issues and revokes run
@@ -110,7 +111,7 @@ impl RunActivities {
     /// Ask the run-admission policy whether the run may start. The decision record (policy,
     /// module and data digests, request, decision, latency) goes into the activity result, and
     /// from workflow history into the audit ledger.
-    #[activity]
+    #[activity(definition = markers::Admit)]
     pub async fn admit(
         self: Arc<Self>,
         _ctx: ActivityContext,
@@ -127,21 +128,21 @@ impl RunActivities {
     }
 
     /// Tell the approvers of an approval's stage (Slack, Jira, as configured); never fails.
-    #[activity]
+    #[activity(definition = markers::NotifyApprovers)]
     pub async fn notify_approvers(
         self: Arc<Self>,
         _ctx: ActivityContext,
-        notice: notify::GateNotice,
-    ) -> Result<notify::Posted, ActivityError> {
+        notice: GateNotice,
+    ) -> Result<Posted, ActivityError> {
         Ok(notify::tell_gate(&self.config.posters, &notice).await)
     }
 
     /// Update what was posted with the approval's outcome; never fails.
-    #[activity]
+    #[activity(definition = markers::NotifyOutcome)]
     pub async fn notify_outcome(
         self: Arc<Self>,
         _ctx: ActivityContext,
-        notice: notify::OutcomeNotice,
+        notice: OutcomeNotice,
     ) -> Result<(), ActivityError> {
         notify::tell_outcome(&self.config.posters, &notice).await;
         Ok(())
@@ -149,11 +150,11 @@ impl RunActivities {
 
     /// Start the run's sandboxed runner (or find the one already started) and return its
     /// evidence. See [`crate::runner`].
-    #[activity]
+    #[activity(definition = markers::StartRunner)]
     pub async fn start_runner(
         self: Arc<Self>,
         ctx: ActivityContext,
-        input: crate::runner::StartRunnerInput,
+        input: StartRunnerInput,
     ) -> Result<RunnerEvidence, ActivityError> {
         let span = tracing::info_span!("start_runner", run_id = %input.run_id, attempt = ctx.info().attempt);
         crate::runner::start_runner(&self.config, &ctx, input)

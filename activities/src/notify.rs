@@ -10,8 +10,7 @@
 //! logged and said in the activity's result, and the run can still be decided through the API.
 //! An activity retried after a worker crash may post twice.
 
-use crate::approval::{ApprovalRequest, ApprovalSubject};
-use serde::{Deserialize, Serialize};
+use cogward_protocol::approval::{ApprovalSubject, GateNotice, OutcomeNotice, Posted};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -102,55 +101,6 @@ impl JiraPoster {
 pub struct Posters {
     pub slack: Option<SlackPoster>,
     pub jira: Option<JiraPoster>,
-}
-
-/// An approval asking a stage of its chain, as the approvers are told of it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GateNotice {
-    pub request: ApprovalRequest,
-    /// The stage asked (0-based): a later one is an escalation.
-    pub stage: usize,
-}
-
-impl GateNotice {
-    fn group(&self) -> Option<&str> {
-        self.request
-            .stages
-            .get(self.stage)
-            .and_then(|s| s.group.as_deref())
-    }
-
-    /// The Jira label the webhook finds the subject by.
-    fn label(&self) -> String {
-        match &self.request.subject {
-            ApprovalSubject::RunGate { run_id } => format!("cogward-run-{run_id}"),
-            ApprovalSubject::ToolCall {
-                run_id, call_id, ..
-            } => format!("cogward-tool-{run_id}-{call_id}"),
-        }
-    }
-}
-
-/// Where the notice went (what to update later), or why it did not.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Posted {
-    /// The Slack message: its channel id and `ts`.
-    pub slack: Option<(String, String)>,
-    /// The Jira issue's key.
-    #[serde(default)]
-    pub jira: Option<String>,
-    /// Why a post failed, each.
-    #[serde(default)]
-    pub errors: Vec<String>,
-}
-
-/// The approval ended: what the posted messages should now say.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OutcomeNotice {
-    pub subject: ApprovalSubject,
-    pub posted: Posted,
-    /// `approved by alice (slack)`, `rejected by bob (api)`, `expired`, `cancelled`.
-    pub outcome: String,
 }
 
 /// Most `ratelimited` answers waited out before a call is given up on.

@@ -8,12 +8,12 @@
 //!   a result. It is never silently re-run.
 
 use crate::ActivitiesConfig;
-use crate::spec::{CommandRuntime, RunId, RunLimits, RunnerEvidence, RuntimeSpec};
-use cogward_runner::protocol::{
-    Checkout, EVENTS_FILE, GatewayEgress, LOCK_FILE, Limits, PROTOCOL_VERSION, ProfileName,
-    REQUEST_FILE, RESULT_FILE, RunnerEvent, RunnerRequest, RunnerResult, STARTED_FILE,
-    SandboxProfile, SecretRef,
+use cogward_protocol::activities::StartRunnerInput;
+use cogward_protocol::runner::{
+    Checkout, EVENTS_FILE, GatewayEgress, LOCK_FILE, Limits, PROTOCOL_VERSION, REQUEST_FILE,
+    RESULT_FILE, RunnerEvent, RunnerRequest, RunnerResult, STARTED_FILE, SandboxProfile, SecretRef,
 };
+use cogward_protocol::spec::{CommandRuntime, RunId, RunnerEvidence, RuntimeSpec};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -36,31 +36,6 @@ const FIRST_HEARTBEAT_AFTER: Duration = Duration::from_secs(1);
 
 /// How long a freshly started runner may take to lock its directory before it counts as lost.
 const RUNNER_START_GRACE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StartRunnerInput {
-    pub run_id: RunId,
-    pub runtime: RuntimeSpec,
-    pub inputs: BTreeMap<String, String>,
-    pub limits: RunLimits,
-    /// The admitted isolation profile.
-    #[serde(default)]
-    pub sandbox_profile: ProfileName,
-    #[serde(default)]
-    pub tenant: String,
-    /// Secret references, resolved for `tenant` when the runner starts.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secrets: Vec<String>,
-    /// For the run's manifest in the evidence store: the spec's digest and the policy that
-    /// admitted it.
-    #[serde(default)]
-    pub spec_sha256: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admission_policy: Option<crate::spec::PolicyRef>,
-    /// What `work/` starts as.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspace: Option<crate::spec::Workspace>,
-}
 
 /// Heartbeat details: the runner's latest progress.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -194,7 +169,7 @@ pub fn runner_request(
     };
     let checkout = match &input.workspace {
         None => None,
-        Some(crate::spec::Workspace::Git(git)) => {
+        Some(cogward_protocol::spec::Workspace::Git(git)) => {
             let repo = crate::workspace::repository(&config.repositories_dir, &git.repository)?;
             let commit = crate::workspace::resolve(&repo, &git.repository, &git.git_ref)?;
             Some(Checkout {
@@ -410,7 +385,7 @@ fn store_evidence(
     config: &ActivitiesConfig,
     input: &StartRunnerInput,
     result: &RunnerResult,
-) -> io::Result<cogward_runner::protocol::StoredEvidence> {
+) -> io::Result<cogward_protocol::runner::StoredEvidence> {
     let dir = run_dir(config, &input.run_id);
     // What `work/` held at the start, as the run's request (written once, before it started)
     // says: the checkout's tree, read from the engine's repository, and the files it was given.
@@ -420,7 +395,7 @@ fn store_evidence(
     let mut initial = BTreeMap::new();
     let mut workspace = None;
     if let Some(request) = &request {
-        if let (Some(c), Some(crate::spec::Workspace::Git(git))) =
+        if let (Some(c), Some(cogward_protocol::spec::Workspace::Git(git))) =
             (&request.checkout, &input.workspace)
         {
             initial = crate::workspace::tree(
@@ -611,6 +586,8 @@ async fn run_to_result(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use cogward_protocol::runner::ProfileName;
+    use cogward_protocol::spec::RunLimits;
 
     fn config() -> ActivitiesConfig {
         ActivitiesConfig {
@@ -658,10 +635,12 @@ mod tests {
             ..config()
         };
         let with = |repository: &str, git_ref: &str| StartRunnerInput {
-            workspace: Some(crate::spec::Workspace::Git(crate::spec::GitWorkspace {
-                repository: repository.into(),
-                git_ref: git_ref.into(),
-            })),
+            workspace: Some(cogward_protocol::spec::Workspace::Git(
+                cogward_protocol::spec::GitWorkspace {
+                    repository: repository.into(),
+                    git_ref: git_ref.into(),
+                },
+            )),
             ..input()
         };
         let req = runner_request(&config, &with("app", "v1"), Vec::new(), None).unwrap();

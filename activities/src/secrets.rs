@@ -8,7 +8,7 @@
 //! "…"}}}`. The environment form is `COGWARD_SECRET__<TENANT>__<NAME>`, both upper-cased with
 //! every character outside `[A-Z0-9]` turned into `_`.
 
-use cogward_runner::protocol::SecretRef;
+use cogward_protocol::runner::SecretRef;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

@@ -10,7 +10,7 @@ use crate::config::EngineConfig;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use cogward_activities::agent_events::AgentEvent;
-use cogward_activities::spec::RunStatus;
+use cogward_protocol::spec::RunStatus;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! Flags and environment → one typed configuration.
 
 use clap::Args;
-use cogward_runner::protocol::{IdRange, SandboxProfile};
+use cogward_protocol::runner::{IdRange, SandboxProfile};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -162,7 +162,7 @@ pub struct EngineConfig {
     #[arg(
         long,
         env = "COGWARD_SANDBOX_LEASE_DIR",
-        default_value = cogward_runner::protocol::DEFAULT_LEASE_DIR,
+        default_value = cogward_protocol::runner::DEFAULT_LEASE_DIR,
         global = true
     )]
     pub sandbox_lease_dir: String,

@@ -3,7 +3,7 @@
 
 use crate::db::Db;
 use anyhow::{Context, Result};
-use cogward_activities::spec::{RunId, RunSpec, RunStatus, RunSummary};
+use cogward_protocol::spec::{RunId, RunSpec, RunStatus, RunSummary};
 use cogward_workflows::history::{AGENT_RUN, RunIndex};
 use serde::Serialize;
 use sqlx::Row;

@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cogward_runner::protocol::{
+use cogward_protocol::runner::{
     Limits, Outcome, PROTOCOL_VERSION, ProfileName, REQUEST_FILE, RESULT_FILE, RunnerRequest,
     RunnerResult, SandboxProfile,
 };

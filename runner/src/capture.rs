@@ -1,6 +1,6 @@
 //! One captured output stream: stored up to a cap, hashed over exactly what was stored.
 
-use crate::protocol::StreamDigest;
+use cogward_protocol::runner::StreamDigest;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, Write};

@@ -9,7 +9,7 @@
 //! `pids` controllers) is used where the host offers it; hosts that still bind those controllers
 //! to v1 hierarchies get the same limits there. A host with neither refuses the run.
 
-use crate::protocol::Limits;
+use cogward_protocol::runner::Limits;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};

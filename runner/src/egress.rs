@@ -11,7 +11,7 @@
 //! `idle_timeout` (the gateway keeps a parked call's stream alive with SSE comments). Each
 //! connection is one thread polling both sockets.
 
-use crate::protocol::GatewayEgress;
+use cogward_protocol::runner::GatewayEgress;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};

@@ -7,7 +7,7 @@
 //! exactly when nothing runs under it any more. Two live runs never share an id, so one run's
 //! processes can never touch another's files or signal its processes.
 
-use crate::protocol::IdRange;
+use cogward_protocol::runner::IdRange;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

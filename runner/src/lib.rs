@@ -2,7 +2,7 @@
 //!
 //! The `StartRunner` activity writes a run directory and starts `cogward-runner exec --dir DIR`
 //! in its own session. The runner talks back only through files in that directory — the
-//! contract is [`protocol`] (file table, request, events, result). In order, the runner:
+//! contract is `cogward_protocol::runner` (file table, request, events, result). In order, the runner:
 //!
 //! 1. blocks SIGTERM/SIGINT/SIGCHLD into a signalfd (a SIGTERM from then on is a cancellation
 //!    to record, never a silent death), and takes the directory's `lock` (`flock`, exclusive,
@@ -45,7 +45,7 @@ pub mod git;
 pub mod lease;
 pub mod manifest;
 pub mod outcome;
-pub mod protocol;
+
 pub mod request;
 pub mod run;
 pub mod rundir;

@@ -5,8 +5,8 @@
 //! symlinks are never followed (not even for directories): an agent cannot make the runner,
 //! which is root, read a host file by linking to it.
 
-use crate::protocol::{Artifact, MANIFEST_MAX_FILES, MANIFEST_MAX_HASHED_BYTES};
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use cogward_protocol::runner::{Artifact, MANIFEST_MAX_FILES, MANIFEST_MAX_HASHED_BYTES};
 use sha2::{Digest, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Default, PartialEq)]
 pub struct Manifest {
     /// The manifest as written to the run directory.
-    pub file: crate::protocol::Manifest,
+    pub file: cogward_protocol::runner::Manifest,
     /// Entries left out because their path is not UTF-8 (the protocol's paths are strings).
     pub skipped: Vec<PathBuf>,
 }

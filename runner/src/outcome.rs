@@ -1,6 +1,6 @@
 //! How the agent ended, and what the run's [`Outcome`] is: pure decisions.
 
-use crate::protocol::{Outcome, StopReason};
+use cogward_protocol::runner::{Outcome, StopReason};
 
 /// How the agent process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 //! Reading and validating `request.json`: everything that can be refused is refused here,
 //! before the runner claims the run directory (`started`), so a bad request never starts anything.
 
-use crate::protocol::{GIT_DIR, PROTOCOL_VERSION, RunnerRequest};
 use crate::sandbox::env::RUNNER_OWNED_VARS;
+use cogward_protocol::runner::{GIT_DIR, PROTOCOL_VERSION, RunnerRequest};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +202,7 @@ fn check_no_nul(what: &str, s: &str) -> Result<(), RequestError> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::protocol::{Limits, SandboxProfile};
+    use cogward_protocol::runner::{Limits, SandboxProfile};
     use std::collections::BTreeMap;
 
     fn request() -> RunnerRequest {
@@ -322,7 +322,7 @@ mod tests {
     fn mapping_to_host_root_or_an_empty_range_is_refused() {
         for (first, count) in [(0, 10), (100_000, 0), (u32::MAX - 1, 5)] {
             let mut r = request();
-            r.sandbox.host_ids = crate::protocol::IdRange { first, count };
+            r.sandbox.host_ids = cogward_protocol::runner::IdRange { first, count };
             assert!(
                 matches!(validate(&r), Err(RequestError::BadIdRange { .. })),
                 "{first}+{count}"

@@ -3,13 +3,13 @@
 use crate::capture::StreamCapture;
 use crate::exit_code;
 use crate::outcome::{self, AgentStatus, Decision};
-use crate::protocol::{
-    GIT_DIR, Outcome, PROTOCOL_VERSION, REQUEST_FILE, RunnerEvent, RunnerRequest, RunnerResult,
-    STARTED_FILE, STDERR_FILE, STDOUT_FILE, SandboxEvidence, StreamDigest,
-};
 use crate::request::{self, RequestError};
 use crate::rundir::{ClaimError, EventLog, LockError, RunDir, StartedClaim, now_ms};
 use crate::{manifest, sandbox};
+use cogward_protocol::runner::{
+    GIT_DIR, Outcome, PROTOCOL_VERSION, REQUEST_FILE, RunnerEvent, RunnerRequest, RunnerResult,
+    STARTED_FILE, STDERR_FILE, STDOUT_FILE, SandboxEvidence, StreamDigest,
+};
 use sha2::{Digest, Sha256};
 use std::fmt::Display;
 use std::io;
@@ -238,8 +238,8 @@ impl Run<'_> {
 #[cfg(target_os = "linux")]
 mod linux {
     use super::*;
-    use crate::protocol::StopReason;
     use crate::supervise::{self, Supervision};
+    use cogward_protocol::runner::StopReason;
     use nix::sys::signal::{SigHandler, SigSet, Signal, signal};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     use std::time::Instant;
@@ -504,11 +504,11 @@ mod linux {
 
 /// The CPU time of the runner's reaped children: the sandbox's init, which reaps every process
 /// of the sandbox, so the agent's whole tree (`None` before the sandbox was started).
-fn children_cpu() -> Option<crate::protocol::CpuTime> {
+fn children_cpu() -> Option<cogward_protocol::runner::CpuTime> {
     let usage =
         nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok()?;
     let ms = |t: nix::sys::time::TimeVal| (t.tv_sec() as u64) * 1000 + (t.tv_usec() as u64) / 1000;
-    Some(crate::protocol::CpuTime {
+    Some(cogward_protocol::runner::CpuTime {
         user: ms(usage.user_time()),
         system: ms(usage.system_time()),
     })

@@ -5,11 +5,11 @@
 //! worker that created the directory can read them and the sandbox user cannot (it does not
 //! even see them: its filesystem view holds `work/` alone).
 
-use crate::protocol::{
+use cap_std::fs::{Dir, OpenOptionsExt as _};
+use cogward_protocol::runner::{
     ArtifactsSummary, Checkout, EVENTS_FILE, GIT_DIR, LOCK_FILE, MANIFEST_FILE, Manifest,
     REQUEST_FILE, RESULT_FILE, RUNNER_LOG_FILE, RunnerEvent, RunnerResult, STARTED_FILE, WORK_DIR,
 };
-use cap_std::fs::{Dir, OpenOptionsExt as _};
 use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -414,7 +414,7 @@ impl EventLog {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::protocol::{Outcome, PROTOCOL_VERSION, StreamDigest};
+    use cogward_protocol::runner::{Outcome, PROTOCOL_VERSION, StreamDigest};
 
     #[test]
     fn started_can_be_claimed_only_once() {

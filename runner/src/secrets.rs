@@ -1,10 +1,10 @@
 //! Scoped secrets, on the runner's side: the values arrive on standard input (from the
 //! `StartRunner` activity, through a pipe: never a file), are checked against the names and
 //! digests of the request, and become files of a tmpfs in the agent's view
-//! ([`crate::protocol::SECRETS_DIR`]) readable by the run's uid alone. They live in memory and
+//! ([`cogward_protocol::runner::SECRETS_DIR`]) readable by the run's uid alone. They live in memory and
 //! in that tmpfs only, which goes with the sandbox's mount namespace when the run ends.
 
-use crate::protocol::SecretRef;
+use cogward_protocol::runner::SecretRef;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;

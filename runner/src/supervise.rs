@@ -8,9 +8,9 @@
 
 use crate::capture::StreamCapture;
 use crate::outcome::AgentStatus;
-use crate::protocol::{Limits, RunnerEvent, StopReason, StreamDigest};
 use crate::rundir::{EventLog, now_ms};
 use crate::sandbox::Sandbox;
+use cogward_protocol::runner::{Limits, RunnerEvent, StopReason, StreamDigest};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};

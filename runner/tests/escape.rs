@@ -6,7 +6,7 @@
 
 mod fixture;
 
-use cogward_runner::protocol::{Outcome, RunnerResult};
+use cogward_protocol::runner::{Outcome, RunnerResult};
 use fixture::{RunDir, python3, request};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -521,7 +521,7 @@ fn the_gateway_port_bounds_connections_and_closes_silent_and_idle_ones() {
         print('REPLY', s.recv(4))\n";
     let mut req = request(&[python3(), "-c", script]);
     let mut gateway =
-        cogward_runner::protocol::GatewayEgress::new(format!("127.0.0.1:{port}"), 7480);
+        cogward_protocol::runner::GatewayEgress::new(format!("127.0.0.1:{port}"), 7480);
     gateway.max_connections = 16;
     gateway.first_byte_timeout_seconds = 1;
     gateway.idle_timeout_seconds = 3;
@@ -580,7 +580,7 @@ fn the_gateway_port_bounds_connections_and_closes_silent_and_idle_ones() {
 /// refused"); under `standard` the same agent may run and reach its own server.
 #[test]
 fn strict_allows_tcp_to_the_gateway_port_only() {
-    use cogward_runner::protocol::{GatewayEgress, ProfileName};
+    use cogward_protocol::runner::{GatewayEgress, ProfileName};
     use std::io::{Read, Write};
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = upstream.local_addr().unwrap().port();
@@ -642,7 +642,7 @@ fn strict_allows_tcp_to_the_gateway_port_only() {
 #[test]
 fn the_reserved_microvm_profile_is_refused_not_downgraded() {
     let mut req = request(&["sh", "-c", "echo ran > side_effect"]);
-    req.sandbox.name = cogward_runner::protocol::ProfileName::Microvm;
+    req.sandbox.name = cogward_protocol::runner::ProfileName::Microvm;
     let run = RunDir::with_request(&req);
     let result = run.assert_refused(Some(run.run()));
     assert!(result.detail.unwrap().contains("microvm"));
@@ -654,7 +654,7 @@ fn the_reserved_microvm_profile_is_refused_not_downgraded() {
 /// match the request's digests, or that are missing, refuse the run.
 #[test]
 fn secrets_arrive_as_private_files_and_nowhere_else() {
-    use cogward_runner::protocol::SecretRef;
+    use cogward_protocol::runner::SecretRef;
     use sha2::Digest;
     let value = format!("S3CR3T-{}", std::process::id());
     let digest = hex::encode(sha2::Sha256::digest(value.as_bytes()));

@@ -5,7 +5,7 @@
 
 mod fixture;
 
-use cogward_runner::protocol::Outcome;
+use cogward_protocol::runner::Outcome;
 use fixture::{RunDir, python3, request};
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -78,7 +78,7 @@ fn user_namespace_maps_agent_to_its_own_unprivileged_host_id() {
     assert!(!forbidden.exists());
     assert!(out.contains("REQUEST_DENIED"), "{out}");
     let host_id = result.sandbox.expect("sandbox evidence").host_id;
-    let range = cogward_runner::protocol::SandboxProfile::default().host_ids;
+    let range = cogward_protocol::runner::SandboxProfile::default().host_ids;
     assert!((range.first..range.first + range.count).contains(&host_id));
     let meta = std::fs::metadata(run.work().join("mine")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (host_id, host_id));
@@ -239,7 +239,7 @@ fn gateway_port_is_the_one_way_out() {
          print(open('.mcp.json').read())\n"
     );
     let mut req = request(&[python3(), "-c", &script]);
-    req.gateway = Some(cogward_runner::protocol::GatewayEgress::new(
+    req.gateway = Some(cogward_protocol::runner::GatewayEgress::new(
         format!("127.0.0.1:{port}"),
         7480,
     ));

@@ -5,10 +5,10 @@
 
 mod fixture;
 
-use cogward_runner::exit_code;
-use cogward_runner::protocol::{
+use cogward_protocol::runner::{
     EVENTS_FILE, LOCK_FILE, Outcome, RunnerEvent, STARTED_FILE, StopReason,
 };
+use cogward_runner::exit_code;
 use fixture::{RunDir, pids_with_cmdline, request, sha256_hex};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ fn artifacts_and_stdout_digest_match_what_the_agent_wrote() {
     assert_eq!(result.artifacts.sha256, sha256_hex(&bytes));
     assert_eq!((result.artifacts.files, result.artifacts.listed), (2, 2));
     assert!(!result.artifacts.truncated);
-    let manifest: cogward_runner::protocol::Manifest = serde_json::from_slice(&bytes).unwrap();
+    let manifest: cogward_protocol::runner::Manifest = serde_json::from_slice(&bytes).unwrap();
     let paths: Vec<&str> = manifest.artifacts.iter().map(|a| a.path.as_str()).collect();
     assert_eq!(paths, ["d/e/f", "out.txt"]);
     assert_eq!(manifest.artifacts[1].sha256, sha256_hex(b"hi\n"));
@@ -253,7 +253,7 @@ fn lock_held_by_another_process_starts_nothing() {
 #[test]
 fn wrong_protocol_version_is_refused_without_starting() {
     let mut req = serde_json::to_value(request(&["true"])).unwrap();
-    req["protocol"] = serde_json::json!(cogward_runner::protocol::PROTOCOL_VERSION + 1);
+    req["protocol"] = serde_json::json!(cogward_protocol::runner::PROTOCOL_VERSION + 1);
     let run = RunDir::with_request_json(&req);
     assert_eq!(run.run(), i32::from(exit_code::BAD_REQUEST));
     assert!(!run.started_exists());

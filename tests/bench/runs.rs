@@ -31,7 +31,7 @@ mod common;
 use common::*;
 
 use anyhow::{Context, Result, bail};
-use cogward_runner::protocol::{
+use cogward_protocol::runner::{
     EVENTS_FILE, Limits, Outcome, PROTOCOL_VERSION, REQUEST_FILE, RESULT_FILE, RunnerEvent,
     RunnerRequest, RunnerResult, SandboxProfile,
 };

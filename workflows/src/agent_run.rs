@@ -8,17 +8,17 @@
 pub mod history;
 
 use crate::approval::Approval;
-use cogward_activities::RunActivities;
-use cogward_activities::admission::AdmitInput;
-use cogward_activities::approval::{
+use cogward_protocol::activities::AdmitInput;
+use cogward_protocol::activities::RunActivities;
+use cogward_protocol::activities::StartRunnerInput;
+use cogward_protocol::approval::{
     ApprovalOutcome, ApprovalPlan, ApprovalRequest, ApprovalResult, ApprovalSubject, Stage,
 };
-use cogward_activities::runner::StartRunnerInput;
-use cogward_activities::spec::{
+use cogward_protocol::runner::Outcome;
+use cogward_protocol::spec::{
     Admission, AdmissionVerdict, ApprovalDecision, RunInput, RunStatus, RunSummary, RunnerEvidence,
     ToolApproval, ToolApprovalRequest,
 };
-use cogward_runner::protocol::Outcome;
 use futures::FutureExt;
 use std::time::Duration;
 use temporalio_macros::{workflow, workflow_methods};

@@ -10,11 +10,9 @@
 
 pub mod history;
 
-use cogward_activities::RunActivities;
-use cogward_activities::approval::{
-    ApprovalOutcome, ApprovalRequest, ApprovalResult, Ballot, Vote,
-};
-use cogward_activities::notify::{GateNotice, OutcomeNotice, Posted};
+use cogward_protocol::activities::RunActivities;
+use cogward_protocol::approval::{ApprovalOutcome, ApprovalRequest, ApprovalResult, Ballot, Vote};
+use cogward_protocol::approval::{GateNotice, OutcomeNotice, Posted};
 use std::time::Duration;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{

@@ -8,7 +8,7 @@
 //! mirror (`engine/src/mirror.rs`) follows every workflow with a derivation here; `audit replay`
 //! checks the ledger's application entries against the same derivation.
 
-use cogward_activities::spec::{RunStatus, RunSummary};
+use cogward_protocol::spec::{RunStatus, RunSummary};
 use serde_json::Value;
 use temporalio_common::protos::temporal::api::common::v1::Payloads;
 use temporalio_common::protos::temporal::api::enums::v1::EventType;

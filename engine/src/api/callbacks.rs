@@ -53,7 +53,7 @@ const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_millis(2500
 struct ChannelsFile {
     /// Each approving group's rule: how many must approve, whom to escalate to.
     #[serde(default)]
-    groups: cogward_activities::approval::GroupRules,
+    groups: cogward_protocol::approval::GroupRules,
     #[serde(default)]
     slack: Option<SlackFile>,
     #[serde(default)]
@@ -117,7 +117,7 @@ pub struct Channels {
     /// Where approvals are posted.
     pub posters: cogward_activities::notify::Posters,
     /// Each approving group's rule (`groups`).
-    pub group_rules: cogward_activities::approval::GroupRules,
+    pub group_rules: cogward_protocol::approval::GroupRules,
 }
 
 impl Channels {

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cogward_activities::evidence::{self, ReadError};
-use cogward_activities::spec::RunnerEvidence;
-use cogward_runner::protocol::{EvidenceItem, StoredEvidence};
+use cogward_protocol::runner::{EvidenceItem, StoredEvidence};
+use cogward_protocol::spec::RunnerEvidence;
 use serde::{Deserialize, Serialize};
 
 pub fn router() -> Router<AppState> {

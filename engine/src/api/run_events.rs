@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cogward_activities::agent_events::{AgentEvent, Normaliser, OutputFormat};
-use cogward_runner::protocol::{RESULT_FILE, STDOUT_FILE};
+use cogward_protocol::runner::{RESULT_FILE, STDOUT_FILE};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;
@@ -220,7 +220,7 @@ fn read_events(tail: &mut Tail) -> Result<Vec<SequencedEvent>, ApiError> {
 
 /// Whether the run is over as far as the API knows (a run that never started a runner has no
 /// result file).
-async fn run_ended(state: &AppState, run_id: &cogward_activities::spec::RunId) -> bool {
+async fn run_ended(state: &AppState, run_id: &cogward_protocol::spec::RunId) -> bool {
     crate::runs::Runs(&state.db)
         .get(run_id)
         .await

@@ -29,8 +29,8 @@ use crate::ledger::{Ledger, NewEntry};
 use crate::policy::Policies;
 use anyhow::{Context, Result};
 use axum::http::HeaderMap;
-use cogward_activities::spec::{DecisionRecord, RunStatus};
 use cogward_policy_abi::Request;
+use cogward_protocol::spec::{DecisionRecord, RunStatus};
 use config::GatewayConfig;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -87,7 +87,7 @@ impl RunIdentity {
 
 /// The MCP servers a run's stored spec names, if its runtime is an agent CLI.
 fn spec_mcp_servers(spec: &str) -> Option<Vec<String>> {
-    let spec: cogward_activities::spec::RunSpec = serde_json::from_str(spec).ok()?;
+    let spec: cogward_protocol::spec::RunSpec = serde_json::from_str(spec).ok()?;
     spec.runtime.task().map(|t| t.mcp_servers.clone())
 }
 

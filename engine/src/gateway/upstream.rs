@@ -345,8 +345,8 @@ impl Upstreams {
                     .unwrap_or(Some("running".into()));
             let ended = status
                 .as_deref()
-                .and_then(cogward_activities::spec::RunStatus::parse)
-                .is_none_or(cogward_activities::spec::RunStatus::is_terminal);
+                .and_then(cogward_protocol::spec::RunStatus::parse)
+                .is_none_or(cogward_protocol::spec::RunStatus::is_terminal);
             if ended {
                 tracing::info!(run_id, "closing the run's MCP server sessions");
                 let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());

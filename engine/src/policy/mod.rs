@@ -9,12 +9,12 @@ use crate::db::Db;
 use crate::ledger::{Ledger, NewEntry};
 use anyhow::{Context, Result};
 use cogward_activities::admission::PolicyDecider;
-use cogward_activities::spec::{DecisionRecord, PolicyRef};
 use cogward_policy_abi::{Decision, Request, kinds};
 use cogward_policy_host::builtins::{TestCase, builtin};
 use cogward_policy_host::{
     Evaluation, Fault, Limits, LoadedModule, PolicyHost, Prepared, sha256_hex,
 };
+use cogward_protocol::spec::{DecisionRecord, PolicyRef};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -79,7 +79,7 @@ pub enum PushError {
 }
 
 fn check_name(field: &'static str, value: &str) -> Result<(), String> {
-    cogward_activities::spec::check_name(field, value).map_err(|e| e.to_string())
+    cogward_protocol::spec::check_name(field, value).map_err(|e| e.to_string())
 }
 
 /// (tenant, agent, kind).

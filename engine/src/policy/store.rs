@@ -6,7 +6,7 @@ use crate::now_rfc3339;
 use anyhow::{Context, Result};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use cogward_activities::spec::PolicyRef;
+use cogward_protocol::spec::PolicyRef;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 

@@ -17,7 +17,7 @@
 //! directories, before it took the sandbox user's filesystem ids), so the state directory stays
 //! `0700` and no path the sandbox could change is followed.
 
-use crate::protocol::SECRETS_DIR;
+use cogward_protocol::runner::SECRETS_DIR;
 use std::ffi::CString;
 
 /// Where the agent's work directory appears (its cwd).

@@ -31,7 +31,7 @@ mod launch;
 pub use launch::{LaunchError, Sandbox, launch};
 pub use step::{ChildFailure, Step};
 
-use crate::protocol::{ProfileName, RunnerRequest};
+use cogward_protocol::runner::{ProfileName, RunnerRequest};
 use rlimits::RlimitSetting;
 use std::ffi::CString;
 
@@ -109,7 +109,7 @@ pub fn plan(
     if !secrets.is_empty() {
         env_map.insert(
             "COGWARD_SECRETS_DIR".to_string(),
-            crate::protocol::SECRETS_DIR.to_string(),
+            cogward_protocol::runner::SECRETS_DIR.to_string(),
         );
     }
     let program = request.argv.first().map(String::as_str).unwrap_or_default();
@@ -162,7 +162,7 @@ fn cstrings(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::protocol::{Limits, PROTOCOL_VERSION, SandboxProfile};
+    use cogward_protocol::runner::{Limits, PROTOCOL_VERSION, SandboxProfile};
     use std::collections::BTreeMap;
 
     fn request() -> RunnerRequest {
@@ -243,7 +243,7 @@ mod tests {
     fn strict_limits_tcp_to_the_egress_ports_and_needs_landlock_6() {
         let mut r = request();
         r.sandbox.name = ProfileName::Strict;
-        r.gateway = Some(crate::protocol::GatewayEgress::new(
+        r.gateway = Some(cogward_protocol::runner::GatewayEgress::new(
             "127.0.0.1:1".into(),
             7480,
         ));

@@ -1,7 +1,7 @@
 //! Resource limits: decided from [`Limits`] as plain data, applied in the agent process just
 //! before `execve` (so the sandbox's init, which is runner code, is not bound by them).
 
-use crate::protocol::Limits;
+use cogward_protocol::runner::Limits;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {

@@ -3,13 +3,14 @@
 //! runner's `run.evidence` and `run.finished`; and the run's status for the `runs` index.
 
 use crate::history::{AppEntry, Derivation, Ending, Index, RunIndex, ending, first_payload};
-use cogward_activities::RunActivities;
-use cogward_activities::approval::{ApprovalOutcome, GATE_ID_PREFIX};
-use cogward_activities::spec::{
+use cogward_protocol::activities::RunActivities;
+use cogward_protocol::approval::{ApprovalOutcome, GATE_ID_PREFIX};
+use cogward_protocol::spec::{
     Admission, ApprovalVerdict, RunInput, RunStatus, RunSummary, RunnerEvidence,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use temporalio_common::ActivityDefinition;
 use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 use temporalio_common::protos::temporal::api::history::v1::{
     HistoryEvent, MarkerRecordedEventAttributes,

@@ -5,11 +5,12 @@
 //! without an outcome (failed, terminated, timed out).
 
 use crate::history::{AppEntry, Derivation, Ending, Index, ending, first_payload};
-use cogward_activities::RunActivities;
-use cogward_activities::approval::{ApprovalOutcome, ApprovalRequest};
-use cogward_activities::notify::{GateNotice, Posted};
+use cogward_protocol::activities::RunActivities;
+use cogward_protocol::approval::{ApprovalOutcome, ApprovalRequest};
+use cogward_protocol::approval::{GateNotice, Posted};
 use serde_json::json;
 use std::collections::HashMap;
+use temporalio_common::ActivityDefinition;
 use temporalio_common::protos::temporal::api::history::v1::HistoryEvent;
 use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 

@@ -4,8 +4,8 @@
 //! Everything here travels through Temporal history, so it carries ids, digests and evidence
 //! references, never transcripts or artifacts themselves.
 
+use crate::runner::{ProfileName, RunnerResult};
 use cogward_policy_abi::Decision;
-use cogward_runner::protocol::{ProfileName, RunnerResult};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

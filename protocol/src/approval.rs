@@ -337,6 +337,56 @@ impl GroupRules {
     }
 }
 
+/// An approval asking a stage of its chain, as the approvers are told of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateNotice {
+    pub request: ApprovalRequest,
+    /// The stage asked (0-based): a later one is an escalation.
+    pub stage: usize,
+}
+
+impl GateNotice {
+    /// The group the stage asks, if it names one.
+    pub fn group(&self) -> Option<&str> {
+        self.request
+            .stages
+            .get(self.stage)
+            .and_then(|s| s.group.as_deref())
+    }
+
+    /// The Jira label the webhook finds the subject by.
+    pub fn label(&self) -> String {
+        match &self.request.subject {
+            ApprovalSubject::RunGate { run_id } => format!("cogward-run-{run_id}"),
+            ApprovalSubject::ToolCall {
+                run_id, call_id, ..
+            } => format!("cogward-tool-{run_id}-{call_id}"),
+        }
+    }
+}
+
+/// Where the notice went (what to update later), or why it did not.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Posted {
+    /// The Slack message: its channel id and `ts`.
+    pub slack: Option<(String, String)>,
+    /// The Jira issue's key.
+    #[serde(default)]
+    pub jira: Option<String>,
+    /// Why a post failed, each.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// The approval ended: what the posted messages should now say.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutcomeNotice {
+    pub subject: ApprovalSubject,
+    pub posted: Posted,
+    /// `approved by alice (slack)`, `rejected by bob (api)`, `expired`, `cancelled`.
+    pub outcome: String,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
