@@ -17,6 +17,7 @@ use crate::db::Db;
 use crate::ledger::{EntryKind, Ledger, NewEntry};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
+use cogward_protocol::audit::AuditEvent;
 use cogward_workflows::history::{self, Index};
 use prost::Message;
 use serde_json::{Value, json};
@@ -347,7 +348,7 @@ async fn open_cursors(db: &Db) -> Result<Vec<Cursor>> {
 /// Every application entry a workflow's history implies, as `(event id, event type, body)`:
 /// what the mirror wrote, and what `audit replay` checks the ledger's application entries
 /// against.
-pub fn derived_app_entries(events: &[HistoryEvent]) -> Result<Vec<(i64, &'static str, Value)>> {
+pub fn derived_app_entries(events: &[HistoryEvent]) -> Result<Vec<(i64, AuditEvent, Value)>> {
     history::derive_all(events).with_context(|| {
         format!(
             "the history's workflow type {:?} is not one cogward follows",

@@ -7,5 +7,6 @@
 
 pub mod activities;
 pub mod approval;
+pub mod audit;
 pub mod runner;
 pub mod spec;

@@ -610,14 +610,14 @@ pub struct DecisionRecord {
 impl DecisionRecord {
     /// The ledger entries the decision implies: `policy.decision` (the record `cogward policy
     /// replay` re-evaluates) and, if the module faulted, `security.policy_fault`.
-    pub fn ledger_entries(&self) -> Vec<(&'static str, serde_json::Value)> {
+    pub fn ledger_entries(&self) -> Vec<(crate::audit::AuditEvent, serde_json::Value)> {
         let mut entries = vec![(
-            "policy.decision",
+            crate::audit::AuditEvent::PolicyDecision,
             serde_json::to_value(self).unwrap_or_default(),
         )];
         if let Some(fault) = &self.fault {
             entries.push((
-                "security.policy_fault",
+                crate::audit::AuditEvent::SecurityPolicyFault,
                 serde_json::json!({"kind": self.kind, "policy": self.policy,
                                    "request_sha256": self.request_sha256, "fault": fault}),
             ));

@@ -8,6 +8,7 @@
 //! mirror (`engine/src/mirror.rs`) follows every workflow with a derivation here; `audit replay`
 //! checks the ledger's application entries against the same derivation.
 
+use cogward_protocol::audit::AuditEvent;
 use cogward_protocol::spec::{RunStatus, RunSummary};
 use serde_json::Value;
 use temporalio_common::protos::temporal::api::common::v1::Payloads;
@@ -16,7 +17,7 @@ use temporalio_common::protos::temporal::api::history::v1::HistoryEvent;
 use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 
 /// An application entry: its event type (`run.admission`, `approval.decided`, …) and body.
-pub type AppEntry = (&'static str, Value);
+pub type AppEntry = (AuditEvent, Value);
 
 /// One workflow type's reading of its history.
 pub trait Derivation: Send {
@@ -69,7 +70,7 @@ pub fn workflow_type(events: &[HistoryEvent]) -> Option<&str> {
 /// Every application entry a whole history implies, as `(event id, event type, body)`: what the
 /// mirror wrote for it, and what `audit replay` checks the ledger against. None if the history's
 /// workflow type has no derivation.
-pub fn derive_all(events: &[HistoryEvent]) -> Option<Vec<(i64, &'static str, Value)>> {
+pub fn derive_all(events: &[HistoryEvent]) -> Option<Vec<(i64, AuditEvent, Value)>> {
     let mut derivation = derivation(workflow_type(events)?)?;
     let mut all = Vec::new();
     for ev in events {
@@ -168,7 +169,7 @@ pub(crate) fn recorded_entries(name: &str) -> Vec<AppEntry> {
 pub(crate) fn entry<'a>(entries: &'a [AppEntry], event_type: &str) -> &'a Value {
     &entries
         .iter()
-        .find(|(t, _)| *t == event_type)
+        .find(|(t, _)| t.as_str() == event_type)
         .unwrap_or_else(|| panic!("no {event_type} in {entries:?}"))
         .1
 }

@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cogward_protocol::approval::{Ballot, Refusal, Vote, WORKFLOW_ID_PREFIX};
+use cogward_protocol::audit::AuditEvent;
 use cogward_protocol::spec::ApprovalVerdict;
 use cogward_workflows::Approval;
 use futures::TryStreamExt;
@@ -108,7 +109,7 @@ async fn history(
     let entries = state.ledger.entries_for_workflow(&id).await?;
     let tenant = entries
         .iter()
-        .find(|e| e.kind == "app" && e.event_type == "approval.requested")
+        .find(|e| e.kind == "app" && e.event_type == AuditEvent::ApprovalRequested.as_str())
         .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.body).ok())
         .and_then(|body| body["tenant"].as_str().map(str::to_string));
     if !tenant.is_some_and(|t| principal.may_act_on(&t)) {

@@ -34,6 +34,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use cogward_protocol::audit::AuditEvent;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -590,7 +591,7 @@ async fn refuse(state: &AppState, channel: &str, r: Refused, mut about: Value) -
     let entry = NewEntry::app(
         &state.gateway.namespace,
         format!("callbacks/{channel}"),
-        "security.callback_refused",
+        AuditEvent::SecurityCallbackRefused,
         about,
     );
     if let Err(e) = state.ledger.append(vec![entry]).await {

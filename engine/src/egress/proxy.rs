@@ -15,6 +15,7 @@ use crate::gateway::{Gateway, RunIdentity};
 use crate::ledger::NewEntry;
 use anyhow::{Context, Result};
 use cogward_activities::runner::EGRESS_PREAMBLE;
+use cogward_protocol::audit::AuditEvent;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -113,7 +114,7 @@ impl EgressProxy {
         };
         self.append(
             &run,
-            "egress.connection",
+            AuditEvent::EgressConnection,
             json!({"destination": destination, "address": address.to_string(),
                    "profile": profile, "method": target.method, "outcome": outcome}),
         )
@@ -173,14 +174,19 @@ impl EgressProxy {
         tracing::info!(run_id = %run.run_id, %destination, reason, "egress refused");
         self.append(
             run,
-            "security.egress_denied",
+            AuditEvent::SecurityEgressDenied,
             json!({"destination": destination, "reason": reason, "profiles": profiles}),
         )
         .await
     }
 
     /// One ledger entry about `run`: `body` plus the run's identity.
-    async fn append(&self, run: &RunIdentity, event_type: &str, mut body: Value) -> Result<()> {
+    async fn append(
+        &self,
+        run: &RunIdentity,
+        event_type: AuditEvent,
+        mut body: Value,
+    ) -> Result<()> {
         body["run_id"] = json!(run.run_id);
         body["tenant"] = json!(run.tenant);
         body["agent"] = json!(run.agent);

@@ -30,6 +30,7 @@ use crate::policy::Policies;
 use anyhow::{Context, Result};
 use axum::http::HeaderMap;
 use cogward_policy_abi::Request;
+use cogward_protocol::audit::AuditEvent;
 use cogward_protocol::spec::{DecisionRecord, RunStatus};
 use config::GatewayConfig;
 use serde_json::{Value, json};
@@ -300,7 +301,7 @@ impl Gateway {
     /// may be forwarded.
     pub async fn record_intent(&self, call: &mut CallRecord) -> Result<()> {
         let mut entries = self.decision_entries(call);
-        entries.push(self.entry(call, "gateway.call_intent", call.intent_summary()));
+        entries.push(self.entry(call, AuditEvent::GatewayCallIntent, call.intent_summary()));
         let journal = call.journal_row("pending", call.reserved);
         self.ledger
             .append_with_journal(entries, Some(journal))
@@ -338,7 +339,7 @@ impl Gateway {
         }
     }
 
-    fn entry(&self, call: &CallRecord, event_type: &str, body: Value) -> NewEntry {
+    fn entry(&self, call: &CallRecord, event_type: AuditEvent, body: Value) -> NewEntry {
         NewEntry::app(&self.namespace, call.run.run_id.clone(), event_type, body)
     }
 
@@ -485,7 +486,7 @@ pub struct CallRecord {
     pub call_id: String,
     /// `gateway.model_call`, `gateway.tool_call` or `gateway.mcp_request` (prompts, resources,
     /// completions, relays): [`outcome_event`] of its kind.
-    pub event_type: &'static str,
+    pub event_type: AuditEvent,
     /// `model`, `tool` or `mcp`.
     pub kind: &'static str,
     pub run: RunIdentity,
@@ -516,11 +517,11 @@ pub struct CallRecord {
 }
 
 /// The ledger event that records the outcome of a call of `kind` (`model`, `tool`, `mcp`).
-pub fn outcome_event(kind: &str) -> &'static str {
+pub fn outcome_event(kind: &str) -> AuditEvent {
     match kind {
-        "tool" => "gateway.tool_call",
-        "mcp" => "gateway.mcp_request",
-        _ => "gateway.model_call",
+        "tool" => AuditEvent::GatewayToolCall,
+        "mcp" => AuditEvent::GatewayMcpRequest,
+        _ => AuditEvent::GatewayModelCall,
     }
 }
 

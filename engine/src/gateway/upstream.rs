@@ -17,6 +17,7 @@
 use super::config::{Breaker, McpScope, McpServer, McpTransport};
 use super::rpc::{Client, Interim};
 use crate::ledger::{Ledger, NewEntry};
+use cogward_protocol::audit::AuditEvent;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -550,8 +551,12 @@ impl Upstreams {
             was_open
         };
         if closed {
-            self.breaker_entry(server, "gateway.breaker_closed", json!({"server": server}))
-                .await;
+            self.breaker_entry(
+                server,
+                AuditEvent::GatewayBreakerClosed,
+                json!({"server": server}),
+            )
+            .await;
         }
     }
 
@@ -574,7 +579,7 @@ impl Upstreams {
             tracing::warn!(server, failures, detail, "MCP server circuit opened");
             self.breaker_entry(
                 server,
-                "gateway.breaker_opened",
+                AuditEvent::GatewayBreakerOpened,
                 json!({"server": server, "consecutive_failures": failures,
                        "cooldown_seconds": self.breaker.cooldown_seconds, "last_error": detail}),
             )
@@ -582,7 +587,7 @@ impl Upstreams {
         }
     }
 
-    async fn breaker_entry(&self, server: &str, event_type: &str, body: Value) {
+    async fn breaker_entry(&self, server: &str, event_type: AuditEvent, body: Value) {
         let entry = NewEntry::app(
             &self.namespace,
             format!("gateway/{server}"),

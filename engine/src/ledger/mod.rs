@@ -17,6 +17,7 @@ pub mod replay;
 pub mod verify;
 pub mod writer;
 
+use cogward_protocol::audit::AuditEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -59,14 +60,14 @@ pub struct NewEntry {
 impl NewEntry {
     /// An application entry that no Temporal history event carries (the gateway's calls,
     /// policy lifecycle, breaker transitions): no run id, no event id.
-    pub fn app(namespace: &str, workflow_id: String, event_type: &str, body: Value) -> Self {
+    pub fn app(namespace: &str, workflow_id: String, event: AuditEvent, body: Value) -> Self {
         Self {
             kind: EntryKind::App,
             namespace: namespace.to_string(),
             workflow_id,
             temporal_run_id: String::new(),
             event_id: None,
-            event_type: event_type.to_string(),
+            event_type: event.as_str().to_string(),
             body,
         }
     }

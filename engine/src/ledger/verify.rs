@@ -5,6 +5,7 @@ use super::writer::{entry_from_row, ledger_columns};
 use super::{GENESIS_HASH, canonical_string};
 use crate::db::Db;
 use anyhow::Result;
+use cogward_protocol::audit::AuditEvent;
 use serde::Serialize;
 use sqlx::Row;
 
@@ -53,7 +54,7 @@ struct OpenCalls(std::collections::BTreeMap<String, (CallWithoutOutcome, String)
 impl OpenCalls {
     fn observe(&mut self, seq: i64, event_type: &str, body: &serde_json::Value) {
         let call_id = body["call_id"].as_str().unwrap_or_default();
-        if event_type == "gateway.call_intent" {
+        if event_type == AuditEvent::GatewayCallIntent.as_str() {
             let text = |key: &str| body[key].as_str().unwrap_or_default().to_string();
             let call = CallWithoutOutcome {
                 seq,

@@ -361,7 +361,7 @@ mod tests {
         NewEntry::app(
             "test",
             format!("run-{i}"),
-            "test.entry",
+            cogward_protocol::audit::AuditEvent::GatewayToolCall,
             json!({"i": i, "pad": "x".repeat(body_bytes)}),
         )
     }

@@ -14,6 +14,7 @@ use cogward_policy_host::builtins::{TestCase, builtin};
 use cogward_policy_host::{
     Evaluation, Fault, Limits, LoadedModule, PolicyHost, Prepared, sha256_hex,
 };
+use cogward_protocol::audit::AuditEvent;
 use cogward_protocol::spec::{DecisionRecord, PolicyRef};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -45,8 +46,8 @@ fn probe_request() -> Value {
 /// Ledger namespace of entries that belong to no workflow.
 const POLICY_NAMESPACE: &str = "cogward";
 
-pub fn policy_entry(name: &str, event_type: &str, body: Value) -> NewEntry {
-    NewEntry::app(POLICY_NAMESPACE, format!("policy/{name}"), event_type, body)
+pub fn policy_entry(name: &str, event: AuditEvent, body: Value) -> NewEntry {
+    NewEntry::app(POLICY_NAMESPACE, format!("policy/{name}"), event, body)
 }
 
 /// A bundle to push.
@@ -253,7 +254,7 @@ impl Policies {
                     ledger
                         .append(vec![policy_entry(
                             &req.name,
-                            "policy.pushed",
+                            AuditEvent::PolicyPushed,
                             json!({"name": bundle.name, "version": bundle.version,
                                    "module_sha256": module_sha256, "data_sha256": data_sha256,
                                    "module_stored": module_stored, "tests_passed": tests_passed,
@@ -276,7 +277,7 @@ impl Policies {
                 ledger
                     .append(vec![policy_entry(
                         &name,
-                        "security.policy_rejected",
+                        AuditEvent::SecurityPolicyRejected,
                         json!({"name": name, "module_sha256": module_sha256,
                                "size_bytes": size, "reason": reason, "by": by}),
                     )])
@@ -368,7 +369,7 @@ impl Policies {
         ledger
             .append(vec![policy_entry(
                 &binding.name,
-                "policy.bound",
+                AuditEvent::PolicyBound,
                 serde_json::to_value(&binding).map_err(|e| e.to_string())?,
             )])
             .await

@@ -5,6 +5,7 @@
 use crate::history::{AppEntry, Derivation, Ending, Index, RunIndex, ending, first_payload};
 use cogward_protocol::activities::RunActivities;
 use cogward_protocol::approval::{ApprovalOutcome, GATE_ID_PREFIX};
+use cogward_protocol::audit::AuditEvent;
 use cogward_protocol::spec::{
     Admission, ApprovalVerdict, RunInput, RunStatus, RunSummary, RunnerEvidence,
 };
@@ -49,7 +50,7 @@ impl Derivation for RunDerivation {
                     return Vec::new();
                 };
                 vec![(
-                    "run.submitted",
+                    AuditEvent::RunSubmitted,
                     json!({
                         "run_id": input.run_id,
                         "agent": input.spec.agent,
@@ -75,7 +76,7 @@ impl Derivation for RunDerivation {
                 entries.insert(
                     0,
                     (
-                        "run.admission",
+                        AuditEvent::RunAdmission,
                         json!({"verdict": admission.verdict, "reasons": admission.reasons,
                                "approval_group": admission.approval_group,
                                "spec_sha256": admission.spec_sha256, "limits": admission.limits}),
@@ -89,7 +90,7 @@ impl Derivation for RunDerivation {
             {
                 first_payload::<RunnerEvidence>(&a.result)
                     .and_then(|e| serde_json::to_value(e).ok())
-                    .map(|body| ("run.evidence", body))
+                    .map(|body| (AuditEvent::RunEvidence, body))
                     .into_iter()
                     .collect()
             }
@@ -108,7 +109,7 @@ impl Derivation for RunDerivation {
                 first_payload::<RunSummary>(&a.result)
                     .map(|s| {
                         (
-                            "run.finished",
+                            AuditEvent::RunFinished,
                             json!({"status": s.status, "reason": s.reason}),
                         )
                     })
@@ -117,7 +118,7 @@ impl Derivation for RunDerivation {
             }
             _ => match ending(ev) {
                 Some(_) => vec![(
-                    "run.finished",
+                    AuditEvent::RunFinished,
                     json!({"status": self.index.status, "reason": self.index.reason}),
                 )],
                 None => Vec::new(),
@@ -240,9 +241,9 @@ fn approval_entry(id: &str, outcome: &ApprovalOutcome) -> Option<AppEntry> {
     }
     Some((
         if gate {
-            "run.approval"
+            AuditEvent::RunApproval
         } else {
-            "run.tool_approval"
+            AuditEvent::RunToolApproval
         },
         body,
     ))
@@ -278,7 +279,7 @@ mod tests {
     #[test]
     fn a_gated_run_approved_from_slack_with_a_tool_call_approved_from_jira() {
         let entries = recorded_entries("run-gated");
-        let types: Vec<&str> = entries.iter().map(|(t, _)| *t).collect();
+        let types: Vec<&str> = entries.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(
             types,
             [
@@ -335,7 +336,7 @@ mod tests {
     fn a_run_whose_gate_expired_has_no_approval_entry_and_ends_expired() {
         let entries = recorded_entries("run-expired");
         assert!(
-            entries.iter().all(|(t, _)| *t != "run.approval"),
+            entries.iter().all(|(t, _)| t.as_str() != "run.approval"),
             "{entries:?}"
         );
         assert_eq!(entry(&entries, "run.finished")["status"], "expired");
@@ -383,7 +384,7 @@ mod tests {
         let derived = derive_all(&events).unwrap();
         let (_, t, finished) = derived.last().unwrap();
         assert_eq!(
-            (*t, finished),
+            (t.as_str(), finished),
             (
                 "run.finished",
                 &json!({"status": "failed", "reason": "terminated: stuck"})

@@ -8,6 +8,7 @@ use crate::history::{AppEntry, Derivation, Ending, Index, ending, first_payload}
 use cogward_protocol::activities::RunActivities;
 use cogward_protocol::approval::{ApprovalOutcome, ApprovalRequest};
 use cogward_protocol::approval::{GateNotice, Posted};
+use cogward_protocol::audit::AuditEvent;
 use serde_json::json;
 use std::collections::HashMap;
 use temporalio_common::ActivityDefinition;
@@ -26,7 +27,7 @@ impl Derivation for ApprovalDerivation {
             Some(Attributes::WorkflowExecutionStartedEventAttributes(a)) => {
                 first_payload::<ApprovalRequest>(&a.input).map(|request| {
                     (
-                        "approval.requested",
+                        AuditEvent::ApprovalRequested,
                         json!({
                             "subject": request.subject,
                             "tenant": request.tenant,
@@ -48,7 +49,7 @@ impl Derivation for ApprovalDerivation {
                 self.notices.insert(ev.event_id, stage);
                 notice.filter(|n| n.stage > 0).map(|n| {
                     (
-                        "approval.escalated",
+                        AuditEvent::ApprovalEscalated,
                         json!({"stage": n.stage, "group": n.request.stages[n.stage].group}),
                     )
                 })
@@ -59,7 +60,7 @@ impl Derivation for ApprovalDerivation {
                         .filter(|p| p.slack.is_some() || p.jira.is_some() || !p.errors.is_empty())
                         .map(|p| {
                             (
-                                "approval.posted",
+                                AuditEvent::ApprovalPosted,
                                 json!({"stage": stage, "slack": p.slack, "jira": p.jira,
                                        "errors": p.errors}),
                             )
@@ -71,7 +72,7 @@ impl Derivation for ApprovalDerivation {
                 first_payload::<ApprovalOutcome>(&a.result).map(|outcome| {
                     let decision = outcome.decision();
                     (
-                        "approval.decided",
+                        AuditEvent::ApprovalDecided,
                         json!({
                             "result": outcome.result,
                             "stage": outcome.stage,
@@ -89,7 +90,7 @@ impl Derivation for ApprovalDerivation {
                     Ending::Cancelled => ("cancelled", None),
                 };
                 (
-                    "approval.ended",
+                    AuditEvent::ApprovalEnded,
                     json!({"result": result, "reason": reason}),
                 )
             }),
@@ -111,7 +112,7 @@ mod tests {
     #[test]
     fn a_gate_posted_to_slack_and_approved_there() {
         let entries = recorded_entries("approval-gate");
-        let types: Vec<&str> = entries.iter().map(|(t, _)| *t).collect();
+        let types: Vec<&str> = entries.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(
             types,
             ["approval.requested", "approval.posted", "approval.decided"]
