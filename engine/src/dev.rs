@@ -60,6 +60,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         }
     };
     tokio::spawn(mirror);
+    let channels = Arc::new(api::callbacks::Channels::load(&config.channels_config())?);
     let gateway_config = GatewayConfig::load(&config.gateway_config())?;
     let gateway = Arc::new(
         Gateway::new(
@@ -70,6 +71,8 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
             config.namespace.clone(),
             config.state_dir.join("spool"),
             Arc::new(crate::gateway::keys::KeyRing::open(config.gateway_keys())?),
+            temporal.clone(),
+            channels.group_rules.clone(),
         )
         .await?,
     );
@@ -109,9 +112,9 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         tokens: Arc::new(tokens),
         mirror_wake,
         policies,
-        gateway,
+        namespace: config.namespace.clone(),
         state_dir: config.state_dir.clone(),
-        channels: Arc::new(api::callbacks::Channels::load(&config.channels_config())?),
+        channels,
     };
     let gateway_listener = tokio::net::TcpListener::bind(config.gateway_listen)
         .await
@@ -119,7 +122,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
     eprintln!("cogward: gateway on http://{}", config.gateway_listen);
     let gateway_server = crate::http_server::serve(
         gateway_listener,
-        api::gateway_app(state.clone()),
+        crate::gateway::app(gateway),
         shutdown_signal(),
     );
     let app = api::app(state);

@@ -1,5 +1,6 @@
-//! Reading server-sent event streams (the MCP gateway's upstream client, `cogward run events
-//! --follow`): events are taken one by one out of what has been read so far.
+//! Server-sent event streams: writing one (the MCP gateway's streams, `GET /v1/runs/{id}/events`)
+//! and reading one (the MCP gateway's upstream client, `cogward run events --follow`), where
+//! events are taken one by one out of what has been read so far.
 
 /// One event of a stream.
 #[derive(Debug, Default, PartialEq)]
@@ -32,6 +33,25 @@ pub fn take_event(buf: &mut String) -> Option<Event> {
     }
     event.data = (!data.is_empty()).then(|| data.join("\n"));
     Some(event)
+}
+
+/// An SSE response whose events come from `rx` as they are sent.
+pub fn event_stream(
+    rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut resp = axum::response::Response::new(axum::body::Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
 }
 
 #[cfg(test)]

@@ -589,7 +589,7 @@ async fn refuse(state: &AppState, channel: &str, r: Refused, mut about: Value) -
     about["code"] = json!(r.code);
     about["reason"] = json!(r.detail);
     let entry = NewEntry::app(
-        &state.gateway.namespace,
+        &state.namespace,
         format!("callbacks/{channel}"),
         AuditEvent::SecurityCallbackRefused,
         about,

@@ -11,7 +11,6 @@ pub mod run_events;
 pub mod runs;
 
 use crate::db::Db;
-use crate::gateway::Gateway;
 use crate::ledger::Ledger;
 use crate::mirror::MirrorWake;
 use crate::policy::Policies;
@@ -34,17 +33,12 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     pub mirror_wake: MirrorWake,
     pub policies: Arc<Policies>,
-    pub gateway: Arc<Gateway>,
+    /// The Temporal namespace, the ledger namespace of what the API records itself.
+    pub namespace: String,
     /// The engine's state directory (run directories live in `runs/`).
     pub state_dir: std::path::PathBuf,
     /// The approval channels (Slack, Jira) whose callbacks decide.
     pub channels: Arc<callbacks::Channels>,
-}
-
-impl FromRef<AppState> for Arc<Gateway> {
-    fn from_ref(state: &AppState) -> Self {
-        state.gateway.clone()
-    }
 }
 
 impl FromRef<AppState> for Arc<Tokens> {
@@ -66,7 +60,8 @@ impl AppState {
     }
 }
 
-/// The operator API: runs, policies, health. Not the gateway (see [`gateway_app`]).
+/// The operator API: runs, approvals, policies, health. Not the gateway (`gateway::app`),
+/// which this API never imports.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route(
@@ -92,18 +87,6 @@ pub fn app(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
-}
-
-/// The gateway's own listener, the only thing sandboxes are spliced to: the provider APIs and
-/// MCP, nothing of the operator API. An unknown path answers in the format of the provider it
-/// names (Anthropic's for `/gw/<anthropic-wire provider>/…`, OpenAI's otherwise).
-pub fn gateway_app(state: AppState) -> Router {
-    Router::new()
-        .merge(crate::gateway::model::router())
-        .merge(crate::gateway::mcp::router())
-        .fallback(crate::gateway::model::unknown_path)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -205,7 +205,7 @@ async fn events(
             tokio::time::sleep(FOLLOW_POLL).await;
         }
     });
-    Ok(crate::gateway::event_stream(rx))
+    Ok(crate::sse::event_stream(rx))
 }
 
 fn read_events(tail: &mut Tail) -> Result<Vec<SequencedEvent>, ApiError> {

@@ -33,7 +33,6 @@ use super::obligations::{self, Site};
 use super::rpc::{CANCELLED, Interim, ServerRequest};
 use super::upstream::{Caller, UpstreamError};
 use super::{AuthFailure, CallDecision, CallRecord, Gateway, RunIdentity, sha256_hex};
-use crate::api::AppState;
 use crate::ledger::canonical_string;
 use anyhow::Context;
 use axum::Router;
@@ -66,7 +65,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// How long a parked call waits for its run to start the call's `Approval` (a workflow task).
 const APPROVAL_START_WAIT: Duration = Duration::from_secs(10);
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Arc<Gateway>> {
     Router::new()
         .route(
             "/mcp",
@@ -207,8 +206,8 @@ fn origin_allowed(listed: &[String], origin: &str, host: Option<&str>) -> bool {
 /// The agent session's standalone stream: what its session-scoped servers send outside any
 /// call (resource updates, log messages), and an SSE comment every [`KEEPALIVE`] so that idle
 /// connections stay open.
-async fn handle_get(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let gw = &state.gateway;
+async fn handle_get(State(state): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let gw = &state;
     if let Some(refused) = origin_refused(gw, &headers) {
         return refused;
     }
@@ -249,14 +248,14 @@ async fn handle_get(State(state): State<AppState>, headers: HeaderMap) -> Respon
             }
         }
     });
-    super::event_stream(rx)
+    crate::sse::event_stream(rx)
 }
 
 /// How often an idle standalone stream gets an SSE comment.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-async fn handle_delete(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let gw = &state.gateway;
+async fn handle_delete(State(state): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let gw = &state;
     if let Some(refused) = origin_refused(gw, &headers) {
         return refused;
     }
@@ -281,11 +280,11 @@ async fn handle_delete(State(state): State<AppState>, headers: HeaderMap) -> Res
 }
 
 async fn handle_post(
-    State(state): State<AppState>,
+    State(state): State<Arc<Gateway>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Some(refused) = origin_refused(&state.gateway, &headers) {
+    if let Some(refused) = origin_refused(&state, &headers) {
         return refused;
     }
     match dispatch(&state, &headers, body).await {
@@ -295,11 +294,11 @@ async fn handle_post(
 }
 
 async fn dispatch(
-    state: &AppState,
+    state: &Arc<Gateway>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, RpcError> {
-    let gw = &state.gateway;
+    let gw = &state;
     let run = gw.authenticate(headers).await.map_err(authenticate_error)?;
     let body = body.map_err(|e| {
         rpc_error(
@@ -325,14 +324,14 @@ async fn dispatch(
 
 /// Answer one message (`body` as the agent wrote it, `message` parsed), alone or in a batch.
 async fn one(
-    state: &AppState,
+    state: &Arc<Gateway>,
     headers: &HeaderMap,
     run: &RunIdentity,
     message: &Value,
     body: &[u8],
     in_batch: bool,
 ) -> Result<Response, RpcError> {
-    let gw = &state.gateway;
+    let gw = &state;
     let Some(obj) = message.as_object() else {
         return Err(rpc_error(
             StatusCode::BAD_REQUEST,
@@ -467,7 +466,7 @@ fn reply(sse: bool, message: &RawValue) -> Response {
     }
     let (tx, rx) = mpsc::channel(1);
     let _ = tx.try_send(Ok(AgentStream::event(message)));
-    super::event_stream(rx)
+    crate::sse::event_stream(rx)
 }
 
 async fn initialize(
@@ -749,7 +748,7 @@ const REFUSED: i64 = -32003;
 /// A request being answered: who asks, and what they said.
 #[derive(Clone, Copy)]
 struct Req<'a> {
-    state: &'a AppState,
+    state: &'a Arc<Gateway>,
     run: &'a RunIdentity,
     id: &'a Value,
     params: &'a Value,
@@ -765,7 +764,7 @@ struct Req<'a> {
 
 async fn call_tool(r: &Req<'_>) -> Result<Response, RpcError> {
     let (state, run, id, params, body) = (r.state, r.run, r.id, r.params, r.body);
-    let gw = state.gateway.clone();
+    let gw = state.clone();
     let started = Instant::now();
     let Some(name) = params.get("name").and_then(Value::as_str) else {
         return Err(rpc_error(
@@ -867,7 +866,7 @@ fn params_progress_token(params: &Value) -> Option<Value> {
 /// permit is recorded, forwarded and its outcome recorded (a tool call also against the run's
 /// budget); a deny is recorded and refused; an escalation parks until a human decides.
 async fn carry_out(
-    state: &AppState,
+    state: &Arc<Gateway>,
     job: CallJob,
     mut call: CallRecord,
     decision: super::DecisionRecord,
@@ -948,7 +947,7 @@ async fn carry_out(
                         agent.send(&message).await;
                     }
                 });
-                return Ok(super::event_stream(rx));
+                return Ok(crate::sse::event_stream(rx));
             }
             let (reply, answer) = oneshot::channel();
             tokio::spawn(async move {
@@ -1126,7 +1125,7 @@ impl CallJob {
         started: Instant,
     ) -> CallJob {
         CallJob {
-            gw: r.state.gateway.clone(),
+            gw: r.state.clone(),
             server: server.clone(),
             method,
             params,
@@ -1135,7 +1134,7 @@ impl CallJob {
             sse: r.sse,
             progress_token: params_progress_token(r.params),
             caller: r.caller.clone(),
-            cancel: Cancellable::register(&r.state.gateway, r.session, r.id),
+            cancel: Cancellable::register(r.state, r.session, r.id),
         }
     }
 
@@ -1467,7 +1466,12 @@ enum Parked {
 
 /// Park an escalated call until a human decides it; answer as an SSE stream (progress
 /// notifications while waiting, then the response).
-fn park(state: AppState, job: CallJob, mut call: CallRecord, group: Option<String>) -> Response {
+fn park(
+    state: Arc<Gateway>,
+    job: CallJob,
+    mut call: CallRecord,
+    group: Option<String>,
+) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_BUFFER);
     tokio::spawn(async move {
         let parked_at = Instant::now();
@@ -1600,7 +1604,7 @@ fn park(state: AppState, job: CallJob, mut call: CallRecord, group: Option<Strin
             agent.send(&message).await;
         }
     });
-    super::event_stream(rx)
+    crate::sse::event_stream(rx)
 }
 
 /// The version of the policy that escalated the call (module and data digests): part of what
@@ -1639,7 +1643,7 @@ async fn claim(gw: &Gateway, call: &CallRecord) -> anyhow::Result<bool> {
 
 /// Find (`reattach`) or create the parked row, tell the workflow, and wait for its decision.
 async fn wait_for_decision<F, Fut>(
-    state: &AppState,
+    state: &Arc<Gateway>,
     job: &CallJob,
     call: &mut CallRecord,
     group: Option<String>,
@@ -1694,7 +1698,7 @@ where
         .temporal
         .get()
         .context("Temporal is unreachable, so the call cannot be parked for approval")?;
-    let plan = state.channels.group_rules.chain(
+    let plan = state.group_rules.chain(
         group.as_deref(),
         job.gw.config.tool_approval_timeout_seconds,
         1,

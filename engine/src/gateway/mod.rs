@@ -30,6 +30,7 @@ use crate::policy::Policies;
 use anyhow::{Context, Result};
 use axum::http::HeaderMap;
 use cogward_policy_abi::Request;
+use cogward_protocol::approval::GroupRules;
 use cogward_protocol::audit::AuditEvent;
 use cogward_protocol::spec::{DecisionRecord, RunStatus};
 use config::GatewayConfig;
@@ -60,6 +61,10 @@ pub struct Gateway {
     pub cancels: Mutex<HashMap<(String, String), mcp::CancelSender>>,
     /// Outcomes the ledger could not take yet.
     pub spool: spool::Spool,
+    /// Where a parked tool call's `Approval` is started or joined.
+    pub temporal: crate::temporal::TemporalHandle,
+    /// Each approving group's rule, for the chain a parked call's approval asks.
+    pub group_rules: GroupRules,
     /// Serialises each tenant's budget decisions with their reservations (striped by tenant),
     /// so concurrent calls cannot all spend the same headroom.
     admission: Vec<tokio::sync::Mutex<()>>,
@@ -200,6 +205,7 @@ pub fn presented_credential(headers: &HeaderMap) -> Option<&str> {
 }
 
 impl Gateway {
+    #[allow(clippy::too_many_arguments)]
     pub async fn new(
         db: Db,
         ledger: Ledger,
@@ -208,6 +214,8 @@ impl Gateway {
         namespace: String,
         spool_dir: std::path::PathBuf,
         keys: Arc<keys::KeyRing>,
+        temporal: crate::temporal::TemporalHandle,
+        group_rules: GroupRules,
     ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
@@ -229,6 +237,8 @@ impl Gateway {
             relays: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             spool: spool::Spool::open(spool_dir)?,
+            temporal,
+            group_rules,
             admission: (0..ADMISSION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -712,23 +722,16 @@ pub async fn close_servers_of_ended_runs(gw: Arc<Gateway>) {
     }
 }
 
-/// An SSE response whose events come from `rx` as they are sent.
-pub fn event_stream(
-    rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,
-) -> axum::response::Response {
-    use axum::http::{HeaderValue, header};
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    let mut resp = axum::response::Response::new(axum::body::Body::from_stream(stream));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
+/// The gateway's own listener, the only thing sandboxes are spliced to: the provider APIs and
+/// MCP, nothing of the operator API. An unknown path answers in the format of the provider it
+/// names (Anthropic's for `/gw/<anthropic-wire provider>/…`, OpenAI's otherwise).
+pub fn app(gateway: Arc<Gateway>) -> axum::Router {
+    axum::Router::new()
+        .merge(model::router())
+        .merge(mcp::router())
+        .fallback(model::unknown_path)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(gateway)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -16,7 +16,6 @@ use super::config::normalize_model;
 use super::config::{Provider, Wire};
 use super::obligations::{self, Site};
 use super::{AuthFailure, CallDecision, CallRecord, Gateway, Reservation, RunIdentity, sha256_hex};
-use crate::api::AppState;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -74,7 +73,7 @@ impl Endpoint {
     }
 }
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<Arc<Gateway>> {
     let route = |endpoint: Endpoint| {
         post(
             move |State(gw): State<Arc<Gateway>>,
@@ -804,7 +803,7 @@ fn relay_stream(
             }
         }
     });
-    let mut out = super::event_stream(rx);
+    let mut out = crate::sse::event_stream(rx);
     *out.status_mut() = status;
     out
 }

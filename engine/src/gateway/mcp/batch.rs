@@ -6,14 +6,14 @@
 //! acknowledged (202).
 
 use super::{AgentStream, RpcError, SessionInfo, one, rpc_error, session};
-use crate::api::AppState;
-use crate::gateway::RunIdentity;
+use crate::gateway::{Gateway, RunIdentity};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 
 /// The most messages one batch may hold.
 pub const MAX_BATCH: usize = 32;
@@ -21,7 +21,7 @@ pub const MAX_BATCH: usize = 32;
 const BATCH_VERSION: &str = "2025-03-26";
 
 pub async fn dispatch(
-    state: &AppState,
+    state: &Arc<Gateway>,
     headers: &HeaderMap,
     run: &RunIdentity,
     body: &[u8],
@@ -43,7 +43,7 @@ pub async fn dispatch(
         SessionInfo {
             protocol_version, ..
         },
-    ) = session(&state.gateway, headers, run, &Value::Null).await?;
+    ) = session(state, headers, run, &Value::Null).await?;
     if protocol_version != BATCH_VERSION {
         return Err(refused(format!(
             "cogward: batches are part of MCP {BATCH_VERSION} only; this session speaks {protocol_version}"

@@ -52,7 +52,7 @@ const LOG_LEVELS: [&str; 8] = [
 /// Answer `method` if it is one of this module's; `None` otherwise.
 pub(super) async fn dispatch(r: &Req<'_>, method: &str) -> Option<Result<Response, RpcError>> {
     let (state, run, id, sse) = (r.state, r.run, r.id, r.sse);
-    let gw = &state.gateway;
+    let gw = &state;
     let listed = |v: Value| Ok(reply(sse, &to_raw(&rpc_result(id, v))));
     Some(match method {
         "logging/setLevel" => set_level(r).await.map(|v| reply(sse, &to_raw(&v))),
@@ -167,7 +167,7 @@ pub(super) async fn listing(
 /// The agent session's log level: kept with the session (for its upstream sessions opened
 /// later, and across a restart) and sent to its own upstream sessions now.
 async fn set_level(r: &Req<'_>) -> Result<Value, RpcError> {
-    let (gw, id) = (&r.state.gateway, r.id);
+    let (gw, id) = (&r.state, r.id);
     let Some(level) = r
         .params
         .get("level")
@@ -245,7 +245,7 @@ struct Use<'a> {
 async fn carry_out_use(r: &Req<'_>, u: Use<'_>) -> Result<Response, RpcError> {
     let (state, run, id) = (r.state, r.run, r.id);
     let started = Instant::now();
-    let gw = state.gateway.clone();
+    let gw = state.clone();
     let mut resource = u.resource;
     resource["server"] = json!(u.server.name);
     let decision = decide(
@@ -277,7 +277,7 @@ async fn carry_out_use(r: &Req<'_>, u: Use<'_>) -> Result<Response, RpcError> {
 
 async fn get_prompt(r: &Req<'_>) -> Result<Response, RpcError> {
     let (state, run, id, params, body) = (r.state, r.run, r.id, r.params, r.body);
-    let gw = &state.gateway;
+    let gw = &state;
     let Some(name) = params.get("name").and_then(Value::as_str) else {
         return Err(invalid(id, "`name` is required"));
     };
@@ -315,7 +315,7 @@ async fn on_resource(r: &Req<'_>, method: &'static str) -> Result<Response, RpcE
     let Some(uri) = params.get("uri").and_then(Value::as_str) else {
         return Err(invalid(id, "`uri` is required"));
     };
-    let server = route_uri(&state.gateway, run, r.caller, id, uri, qualifier(params)).await?;
+    let server = route_uri(state, run, r.caller, id, uri, qualifier(params)).await?;
     if method != "resources/read" && server.scope() != McpScope::Session {
         return Err(rpc_error(
             StatusCode::OK,
@@ -342,7 +342,7 @@ async fn on_resource(r: &Req<'_>, method: &'static str) -> Result<Response, RpcE
 
 async fn complete(r: &Req<'_>) -> Result<Response, RpcError> {
     let (state, run, id, params, body, sse) = (r.state, r.run, r.id, r.params, r.body, r.sse);
-    let gw = &state.gateway;
+    let gw = &state;
     let reference = params.get("ref").cloned().unwrap_or(Value::Null);
     let (server, resource, target, upstream_ref) =
         match reference.get("type").and_then(Value::as_str) {
