@@ -206,9 +206,8 @@ fn origin_allowed(listed: &[String], origin: &str, host: Option<&str>) -> bool {
 /// The agent session's standalone stream: what its session-scoped servers send outside any
 /// call (resource updates, log messages), and an SSE comment every [`KEEPALIVE`] so that idle
 /// connections stay open.
-async fn handle_get(State(state): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let gw = &state;
-    if let Some(refused) = origin_refused(gw, &headers) {
+async fn handle_get(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = origin_refused(&gw, &headers) {
         return refused;
     }
     let run = match gw.authenticate(&headers).await {
@@ -228,7 +227,7 @@ async fn handle_get(State(state): State<Arc<Gateway>>, headers: HeaderMap) -> Re
         )
         .into_response();
     }
-    let session = match session(gw, &headers, &run, &Value::Null).await {
+    let session = match session(&gw, &headers, &run, &Value::Null).await {
         Ok((id, _)) => id,
         Err(e) => return e.into_response(),
     };
@@ -254,16 +253,15 @@ async fn handle_get(State(state): State<Arc<Gateway>>, headers: HeaderMap) -> Re
 /// How often an idle standalone stream gets an SSE comment.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-async fn handle_delete(State(state): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let gw = &state;
-    if let Some(refused) = origin_refused(gw, &headers) {
+async fn handle_delete(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = origin_refused(&gw, &headers) {
         return refused;
     }
     let run = match gw.authenticate(&headers).await {
         Ok(r) => r,
         Err(e) => return authenticate_error(e).into_response(),
     };
-    match session(gw, &headers, &run, &Value::Null).await {
+    match session(&gw, &headers, &run, &Value::Null).await {
         Ok((id, _)) => {
             let _ = sqlx::query("DELETE FROM mcp_sessions WHERE session_id = $1")
                 .bind(&id)
@@ -280,25 +278,24 @@ async fn handle_delete(State(state): State<Arc<Gateway>>, headers: HeaderMap) ->
 }
 
 async fn handle_post(
-    State(state): State<Arc<Gateway>>,
+    State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Some(refused) = origin_refused(&state, &headers) {
+    if let Some(refused) = origin_refused(&gw, &headers) {
         return refused;
     }
-    match dispatch(&state, &headers, body).await {
+    match dispatch(&gw, &headers, body).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
 }
 
 async fn dispatch(
-    state: &Arc<Gateway>,
+    gw: &Arc<Gateway>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, RpcError> {
-    let gw = &state;
     let run = gw.authenticate(headers).await.map_err(authenticate_error)?;
     let body = body.map_err(|e| {
         rpc_error(
@@ -317,21 +314,20 @@ async fn dispatch(
         )
     })?;
     if message.is_array() {
-        return batch::dispatch(state, headers, &run, &body).await;
+        return batch::dispatch(gw, headers, &run, &body).await;
     }
-    one(state, headers, &run, &message, &body, false).await
+    one(gw, headers, &run, &message, &body, false).await
 }
 
 /// Answer one message (`body` as the agent wrote it, `message` parsed), alone or in a batch.
 async fn one(
-    state: &Arc<Gateway>,
+    gw: &Arc<Gateway>,
     headers: &HeaderMap,
     run: &RunIdentity,
     message: &Value,
     body: &[u8],
     in_batch: bool,
 ) -> Result<Response, RpcError> {
-    let gw = &state;
     let Some(obj) = message.as_object() else {
         return Err(rpc_error(
             StatusCode::BAD_REQUEST,
@@ -426,7 +422,7 @@ async fn one(
         ));
     }
     let req = Req {
-        state,
+        gw,
         run,
         id: &id,
         params: &params,
@@ -748,7 +744,7 @@ const REFUSED: i64 = -32003;
 /// A request being answered: who asks, and what they said.
 #[derive(Clone, Copy)]
 struct Req<'a> {
-    state: &'a Arc<Gateway>,
+    gw: &'a Arc<Gateway>,
     run: &'a RunIdentity,
     id: &'a Value,
     params: &'a Value,
@@ -763,8 +759,7 @@ struct Req<'a> {
 }
 
 async fn call_tool(r: &Req<'_>) -> Result<Response, RpcError> {
-    let (state, run, id, params, body) = (r.state, r.run, r.id, r.params, r.body);
-    let gw = state.clone();
+    let (gw, run, id, params, body) = (r.gw.clone(), r.run, r.id, r.params, r.body);
     let started = Instant::now();
     let Some(name) = params.get("name").and_then(Value::as_str) else {
         return Err(rpc_error(
@@ -834,7 +829,7 @@ async fn call_tool(r: &Req<'_>) -> Result<Response, RpcError> {
     let params = serde_json::value::to_raw_value(&upstream_params)
         .map_err(|e| rpc_error(StatusCode::OK, id, -32602, format!("Invalid params: {e}")))?;
     let job = CallJob::new(r, server, "tools/call", params, started);
-    carry_out(state, job, call, decision).await
+    carry_out(job, call, decision).await
 }
 
 /// Decide a request; a failure to decide as the JSON-RPC answer.
@@ -866,7 +861,6 @@ fn params_progress_token(params: &Value) -> Option<Value> {
 /// permit is recorded, forwarded and its outcome recorded (a tool call also against the run's
 /// budget); a deny is recorded and refused; an escalation parks until a human decides.
 async fn carry_out(
-    state: &Arc<Gateway>,
     job: CallJob,
     mut call: CallRecord,
     decision: super::DecisionRecord,
@@ -978,7 +972,7 @@ async fn carry_out(
         }
         Effect::Escalate => {
             call.decision = CallDecision::Escalate;
-            Ok(park(state.clone(), job, call, group))
+            Ok(park(gw.clone(), job, call, group))
         }
     }
 }
@@ -1125,7 +1119,7 @@ impl CallJob {
         started: Instant,
     ) -> CallJob {
         CallJob {
-            gw: r.state.clone(),
+            gw: r.gw.clone(),
             server: server.clone(),
             method,
             params,
@@ -1134,7 +1128,7 @@ impl CallJob {
             sse: r.sse,
             progress_token: params_progress_token(r.params),
             caller: r.caller.clone(),
-            cancel: Cancellable::register(r.state, r.session, r.id),
+            cancel: Cancellable::register(r.gw, r.session, r.id),
         }
     }
 
@@ -1466,12 +1460,7 @@ enum Parked {
 
 /// Park an escalated call until a human decides it; answer as an SSE stream (progress
 /// notifications while waiting, then the response).
-fn park(
-    state: Arc<Gateway>,
-    job: CallJob,
-    mut call: CallRecord,
-    group: Option<String>,
-) -> Response {
+fn park(gw: Arc<Gateway>, job: CallJob, mut call: CallRecord, group: Option<String>) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_BUFFER);
     tokio::spawn(async move {
         let parked_at = Instant::now();
@@ -1509,7 +1498,7 @@ fn park(
         let gone = || tx.is_closed() || job.cancelled();
         let waited = loop {
             match wait_for_decision(
-                &state,
+                &gw,
                 &job,
                 &mut call,
                 group.clone(),
@@ -1643,7 +1632,7 @@ async fn claim(gw: &Gateway, call: &CallRecord) -> anyhow::Result<bool> {
 
 /// Find (`reattach`) or create the parked row, tell the workflow, and wait for its decision.
 async fn wait_for_decision<F, Fut>(
-    state: &Arc<Gateway>,
+    gw: &Arc<Gateway>,
     job: &CallJob,
     call: &mut CallRecord,
     group: Option<String>,
@@ -1694,11 +1683,11 @@ where
         }
     };
     call.detail["parked_call_id"] = json!(parked_id);
-    let client = state
+    let client = gw
         .temporal
         .get()
         .context("Temporal is unreachable, so the call cannot be parked for approval")?;
-    let plan = state.group_rules.chain(
+    let plan = gw.group_rules.chain(
         group.as_deref(),
         job.gw.config.tool_approval_timeout_seconds,
         1,

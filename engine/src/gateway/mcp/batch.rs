@@ -21,7 +21,7 @@ pub const MAX_BATCH: usize = 32;
 const BATCH_VERSION: &str = "2025-03-26";
 
 pub async fn dispatch(
-    state: &Arc<Gateway>,
+    gw: &Arc<Gateway>,
     headers: &HeaderMap,
     run: &RunIdentity,
     body: &[u8],
@@ -43,7 +43,7 @@ pub async fn dispatch(
         SessionInfo {
             protocol_version, ..
         },
-    ) = session(state, headers, run, &Value::Null).await?;
+    ) = session(gw, headers, run, &Value::Null).await?;
     if protocol_version != BATCH_VERSION {
         return Err(refused(format!(
             "cogward: batches are part of MCP {BATCH_VERSION} only; this session speaks {protocol_version}"
@@ -51,7 +51,7 @@ pub async fn dispatch(
     }
     let answers = futures::future::join_all(messages.iter().map(|m| async move {
         let parsed: Value = serde_json::from_str(m.get()).unwrap_or(Value::Null);
-        match one(state, headers, run, &parsed, m.get().as_bytes(), true).await {
+        match one(gw, headers, run, &parsed, m.get().as_bytes(), true).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         }

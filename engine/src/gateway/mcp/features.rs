@@ -51,8 +51,7 @@ const LOG_LEVELS: [&str; 8] = [
 
 /// Answer `method` if it is one of this module's; `None` otherwise.
 pub(super) async fn dispatch(r: &Req<'_>, method: &str) -> Option<Result<Response, RpcError>> {
-    let (state, run, id, sse) = (r.state, r.run, r.id, r.sse);
-    let gw = &state;
+    let (gw, run, id, sse) = (r.gw, r.run, r.id, r.sse);
     let listed = |v: Value| Ok(reply(sse, &to_raw(&rpc_result(id, v))));
     Some(match method {
         "logging/setLevel" => set_level(r).await.map(|v| reply(sse, &to_raw(&v))),
@@ -167,7 +166,7 @@ pub(super) async fn listing(
 /// The agent session's log level: kept with the session (for its upstream sessions opened
 /// later, and across a restart) and sent to its own upstream sessions now.
 async fn set_level(r: &Req<'_>) -> Result<Value, RpcError> {
-    let (gw, id) = (&r.state, r.id);
+    let (gw, id) = (r.gw, r.id);
     let Some(level) = r
         .params
         .get("level")
@@ -243,9 +242,8 @@ struct Use<'a> {
 }
 
 async fn carry_out_use(r: &Req<'_>, u: Use<'_>) -> Result<Response, RpcError> {
-    let (state, run, id) = (r.state, r.run, r.id);
+    let (gw, run, id) = (r.gw.clone(), r.run, r.id);
     let started = Instant::now();
-    let gw = state.clone();
     let mut resource = u.resource;
     resource["server"] = json!(u.server.name);
     let decision = decide(
@@ -272,12 +270,11 @@ async fn carry_out_use(r: &Req<'_>, u: Use<'_>) -> Result<Response, RpcError> {
         detail,
     );
     let job = CallJob::new(r, u.server, u.method, u.params, started);
-    carry_out(state, job, call, decision).await
+    carry_out(job, call, decision).await
 }
 
 async fn get_prompt(r: &Req<'_>) -> Result<Response, RpcError> {
-    let (state, run, id, params, body) = (r.state, r.run, r.id, r.params, r.body);
-    let gw = &state;
+    let (gw, run, id, params, body) = (r.gw, r.run, r.id, r.params, r.body);
     let Some(name) = params.get("name").and_then(Value::as_str) else {
         return Err(invalid(id, "`name` is required"));
     };
@@ -311,11 +308,11 @@ async fn get_prompt(r: &Req<'_>) -> Result<Response, RpcError> {
 /// is the agent session's own (scope `session`): its updates arrive outside any call, on that
 /// session's standalone stream, and go to the agent's (`GET /mcp`).
 async fn on_resource(r: &Req<'_>, method: &'static str) -> Result<Response, RpcError> {
-    let (state, run, id, params, body) = (r.state, r.run, r.id, r.params, r.body);
+    let (gw, run, id, params, body) = (r.gw, r.run, r.id, r.params, r.body);
     let Some(uri) = params.get("uri").and_then(Value::as_str) else {
         return Err(invalid(id, "`uri` is required"));
     };
-    let server = route_uri(state, run, r.caller, id, uri, qualifier(params)).await?;
+    let server = route_uri(gw, run, r.caller, id, uri, qualifier(params)).await?;
     if method != "resources/read" && server.scope() != McpScope::Session {
         return Err(rpc_error(
             StatusCode::OK,
@@ -341,8 +338,7 @@ async fn on_resource(r: &Req<'_>, method: &'static str) -> Result<Response, RpcE
 }
 
 async fn complete(r: &Req<'_>) -> Result<Response, RpcError> {
-    let (state, run, id, params, body, sse) = (r.state, r.run, r.id, r.params, r.body, r.sse);
-    let gw = &state;
+    let (gw, run, id, params, body, sse) = (r.gw, r.run, r.id, r.params, r.body, r.sse);
     let reference = params.get("ref").cloned().unwrap_or(Value::Null);
     let (server, resource, target, upstream_ref) =
         match reference.get("type").and_then(Value::as_str) {
