@@ -677,6 +677,19 @@ pub struct ToolApprovalRequest {
     pub required: u32,
 }
 
+/// What `AgentRun::ask_tool_approval` answers the gateway: whether the call's `Approval` is
+/// there to be waited on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "answer")]
+pub enum ToolApprovalAsked {
+    /// The call's `Approval` child has started (now or by an earlier ask): wait for its result.
+    Started,
+    /// The run is not running its agent (not yet, or no longer): nothing will decide the call.
+    NotRunning,
+    /// Temporal refused to start the child.
+    NotStarted { detail: String },
+}
+
 /// A parked tool call as the workflow holds it: the request and, once made, the decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolApproval {

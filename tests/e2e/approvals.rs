@@ -6,7 +6,7 @@
 //! approvers), and surviving the engine's kill -9.
 
 use crate::RUN_TIMEOUT;
-use crate::stack::{Stack, StackOptions};
+use crate::stack::{Stack, StackOptions, spec};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -67,12 +67,37 @@ async fn two_distinct_approvers_release_a_run_and_an_unanswered_one_escalates_th
     let dir = tempfile::tempdir().unwrap();
     let (mut stack, secops) = stack(dir.path());
 
-    // 1. Two-person rule.
-    let a = stack.gated_run(&stack.tokens.ci, json!({})).await.unwrap();
+    // 0./1. A vote sent right after the submit, before the run has asked for its approval,
+    // waits for the run to reach its gate and counts; two-person rule: one approval waits.
+    let mut gated = spec("acme", &["true"]);
+    gated["requires_approval"] = json!(true);
+    let submit = |s: Value| {
+        let stack = &stack;
+        async move {
+            let (status, run) = stack.submit_as(&stack.tokens.ci, &s).await.unwrap();
+            assert_eq!(status, 201, "{run}");
+            run["run_id"].as_str().unwrap().to_string()
+        }
+    };
+    let a = submit(gated).await;
     let id = format!("approval-gate-{a}");
     let (status, v) = vote(&stack, &stack.tokens.approver, &id, "approve").await;
     assert_eq!(status, 202, "{v}");
     assert_eq!(v["open"], true, "one approval of two: {v}");
+    // A run with no gate has no approval to vote on, also right after its submit.
+    let plain = submit(spec("acme", &["true"])).await;
+    let (status, v) = vote(
+        &stack,
+        &stack.tokens.approver,
+        &format!("approval-gate-{plain}"),
+        "approve",
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (404, Some("approval_not_found")),
+        "{v}"
+    );
     let (status, v) = vote(&stack, &stack.tokens.approver, &id, "approve").await;
     assert_eq!(
         (status, v["code"].as_str()),

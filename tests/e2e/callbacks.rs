@@ -4,7 +4,7 @@
 //! attacker and a replaying proxy would.
 
 use crate::RUN_TIMEOUT;
-use crate::stack::{Stack, StackOptions};
+use crate::stack::{SmallDisk, Stack, StackOptions};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
@@ -193,6 +193,15 @@ fn fake_jira_authorized(headers: &axum::http::HeaderMap) -> bool {
 /// `jira_url`), their users mapped to the stack's principals (`approver`, `lead`, `ci`;
 /// `U_NOBODY` to nobody).
 fn stack(dir: &std::path::Path, slack_api: &str, jira_url: &str) -> Stack {
+    stack_on(dir, slack_api, jira_url, None)
+}
+
+fn stack_on(
+    dir: &std::path::Path,
+    slack_api: &str,
+    jira_url: &str,
+    database_url: Option<String>,
+) -> Stack {
     let channels = dir.join("channels.json");
     std::fs::write(
         &channels,
@@ -220,6 +229,7 @@ fn stack(dir: &std::path::Path, slack_api: &str, jira_url: &str) -> Stack {
             ("E2E_JIRA_API_TOKEN".into(), JIRA_API_TOKEN.into()),
             ("E2E_JIRA_SECRET".into(), JIRA_SECRET.into()),
         ],
+        database_url,
         ..Default::default()
     })
     .unwrap()
@@ -620,4 +630,101 @@ async fn a_delivery_left_in_flight_by_a_dead_engine_is_taken_again_and_decides_o
     assert_eq!(run["summary"]["approval"]["channel"], "jira", "{run}");
     let (got, _) = post(&stack, "/v1/callbacks/jira", &transition("d-abandoned")).await;
     assert_eq!(got, 409, "once decided, the delivery is a replay");
+}
+
+/// The database's disk fills up while approvers answer: a forged delivery whose refusal cannot
+/// be recorded and a genuine one whose delivery cannot be recorded are each answered 503 with
+/// nothing decided (no refusal unrecorded, no vote unaccounted for); once space is back their
+/// redeliveries are refused (and recorded) and decide (once), and the chain verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_during_a_vote_decides_nothing_until_space_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path(), "24m");
+    let fake_slack = Fake::slack().await;
+    let fake_jira = Fake::jira().await;
+    let stack = stack_on(
+        dir.path(),
+        &fake_slack.url,
+        &fake_jira.url,
+        Some(disk.sqlite_url()),
+    );
+    let id = stack.gated_run(&stack.tokens.ci, json!({})).await.unwrap();
+    let approval = format!("approval-gate-{id}");
+    let transition = |delivery: &str, secret: &str| {
+        jira_transition(
+            "5b10ac8d82e05b22cc7d4ef5",
+            &id,
+            "Approved",
+            delivery,
+            secret,
+        )
+    };
+
+    let filler = disk.fill();
+    // SQLite writes into the space its write-ahead log already has until that runs out: forged
+    // deliveries (each refusal a ledger entry) until one cannot be recorded.
+    let mut unrecorded = None;
+    for i in 0..3000 {
+        let forged = transition(&format!("d-forged-{i}"), "not-the-secret");
+        match post(&stack, "/v1/callbacks/jira", &forged).await {
+            (401, _) => {}
+            (503, body) => {
+                assert_eq!(body["code"], "storage_unavailable", "{body}");
+                unrecorded = Some(forged);
+                break;
+            }
+            (got, body) => panic!("a forged delivery on a full disk answered {got}: {body}"),
+        }
+    }
+    let unrecorded = unrecorded.expect("the full disk recorded every refusal");
+    let genuine = transition("d-genuine", JIRA_SECRET);
+    let (got, body) = post(&stack, "/v1/callbacks/jira", &genuine).await;
+    assert_eq!(
+        (got, body["code"].as_str()),
+        (503, Some("storage_unavailable")),
+        "{body}"
+    );
+    let (status, shown) = stack
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/approvals/{approval}"),
+            Some(&stack.tokens.ci),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["votes"], json!([]), "decided on a full disk: {shown}");
+    assert_eq!(stack.run(&id).await.unwrap()["status"], "awaiting_approval");
+
+    std::fs::remove_file(&filler).unwrap();
+    let (got, body) = post(&stack, "/v1/callbacks/jira", &unrecorded).await;
+    assert_eq!(
+        (got, body["code"].as_str()),
+        (401, Some("bad_signature")),
+        "{body}"
+    );
+    let (got, body) = post(&stack, "/v1/callbacks/jira", &genuine).await;
+    assert_eq!(got, 200, "{body}");
+    let run = stack
+        .wait_status(&id, &["succeeded"], RUN_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(run["summary"]["approval"]["channel"], "jira", "{run}");
+    assert_eq!(run["summary"]["approval"]["approver"], "approver", "{run}");
+    assert_eq!(post(&stack, "/v1/callbacks/jira", &genuine).await.0, 409);
+    let shown = stack
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/approvals/{approval}"),
+            Some(&stack.tokens.ci),
+            None,
+        )
+        .await
+        .unwrap()
+        .1;
+    assert_eq!(shown["votes"].as_array().map(Vec::len), Some(1), "{shown}");
+    stack.wait_mirrored(&id).await.unwrap();
+    let (code, report) = stack.verify().unwrap();
+    assert_eq!(code, 0, "{report}");
 }

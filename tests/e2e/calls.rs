@@ -5,7 +5,7 @@
 
 use crate::gateway::{FakeProvider, PROVIDER_KEY, credential, fresh_connections, push_and_bind};
 use crate::policies::count;
-use crate::stack::{Stack, StackOptions, spec};
+use crate::stack::{SmallDisk, Stack, StackOptions, spec};
 use cogward::db::Db;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -375,35 +375,14 @@ async fn budgets_have_no_side_routes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_refuses_calls_before_forwarding_and_everything_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("disk");
-    std::fs::create_dir(&disk).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &disk,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=24m"),
-    )
-    .expect("mounting a tmpfs (the tests run as root)");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _unmount = Unmount(disk.clone());
-    let url = format!("sqlite://{}", disk.join("cogward.db").display());
-    let c = calls_stack(generous(), Some(url), dir).await;
+    let disk = SmallDisk::mount(dir.path(), "24m");
+    let c = calls_stack(generous(), Some(disk.sqlite_url()), dir).await;
     let http = fresh_connections();
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
                       "messages": [{"role": "user", "content": "one two three"}]})
     .to_string();
 
-    let filler = disk.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let chunk = vec![0u8; 64 << 10];
-    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
-    drop(f);
+    let filler = disk.fill();
     // SQLite writes into the space its write-ahead log already has until that runs out: call
     // until the refusals come.
     let mut refused = 0;

@@ -446,6 +446,29 @@ async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart
     assert_eq!(entries[2]["detail"]["approver"], "approver");
     let (code, report) = stack.verify().unwrap();
     assert_eq!(code, 0, "{report}");
+    // Each parked call asked the run with an update that answered once its approval existed;
+    // the run's history, rebuilt from the ledger, replays on this build, updates and all.
+    stack.cancel(&id).await.unwrap();
+    stack.wait_mirrored(&id).await.unwrap();
+    let updates = stack
+        .temporal
+        .history(&id)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, t)| t == "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED")
+        .count();
+    assert!(updates >= 3, "{updates} updates answered");
+    let out = stack
+        .command()
+        .args(["audit", "replay", &id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Malformed JSON-RPC, batches, oversized messages, missing and unknown sessions, forged

@@ -827,3 +827,43 @@ fn sandbox_read_only() -> String {
         String::new()
     }
 }
+
+/// A small filesystem of its own (a tmpfs of `size`, e.g. `"24m"`) at `<dir>/disk`, unmounted
+/// when the guard drops: a disk a test can fill.
+pub struct SmallDisk(pub std::path::PathBuf);
+
+impl SmallDisk {
+    pub fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        let disk = dir.join("disk");
+        std::fs::create_dir(&disk).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &disk,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .expect("mounting a tmpfs (the tests run as root)");
+        SmallDisk(disk)
+    }
+
+    /// A SQLite database URL on this disk.
+    pub fn sqlite_url(&self) -> String {
+        format!("sqlite://{}", self.0.join("cogward.db").display())
+    }
+
+    /// Fill what is left of the disk; the file to remove to give the space back.
+    pub fn fill(&self) -> std::path::PathBuf {
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

@@ -17,7 +17,7 @@ use cogward_protocol::approval::{
 use cogward_protocol::runner::Outcome;
 use cogward_protocol::spec::{
     Admission, AdmissionVerdict, ApprovalDecision, RunInput, RunStatus, RunSummary, RunnerEvidence,
-    ToolApproval, ToolApprovalRequest,
+    ToolApproval, ToolApprovalAsked, ToolApprovalRequest,
 };
 use futures::FutureExt;
 use std::time::Duration;
@@ -42,11 +42,52 @@ pub struct AgentRun {
     approval: Option<ApprovalDecision>,
     /// Tool calls the gateway parked while the agent ran, with their decisions.
     tool_approvals: Vec<ToolApproval>,
-    /// How many of them have their `Approval` child started.
+    /// How many of them have their `Approval` child asked for.
     tool_children: usize,
+    /// Whether the gate's `Approval` child has started.
+    gate_started: bool,
+    /// Call ids whose child's start has resolved, with Temporal's refusal if it did not start.
+    tool_starts: Vec<(String, Option<String>)>,
 }
 
 impl AgentRun {
+    fn running(&self) -> bool {
+        self.summary
+            .as_ref()
+            .is_some_and(|s| s.status == RunStatus::Running)
+    }
+
+    /// Take a parked tool call's request (once per call id, while the agent runs); whether the
+    /// call is now known.
+    fn accept(&mut self, request: ToolApprovalRequest) -> bool {
+        let known = self
+            .tool_approvals
+            .iter()
+            .any(|a| a.request.call_id == request.call_id);
+        if !known && self.running() {
+            self.tool_approvals.push(ToolApproval {
+                request,
+                decision: None,
+                result: None,
+            });
+            return true;
+        }
+        known
+    }
+
+    /// How the start of `call_id`'s child resolved: `None` if not yet.
+    fn start_of(&self, call_id: &str) -> Option<ToolApprovalAsked> {
+        self.tool_starts
+            .iter()
+            .find(|(id, _)| id == call_id)
+            .map(|(_, refused)| match refused {
+                None => ToolApprovalAsked::Started,
+                Some(detail) => ToolApprovalAsked::NotStarted {
+                    detail: detail.clone(),
+                },
+            })
+    }
+
     fn set_status(ctx: &WorkflowContext<Self>, status: RunStatus) {
         ctx.state_mut(|s| {
             if let Some(summary) = s.summary.as_mut() {
@@ -76,13 +117,14 @@ impl AgentRun {
         })
     }
 
-    /// Start the `Approval` child for `request` (or join it: its id is the subject's) and wait
-    /// for its outcome; `None` if the run was cancelled before it could start.
+    /// Start the gate's `Approval` child for `request` (or join it: its id is the subject's)
+    /// and wait for its outcome; `None` if the run was cancelled before it could start.
     async fn ask(ctx: &WorkflowContext<Self>, request: ApprovalRequest) -> Option<ApprovalOutcome> {
         let started = ctx
             .start_child_workflow(Approval::run, request.clone(), child_options(&request))
             .await
             .ok()?;
+        ctx.state_mut(|s| s.gate_started = true);
         started.result().await.ok()
     }
 
@@ -162,16 +204,21 @@ impl AgentRun {
                 let started = ctx
                     .start_child_workflow(Approval::run, request.clone(), child_options(&request))
                     .await;
-                match started {
+                let refused = match started {
                     Ok(child) => {
                         let call_id = r.call_id.clone();
                         children.push(Box::pin(
                             child.result().map(move |outcome| (call_id, outcome.ok())),
                         ));
+                        None
                     }
-                    Err(e) => tracing::warn!(call_id = %r.call_id, error = %e,
-                        "the approval of a parked tool call could not start"),
-                }
+                    Err(e) => {
+                        tracing::warn!(call_id = %r.call_id, error = %e,
+                            "the approval of a parked tool call could not start");
+                        Some(e.to_string())
+                    }
+                };
+                ctx.state_mut(|s| s.tool_starts.push((r.call_id.clone(), refused)));
             }
         }
     }
@@ -406,29 +453,52 @@ impl AgentRun {
         Self::finish(ctx, status, reason)
     }
 
-    /// The gateway parked a tool call of this run's agent for approval. Accepted while the
-    /// agent runs, once per call id.
+    /// The gateway parked a tool call of this run's agent for approval: the run starts the
+    /// call's `Approval` child (once per call id, while the agent runs), and the answer comes
+    /// once that child has started, so the gateway then waits on the child's result directly.
+    #[update]
+    pub async fn ask_tool_approval(
+        ctx: &mut WorkflowContext<Self>,
+        request: ToolApprovalRequest,
+    ) -> ToolApprovalAsked {
+        let call_id = request.call_id.clone();
+        if !ctx.state_mut(|s| s.accept(request)) {
+            return ToolApprovalAsked::NotRunning;
+        }
+        // Cancelled: the answer is whatever the state says by then.
+        let _ = ctx
+            .wait_condition(|s| s.start_of(&call_id).is_some() || !s.running())
+            .await;
+        ctx.state(|s| s.start_of(&call_id))
+            .unwrap_or(ToolApprovalAsked::NotRunning)
+    }
+
+    /// Whether the run's gate `Approval` has started, answered once it has or once the run is
+    /// past its gate (denied, running, ended): a vote that arrives before the run asked for its
+    /// approval (right after the submit) waits on this instead of retrying.
+    #[update]
+    pub async fn gate_asked(ctx: &mut WorkflowContext<Self>) -> bool {
+        let _ = ctx
+            .wait_condition(|s| {
+                s.gate_started
+                    || s.summary.as_ref().is_some_and(|s| {
+                        !matches!(s.status, RunStatus::Pending | RunStatus::AwaitingApproval)
+                    })
+            })
+            .await;
+        ctx.state(|s| s.gate_started)
+    }
+
+    /// The same request as a signal, as gateways of builds before `ask_tool_approval` sent it:
+    /// kept so that their runs' histories still replay (`audit replay`, a worker of this build
+    /// resuming them); nothing of this build sends it.
     #[signal]
     pub fn request_tool_approval(
         &mut self,
         _ctx: &mut SyncWorkflowContext<Self>,
         request: ToolApprovalRequest,
     ) {
-        let running = self
-            .summary
-            .as_ref()
-            .is_some_and(|s| s.status == RunStatus::Running);
-        let known = self
-            .tool_approvals
-            .iter()
-            .any(|a| a.request.call_id == request.call_id);
-        if running && !known {
-            self.tool_approvals.push(ToolApproval {
-                request,
-                decision: None,
-                result: None,
-            });
-        }
+        self.accept(request);
     }
 
     /// The run's current phase and summary.

@@ -12,14 +12,17 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cogward_protocol::approval::{Ballot, Refusal, Vote, WORKFLOW_ID_PREFIX};
+use cogward_protocol::approval::{Ballot, GATE_ID_PREFIX, Refusal, Vote, WORKFLOW_ID_PREFIX};
 use cogward_protocol::audit::AuditEvent;
-use cogward_protocol::spec::ApprovalVerdict;
-use cogward_workflows::Approval;
+use cogward_protocol::spec::{ApprovalVerdict, RunId};
+use cogward_workflows::{AgentRun, Approval};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use temporalio_client::{WorkflowListOptions, WorkflowQueryOptions, WorkflowSignalOptions};
+use temporalio_client::errors::WorkflowUpdateError;
+use temporalio_client::{
+    WorkflowExecuteUpdateOptions, WorkflowListOptions, WorkflowQueryOptions, WorkflowSignalOptions,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -176,9 +179,9 @@ fn not_found(id: &str) -> ApiError {
     )
 }
 
-/// How long a decision waits for an approval that its run has asked for but not yet started
-/// (the child starts within a workflow task of the request).
-const START_WAIT: Duration = Duration::from_secs(3);
+/// How long a vote waits for a run to reach its gate (its admission is a local activity of at
+/// most 10 s).
+const GATE_WAIT: Duration = Duration::from_secs(15);
 
 /// The approval's ballot, if it exists and `principal` may act on its tenant (another
 /// tenant's approval is not found, exactly as one that does not exist).
@@ -191,23 +194,46 @@ pub(crate) async fn ballot(
         return Err(not_found(id));
     }
     let handle = state.client()?.get_workflow_handle::<Approval>(id);
-    let started = tokio::time::Instant::now();
-    let ballot = loop {
-        match handle
-            .query(Approval::state, (), WorkflowQueryOptions::default())
-            .await
-        {
-            Ok(ballot) => break ballot,
-            Err(e) if crate::temporal::is_not_found(&e) && started.elapsed() < START_WAIT => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let query = || handle.query(Approval::state, (), WorkflowQueryOptions::default());
+    let ballot = match query().await {
+        Ok(ballot) => ballot,
+        Err(e) if crate::temporal::is_not_found(&e) => {
+            if !gate_started(state, principal, id).await? {
+                return Err(not_found(id));
             }
-            Err(e) if crate::temporal::is_not_found(&e) => return Err(not_found(id)),
-            Err(e) => return Err(unavailable(e)),
+            query().await.map_err(unavailable)?
         }
+        Err(e) => return Err(unavailable(e)),
     };
     ballot
         .filter(|b| principal.may_act_on(&b.request.tenant))
         .ok_or_else(|| not_found(id))
+}
+
+/// Whether `id`, not found, is the gate of a run of `principal`'s tenants that has since asked
+/// for it: a vote right after the submit asks the run (an update answered once the run has
+/// started its gate or passed it) rather than retrying.
+async fn gate_started(state: &AppState, principal: &Principal, id: &str) -> Result<bool, ApiError> {
+    let Some(run_id) = id.strip_prefix(GATE_ID_PREFIX) else {
+        return Ok(false);
+    };
+    let run = crate::runs::Runs(&state.db)
+        .get(&RunId(run_id.to_string()))
+        .await?;
+    if !run.is_some_and(|r| principal.may_act_on(&r.tenant)) {
+        return Ok(false);
+    }
+    let run = state.client()?.get_workflow_handle::<AgentRun>(run_id);
+    let asked = run.execute_update(
+        AgentRun::gate_asked,
+        (),
+        WorkflowExecuteUpdateOptions::default(),
+    );
+    match tokio::time::timeout(GATE_WAIT, asked).await {
+        Ok(Ok(started)) => Ok(started),
+        Ok(Err(WorkflowUpdateError::NotFound(_))) | Err(_) => Ok(false),
+        Ok(Err(e)) => Err(unavailable(e)),
+    }
 }
 
 async fn is_running(state: &AppState, id: &str) -> Result<bool, ApiError> {

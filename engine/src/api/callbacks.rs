@@ -505,8 +505,7 @@ async fn decide(state: AppState, asked: Asked) -> Response {
                 asked.user, asked.principal
             ),
         );
-        settle(&state, asked.channel, &asked.delivery).await;
-        return refuse(&state, asked.channel, r, about(&asked)).await;
+        return refuse_taken(&state, &asked, r).await;
     };
     if principal.require(Role::Approve).is_err() {
         let r = refused(
@@ -514,8 +513,7 @@ async fn decide(state: AppState, asked: Asked) -> Response {
             "forbidden",
             format!("{} may not approve", asked.principal),
         );
-        settle(&state, asked.channel, &asked.delivery).await;
-        return refuse(&state, asked.channel, r, about(&asked)).await;
+        return refuse_taken(&state, &asked, r).await;
     }
     let body = DecisionBody {
         comment: Some(format!("from {} user {}", asked.channel, asked.user)),
@@ -582,7 +580,21 @@ fn about(asked: &Asked) -> Value {
            "tool_call": asked.tool_call, "approve": asked.approve})
 }
 
-/// Record the refusal (`security.callback_refused`) and answer it.
+/// Refuse a delivery already taken: settled for good once its refusal is recorded, given back
+/// (for its redelivery to be refused and recorded then) if it could not be.
+async fn refuse_taken(state: &AppState, asked: &Asked, r: Refused) -> Response {
+    let answer = refuse(state, asked.channel, r, about(asked)).await;
+    if answer.status() == StatusCode::SERVICE_UNAVAILABLE {
+        give_back(state, asked.channel, &asked.delivery).await;
+    } else {
+        settle(state, asked.channel, &asked.delivery).await;
+    }
+    answer
+}
+
+/// Record the refusal (`security.callback_refused`) and answer it. A refusal that cannot be
+/// recorded (a full disk, the database down) is answered 503 instead, nothing decided, so that
+/// the vendor's redelivery is refused again and recorded: no refusal goes unrecorded.
 async fn refuse(state: &AppState, channel: &str, r: Refused, mut about: Value) -> Response {
     tracing::warn!(channel, code = r.code, detail = %r.detail, "callback refused");
     about["channel"] = json!(channel);
@@ -596,6 +608,12 @@ async fn refuse(state: &AppState, channel: &str, r: Refused, mut about: Value) -
     );
     if let Err(e) = state.ledger.append(vec![entry]).await {
         tracing::error!(error = %format!("{e:#}"), "recording a refused callback");
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "the refusal could not be recorded; nothing was decided; redeliver",
+        )
+        .into_response();
     }
     problem(r.status, r.code, r.detail).into_response()
 }

@@ -7,10 +7,11 @@
 //!   `<server>_<tool>`, filtered by the tool-access policy (action `list`).
 //! - `tools/call` is decided by the tool-access policy (action `call`): `permit` forwards it
 //!   upstream ([`super::upstream`]); `deny` answers a tool result with `isError: true` naming the
-//!   reasons (agents show it to their model, which can adapt); `escalate` parks the call: the run's
-//!   workflow is signalled (`request_tool_approval`), a member of the policy's group approves or
-//!   rejects through `POST /v1/runs/{id}/approve|reject` with `{"tool_call": id}`, and the call
-//!   is then forwarded or refused. While parked the answer is an SSE stream carrying progress
+//!   reasons (agents show it to their model, which can adapt); `escalate` parks the call: an
+//!   update to the run's workflow (`ask_tool_approval`) starts the call's `Approval` child and
+//!   answers once it exists, the gateway waits on the child's result (a long poll), a member of
+//!   the policy's group approves or rejects it (API, CLI, Slack, Jira), and the call is then
+//!   forwarded or refused. While parked the answer is an SSE stream carrying progress
 //!   notifications (when the client sent a `progressToken`). A retried call (same run, tool and
 //!   arguments) re-attaches to its parked row, so a gateway restart loses no decision.
 //! - Prompts, resources, completion and `logging/setLevel`: [`features`], decided and carried
@@ -44,14 +45,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use cogward_policy_abi::{Effect, Request, kinds};
 use cogward_protocol::approval::{ApprovalOutcome, ApprovalResult, tool_call_workflow_id};
-use cogward_protocol::spec::{ApprovalDecision, ApprovalVerdict, ToolApprovalRequest};
+use cogward_protocol::spec::{
+    ApprovalDecision, ApprovalVerdict, ToolApprovalAsked, ToolApprovalRequest,
+};
 use cogward_workflows::{AgentRun, Approval};
 use features::Listing;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use temporalio_client::{WorkflowGetResultOptions, WorkflowSignalOptions};
+use temporalio_client::errors::WorkflowUpdateError;
+use temporalio_client::{WorkflowExecuteUpdateOptions, WorkflowGetResultOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Largest JSON-RPC message accepted.
@@ -62,8 +66,6 @@ const SESSION_HEADER: &str = "mcp-session-id";
 /// How often a parked call checks its client is still there, and sends it progress.
 const CLIENT_CHECK: Duration = Duration::from_millis(250);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-/// How long a parked call waits for its run to start the call's `Approval` (a workflow task).
-const APPROVAL_START_WAIT: Duration = Duration::from_secs(10);
 
 pub fn router() -> Router<Arc<Gateway>> {
     Router::new()
@@ -1692,12 +1694,13 @@ where
         job.gw.config.tool_approval_timeout_seconds,
         1,
     );
-    // Every time, also on a re-attach: the workflow ignores a call id it knows. The run starts
-    // the call's `Approval` child, whose result is the decision.
-    client
+    // Every time, also on a re-attach (the update id is the call's, so a repeat is the same
+    // update): the run starts the call's `Approval` child and answers once it has started, so
+    // what follows waits on a workflow that exists.
+    let asked = client
         .get_workflow_handle::<AgentRun>(run_id.as_str())
-        .signal(
-            AgentRun::request_tool_approval,
+        .execute_update(
+            AgentRun::ask_tool_approval,
             ToolApprovalRequest {
                 call_id: parked_id.clone(),
                 tool: call.target.clone(),
@@ -1708,32 +1711,29 @@ where
                 stages: plan.stages,
                 required: plan.required,
             },
-            WorkflowSignalOptions::default(),
+            WorkflowExecuteUpdateOptions::builder()
+                .update_id(format!("ask-{parked_id}"))
+                .build(),
         )
-        .await?;
+        .await;
+    match asked {
+        Ok(ToolApprovalAsked::Started) => {}
+        Ok(ToolApprovalAsked::NotRunning) => return Ok(Parked::RunEnded),
+        Ok(ToolApprovalAsked::NotStarted { detail }) => {
+            anyhow::bail!("the call's approval could not start: {detail}")
+        }
+        // The run's workflow is closed (or gone), or closed before it answered.
+        Err(WorkflowUpdateError::NotFound(_) | WorkflowUpdateError::Failed(_)) => {
+            return Ok(Parked::RunEnded);
+        }
+        Err(e) => return Err(e.into()),
+    }
     let approval =
         client.get_workflow_handle::<Approval>(tool_call_workflow_id(&run_id, &parked_id));
     let parked_at = Instant::now();
     // Temporal answers when the approval ends (a long poll, no polling of ours); meanwhile the
     // agent hears progress and the gateway notices it went away.
-    let mut outcome = std::pin::pin!(async {
-        loop {
-            match approval
-                .get_result(WorkflowGetResultOptions::default())
-                .await
-            {
-                Ok(outcome) => return Ok(Some(outcome)),
-                // The run has not started the child yet, or never will (it is not running).
-                Err(e) if crate::temporal::is_not_found(&e) => {
-                    if parked_at.elapsed() > APPROVAL_START_WAIT {
-                        return Ok(None);
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(anyhow::Error::from(e)),
-            }
-        }
-    });
+    let mut outcome = std::pin::pin!(approval.get_result(WorkflowGetResultOptions::default()));
     let mut last_progress: Option<Instant> = None;
     loop {
         if gone() {
@@ -1745,19 +1745,14 @@ where
                 return Ok(Parked::ClientGone);
             }
         }
-        let outcome: Option<ApprovalOutcome> = tokio::select! {
+        let outcome: ApprovalOutcome = tokio::select! {
             outcome = &mut outcome => outcome?,
             _ = tokio::time::sleep(CLIENT_CHECK) => continue,
         };
-        return Ok(match outcome {
-            None => Parked::RunEnded,
-            Some(o) => match (o.result, o.decision()) {
-                (ApprovalResult::Approved | ApprovalResult::Rejected, Some(d)) => {
-                    Parked::Decided(d)
-                }
-                (ApprovalResult::Expired, _) => Parked::Expired,
-                _ => Parked::RunEnded,
-            },
+        return Ok(match (outcome.result, outcome.decision()) {
+            (ApprovalResult::Approved | ApprovalResult::Rejected, Some(d)) => Parked::Decided(d),
+            (ApprovalResult::Expired, _) => Parked::Expired,
+            _ => Parked::RunEnded,
         });
     }
 }
