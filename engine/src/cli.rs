@@ -1,12 +1,12 @@
 //! The `cogward` command line: the engine's processes, and the client commands CI/CD and
 //! operators use against the API.
 
-use crate::api::auth::Role;
-use crate::api::error::Problem;
-use crate::api::evidence::EvidenceView;
-use crate::api::run_events::{EventsView, SequencedEvent};
-use crate::api::runs::{HistoryView, RunView};
 use crate::config::EngineConfig;
+use crate::http::auth::Role;
+use crate::http::error::Problem;
+use crate::runs::events::{EventsView, SequencedEvent};
+use crate::runs::evidence::EvidenceView;
+use crate::runs::routes::{HistoryView, RunView};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use cogward_activities::agent_events::AgentEvent;
@@ -319,7 +319,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             .await
         }
         Command::Audit(AuditCommand::Checkpoint { file }) => {
-            use crate::ledger::checkpoint;
+            use crate::audit::checkpoint;
             let db = crate::db::Db::connect(&cli.engine.database_url()).await?;
             let key = checkpoint::signing_key(&cli.engine.ledger_signing_key())?;
             let c = checkpoint::make(&db, &key).await?;
@@ -333,8 +333,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Audit(AuditCommand::History { workflow_id }) => {
             let db = crate::db::Db::connect(&cli.engine.database_url()).await?;
-            let ledger = crate::ledger::Ledger::start(db);
-            let events = crate::ledger::replay::history_from_ledger(&ledger, workflow_id).await?;
+            let ledger = crate::audit::Ledger::start(db);
+            let events = crate::audit::replay::history_from_ledger(&ledger, workflow_id).await?;
             let history = temporalio_common::protos::temporal::api::history::v1::History { events };
             println!("{}", serde_json::to_string_pretty(&history)?);
             Ok(0)
@@ -399,9 +399,9 @@ async fn audit_verify(
     checkpoints: Option<&std::path::Path>,
     public_key: Option<&str>,
 ) -> Result<u8> {
-    use crate::ledger::checkpoint;
+    use crate::audit::checkpoint;
     let db = crate::db::Db::connect(&config.database_url()).await?;
-    let mut report = crate::ledger::verify(&db).await?;
+    let mut report = crate::audit::verify(&db).await?;
     if let Some(file) = checkpoints {
         let trusted = match public_key {
             Some(k) => checkpoint::public_key(k)?,
@@ -411,7 +411,7 @@ async fn audit_verify(
             let problem = checkpoint::check(&db, &c, &trusted).await?;
             report
                 .checkpoints
-                .push(crate::ledger::verify::CheckpointCheck {
+                .push(crate::audit::verify::CheckpointCheck {
                     at: c.at,
                     size: c.size,
                     problem,
@@ -463,17 +463,17 @@ async fn audit_verify(
 
 async fn audit_replay(config: &EngineConfig, run_id: &str) -> Result<u8> {
     let db = crate::db::Db::connect(&config.database_url()).await?;
-    let ledger = crate::ledger::Ledger::start(db);
-    let events = crate::ledger::replay::history_from_ledger(&ledger, run_id).await?;
+    let ledger = crate::audit::Ledger::start(db);
+    let events = crate::audit::replay::history_from_ledger(&ledger, run_id).await?;
     let n = events.len();
-    let problems = crate::ledger::replay::check_app_entries(&ledger, run_id, &events).await?;
+    let problems = crate::audit::replay::check_app_entries(&ledger, run_id, &events).await?;
     if !problems.is_empty() {
         for p in &problems {
             println!("FAILED: {p}");
         }
         return Ok(1);
     }
-    match crate::ledger::replay::replay_events(events).await {
+    match crate::audit::replay::replay_events(events).await {
         Ok(()) => {
             println!(
                 "OK: {n} history events of {run_id}, rebuilt from the ledger, replay against this build, and its application entries match them"

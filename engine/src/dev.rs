@@ -1,14 +1,14 @@
 //! `cogward serve` (API + history mirror, optionally the worker) and `cogward dev` (the same,
 //! plus an embedded Temporal dev server and development credentials).
 
-use crate::api::auth::{PrincipalEntry, Role, Tokens, TokensFile, token_digest};
-use crate::api::{self, AppState};
+use crate::audit::Ledger;
+use crate::audit::mirror::{Mirror, MirrorWake};
 use crate::config::EngineConfig;
 use crate::db::Db;
 use crate::gateway::Gateway;
 use crate::gateway::config::GatewayConfig;
-use crate::ledger::Ledger;
-use crate::mirror::{Mirror, MirrorWake};
+use crate::http::auth::{PrincipalEntry, Role, Tokens, TokensFile, token_digest};
+use crate::http::{self, AppState};
 use crate::policy::Policies;
 use crate::temporal;
 use anyhow::{Context, Result};
@@ -60,7 +60,9 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         }
     };
     tokio::spawn(mirror);
-    let channels = Arc::new(api::callbacks::Channels::load(&config.channels_config())?);
+    let channels = Arc::new(crate::approvals::callbacks::Channels::load(
+        &config.channels_config(),
+    )?);
     let gateway_config = GatewayConfig::load(&config.gateway_config())?;
     let gateway = Arc::new(
         Gateway::new(
@@ -80,8 +82,8 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
     tokio::spawn(crate::gateway::spool::drain(gateway.clone()));
     tokio::spawn(crate::gateway::settle_abandoned_calls(gateway.clone()));
     if config.checkpoint_interval_s > 0 {
-        let key = crate::ledger::checkpoint::signing_key(&config.ledger_signing_key())?;
-        tokio::spawn(crate::ledger::checkpoint::on_schedule(
+        let key = crate::audit::checkpoint::signing_key(&config.ledger_signing_key())?;
+        tokio::spawn(crate::audit::checkpoint::on_schedule(
             db.clone(),
             key,
             config.checkpoint_file(),
@@ -125,7 +127,7 @@ pub async fn serve(config: &EngineConfig, with_worker: bool) -> Result<()> {
         crate::gateway::app(gateway),
         shutdown_signal(),
     );
-    let app = api::app(state);
+    let app = http::app(state);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -13,7 +13,7 @@ pub fn activities_config(
     config: &EngineConfig,
     credentials: Arc<crate::gateway::RunCredentials>,
 ) -> Result<ActivitiesConfig> {
-    let channels = crate::api::callbacks::Channels::load(&config.channels_config())?;
+    let channels = crate::approvals::callbacks::Channels::load(&config.channels_config())?;
     Ok(ActivitiesConfig {
         state_dir: config.state_dir.clone(),
         runner_bin: config.runner_bin(),

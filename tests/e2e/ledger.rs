@@ -2,8 +2,8 @@
 //! several engines would be), exactly-once history keys, and tampering of every kind.
 
 use crate::stack::postgres_database;
+use cogward::audit::{AppendOutcome, EntryKind, Ledger, NewEntry, verify};
 use cogward::db::{Backend, Db};
-use cogward::ledger::{AppendOutcome, EntryKind, Ledger, NewEntry, verify};
 use serde_json::json;
 
 fn history(workflow: &str, event_id: i64) -> NewEntry {
@@ -172,8 +172,8 @@ async fn postgres_tampering_is_named() {
 /// edited application entry, `audit replay`) can tell.
 mod checkpoints {
     use crate::stack::{Stack, StackOptions, spec};
+    use cogward::audit::LedgerEntry;
     use cogward::db::Db;
-    use cogward::ledger::LedgerEntry;
     use serde_json::{Value, json};
     use std::process::Output;
 
@@ -238,7 +238,7 @@ mod checkpoints {
             .execute(&db.pool)
             .await
             .unwrap();
-        let mut prev = cogward::ledger::GENESIS_HASH.to_string();
+        let mut prev = cogward::audit::GENESIS_HASH.to_string();
         let mut seq = 0;
         for mut e in chain {
             seq += 1;

@@ -184,8 +184,8 @@ async fn approval_run_end_to_end(stack: &Stack) {
     // ended `rejected` where the history goes on to start the runner.
     use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
     let db = cogward::db::Db::connect(&stack.database_url).await.unwrap();
-    let ledger = cogward::ledger::Ledger::start(db);
-    let mut events = cogward::ledger::replay::history_from_ledger(&ledger, &id)
+    let ledger = cogward::audit::Ledger::start(db);
+    let mut events = cogward::audit::replay::history_from_ledger(&ledger, &id)
         .await
         .unwrap();
     let mut forged = 0;
@@ -203,7 +203,7 @@ async fn approval_run_end_to_end(stack: &Stack) {
         }
     }
     assert_eq!(forged, 1, "the gate's approval outcome");
-    let err = cogward::ledger::replay::replay_events(events)
+    let err = cogward::audit::replay::replay_events(events)
         .await
         .unwrap_err();
     assert!(
@@ -220,7 +220,7 @@ async fn approval_run_end_to_end(stack: &Stack) {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.starts_with("OK: "), "{text}");
-    let mut events = cogward::ledger::replay::history_from_ledger(&ledger, &gate)
+    let mut events = cogward::audit::replay::history_from_ledger(&ledger, &gate)
         .await
         .unwrap();
     let mut forged = 0;
@@ -237,7 +237,7 @@ async fn approval_run_end_to_end(stack: &Stack) {
         }
     }
     assert_eq!(forged, 1, "the approval's outcome");
-    let problems = cogward::ledger::replay::check_app_entries(&ledger, &gate, &events)
+    let problems = cogward::audit::replay::check_app_entries(&ledger, &gate, &events)
         .await
         .unwrap();
     assert!(

@@ -5,7 +5,7 @@
 //! `approval::history`) and folds the history one event at a time, in order, so a follower that
 //! has read up to some event continues from there without re-reading, and a follower that
 //! restarts rebuilds the same state by folding the events it already mirrored. The history
-//! mirror (`engine/src/mirror.rs`) follows every workflow with a derivation here; `audit replay`
+//! mirror (`engine/src/audit/mirror.rs`) follows every workflow with a derivation here; `audit replay`
 //! checks the ledger's application entries against the same derivation.
 
 use cogward_protocol::audit::AuditEvent;

@@ -11,8 +11,8 @@
 //! allowed connection is an `egress.connection` entry, durable before a byte is relayed.
 
 use super::{EgressConfig, resolve};
+use crate::audit::NewEntry;
 use crate::gateway::{Gateway, RunIdentity};
-use crate::ledger::NewEntry;
 use anyhow::{Context, Result};
 use cogward_activities::runner::EGRESS_PREAMBLE;
 use cogward_protocol::audit::AuditEvent;

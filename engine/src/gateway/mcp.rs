@@ -34,7 +34,7 @@ use super::obligations::{self, Site};
 use super::rpc::{CANCELLED, Interim, ServerRequest};
 use super::upstream::{Caller, UpstreamError};
 use super::{AuthFailure, CallDecision, CallRecord, Gateway, RunIdentity, sha256_hex};
-use crate::ledger::canonical_string;
+use crate::audit::canonical_string;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;

@@ -23,9 +23,9 @@ pub mod rpc;
 pub mod spool;
 pub mod upstream;
 
+use crate::audit::writer::JournalRow;
+use crate::audit::{Ledger, NewEntry};
 use crate::db::Db;
-use crate::ledger::writer::JournalRow;
-use crate::ledger::{Ledger, NewEntry};
 use crate::policy::Policies;
 use anyhow::{Context, Result};
 use axum::http::HeaderMap;
@@ -439,7 +439,7 @@ async fn append_record(
 ) -> Result<i64> {
     let outcomes = ledger.append_with_journal(entries, Some(journal)).await?;
     match outcomes.last() {
-        Some(crate::ledger::AppendOutcome::Appended { seq }) => Ok(*seq),
+        Some(crate::audit::AppendOutcome::Appended { seq }) => Ok(*seq),
         _ => anyhow::bail!("the call's ledger entry was not appended"),
     }
 }

@@ -4,9 +4,9 @@
 //! journal row shows the outcome settled, so a file replayed twice (a crash between the append
 //! and the removal) is appended once.
 
+use crate::audit::writer::JournalRow;
+use crate::audit::{Ledger, NewEntry};
 use crate::db::Db;
-use crate::ledger::writer::JournalRow;
-use crate::ledger::{Ledger, NewEntry};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;

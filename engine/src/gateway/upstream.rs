@@ -16,7 +16,7 @@
 
 use super::config::{Breaker, McpScope, McpServer, McpTransport};
 use super::rpc::{Client, Interim};
-use crate::ledger::{Ledger, NewEntry};
+use crate::audit::{Ledger, NewEntry};
 use cogward_protocol::audit::AuditEvent;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};

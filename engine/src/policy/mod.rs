@@ -3,10 +3,11 @@
 //! replaying a run's recorded decisions.
 
 pub mod cli;
+pub mod routes;
 pub mod store;
 
+use crate::audit::{Ledger, NewEntry};
 use crate::db::Db;
-use crate::ledger::{Ledger, NewEntry};
 use anyhow::{Context, Result};
 use cogward_activities::admission::PolicyDecider;
 use cogward_policy_abi::{Decision, Request, kinds};

@@ -24,10 +24,10 @@ use super::{
     CallJob, Req, RpcError, carry_out, decide, raw_params, reply, resolve, rpc_error, rpc_result,
     servers, to_raw,
 };
+use crate::audit::canonical_string;
 use crate::gateway::config::{McpScope, McpServer};
 use crate::gateway::upstream::Caller;
 use crate::gateway::{CallRecord, Gateway, RunIdentity, sha256_hex};
-use crate::ledger::canonical_string;
 use axum::http::StatusCode;
 use axum::response::Response;
 use cogward_policy_abi::{Effect, kinds};

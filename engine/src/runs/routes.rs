@@ -1,9 +1,9 @@
 //! `/v1/runs`: submit, read, list, approve, reject, cancel, history.
 
-use super::AppState;
-use super::auth::{Principal, Role};
-use super::error::{ApiError, ApiJson, ApiQuery, optional_json, problem};
-use crate::ledger::LedgerEntry;
+use crate::audit::LedgerEntry;
+use crate::http::AppState;
+use crate::http::auth::{Principal, Role};
+use crate::http::error::{ApiError, ApiJson, ApiQuery, optional_json, problem};
 use crate::runs::{RunFilter, RunRecord, Runs};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -303,7 +303,7 @@ pub(crate) async fn decide(
         None
     } else {
         Some(
-            super::approvals::vote(
+            crate::approvals::vote(
                 &state,
                 &principal,
                 &approval,

@@ -23,14 +23,12 @@
 //! that label) by the workflow (`notify_approvers`), and both told the outcome; posting tool
 //! calls' requests is not built yet.
 
-use super::AppState;
-use super::auth::Role;
-use super::error::{ApiError, problem};
-use super::runs::DecisionBody;
-use crate::ledger::NewEntry;
+use crate::audit::NewEntry;
+use crate::http::AppState;
+use crate::http::auth::Role;
+use crate::http::error::{ApiError, problem};
+use crate::runs::routes::DecisionBody;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -42,8 +40,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use subtle::ConstantTimeEq;
 
-/// How far a Slack request's timestamp may be from now.
-const SLACK_WINDOW_SECONDS: i64 = 300;
 /// How long a callback may take before its answer is given (Slack wants one within 3 s); the
 /// decision goes on after it.
 const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_millis(2500);
@@ -180,10 +176,16 @@ impl Channels {
     }
 }
 
+mod deliveries;
+mod jira;
+mod slack;
+
+use deliveries::{give_back, settle};
+
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/callbacks/slack", post(slack))
-        .route("/v1/callbacks/jira", post(jira))
+        .route("/v1/callbacks/slack", post(slack::callback))
+        .route("/v1/callbacks/jira", post(jira::callback))
 }
 
 /// A callback refused: why, for the ledger and the answer.
@@ -243,159 +245,6 @@ fn subject(text: &str) -> Option<(String, Option<String>)> {
     (!run.is_empty() && !call.is_empty()).then(|| (run.to_string(), Some(call.to_string())))
 }
 
-async fn slack(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let asked = match verify_slack(&state, &headers, &body).await {
-        Ok(asked) => asked,
-        Err(r) => return refuse(&state, "slack", r, json!({})).await,
-    };
-    decide(state, asked).await
-}
-
-async fn verify_slack(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Asked, Refused> {
-    let unauthorized = |detail: &str| refused(StatusCode::UNAUTHORIZED, "bad_signature", detail);
-    let Some((slack, secret)) = &state.channels.slack else {
-        return Err(refused(
-            StatusCode::NOT_FOUND,
-            "channel_not_configured",
-            "Slack is not an approval channel here",
-        ));
-    };
-    let ts = header(headers, "x-slack-request-timestamp")
-        .and_then(|t| t.parse::<i64>().ok())
-        .ok_or_else(|| unauthorized("no X-Slack-Request-Timestamp"))?;
-    let signature = header(headers, "x-slack-signature")
-        .and_then(|s| s.strip_prefix("v0="))
-        .ok_or_else(|| unauthorized("no v0 X-Slack-Signature"))?;
-    let expected = hmac_hex(secret, &[format!("v0:{ts}:").as_bytes(), body]);
-    if !same(signature, &expected) {
-        return Err(unauthorized("the signature does not match the body"));
-    }
-    if (chrono::Utc::now().timestamp() - ts).abs() > SLACK_WINDOW_SECONDS {
-        return Err(refused(
-            StatusCode::UNAUTHORIZED,
-            "stale_request",
-            format!("the request's timestamp {ts} is more than {SLACK_WINDOW_SECONDS} s from now"),
-        ));
-    }
-    let form: BTreeMap<String, String> = serde_urlencoded::from_bytes(body)
-        .map_err(|e| refused(StatusCode::BAD_REQUEST, "bad_payload", e.to_string()))?;
-    let payload: Value = form
-        .get("payload")
-        .and_then(|p| serde_json::from_str(p).ok())
-        .ok_or_else(|| refused(StatusCode::BAD_REQUEST, "bad_payload", "no JSON `payload`"))?;
-    let bad = |why: &str| refused(StatusCode::BAD_REQUEST, "bad_payload", why);
-    if payload["type"] != "block_actions" {
-        return Err(bad("not a block_actions payload"));
-    }
-    let action = &payload["actions"][0];
-    let approve = match action["action_id"].as_str() {
-        Some("approve") => true,
-        Some("reject") => false,
-        _ => return Err(bad("the action is neither approve nor reject")),
-    };
-    let (run_id, tool_call) = action["value"]
-        .as_str()
-        .and_then(subject)
-        .ok_or_else(|| bad("the button's value names no run or tool call"))?;
-    let user = payload["user"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let principal = mapped(&slack.users, "Slack", &user)?;
-    take_once(state, "slack", signature).await?;
-    Ok(Asked {
-        channel: "slack",
-        delivery: signature.to_string(),
-        user,
-        principal,
-        approve,
-        run_id,
-        tool_call,
-    })
-}
-
-async fn jira(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let asked = match verify_jira(&state, &headers, &body).await {
-        Ok(Some(asked)) => asked,
-        // A change that decides nothing (another field, another status): acknowledged.
-        Ok(None) => return StatusCode::NO_CONTENT.into_response(),
-        Err(r) => return refuse(&state, "jira", r, json!({})).await,
-    };
-    decide(state, asked).await
-}
-
-async fn verify_jira(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Option<Asked>, Refused> {
-    let unauthorized = |detail: &str| refused(StatusCode::UNAUTHORIZED, "bad_signature", detail);
-    let Some((jira, secret)) = &state.channels.jira else {
-        return Err(refused(
-            StatusCode::NOT_FOUND,
-            "channel_not_configured",
-            "Jira is not an approval channel here",
-        ));
-    };
-    let signature = header(headers, "x-hub-signature")
-        .and_then(|s| s.strip_prefix("sha256="))
-        .ok_or_else(|| unauthorized("no sha256 X-Hub-Signature"))?;
-    if !same(signature, &hmac_hex(secret, &[body])) {
-        return Err(unauthorized("the signature does not match the body"));
-    }
-    let delivery = header(headers, "x-atlassian-webhook-identifier")
-        .filter(|d| !d.is_empty())
-        .ok_or_else(|| unauthorized("no X-Atlassian-Webhook-Identifier"))?;
-    let bad = |why: &str| refused(StatusCode::BAD_REQUEST, "bad_payload", why);
-    let event: Value = serde_json::from_slice(body).map_err(|_| bad("not JSON"))?;
-    if event["webhookEvent"] != "jira:issue_updated" {
-        return Ok(None);
-    }
-    let status = event["changelog"]["items"]
-        .as_array()
-        .and_then(|items| items.iter().find(|i| i["field"] == "status"))
-        .and_then(|i| i["toString"].as_str());
-    let approve = match status {
-        Some(s) if s == jira.approve_status => true,
-        Some(s) if s == jira.reject_status => false,
-        _ => return Ok(None),
-    };
-    let label = event["issue"]["fields"]["labels"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .find_map(|l| {
-            if let Some(run) = l.strip_prefix("cogward-run-") {
-                return subject(&format!("run:{run}"));
-            }
-            let rest = l.strip_prefix("cogward-tool-")?;
-            // Run ids are `run-<hex>`: the call id follows the run id's hex.
-            let (run, call) = rest.strip_prefix("run-")?.split_once('-')?;
-            subject(&format!("tool:run-{run}:{call}"))
-        });
-    let (run_id, tool_call) = label.ok_or_else(|| bad("the issue names no cogward run"))?;
-    let user = event["user"]["accountId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let principal = mapped(&jira.users, "Jira", &user)?;
-    take_once(state, "jira", delivery).await?;
-    Ok(Some(Asked {
-        channel: "jira",
-        delivery: delivery.to_string(),
-        user,
-        principal,
-        approve,
-        run_id,
-        tool_call,
-    }))
-}
-
 /// The cogward principal a channel's user is.
 fn mapped(users: &BTreeMap<String, String>, channel: &str, user: &str) -> Result<String, Refused> {
     users.get(user).cloned().ok_or_else(|| {
@@ -405,92 +254,6 @@ fn mapped(users: &BTreeMap<String, String>, channel: &str, user: &str) -> Result
             format!("{channel} user {user:?} is no cogward principal"),
         )
     })
-}
-
-/// How long a delivery may be in flight before it counts as abandoned (its engine died).
-const IN_FLIGHT_LEASE: chrono::Duration = chrono::Duration::seconds(30);
-
-/// Take over an abandoned in-flight delivery; whether this call did.
-async fn reclaim(state: &AppState, channel: &str, delivery: &str) -> bool {
-    let now = chrono::Utc::now();
-    let cutoff = (now - IN_FLIGHT_LEASE).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    sqlx::query(
-        "UPDATE callback_deliveries SET received_at = $1 WHERE channel = $2 AND delivery_id = $3 \
-         AND decided = 0 AND received_at < $4",
-    )
-    .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-    .bind(channel)
-    .bind(delivery)
-    .bind(cutoff)
-    .execute(&state.db.pool)
-    .await
-    .is_ok_and(|r| r.rows_affected() == 1)
-}
-
-/// Take a delivery once: a second time is a replay once its decision is made, and asked to come
-/// again while it is in flight (unless abandoned).
-async fn take_once(state: &AppState, channel: &str, delivery: &str) -> Result<(), Refused> {
-    let inserted = sqlx::query(
-        "INSERT INTO callback_deliveries (channel, delivery_id, received_at) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(channel)
-    .bind(delivery)
-    .bind(crate::now_rfc3339())
-    .execute(&state.db.pool)
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "recording a callback delivery");
-        refused(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_unavailable",
-            "the delivery could not be recorded; nothing was decided",
-        )
-    })?;
-    if inserted.rows_affected() == 0 {
-        let decided: Option<i64> = sqlx::query_scalar(
-            "SELECT decided FROM callback_deliveries WHERE channel = $1 AND delivery_id = $2",
-        )
-        .bind(channel)
-        .bind(delivery)
-        .fetch_optional(&state.db.pool)
-        .await
-        .unwrap_or(Some(1));
-        // Taken and in flight for longer than any decision takes: the engine that took it died
-        // before settling it (perhaps before signalling). Take it again: if its vote did reach
-        // the approval, the approval refuses it as that approver's second.
-        if decided == Some(0) && reclaim(state, channel, delivery).await {
-            return Ok(());
-        }
-        // Taken and still in flight (its decision may yet fail and give it back): come again.
-        if decided == Some(0) {
-            return Err(refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "still_deciding",
-                "this delivery's decision is in flight; redeliver later",
-            ));
-        }
-        return Err(refused(
-            StatusCode::CONFLICT,
-            "replayed",
-            "this delivery was already taken",
-        ));
-    }
-    Ok(())
-}
-
-/// The delivery's decision is made (or refused for good): a redelivery is a replay now.
-async fn settle(state: &AppState, channel: &str, delivery: &str) {
-    let settled = sqlx::query(
-        "UPDATE callback_deliveries SET decided = 1 WHERE channel = $1 AND delivery_id = $2",
-    )
-    .bind(channel)
-    .bind(delivery)
-    .execute(&state.db.pool)
-    .await;
-    if let Err(e) = settled {
-        tracing::error!(error = %e, "settling a callback delivery");
-    }
 }
 
 /// Decide as the mapped principal, as the API would; answer within Slack's time (the decision
@@ -526,8 +289,15 @@ async fn decide(state: AppState, asked: Asked) -> Response {
     // made (Temporal unreachable, say) the delivery is given back, so that the vendor's retry of
     // it is not taken for a replay.
     let task = tokio::spawn(async move {
-        let decided =
-            super::runs::decide(deciding.clone(), principal, run_id, body, approve, channel).await;
+        let decided = crate::runs::routes::decide(
+            deciding.clone(),
+            principal,
+            run_id,
+            body,
+            approve,
+            channel,
+        )
+        .await;
         match &decided {
             Err(ApiError(p)) if p.status >= 500 => give_back(&deciding, channel, &delivery).await,
             _ => settle(&deciding, channel, &delivery).await,
@@ -559,19 +329,6 @@ async fn decide(state: AppState, asked: Asked) -> Response {
             "the decision is not made yet; redeliver",
         )
         .into_response(),
-    }
-}
-
-/// Forget a delivery whose decision failed, so that its retry is taken.
-async fn give_back(state: &AppState, channel: &str, delivery: &str) {
-    let forgotten =
-        sqlx::query("DELETE FROM callback_deliveries WHERE channel = $1 AND delivery_id = $2")
-            .bind(channel)
-            .bind(delivery)
-            .execute(&state.db.pool)
-            .await;
-    if let Err(e) = forgotten {
-        tracing::error!(error = %e, "forgetting a callback delivery whose decision failed");
     }
 }
 

@@ -48,7 +48,7 @@ pub async fn check_app_entries(
 ) -> Result<Vec<String>> {
     use std::collections::BTreeMap;
     let mut expected: BTreeMap<(i64, String), serde_json::Value> =
-        crate::mirror::derived_app_entries(events)?
+        crate::audit::mirror::derived_app_entries(events)?
             .into_iter()
             .map(|(id, t, body)| ((id, t.to_string()), body))
             .collect();

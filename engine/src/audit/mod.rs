@@ -13,6 +13,7 @@
 //! ```
 
 pub mod checkpoint;
+pub mod mirror;
 pub mod replay;
 pub mod verify;
 pub mod writer;

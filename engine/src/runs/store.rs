@@ -93,7 +93,7 @@ impl Runs<'_> {
         .execute(tx.conn())
         .await?
         .rows_affected();
-        crate::mirror::follow(tx.conn(), rec.run_id.as_str(), AGENT_RUN).await?;
+        crate::audit::mirror::follow(tx.conn(), rec.run_id.as_str(), AGENT_RUN).await?;
         tx.commit().await?;
         let stored = self
             .get(&rec.run_id)
@@ -137,7 +137,7 @@ impl Runs<'_> {
             .bind(run_id.as_str())
             .execute(tx.conn())
             .await?;
-        crate::mirror::unfollow(tx.conn(), run_id.as_str()).await?;
+        crate::audit::mirror::unfollow(tx.conn(), run_id.as_str()).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -13,8 +13,8 @@
 //! The ledger's unique key on (namespace, workflow id, run id, event id) refuses a duplicate
 //! whichever engine tries to append it.
 
+use crate::audit::{EntryKind, Ledger, NewEntry};
 use crate::db::Db;
-use crate::ledger::{EntryKind, Ledger, NewEntry};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use cogward_protocol::audit::AuditEvent;

@@ -1,18 +1,14 @@
-//! The HTTP API (axum): one router per feature, one error type, tests call [`app`] without a
-//! socket.
+//! The operator API's HTTP surface (axum): its state, its authentication (`auth`), its one error
+//! type (`error`, RFC 9457 problems), and the router composed of each service's routes (runs,
+//! approvals and their callbacks, policies). Tests call [`app`] without a socket. It never
+//! imports the gateway, which has its own listener (`gateway::app`).
 
-pub mod approvals;
 pub mod auth;
-pub mod callbacks;
 pub mod error;
-pub mod evidence;
-pub mod policies;
-pub mod run_events;
-pub mod runs;
 
+use crate::audit::Ledger;
+use crate::audit::mirror::MirrorWake;
 use crate::db::Db;
-use crate::ledger::Ledger;
-use crate::mirror::MirrorWake;
 use crate::policy::Policies;
 use auth::Tokens;
 use axum::extract::{DefaultBodyLimit, FromRef, State};
@@ -38,7 +34,7 @@ pub struct AppState {
     /// The engine's state directory (run directories live in `runs/`).
     pub state_dir: std::path::PathBuf,
     /// The approval channels (Slack, Jira) whose callbacks decide.
-    pub channels: Arc<callbacks::Channels>,
+    pub channels: Arc<crate::approvals::callbacks::Channels>,
 }
 
 impl FromRef<AppState> for Arc<Tokens> {
@@ -70,12 +66,12 @@ pub fn app(state: AppState) -> Router {
                 Json(serde_json::json!({"ok": true, "temporal": state.temporal.get().is_some()}))
             }),
         )
-        .merge(runs::router())
-        .merge(approvals::router())
-        .merge(run_events::router())
-        .merge(evidence::router())
-        .merge(policies::router())
-        .merge(callbacks::router())
+        .merge(crate::runs::routes::router())
+        .merge(crate::runs::events::router())
+        .merge(crate::runs::evidence::router())
+        .merge(crate::approvals::router())
+        .merge(crate::approvals::callbacks::router())
+        .merge(crate::policy::routes::router())
         .fallback(|| async {
             error::problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -7,9 +7,9 @@
 //! The run directory is on the worker's host: the API serves events where it runs beside the
 //! worker (`serve --worker`, `dev`); see docs/operations.md.
 
-use super::AppState;
-use super::auth::{Principal, Role};
-use super::error::{ApiError, ApiQuery, problem};
+use crate::http::AppState;
+use crate::http::auth::{Principal, Role};
+use crate::http::error::{ApiError, ApiQuery, problem};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -107,7 +107,7 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Read)?;
-    let record = super::runs::load(&state, &principal, &id).await?;
+    let record = super::routes::load(&state, &principal, &id).await?;
     let runtime = record.spec.runtime.name().to_string();
     let format = OutputFormat::of(&record.spec.runtime).ok_or_else(|| {
         problem(

@@ -1,12 +1,14 @@
 //! `/v1/approvals`: the `Approval` workflows (a run's gate, a parked tool call) — list the open
 //! ones, show one (live, or its mirrored history from the ledger), approve or reject it. Every
 //! channel decides through [`vote`]: the API here and at `/v1/runs/{id}/approve`, Slack and Jira
-//! callbacks.
+//! callbacks ([`callbacks`]).
 
-use super::AppState;
-use super::auth::{Principal, Role};
-use super::error::{ApiError, optional_json, problem};
-use crate::ledger::LedgerEntry;
+pub mod callbacks;
+
+use crate::audit::LedgerEntry;
+use crate::http::AppState;
+use crate::http::auth::{Principal, Role};
+use crate::http::error::{ApiError, optional_json, problem};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

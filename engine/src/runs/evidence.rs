@@ -2,9 +2,9 @@
 //! items with their digests as the run's history records them, and each item's bytes, checked
 //! against that digest before they are served.
 
-use super::AppState;
-use super::auth::{Principal, Role};
-use super::error::{ApiError, problem};
+use crate::http::AppState;
+use crate::http::auth::{Principal, Role};
+use crate::http::error::{ApiError, problem};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -37,7 +37,7 @@ async fn recorded(
     id: &str,
 ) -> Result<(String, String, StoredEvidence), ApiError> {
     principal.require(Role::Read)?;
-    let record = super::runs::load(state, principal, id).await?;
+    let record = super::routes::load(state, principal, id).await?;
     let stored = match record.summary.as_ref().and_then(|s| s.evidence.as_ref()) {
         Some(RunnerEvidence::Finished(result)) => result.evidence.clone(),
         _ => None,

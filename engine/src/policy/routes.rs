@@ -1,8 +1,8 @@
 //! `/v1/policies`: push a bundle, list bundles and bindings, bind.
 
-use super::AppState;
-use super::auth::{Principal, Role};
-use super::error::{ApiError, ApiJson, problem};
+use crate::http::AppState;
+use crate::http::auth::{Principal, Role};
+use crate::http::error::{ApiError, ApiJson, problem};
 use crate::policy::store::{Binding, Bundle};
 use crate::policy::{PushError, PushRequest, Pushed};
 use axum::extract::{DefaultBodyLimit, State};
