@@ -7,10 +7,17 @@
 //! its variant, never by a string of their own; the string is what is stored and hashed, so a
 //! variant's name never changes once released.
 //!
-//! The bodies are still JSON built at each producer (described in `docs/api.md` with the
-//! endpoint or component that writes them); typing each body is not done yet.
+//! The bodies the workflows' derivations write (`run.*`, `approval.*`) are typed here, one
+//! struct per event, each implementing [`AuditBody`] (which names its event, so a body cannot be
+//! stored under another's name) and serialising exactly as the ledger has always stored it: the
+//! entry's hash covers those bytes, so a field's name or presence never changes once released.
+//! The gateway's, the policy store's, the egress proxy's and the callbacks' bodies are still JSON
+//! built at each producer (described in `docs/api.md`).
 
+use crate::approval::{ApprovalResult, ApprovalSubject, Stage, Vote};
+use crate::spec::{AdmissionVerdict, RunId, RunLimits, RunStatus, RunnerEvidence};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::fmt;
 
 macro_rules! audit_events {
@@ -108,6 +115,146 @@ impl fmt::Display for AuditEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The typed body of one application event.
+pub trait AuditBody: Serialize {
+    /// The event this body is stored as.
+    const EVENT: AuditEvent;
+
+    /// The event and the body as the ledger stores it.
+    fn entry(&self) -> (AuditEvent, Value) {
+        let body = serde_json::to_value(self)
+            .unwrap_or_else(|e| serde_json::json!({ "unserialisable_body": e.to_string() }));
+        (Self::EVENT, body)
+    }
+}
+
+macro_rules! audit_body {
+    ($($body:ty => $event:ident,)*) => {
+        $(impl AuditBody for $body {
+            const EVENT: AuditEvent = AuditEvent::$event;
+        })*
+    };
+}
+
+/// `run.submitted`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSubmitted {
+    pub run_id: RunId,
+    pub agent: String,
+    pub tenant: String,
+    pub submitted_by: String,
+    pub spec_sha256: String,
+    pub requires_approval: bool,
+}
+
+/// `run.admission` (the decision record itself is the `policy.decision` entry beside it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunAdmission {
+    pub verdict: AdmissionVerdict,
+    pub reasons: Vec<String>,
+    pub approval_group: Option<String>,
+    pub spec_sha256: String,
+    pub limits: RunLimits,
+}
+
+/// `run.approval` (a gate's decision) and `run.tool_approval` (a parked call's approval, however
+/// it ended): the same shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunApproval {
+    pub approval_id: String,
+    pub result: ApprovalResult,
+    pub stage: usize,
+    pub votes: Vec<Vote>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<(Vote, String)>,
+    /// Present when a person decided.
+    #[serde(flatten)]
+    pub decided: Option<Decided>,
+}
+
+/// `run.tool_approval`: a [`RunApproval`] of a tool call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunToolApproval(pub RunApproval);
+
+/// Who decided an approval, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decided {
+    /// `approve` or `reject`.
+    pub signal: String,
+    pub approver: String,
+    pub comment: Option<String>,
+    pub channel: Option<String>,
+}
+
+/// `run.finished`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFinished {
+    pub status: RunStatus,
+    pub reason: Option<String>,
+}
+
+/// `approval.requested`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRequested {
+    pub subject: ApprovalSubject,
+    pub tenant: String,
+    pub agent: String,
+    pub requested_by: String,
+    pub reasons: Vec<String>,
+    pub stages: Vec<Stage>,
+    pub required: u32,
+}
+
+/// `approval.posted`: where a stage's request went (Slack channel and `ts`, Jira key), or why
+/// it did not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalPosted {
+    pub stage: usize,
+    pub slack: Option<(String, String)>,
+    pub jira: Option<String>,
+    pub errors: Vec<String>,
+}
+
+/// `approval.escalated`: the stage now asked, and its group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalEscalated {
+    pub stage: usize,
+    pub group: Option<String>,
+}
+
+/// `approval.decided`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalDecided {
+    pub result: ApprovalResult,
+    pub stage: usize,
+    pub approver: Option<String>,
+    pub channel: Option<String>,
+    pub votes: Vec<Vote>,
+    pub refused: Vec<(Vote, String)>,
+}
+
+/// `approval.ended`: ended undecided (`failed`, `cancelled`, `terminated`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalEnded {
+    pub result: String,
+    pub reason: Option<String>,
+}
+
+audit_body! {
+    RunSubmitted => RunSubmitted,
+    RunAdmission => RunAdmission,
+    RunApproval => RunApproval,
+    RunToolApproval => RunToolApproval,
+    RunnerEvidence => RunEvidence,
+    RunFinished => RunFinished,
+    ApprovalRequested => ApprovalRequested,
+    ApprovalPosted => ApprovalPosted,
+    ApprovalEscalated => ApprovalEscalated,
+    ApprovalDecided => ApprovalDecided,
+    ApprovalEnded => ApprovalEnded,
 }
 
 #[cfg(test)]

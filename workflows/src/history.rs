@@ -188,6 +188,26 @@ mod tests {
         "approval-expired",
     ];
 
+    /// Every entry derived from the recorded histories, event name and body, is what builds
+    /// before the typed bodies derived (`tests/histories/entries/`, written by the build before
+    /// them): the stored bytes, which the chain hashes, never change shape.
+    #[test]
+    fn derived_bodies_are_stored_exactly_as_released() {
+        for name in RECORDED {
+            let path = format!(
+                "{}/tests/histories/entries/{name}.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let released: Vec<Value> =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let derived: Vec<Value> = recorded_entries(name)
+                .iter()
+                .map(|(t, b)| serde_json::json!({"event_type": t.as_str(), "body": b}))
+                .collect();
+            assert_eq!(derived, released, "{name}");
+        }
+    }
+
     #[test]
     fn a_follower_resumed_anywhere_appends_exactly_what_an_uninterrupted_one_does() {
         for name in RECORDED {

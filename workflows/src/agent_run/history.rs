@@ -5,11 +5,13 @@
 use crate::history::{AppEntry, Derivation, Ending, Index, RunIndex, ending, first_payload};
 use cogward_protocol::activities::RunActivities;
 use cogward_protocol::approval::{ApprovalOutcome, GATE_ID_PREFIX};
-use cogward_protocol::audit::AuditEvent;
+use cogward_protocol::audit::{
+    AuditBody, Decided, RunAdmission, RunApproval, RunFinished, RunSubmitted, RunToolApproval,
+};
 use cogward_protocol::spec::{
     Admission, ApprovalVerdict, RunInput, RunStatus, RunSummary, RunnerEvidence,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use temporalio_common::ActivityDefinition;
 use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
@@ -49,17 +51,17 @@ impl Derivation for RunDerivation {
                 let Some(input) = first_payload::<RunInput>(&a.input) else {
                     return Vec::new();
                 };
-                vec![(
-                    AuditEvent::RunSubmitted,
-                    json!({
-                        "run_id": input.run_id,
-                        "agent": input.spec.agent,
-                        "tenant": input.spec.tenant,
-                        "submitted_by": input.submitted_by,
-                        "spec_sha256": input.spec.digest(),
-                        "requires_approval": input.spec.requires_approval,
-                    }),
-                )]
+                vec![
+                    RunSubmitted {
+                        spec_sha256: input.spec.digest(),
+                        requires_approval: input.spec.requires_approval,
+                        run_id: input.run_id,
+                        agent: input.spec.agent,
+                        tenant: input.spec.tenant,
+                        submitted_by: input.submitted_by,
+                    }
+                    .entry(),
+                ]
             }
             Attributes::ActivityTaskScheduledEventAttributes(a) => {
                 if let Some(t) = &a.activity_type {
@@ -75,12 +77,14 @@ impl Derivation for RunDerivation {
                 let mut entries = admission.decision.ledger_entries();
                 entries.insert(
                     0,
-                    (
-                        AuditEvent::RunAdmission,
-                        json!({"verdict": admission.verdict, "reasons": admission.reasons,
-                               "approval_group": admission.approval_group,
-                               "spec_sha256": admission.spec_sha256, "limits": admission.limits}),
-                    ),
+                    RunAdmission {
+                        verdict: admission.verdict,
+                        reasons: admission.reasons.clone(),
+                        approval_group: admission.approval_group.clone(),
+                        spec_sha256: admission.spec_sha256.clone(),
+                        limits: admission.limits,
+                    }
+                    .entry(),
                 );
                 self.admission = Some(admission);
                 entries
@@ -89,8 +93,7 @@ impl Derivation for RunDerivation {
                 if self.is(a.scheduled_event_id, RunActivities::start_runner.name()) =>
             {
                 first_payload::<RunnerEvidence>(&a.result)
-                    .and_then(|e| serde_json::to_value(e).ok())
-                    .map(|body| (AuditEvent::RunEvidence, body))
+                    .map(|e| e.entry())
                     .into_iter()
                     .collect()
             }
@@ -108,19 +111,23 @@ impl Derivation for RunDerivation {
             Attributes::WorkflowExecutionCompletedEventAttributes(a) => {
                 first_payload::<RunSummary>(&a.result)
                     .map(|s| {
-                        (
-                            AuditEvent::RunFinished,
-                            json!({"status": s.status, "reason": s.reason}),
-                        )
+                        RunFinished {
+                            status: s.status,
+                            reason: s.reason,
+                        }
+                        .entry()
                     })
                     .into_iter()
                     .collect()
             }
             _ => match ending(ev) {
-                Some(_) => vec![(
-                    AuditEvent::RunFinished,
-                    json!({"status": self.index.status, "reason": self.index.reason}),
-                )],
+                Some(_) => vec![
+                    RunFinished {
+                        status: self.index.status,
+                        reason: self.index.reason.clone(),
+                    }
+                    .entry(),
+                ],
                 None => Vec::new(),
             },
         }
@@ -221,32 +228,28 @@ fn approval_entry(id: &str, outcome: &ApprovalOutcome) -> Option<AppEntry> {
     if gate && decision.is_none() {
         return None;
     }
-    let mut body = json!({
-        "approval_id": id,
-        "result": outcome.result,
-        "stage": outcome.stage,
-        "votes": outcome.votes,
-    });
-    if !outcome.refused.is_empty() {
-        body["refused"] = json!(outcome.refused);
-    }
-    if let Some(d) = decision {
-        body["signal"] = json!(match d.verdict {
-            ApprovalVerdict::Approved => "approve",
-            ApprovalVerdict::Rejected => "reject",
-        });
-        body["approver"] = json!(d.approver);
-        body["comment"] = json!(d.comment);
-        body["channel"] = json!(d.channel);
-    }
-    Some((
-        if gate {
-            AuditEvent::RunApproval
-        } else {
-            AuditEvent::RunToolApproval
-        },
-        body,
-    ))
+    let body = RunApproval {
+        approval_id: id.to_string(),
+        result: outcome.result,
+        stage: outcome.stage,
+        votes: outcome.votes.clone(),
+        refused: outcome.refused.clone(),
+        decided: decision.map(|d| Decided {
+            signal: match d.verdict {
+                ApprovalVerdict::Approved => "approve",
+                ApprovalVerdict::Rejected => "reject",
+            }
+            .to_string(),
+            approver: d.approver,
+            comment: d.comment,
+            channel: d.channel,
+        }),
+    };
+    Some(if gate {
+        body.entry()
+    } else {
+        RunToolApproval(body).entry()
+    })
 }
 
 #[cfg(test)]
@@ -254,6 +257,7 @@ fn approval_entry(id: &str, outcome: &ApprovalOutcome) -> Option<AppEntry> {
 mod tests {
     use super::*;
     use crate::history::{derive_all, entry, recorded, recorded_entries};
+    use serde_json::json;
     use temporalio_common::protos::temporal::api::enums::v1::EventType;
     use temporalio_common::protos::temporal::api::history::v1::WorkflowExecutionTerminatedEventAttributes;
 

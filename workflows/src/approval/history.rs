@@ -8,8 +8,9 @@ use crate::history::{AppEntry, Derivation, Ending, Index, ending, first_payload}
 use cogward_protocol::activities::RunActivities;
 use cogward_protocol::approval::{ApprovalOutcome, ApprovalRequest};
 use cogward_protocol::approval::{GateNotice, Posted};
-use cogward_protocol::audit::AuditEvent;
-use serde_json::json;
+use cogward_protocol::audit::{
+    ApprovalDecided, ApprovalEnded, ApprovalEscalated, ApprovalPosted, ApprovalRequested, AuditBody,
+};
 use std::collections::HashMap;
 use temporalio_common::ActivityDefinition;
 use temporalio_common::protos::temporal::api::history::v1::HistoryEvent;
@@ -26,18 +27,16 @@ impl Derivation for ApprovalDerivation {
         let entry = match ev.attributes.as_ref() {
             Some(Attributes::WorkflowExecutionStartedEventAttributes(a)) => {
                 first_payload::<ApprovalRequest>(&a.input).map(|request| {
-                    (
-                        AuditEvent::ApprovalRequested,
-                        json!({
-                            "subject": request.subject,
-                            "tenant": request.tenant,
-                            "agent": request.agent,
-                            "requested_by": request.requested_by,
-                            "reasons": request.reasons,
-                            "stages": request.stages,
-                            "required": request.required,
-                        }),
-                    )
+                    ApprovalRequested {
+                        subject: request.subject,
+                        tenant: request.tenant,
+                        agent: request.agent,
+                        requested_by: request.requested_by,
+                        reasons: request.reasons,
+                        stages: request.stages,
+                        required: request.required,
+                    }
+                    .entry()
                 })
             }
             Some(Attributes::ActivityTaskScheduledEventAttributes(a))
@@ -48,10 +47,11 @@ impl Derivation for ApprovalDerivation {
                 let stage = notice.as_ref().map_or(0, |n| n.stage);
                 self.notices.insert(ev.event_id, stage);
                 notice.filter(|n| n.stage > 0).map(|n| {
-                    (
-                        AuditEvent::ApprovalEscalated,
-                        json!({"stage": n.stage, "group": n.request.stages[n.stage].group}),
-                    )
+                    ApprovalEscalated {
+                        stage: n.stage,
+                        group: n.request.stages[n.stage].group.clone(),
+                    }
+                    .entry()
                 })
             }
             Some(Attributes::ActivityTaskCompletedEventAttributes(a)) => {
@@ -59,11 +59,13 @@ impl Derivation for ApprovalDerivation {
                     Some(stage) => first_payload::<Posted>(&a.result)
                         .filter(|p| p.slack.is_some() || p.jira.is_some() || !p.errors.is_empty())
                         .map(|p| {
-                            (
-                                AuditEvent::ApprovalPosted,
-                                json!({"stage": stage, "slack": p.slack, "jira": p.jira,
-                                       "errors": p.errors}),
-                            )
+                            ApprovalPosted {
+                                stage: *stage,
+                                slack: p.slack,
+                                jira: p.jira,
+                                errors: p.errors,
+                            }
+                            .entry()
                         }),
                     None => None,
                 }
@@ -71,17 +73,15 @@ impl Derivation for ApprovalDerivation {
             Some(Attributes::WorkflowExecutionCompletedEventAttributes(a)) => {
                 first_payload::<ApprovalOutcome>(&a.result).map(|outcome| {
                     let decision = outcome.decision();
-                    (
-                        AuditEvent::ApprovalDecided,
-                        json!({
-                            "result": outcome.result,
-                            "stage": outcome.stage,
-                            "approver": decision.as_ref().map(|d| &d.approver),
-                            "channel": decision.as_ref().map(|d| &d.channel),
-                            "votes": outcome.votes,
-                            "refused": outcome.refused,
-                        }),
-                    )
+                    ApprovalDecided {
+                        result: outcome.result,
+                        stage: outcome.stage,
+                        approver: decision.as_ref().map(|d| d.approver.clone()),
+                        channel: decision.and_then(|d| d.channel),
+                        votes: outcome.votes,
+                        refused: outcome.refused,
+                    }
+                    .entry()
                 })
             }
             _ => ending(ev).map(|e| {
@@ -89,10 +89,11 @@ impl Derivation for ApprovalDerivation {
                     Ending::Failed(reason) => ("failed", reason),
                     Ending::Cancelled => ("cancelled", None),
                 };
-                (
-                    AuditEvent::ApprovalEnded,
-                    json!({"result": result, "reason": reason}),
-                )
+                ApprovalEnded {
+                    result: result.to_string(),
+                    reason,
+                }
+                .entry()
             }),
         };
         entry.into_iter().collect()
