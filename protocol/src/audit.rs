@@ -7,15 +7,18 @@
 //! its variant, never by a string of their own; the string is what is stored and hashed, so a
 //! variant's name never changes once released.
 //!
-//! The bodies the workflows' derivations write (`run.*`, `approval.*`) are typed here, one
-//! struct per event, each implementing [`AuditBody`] (which names its event, so a body cannot be
-//! stored under another's name) and serialising exactly as the ledger has always stored it: the
-//! entry's hash covers those bytes, so a field's name or presence never changes once released.
-//! The gateway's, the policy store's, the egress proxy's and the callbacks' bodies are still JSON
-//! built at each producer (described in `docs/api.md`).
+//! The bodies the workflows' derivations (`run.*`, `approval.*`) and the gateway
+//! (`gateway.call_intent` and the calls' outcomes) write, and `policy.decision`, are typed here,
+//! one struct per event, each implementing [`AuditBody`] (which names its event, so a body
+//! cannot be stored under another's name) and serialising exactly as the ledger has always
+//! stored it: the entry's hash covers those bytes, so a field's name or presence never changes
+//! once released. The breaker's, the policy store's, the egress proxy's, the callbacks' and a
+//! settled abandoned call's bodies are still JSON built at each producer (`docs/api.md`).
 
 use crate::approval::{ApprovalResult, ApprovalSubject, Stage, Vote};
-use crate::spec::{AdmissionVerdict, RunId, RunLimits, RunStatus, RunnerEvidence};
+use crate::spec::{
+    AdmissionVerdict, DecisionRecord, PolicyRef, RunId, RunLimits, RunStatus, RunnerEvidence,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
@@ -243,7 +246,107 @@ pub struct ApprovalEnded {
     pub reason: Option<String>,
 }
 
+/// `gateway.call_intent`: a call about to be forwarded, durable before it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayCallIntent {
+    pub call_id: String,
+    pub run_id: String,
+    pub tenant: String,
+    pub agent: String,
+    /// `model`, `tool` or `mcp`.
+    pub kind: String,
+    pub target: String,
+    pub args_sha256: String,
+    pub decision: String,
+    pub reasons: Vec<String>,
+    /// The event its outcome will be recorded as.
+    pub outcome_event: AuditEvent,
+    /// What it holds against its budgets until its outcome.
+    pub reserved: Reserved,
+}
+
+/// Tokens and cost a call in flight holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reserved {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// A gateway call's outcome: the body of `gateway.tool_call`, `gateway.mcp_request` and
+/// `gateway.model_call` (each its own newtype, [`GatewayToolCall`] and the others).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayCall {
+    pub call_id: String,
+    pub run_id: String,
+    pub tenant: String,
+    pub agent: String,
+    pub target: String,
+    pub args_sha256: String,
+    pub decision: String,
+    pub reasons: Vec<String>,
+    /// Each policy that decided it.
+    pub policies: Vec<PolicyApplied>,
+    pub outcome: String,
+    pub upstream_status: Option<u16>,
+    pub latency_us: u64,
+    pub upstream_latency_us: u64,
+    pub throttle_ms: u64,
+    pub tokens: Tokens,
+    pub cost_usd: f64,
+    /// Call-kind specifics (endpoint, streaming, the parked call's approval, …).
+    pub detail: Value,
+}
+
+/// One policy's part in a gateway call's decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyApplied {
+    pub kind: String,
+    pub effect: String,
+    pub policy: Option<PolicyRef>,
+    pub request_sha256: String,
+}
+
+/// Tokens a call used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub input: u64,
+    pub output: u64,
+}
+
+/// `gateway.tool_call`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GatewayToolCall(pub GatewayCall);
+
+/// `gateway.mcp_request`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GatewayMcpRequest(pub GatewayCall);
+
+/// `gateway.model_call`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GatewayModelCall(pub GatewayCall);
+
+impl GatewayCall {
+    /// The entry of this outcome as `event` (a `gateway.*` outcome event; any other is recorded
+    /// as a model call, as [`GatewayModelCall`]).
+    pub fn entry_as(self, event: AuditEvent) -> (AuditEvent, Value) {
+        match event {
+            AuditEvent::GatewayToolCall => GatewayToolCall(self).entry(),
+            AuditEvent::GatewayMcpRequest => GatewayMcpRequest(self).entry(),
+            _ => GatewayModelCall(self).entry(),
+        }
+    }
+}
+
 audit_body! {
+    DecisionRecord => PolicyDecision,
+    GatewayCallIntent => GatewayCallIntent,
+    GatewayToolCall => GatewayToolCall,
+    GatewayMcpRequest => GatewayMcpRequest,
+    GatewayModelCall => GatewayModelCall,
     RunSubmitted => RunSubmitted,
     RunAdmission => RunAdmission,
     RunApproval => RunApproval,

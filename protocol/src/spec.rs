@@ -611,10 +611,8 @@ impl DecisionRecord {
     /// The ledger entries the decision implies: `policy.decision` (the record `cogward policy
     /// replay` re-evaluates) and, if the module faulted, `security.policy_fault`.
     pub fn ledger_entries(&self) -> Vec<(crate::audit::AuditEvent, serde_json::Value)> {
-        let mut entries = vec![(
-            crate::audit::AuditEvent::PolicyDecision,
-            serde_json::to_value(self).unwrap_or_default(),
-        )];
+        use crate::audit::AuditBody;
+        let mut entries = vec![self.entry()];
         if let Some(fault) = &self.fault {
             entries.push((
                 crate::audit::AuditEvent::SecurityPolicyFault,

@@ -31,7 +31,9 @@ use anyhow::{Context, Result};
 use axum::http::HeaderMap;
 use cogward_policy_abi::Request;
 use cogward_protocol::approval::GroupRules;
-use cogward_protocol::audit::AuditEvent;
+use cogward_protocol::audit::{
+    AuditBody, AuditEvent, GatewayCall, GatewayCallIntent, PolicyApplied, Reserved, Tokens,
+};
 use cogward_protocol::spec::{DecisionRecord, RunStatus};
 use config::GatewayConfig;
 use serde_json::{Value, json};
@@ -311,7 +313,7 @@ impl Gateway {
     /// may be forwarded.
     pub async fn record_intent(&self, call: &mut CallRecord) -> Result<()> {
         let mut entries = self.decision_entries(call);
-        entries.push(self.entry(call, AuditEvent::GatewayCallIntent, call.intent_summary()));
+        entries.push(self.entry(call, call.intent_summary().entry()));
         let journal = call.journal_row("pending", call.reserved);
         self.ledger
             .append_with_journal(entries, Some(journal))
@@ -349,15 +351,15 @@ impl Gateway {
         }
     }
 
-    fn entry(&self, call: &CallRecord, event_type: AuditEvent, body: Value) -> NewEntry {
-        NewEntry::app(&self.namespace, call.run.run_id.clone(), event_type, body)
+    fn entry(&self, call: &CallRecord, (event, body): (AuditEvent, Value)) -> NewEntry {
+        NewEntry::app(&self.namespace, call.run.run_id.clone(), event, body)
     }
 
     fn decision_entries(&self, call: &CallRecord) -> Vec<NewEntry> {
         call.decisions
             .iter()
             .flat_map(DecisionRecord::ledger_entries)
-            .map(|(event_type, body)| self.entry(call, event_type, body))
+            .map(|entry| self.entry(call, entry))
             .collect()
     }
 
@@ -367,7 +369,7 @@ impl Gateway {
         } else {
             self.decision_entries(call)
         };
-        entries.push(self.entry(call, call.event_type, call.summary()));
+        entries.push(self.entry(call, call.summary().entry_as(call.event_type)));
         let charged = Reservation {
             input_tokens: call.input_tokens,
             output_tokens: call.output_tokens,
@@ -606,40 +608,58 @@ impl CallRecord {
         }
     }
 
-    fn intent_summary(&self) -> Value {
-        json!({
-            "call_id": self.call_id, "run_id": self.run.run_id, "tenant": self.run.tenant,
-            "agent": self.run.agent, "kind": self.kind, "target": self.target,
-            "args_sha256": self.args_sha256, "decision": self.decision.as_str(),
-            "reasons": self.reasons, "outcome_event": self.event_type,
-            "reserved": {"input_tokens": self.reserved.input_tokens,
-                         "output_tokens": self.reserved.output_tokens,
-                         "cost_usd": self.reserved.cost_micro_usd as f64 / 1e6},
-        })
+    fn intent_summary(&self) -> GatewayCallIntent {
+        GatewayCallIntent {
+            call_id: self.call_id.clone(),
+            run_id: self.run.run_id.clone(),
+            tenant: self.run.tenant.clone(),
+            agent: self.run.agent.clone(),
+            kind: self.kind.to_string(),
+            target: self.target.clone(),
+            args_sha256: self.args_sha256.clone(),
+            decision: self.decision.as_str().to_string(),
+            reasons: self.reasons.clone(),
+            outcome_event: self.event_type,
+            reserved: Reserved {
+                input_tokens: self.reserved.input_tokens,
+                output_tokens: self.reserved.output_tokens,
+                cost_usd: self.reserved.cost_micro_usd as f64 / 1e6,
+            },
+        }
     }
 
-    fn summary(&self) -> Value {
-        let policies: Vec<Value> = self
-            .decisions
-            .iter()
-            .map(|d| {
-                json!({"kind": d.kind, "effect": d.decision.effect.as_str(),
-                       "policy": d.policy.as_ref().map(|p| json!({
-                           "name": p.name, "version": p.version,
-                           "module_sha256": p.module_sha256, "data_sha256": p.data_sha256})),
-                       "request_sha256": d.request_sha256})
-            })
-            .collect();
-        json!({
-            "call_id": self.call_id, "run_id": self.run.run_id, "tenant": self.run.tenant,
-            "agent": self.run.agent, "target": self.target, "args_sha256": self.args_sha256,
-            "decision": self.decision.as_str(), "reasons": self.reasons, "policies": policies,
-            "outcome": self.outcome, "upstream_status": self.upstream_status,
-            "latency_us": self.latency.as_micros() as u64,
-            "upstream_latency_us": self.upstream_latency.as_micros() as u64, "throttle_ms": self.throttle_ms,
-            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
-            "cost_usd": self.cost_micro_usd as f64 / 1e6, "detail": self.detail,
-        })
+    fn summary(&self) -> GatewayCall {
+        GatewayCall {
+            call_id: self.call_id.clone(),
+            run_id: self.run.run_id.clone(),
+            tenant: self.run.tenant.clone(),
+            agent: self.run.agent.clone(),
+            target: self.target.clone(),
+            args_sha256: self.args_sha256.clone(),
+            decision: self.decision.as_str().to_string(),
+            reasons: self.reasons.clone(),
+            policies: self
+                .decisions
+                .iter()
+                .map(|d| PolicyApplied {
+                    kind: d.kind.clone(),
+                    effect: d.decision.effect.as_str().to_string(),
+                    policy: d.policy.clone(),
+                    request_sha256: d.request_sha256.clone(),
+                })
+                .collect(),
+            outcome: self.outcome.clone(),
+            upstream_status: self.upstream_status,
+            latency_us: self.latency.as_micros() as u64,
+            upstream_latency_us: self.upstream_latency.as_micros() as u64,
+            throttle_ms: self.throttle_ms,
+            tokens: Tokens {
+                input: self.input_tokens,
+                output: self.output_tokens,
+            },
+            cost_usd: self.cost_micro_usd as f64 / 1e6,
+            detail: self.detail.clone(),
+        }
     }
 }
 
@@ -737,4 +757,100 @@ pub fn app(gateway: Arc<Gateway>) -> axum::Router {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A tool call permitted by a policy, measured, as the gateway records it.
+    fn call() -> CallRecord {
+        let run = RunIdentity {
+            run_id: "run-1".into(),
+            tenant: "acme".into(),
+            agent: "a".into(),
+            mcp_servers: None,
+        };
+        let mut call = CallRecord::new(
+            "tool",
+            &run,
+            "everything.echo".into(),
+            "ab".repeat(32),
+            json!({"endpoint": "tools/call", "streaming": false}),
+        );
+        call.call_id = "call-1".into();
+        call.decisions = vec![serde_json::from_value(json!({
+            "kind": "tool.access",
+            "policy": {"name": "tool-access", "version": 3, "module_sha256": "m", "data_sha256": "d"},
+            "request": {"action": "call"}, "request_sha256": "r",
+            "decision": {"effect": "permit", "reasons": ["listed"], "obligations": []},
+            "latency_us": 40
+        }))
+        .unwrap()];
+        call.decision = CallDecision::Permit;
+        call.reasons = vec!["listed".into()];
+        call.outcome = "ok".into();
+        call.upstream_status = Some(200);
+        call.latency = Duration::from_micros(2500);
+        call.upstream_latency = Duration::from_micros(1800);
+        call.throttle_ms = 5;
+        call.input_tokens = 10;
+        call.output_tokens = 20;
+        call.cost_micro_usd = 1_500;
+        call.reserved = Reservation {
+            input_tokens: 100,
+            output_tokens: 200,
+            cost_micro_usd: 2_500,
+        };
+        call
+    }
+
+    /// The bodies stored for a call's intent and its outcome, exactly as builds before the
+    /// typed bodies stored them (the chain hashes these bytes).
+    #[test]
+    fn a_calls_intent_and_outcome_are_stored_exactly_as_released() {
+        let c = call();
+        let stored = |(event, body): (AuditEvent, Value)| (event.as_str(), body);
+        assert_eq!(
+            stored(c.intent_summary().entry()),
+            (
+                "gateway.call_intent",
+                json!({"agent":"a","args_sha256":"ab".repeat(32),"call_id":"call-1",
+                       "decision":"permit","kind":"tool","outcome_event":"gateway.tool_call",
+                       "reasons":["listed"],
+                       "reserved":{"cost_usd":0.0025,"input_tokens":100,"output_tokens":200},
+                       "run_id":"run-1","target":"everything.echo","tenant":"acme"})
+            )
+        );
+        let outcome = json!({"agent":"a","args_sha256":"ab".repeat(32),"call_id":"call-1",
+            "cost_usd":0.0015,"decision":"permit",
+            "detail":{"endpoint":"tools/call","streaming":false},"latency_us":2500,"outcome":"ok",
+            "policies":[{"effect":"permit","kind":"tool.access",
+                         "policy":{"data_sha256":"d","module_sha256":"m","name":"tool-access","version":3},
+                         "request_sha256":"r"}],
+            "reasons":["listed"],"run_id":"run-1","target":"everything.echo","tenant":"acme",
+            "throttle_ms":5,"tokens":{"input":10,"output":20},"upstream_latency_us":1800,
+            "upstream_status":200});
+        assert_eq!(
+            stored(c.summary().entry_as(c.event_type)),
+            ("gateway.tool_call", outcome.clone())
+        );
+        // No policy bound and no upstream answer: nulls, as before.
+        let mut bare = c;
+        bare.decisions[0].policy = None;
+        bare.upstream_status = None;
+        let mut expected = outcome;
+        expected["policies"][0]["policy"] = Value::Null;
+        expected["upstream_status"] = Value::Null;
+        for (event, name) in [
+            (AuditEvent::GatewayMcpRequest, "gateway.mcp_request"),
+            (AuditEvent::GatewayModelCall, "gateway.model_call"),
+        ] {
+            assert_eq!(
+                stored(bare.summary().entry_as(event)),
+                (name, expected.clone())
+            );
+        }
+    }
 }
