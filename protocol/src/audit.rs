@@ -7,13 +7,12 @@
 //! its variant, never by a string of their own; the string is what is stored and hashed, so a
 //! variant's name never changes once released.
 //!
-//! The bodies the workflows' derivations (`run.*`, `approval.*`) and the gateway
-//! (`gateway.call_intent` and the calls' outcomes) write, and `policy.decision`, are typed here,
-//! one struct per event, each implementing [`AuditBody`] (which names its event, so a body
-//! cannot be stored under another's name) and serialising exactly as the ledger has always
-//! stored it: the entry's hash covers those bytes, so a field's name or presence never changes
-//! once released. The breaker's, the policy store's, the egress proxy's, the callbacks' and a
-//! settled abandoned call's bodies are still JSON built at each producer (`docs/api.md`).
+//! Every event's body is typed here, one struct per event, each implementing [`AuditBody`]
+//! (which names its event, so a body cannot be stored under another's name) and serialising
+//! exactly as the ledger has always stored it: the entry's hash covers those bytes, so a field's
+//! name or presence never changes once released. The gateway's call outcomes share one shape
+//! over three events ([`GatewayCall`], with a newtype per event; an abandoned call settled
+//! `outcome_unknown` has the smaller [`GatewayCallSettled`]).
 
 use crate::approval::{ApprovalResult, ApprovalSubject, Stage, Vote};
 use crate::spec::{
@@ -127,9 +126,7 @@ pub trait AuditBody: Serialize {
 
     /// The event and the body as the ledger stores it.
     fn entry(&self) -> (AuditEvent, Value) {
-        let body = serde_json::to_value(self)
-            .unwrap_or_else(|e| serde_json::json!({ "unserialisable_body": e.to_string() }));
-        (Self::EVENT, body)
+        (Self::EVENT, body_of(self))
     }
 }
 
@@ -341,7 +338,164 @@ impl GatewayCall {
     }
 }
 
+/// The outcome of a call whose gateway process died between forwarding it and recording what
+/// happened, settled `outcome_unknown` and charged its reservation: a smaller body under the
+/// same outcome events as [`GatewayCall`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayCallSettled {
+    pub call_id: String,
+    pub run_id: String,
+    pub tenant: String,
+    pub agent: String,
+    pub target: String,
+    pub args_sha256: String,
+    pub decision: String,
+    pub outcome: String,
+    pub tokens: Tokens,
+    pub cost_usd: f64,
+    pub detail: Value,
+}
+
+impl GatewayCallSettled {
+    /// The entry of this outcome as `event` (a `gateway.*` outcome event; any other is
+    /// recorded as a model call).
+    pub fn entry_as(&self, event: AuditEvent) -> (AuditEvent, Value) {
+        let event = match event {
+            AuditEvent::GatewayToolCall | AuditEvent::GatewayMcpRequest => event,
+            _ => AuditEvent::GatewayModelCall,
+        };
+        (event, body_of(self))
+    }
+}
+
+/// `gateway.breaker_opened`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakerOpened {
+    pub server: String,
+    pub consecutive_failures: u32,
+    pub cooldown_seconds: u64,
+    pub last_error: String,
+}
+
+/// `gateway.breaker_closed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakerClosed {
+    pub server: String,
+}
+
+/// `policy.pushed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyPushed {
+    pub name: String,
+    pub version: i64,
+    pub module_sha256: String,
+    pub data_sha256: String,
+    pub module_stored: bool,
+    pub tests_passed: usize,
+    pub by: String,
+}
+
+/// `security.policy_rejected`: a pushed bundle refused, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRejected {
+    pub name: String,
+    pub module_sha256: String,
+    pub size_bytes: usize,
+    pub reason: String,
+    pub by: String,
+}
+
+/// `policy.bound`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyBound {
+    pub tenant: String,
+    pub agent: String,
+    pub kind: String,
+    pub name: String,
+    pub version: i64,
+    pub bound_by: String,
+    pub bound_at: String,
+}
+
+/// `security.policy_fault`: a module trapped, ran out of fuel or time, or answered garbage; its
+/// decision was deny (the decision record is the `policy.decision` beside it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyFault {
+    pub kind: String,
+    pub policy: Option<PolicyRef>,
+    pub request_sha256: String,
+    pub fault: Value,
+}
+
+/// `egress.connection`: a connection the egress proxy made for a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EgressConnection {
+    /// What the agent asked for (host, port, URL).
+    pub destination: Value,
+    /// The address the proxy resolved, pinned and connected to.
+    pub address: String,
+    /// The egress profile that allowed it.
+    pub profile: String,
+    pub method: String,
+    /// `connected` or `connect_failed`.
+    pub outcome: String,
+    pub run_id: String,
+    pub tenant: String,
+    pub agent: String,
+}
+
+/// `security.egress_denied`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EgressDenied {
+    pub destination: Value,
+    pub reason: String,
+    /// The run's egress profiles, none of which allowed it.
+    pub profiles: Vec<String>,
+    pub run_id: String,
+    pub tenant: String,
+    pub agent: String,
+}
+
+/// `security.callback_refused`: a Slack or Jira callback refused, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallbackRefused {
+    /// `slack` or `jira`.
+    pub channel: String,
+    /// The refusal's code (`bad_signature`, `replayed`, `unknown_approver`, …).
+    pub code: String,
+    pub reason: String,
+    /// What the callback asked, once it was verified far enough to tell.
+    #[serde(flatten)]
+    pub asked: Option<CallbackAsked>,
+}
+
+/// Who a refused callback came from and what it asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallbackAsked {
+    /// The channel's user id.
+    pub user: String,
+    /// The cogward principal it maps to.
+    pub principal: String,
+    pub run_id: String,
+    pub tool_call: Option<String>,
+    pub approve: bool,
+}
+
+fn body_of<T: Serialize + ?Sized>(body: &T) -> Value {
+    serde_json::to_value(body)
+        .unwrap_or_else(|e| serde_json::json!({ "unserialisable_body": e.to_string() }))
+}
+
 audit_body! {
+    BreakerOpened => GatewayBreakerOpened,
+    BreakerClosed => GatewayBreakerClosed,
+    PolicyPushed => PolicyPushed,
+    PolicyRejected => SecurityPolicyRejected,
+    PolicyBound => PolicyBound,
+    PolicyFault => SecurityPolicyFault,
+    EgressConnection => EgressConnection,
+    EgressDenied => SecurityEgressDenied,
+    CallbackRefused => SecurityCallbackRefused,
     DecisionRecord => PolicyDecision,
     GatewayCallIntent => GatewayCallIntent,
     GatewayToolCall => GatewayToolCall,
@@ -361,8 +515,212 @@ audit_body! {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::AuditEvent;
+    use super::*;
+    use serde_json::json;
+
+    /// Each body typed here serialises to exactly what its producer stored before it was typed
+    /// (the `json!` each built, with the same values): the chain hashes those bytes.
+    #[test]
+    fn bodies_serialise_as_their_producers_stored_them() {
+        let stored = |e: (AuditEvent, Value)| (e.0.as_str(), e.1);
+        let policy = PolicyRef {
+            name: "p".into(),
+            version: 2,
+            module_sha256: "m".into(),
+            data_sha256: "d".into(),
+        };
+        type Stored = (&'static str, Value);
+        let cases: Vec<(Stored, Stored)> = vec![
+            (
+                stored(
+                    BreakerOpened {
+                        server: "s".into(),
+                        consecutive_failures: 3,
+                        cooldown_seconds: 30,
+                        last_error: "e".into(),
+                    }
+                    .entry(),
+                ),
+                (
+                    "gateway.breaker_opened",
+                    json!({"server": "s", "consecutive_failures": 3, "cooldown_seconds": 30, "last_error": "e"}),
+                ),
+            ),
+            (
+                stored(BreakerClosed { server: "s".into() }.entry()),
+                ("gateway.breaker_closed", json!({"server": "s"})),
+            ),
+            (
+                stored(
+                    PolicyPushed {
+                        name: "p".into(),
+                        version: 2,
+                        module_sha256: "m".into(),
+                        data_sha256: "d".into(),
+                        module_stored: true,
+                        tests_passed: 4,
+                        by: "admin".into(),
+                    }
+                    .entry(),
+                ),
+                (
+                    "policy.pushed",
+                    json!({"name": "p", "version": 2, "module_sha256": "m", "data_sha256": "d", "module_stored": true, "tests_passed": 4, "by": "admin"}),
+                ),
+            ),
+            (
+                stored(
+                    PolicyRejected {
+                        name: "p".into(),
+                        module_sha256: "m".into(),
+                        size_bytes: 9,
+                        reason: "r".into(),
+                        by: "admin".into(),
+                    }
+                    .entry(),
+                ),
+                (
+                    "security.policy_rejected",
+                    json!({"name": "p", "module_sha256": "m", "size_bytes": 9, "reason": "r", "by": "admin"}),
+                ),
+            ),
+            (
+                stored(
+                    PolicyBound {
+                        tenant: "t".into(),
+                        agent: "*".into(),
+                        kind: "tool.access".into(),
+                        name: "p".into(),
+                        version: 2,
+                        bound_by: "admin".into(),
+                        bound_at: "now".into(),
+                    }
+                    .entry(),
+                ),
+                (
+                    "policy.bound",
+                    json!({"tenant": "t", "agent": "*", "kind": "tool.access", "name": "p", "version": 2, "bound_by": "admin", "bound_at": "now"}),
+                ),
+            ),
+            (
+                stored(
+                    PolicyFault {
+                        kind: "k".into(),
+                        policy: Some(policy.clone()),
+                        request_sha256: "r".into(),
+                        fault: json!({"trap": "x"}),
+                    }
+                    .entry(),
+                ),
+                (
+                    "security.policy_fault",
+                    json!({"kind": "k", "policy": policy, "request_sha256": "r", "fault": {"trap": "x"}}),
+                ),
+            ),
+            (
+                stored(
+                    EgressConnection {
+                        destination: json!("h:443"),
+                        address: "1.2.3.4:443".into(),
+                        profile: "github".into(),
+                        method: "CONNECT".into(),
+                        outcome: "connected".into(),
+                        run_id: "r".into(),
+                        tenant: "t".into(),
+                        agent: "a".into(),
+                    }
+                    .entry(),
+                ),
+                (
+                    "egress.connection",
+                    json!({"destination": "h:443", "address": "1.2.3.4:443", "profile": "github", "method": "CONNECT", "outcome": "connected", "run_id": "r", "tenant": "t", "agent": "a"}),
+                ),
+            ),
+            (
+                stored(
+                    EgressDenied {
+                        destination: json!("h:22"),
+                        reason: "no".into(),
+                        profiles: vec!["github".into()],
+                        run_id: "r".into(),
+                        tenant: "t".into(),
+                        agent: "a".into(),
+                    }
+                    .entry(),
+                ),
+                (
+                    "security.egress_denied",
+                    json!({"destination": "h:22", "reason": "no", "profiles": ["github"], "run_id": "r", "tenant": "t", "agent": "a"}),
+                ),
+            ),
+            (
+                stored(
+                    CallbackRefused {
+                        channel: "jira".into(),
+                        code: "bad_signature".into(),
+                        reason: "no".into(),
+                        asked: None,
+                    }
+                    .entry(),
+                ),
+                (
+                    "security.callback_refused",
+                    json!({"channel": "jira", "code": "bad_signature", "reason": "no"}),
+                ),
+            ),
+            (
+                stored(
+                    CallbackRefused {
+                        channel: "slack".into(),
+                        code: "forbidden".into(),
+                        reason: "no".into(),
+                        asked: Some(CallbackAsked {
+                            user: "U1".into(),
+                            principal: "ci".into(),
+                            run_id: "r".into(),
+                            tool_call: None,
+                            approve: true,
+                        }),
+                    }
+                    .entry(),
+                ),
+                (
+                    "security.callback_refused",
+                    json!({"channel": "slack", "code": "forbidden", "reason": "no", "user": "U1", "principal": "ci", "run_id": "r", "tool_call": null, "approve": true}),
+                ),
+            ),
+            (
+                stored(
+                    GatewayCallSettled {
+                        call_id: "c".into(),
+                        run_id: "r".into(),
+                        tenant: "t".into(),
+                        agent: "a".into(),
+                        target: "x.y".into(),
+                        args_sha256: "s".into(),
+                        decision: "permit".into(),
+                        outcome: "outcome_unknown".into(),
+                        tokens: Tokens {
+                            input: 1,
+                            output: 2,
+                        },
+                        cost_usd: 0.5,
+                        detail: json!({"usage": "reserved"}),
+                    }
+                    .entry_as(AuditEvent::GatewayToolCall),
+                ),
+                (
+                    "gateway.tool_call",
+                    json!({"call_id": "c", "run_id": "r", "tenant": "t", "agent": "a", "target": "x.y", "args_sha256": "s", "decision": "permit", "outcome": "outcome_unknown", "tokens": {"input": 1, "output": 2}, "cost_usd": 0.5, "detail": {"usage": "reserved"}}),
+                ),
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn every_name_parses_back_and_serializes_as_stored() {

@@ -614,11 +614,15 @@ impl DecisionRecord {
         use crate::audit::AuditBody;
         let mut entries = vec![self.entry()];
         if let Some(fault) = &self.fault {
-            entries.push((
-                crate::audit::AuditEvent::SecurityPolicyFault,
-                serde_json::json!({"kind": self.kind, "policy": self.policy,
-                                   "request_sha256": self.request_sha256, "fault": fault}),
-            ));
+            entries.push(
+                crate::audit::PolicyFault {
+                    kind: self.kind.clone(),
+                    policy: self.policy.clone(),
+                    request_sha256: self.request_sha256.clone(),
+                    fault: fault.clone(),
+                }
+                .entry(),
+            );
         }
         entries
     }

@@ -32,10 +32,9 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use cogward_protocol::audit::AuditEvent;
+use cogward_protocol::audit::{AuditBody, CallbackAsked, CallbackRefused};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
 use subtle::ConstantTimeEq;
@@ -332,9 +331,14 @@ async fn decide(state: AppState, asked: Asked) -> Response {
     }
 }
 
-fn about(asked: &Asked) -> Value {
-    json!({"user": asked.user, "principal": asked.principal, "run_id": asked.run_id,
-           "tool_call": asked.tool_call, "approve": asked.approve})
+fn about(asked: &Asked) -> Option<CallbackAsked> {
+    Some(CallbackAsked {
+        user: asked.user.clone(),
+        principal: asked.principal.clone(),
+        run_id: asked.run_id.clone(),
+        tool_call: asked.tool_call.clone(),
+        approve: asked.approve,
+    })
 }
 
 /// Refuse a delivery already taken: settled for good once its refusal is recorded, given back
@@ -352,16 +356,25 @@ async fn refuse_taken(state: &AppState, asked: &Asked, r: Refused) -> Response {
 /// Record the refusal (`security.callback_refused`) and answer it. A refusal that cannot be
 /// recorded (a full disk, the database down) is answered 503 instead, nothing decided, so that
 /// the vendor's redelivery is refused again and recorded: no refusal goes unrecorded.
-async fn refuse(state: &AppState, channel: &str, r: Refused, mut about: Value) -> Response {
+async fn refuse(
+    state: &AppState,
+    channel: &str,
+    r: Refused,
+    asked: Option<CallbackAsked>,
+) -> Response {
     tracing::warn!(channel, code = r.code, detail = %r.detail, "callback refused");
-    about["channel"] = json!(channel);
-    about["code"] = json!(r.code);
-    about["reason"] = json!(r.detail);
+    let (event, body) = CallbackRefused {
+        channel: channel.to_string(),
+        code: r.code.to_string(),
+        reason: r.detail.clone(),
+        asked,
+    }
+    .entry();
     let entry = NewEntry::app(
         &state.namespace,
         format!("callbacks/{channel}"),
-        AuditEvent::SecurityCallbackRefused,
-        about,
+        event,
+        body,
     );
     if let Err(e) = state.ledger.append(vec![entry]).await {
         tracing::error!(error = %format!("{e:#}"), "recording a refused callback");

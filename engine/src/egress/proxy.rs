@@ -15,7 +15,7 @@ use crate::audit::NewEntry;
 use crate::gateway::{Gateway, RunIdentity};
 use anyhow::{Context, Result};
 use cogward_activities::runner::EGRESS_PREAMBLE;
-use cogward_protocol::audit::AuditEvent;
+use cogward_protocol::audit::{AuditBody, AuditEvent, EgressConnection, EgressDenied};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -114,9 +114,17 @@ impl EgressProxy {
         };
         self.append(
             &run,
-            AuditEvent::EgressConnection,
-            json!({"destination": destination, "address": address.to_string(),
-                   "profile": profile, "method": target.method, "outcome": outcome}),
+            EgressConnection {
+                destination: destination.clone(),
+                address: address.to_string(),
+                profile: profile.to_string(),
+                method: target.method.clone(),
+                outcome: outcome.to_string(),
+                run_id: run.run_id.clone(),
+                tenant: run.tenant.clone(),
+                agent: run.agent.clone(),
+            }
+            .entry(),
         )
         .await?;
         let Ok(Ok(mut upstream)) = connected else {
@@ -174,22 +182,25 @@ impl EgressProxy {
         tracing::info!(run_id = %run.run_id, %destination, reason, "egress refused");
         self.append(
             run,
-            AuditEvent::SecurityEgressDenied,
-            json!({"destination": destination, "reason": reason, "profiles": profiles}),
+            EgressDenied {
+                destination,
+                reason: reason.to_string(),
+                profiles: profiles.to_vec(),
+                run_id: run.run_id.clone(),
+                tenant: run.tenant.clone(),
+                agent: run.agent.clone(),
+            }
+            .entry(),
         )
         .await
     }
 
-    /// One ledger entry about `run`: `body` plus the run's identity.
+    /// One ledger entry about `run`.
     async fn append(
         &self,
         run: &RunIdentity,
-        event_type: AuditEvent,
-        mut body: Value,
+        (event_type, body): (AuditEvent, Value),
     ) -> Result<()> {
-        body["run_id"] = json!(run.run_id);
-        body["tenant"] = json!(run.tenant);
-        body["agent"] = json!(run.agent);
         let entry = NewEntry::app(
             &self.gateway.namespace,
             run.run_id.clone(),

@@ -32,7 +32,8 @@ use axum::http::HeaderMap;
 use cogward_policy_abi::Request;
 use cogward_protocol::approval::GroupRules;
 use cogward_protocol::audit::{
-    AuditBody, AuditEvent, GatewayCall, GatewayCallIntent, PolicyApplied, Reserved, Tokens,
+    AuditBody, AuditEvent, GatewayCall, GatewayCallIntent, GatewayCallSettled, PolicyApplied,
+    Reserved, Tokens,
 };
 use cogward_protocol::spec::{DecisionRecord, RunStatus};
 use config::GatewayConfig;
@@ -715,16 +716,24 @@ async fn settle_abandoned_once(gw: &Gateway) -> Result<()> {
             args_sha256: row.try_get("args_sha256")?,
             policy_sha256: row.try_get("policy_sha256")?,
         };
-        let event_type = outcome_event(&journal.kind);
-        let body = json!({
-            "call_id": journal.call_id, "run_id": journal.run_id, "tenant": journal.tenant,
-            "agent": journal.agent, "target": journal.target, "args_sha256": journal.args_sha256,
-            "decision": journal.decision, "outcome": OUTCOME_UNKNOWN,
-            "tokens": {"input": journal.input_tokens, "output": journal.output_tokens},
-            "cost_usd": journal.cost_micro_usd as f64 / 1e6,
-            "detail": {"usage": "reserved",
-                       "reason": "the call was forwarded but its outcome was never recorded (its gateway process died)"},
-        });
+        let (event_type, body) = GatewayCallSettled {
+            call_id: journal.call_id.clone(),
+            run_id: journal.run_id.clone(),
+            tenant: journal.tenant.clone(),
+            agent: journal.agent.clone(),
+            target: journal.target.clone(),
+            args_sha256: journal.args_sha256.clone(),
+            decision: journal.decision.clone(),
+            outcome: OUTCOME_UNKNOWN.to_string(),
+            tokens: Tokens {
+                input: journal.input_tokens as u64,
+                output: journal.output_tokens as u64,
+            },
+            cost_usd: journal.cost_micro_usd as f64 / 1e6,
+            detail: json!({"usage": "reserved",
+                           "reason": "the call was forwarded but its outcome was never recorded (its gateway process died)"}),
+        }
+        .entry_as(outcome_event(&journal.kind));
         let entry = NewEntry::app(&gw.namespace, journal.run_id.clone(), event_type, body);
         tracing::warn!(call_id = %journal.call_id, "settling an abandoned gateway call as outcome_unknown");
         append_record(&gw.ledger, vec![entry], journal).await?;

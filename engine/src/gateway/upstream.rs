@@ -17,7 +17,7 @@
 use super::config::{Breaker, McpScope, McpServer, McpTransport};
 use super::rpc::{Client, Interim};
 use crate::audit::{Ledger, NewEntry};
-use cogward_protocol::audit::AuditEvent;
+use cogward_protocol::audit::{AuditBody, AuditEvent, BreakerClosed, BreakerOpened};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -553,8 +553,10 @@ impl Upstreams {
         if closed {
             self.breaker_entry(
                 server,
-                AuditEvent::GatewayBreakerClosed,
-                json!({"server": server}),
+                BreakerClosed {
+                    server: server.to_string(),
+                }
+                .entry(),
             )
             .await;
         }
@@ -579,15 +581,19 @@ impl Upstreams {
             tracing::warn!(server, failures, detail, "MCP server circuit opened");
             self.breaker_entry(
                 server,
-                AuditEvent::GatewayBreakerOpened,
-                json!({"server": server, "consecutive_failures": failures,
-                       "cooldown_seconds": self.breaker.cooldown_seconds, "last_error": detail}),
+                BreakerOpened {
+                    server: server.to_string(),
+                    consecutive_failures: failures,
+                    cooldown_seconds: self.breaker.cooldown_seconds,
+                    last_error: detail.to_string(),
+                }
+                .entry(),
             )
             .await;
         }
     }
 
-    async fn breaker_entry(&self, server: &str, event_type: AuditEvent, body: Value) {
+    async fn breaker_entry(&self, server: &str, (event_type, body): (AuditEvent, Value)) {
         let entry = NewEntry::app(
             &self.namespace,
             format!("gateway/{server}"),

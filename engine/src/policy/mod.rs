@@ -15,7 +15,7 @@ use cogward_policy_host::builtins::{TestCase, builtin};
 use cogward_policy_host::{
     Evaluation, Fault, Limits, LoadedModule, PolicyHost, Prepared, sha256_hex,
 };
-use cogward_protocol::audit::AuditEvent;
+use cogward_protocol::audit::{AuditBody, AuditEvent, PolicyBound, PolicyPushed, PolicyRejected};
 use cogward_protocol::spec::{DecisionRecord, PolicyRef};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -47,7 +47,7 @@ fn probe_request() -> Value {
 /// Ledger namespace of entries that belong to no workflow.
 const POLICY_NAMESPACE: &str = "cogward";
 
-pub fn policy_entry(name: &str, event: AuditEvent, body: Value) -> NewEntry {
+pub fn policy_entry(name: &str, (event, body): (AuditEvent, Value)) -> NewEntry {
     NewEntry::app(POLICY_NAMESPACE, format!("policy/{name}"), event, body)
 }
 
@@ -255,11 +255,16 @@ impl Policies {
                     ledger
                         .append(vec![policy_entry(
                             &req.name,
-                            AuditEvent::PolicyPushed,
-                            json!({"name": bundle.name, "version": bundle.version,
-                                   "module_sha256": module_sha256, "data_sha256": data_sha256,
-                                   "module_stored": module_stored, "tests_passed": tests_passed,
-                                   "by": by}),
+                            PolicyPushed {
+                                name: bundle.name.clone(),
+                                version: bundle.version,
+                                module_sha256: module_sha256.clone(),
+                                data_sha256: data_sha256.clone(),
+                                module_stored,
+                                tests_passed,
+                                by: by.to_string(),
+                            }
+                            .entry(),
                         )])
                         .await?;
                 }
@@ -278,9 +283,14 @@ impl Policies {
                 ledger
                     .append(vec![policy_entry(
                         &name,
-                        AuditEvent::SecurityPolicyRejected,
-                        json!({"name": name, "module_sha256": module_sha256,
-                               "size_bytes": size, "reason": reason, "by": by}),
+                        PolicyRejected {
+                            name: name.clone(),
+                            module_sha256: module_sha256.clone(),
+                            size_bytes: size,
+                            reason: reason.clone(),
+                            by: by.to_string(),
+                        }
+                        .entry(),
                     )])
                     .await?;
                 tracing::warn!(%name, %module_sha256, %reason, "policy push rejected");
@@ -370,8 +380,16 @@ impl Policies {
         ledger
             .append(vec![policy_entry(
                 &binding.name,
-                AuditEvent::PolicyBound,
-                serde_json::to_value(&binding).map_err(|e| e.to_string())?,
+                PolicyBound {
+                    tenant: binding.tenant.clone(),
+                    agent: binding.agent.clone(),
+                    kind: binding.kind.clone(),
+                    name: binding.name.clone(),
+                    version: binding.version,
+                    bound_by: binding.bound_by.clone(),
+                    bound_at: binding.bound_at.clone(),
+                }
+                .entry(),
             )])
             .await
             .map_err(|e| format!("{e:#}"))?;

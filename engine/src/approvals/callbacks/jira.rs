@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub(super) async fn callback(
     State(state): State<AppState>,
@@ -20,7 +20,7 @@ pub(super) async fn callback(
         Ok(Some(asked)) => asked,
         // A change that decides nothing (another field, another status): acknowledged.
         Ok(None) => return StatusCode::NO_CONTENT.into_response(),
-        Err(r) => return refuse(&state, "jira", r, json!({})).await,
+        Err(r) => return refuse(&state, "jira", r, None).await,
     };
     decide(state, asked).await
 }

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// How far a Slack request's timestamp may be from now.
@@ -21,7 +21,7 @@ pub(super) async fn callback(
 ) -> Response {
     let asked = match verify_slack(&state, &headers, &body).await {
         Ok(asked) => asked,
-        Err(r) => return refuse(&state, "slack", r, json!({})).await,
+        Err(r) => return refuse(&state, "slack", r, None).await,
     };
     decide(state, asked).await
 }
