@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cogward_protocol::approval::{Ballot, GATE_ID_PREFIX, Refusal, Vote, WORKFLOW_ID_PREFIX};
-use cogward_protocol::audit::AuditEvent;
+use cogward_protocol::audit::{ApprovalRequested, AuditEvent};
 use cogward_protocol::spec::{ApprovalVerdict, RunId};
 use cogward_workflows::{AgentRun, Approval};
 use futures::TryStreamExt;
@@ -115,8 +115,8 @@ async fn history(
     let tenant = entries
         .iter()
         .find(|e| e.kind == "app" && e.event_type == AuditEvent::ApprovalRequested.as_str())
-        .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.body).ok())
-        .and_then(|body| body["tenant"].as_str().map(str::to_string));
+        .and_then(|e| serde_json::from_str::<ApprovalRequested>(&e.body).ok())
+        .map(|request| request.tenant);
     if !tenant.is_some_and(|t| principal.may_act_on(&t)) {
         return Err(not_found(&id));
     }

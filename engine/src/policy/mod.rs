@@ -15,7 +15,7 @@ use cogward_policy_host::builtins::{TestCase, builtin};
 use cogward_policy_host::{
     Evaluation, Fault, Limits, LoadedModule, PolicyHost, Prepared, sha256_hex,
 };
-use cogward_protocol::audit::{AuditBody, AuditEvent, PolicyBound, PolicyPushed, PolicyRejected};
+use cogward_protocol::audit::{AuditBody, AuditEvent, PolicyPushed, PolicyRejected};
 use cogward_protocol::spec::{DecisionRecord, PolicyRef};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -378,19 +378,7 @@ impl Policies {
             cache.clear();
         }
         ledger
-            .append(vec![policy_entry(
-                &binding.name,
-                PolicyBound {
-                    tenant: binding.tenant.clone(),
-                    agent: binding.agent.clone(),
-                    kind: binding.kind.clone(),
-                    name: binding.name.clone(),
-                    version: binding.version,
-                    bound_by: binding.bound_by.clone(),
-                    bound_at: binding.bound_at.clone(),
-                }
-                .entry(),
-            )])
+            .append(vec![policy_entry(&binding.name, binding.entry())])
             .await
             .map_err(|e| format!("{e:#}"))?;
         Ok(())

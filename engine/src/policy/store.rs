@@ -32,16 +32,9 @@ impl Bundle {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Binding {
-    pub tenant: String,
-    pub agent: String,
-    pub kind: String,
-    pub name: String,
-    pub version: i64,
-    pub bound_by: String,
-    pub bound_at: String,
-}
+/// A binding of a bundle to (tenant, agent, kind): the row, the API's answer and the
+/// `policy.bound` ledger body are one type.
+pub use cogward_protocol::audit::PolicyBound as Binding;
 
 fn bundle_from_row(row: &sqlx::any::AnyRow) -> Result<Bundle> {
     Ok(Bundle {
