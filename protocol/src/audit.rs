@@ -14,7 +14,7 @@
 //! over three events ([`GatewayCall`], with a newtype per event; an abandoned call settled
 //! `outcome_unknown` has the smaller [`GatewayCallSettled`]).
 
-use crate::approval::{ApprovalResult, ApprovalSubject, Stage, Vote};
+use crate::approval::{ApprovalRequest, ApprovalResult, Vote};
 use crate::spec::{
     AdmissionVerdict, DecisionRecord, PolicyRef, RunId, RunLimits, RunStatus, RunnerEvidence,
 };
@@ -194,18 +194,6 @@ pub struct Decided {
 pub struct RunFinished {
     pub status: RunStatus,
     pub reason: Option<String>,
-}
-
-/// `approval.requested`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ApprovalRequested {
-    pub subject: ApprovalSubject,
-    pub tenant: String,
-    pub agent: String,
-    pub requested_by: String,
-    pub reasons: Vec<String>,
-    pub stages: Vec<Stage>,
-    pub required: u32,
 }
 
 /// `approval.posted`: where a stage's request went (Slack channel and `ts`, Jira key), or why
@@ -507,7 +495,7 @@ audit_body! {
     RunToolApproval => RunToolApproval,
     RunnerEvidence => RunEvidence,
     RunFinished => RunFinished,
-    ApprovalRequested => ApprovalRequested,
+    ApprovalRequest => ApprovalRequested,
     ApprovalPosted => ApprovalPosted,
     ApprovalEscalated => ApprovalEscalated,
     ApprovalDecided => ApprovalDecided,

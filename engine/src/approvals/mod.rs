@@ -14,8 +14,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cogward_protocol::approval::{Ballot, GATE_ID_PREFIX, Refusal, Vote, WORKFLOW_ID_PREFIX};
-use cogward_protocol::audit::{ApprovalRequested, AuditEvent};
+use cogward_protocol::approval::{
+    ApprovalRequest, Ballot, GATE_ID_PREFIX, Refusal, Vote, WORKFLOW_ID_PREFIX,
+};
+use cogward_protocol::audit::AuditEvent;
 use cogward_protocol::spec::{ApprovalVerdict, RunId};
 use cogward_workflows::{AgentRun, Approval};
 use futures::TryStreamExt;
@@ -115,7 +117,7 @@ async fn history(
     let tenant = entries
         .iter()
         .find(|e| e.kind == "app" && e.event_type == AuditEvent::ApprovalRequested.as_str())
-        .and_then(|e| serde_json::from_str::<ApprovalRequested>(&e.body).ok())
+        .and_then(|e| serde_json::from_str::<ApprovalRequest>(&e.body).ok())
         .map(|request| request.tenant);
     if !tenant.is_some_and(|t| principal.may_act_on(&t)) {
         return Err(not_found(&id));

@@ -9,7 +9,7 @@ use cogward_protocol::activities::RunActivities;
 use cogward_protocol::approval::{ApprovalOutcome, ApprovalRequest};
 use cogward_protocol::approval::{GateNotice, Posted};
 use cogward_protocol::audit::{
-    ApprovalDecided, ApprovalEnded, ApprovalEscalated, ApprovalPosted, ApprovalRequested, AuditBody,
+    ApprovalDecided, ApprovalEnded, ApprovalEscalated, ApprovalPosted, AuditBody,
 };
 use std::collections::HashMap;
 use temporalio_common::ActivityDefinition;
@@ -26,18 +26,7 @@ impl Derivation for ApprovalDerivation {
     fn apply(&mut self, ev: &HistoryEvent) -> Vec<AppEntry> {
         let entry = match ev.attributes.as_ref() {
             Some(Attributes::WorkflowExecutionStartedEventAttributes(a)) => {
-                first_payload::<ApprovalRequest>(&a.input).map(|request| {
-                    ApprovalRequested {
-                        subject: request.subject,
-                        tenant: request.tenant,
-                        agent: request.agent,
-                        requested_by: request.requested_by,
-                        reasons: request.reasons,
-                        stages: request.stages,
-                        required: request.required,
-                    }
-                    .entry()
-                })
+                first_payload::<ApprovalRequest>(&a.input).map(|request| request.entry())
             }
             Some(Attributes::ActivityTaskScheduledEventAttributes(a))
                 if a.activity_type.as_ref().map(|t| t.name.as_str())
