@@ -344,13 +344,13 @@ fn about(asked: &Asked) -> Option<CallbackAsked> {
 /// Refuse a delivery already taken: settled for good once its refusal is recorded, given back
 /// (for its redelivery to be refused and recorded then) if it could not be.
 async fn refuse_taken(state: &AppState, asked: &Asked, r: Refused) -> Response {
-    let answer = refuse(state, asked.channel, r, about(asked)).await;
-    if answer.status() == StatusCode::SERVICE_UNAVAILABLE {
-        give_back(state, asked.channel, &asked.delivery).await;
-    } else {
+    if record(state, asked.channel, &r, about(asked)).await {
         settle(state, asked.channel, &asked.delivery).await;
+        problem(r.status, r.code, r.detail).into_response()
+    } else {
+        give_back(state, asked.channel, &asked.delivery).await;
+        unrecorded()
     }
-    answer
 }
 
 /// Record the refusal (`security.callback_refused`) and answer it. A refusal that cannot be
@@ -362,6 +362,20 @@ async fn refuse(
     r: Refused,
     asked: Option<CallbackAsked>,
 ) -> Response {
+    if record(state, channel, &r, asked).await {
+        problem(r.status, r.code, r.detail).into_response()
+    } else {
+        unrecorded()
+    }
+}
+
+/// Append the refusal's `security.callback_refused` entry; whether it is in the ledger.
+async fn record(
+    state: &AppState,
+    channel: &str,
+    r: &Refused,
+    asked: Option<CallbackAsked>,
+) -> bool {
     tracing::warn!(channel, code = r.code, detail = %r.detail, "callback refused");
     let (event, body) = CallbackRefused {
         channel: channel.to_string(),
@@ -376,16 +390,23 @@ async fn refuse(
         event,
         body,
     );
-    if let Err(e) = state.ledger.append(vec![entry]).await {
-        tracing::error!(error = %format!("{e:#}"), "recording a refused callback");
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_unavailable",
-            "the refusal could not be recorded; nothing was decided; redeliver",
-        )
-        .into_response();
+    match state.ledger.append(vec![entry]).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "recording a refused callback");
+            false
+        }
     }
-    problem(r.status, r.code, r.detail).into_response()
+}
+
+/// The answer to a refusal that could not be recorded.
+fn unrecorded() -> Response {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "the refusal could not be recorded; nothing was decided; redeliver",
+    )
+    .into_response()
 }
 
 #[cfg(test)]
