@@ -49,17 +49,7 @@ async fn vote(stack: &Stack, token: &str, approval: &str, verb: &str) -> (u16, V
 }
 
 async fn approval(stack: &Stack, approval: &str) -> Value {
-    let (status, v) = stack
-        .call(
-            Method::GET,
-            &format!("/v1/approvals/{approval}"),
-            Some(&stack.tokens.ci),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{v}");
-    v
+    stack.approval(approval).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

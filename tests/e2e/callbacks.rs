@@ -684,16 +684,7 @@ async fn a_full_disk_during_a_vote_decides_nothing_until_space_is_back() {
         (503, Some("storage_unavailable")),
         "{body}"
     );
-    let (status, shown) = stack
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/approvals/{approval}"),
-            Some(&stack.tokens.ci),
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{shown}");
+    let shown = stack.approval(&approval).await.unwrap();
     assert_eq!(shown["votes"], json!([]), "decided on a full disk: {shown}");
     assert_eq!(stack.run(&id).await.unwrap()["status"], "awaiting_approval");
 
@@ -713,16 +704,7 @@ async fn a_full_disk_during_a_vote_decides_nothing_until_space_is_back() {
     assert_eq!(run["summary"]["approval"]["channel"], "jira", "{run}");
     assert_eq!(run["summary"]["approval"]["approver"], "approver", "{run}");
     assert_eq!(post(&stack, "/v1/callbacks/jira", &genuine).await.0, 409);
-    let shown = stack
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/approvals/{approval}"),
-            Some(&stack.tokens.ci),
-            None,
-        )
-        .await
-        .unwrap()
-        .1;
+    let shown = stack.approval(&approval).await.unwrap();
     assert_eq!(shown["votes"].as_array().map(Vec::len), Some(1), "{shown}");
     stack.wait_mirrored(&id).await.unwrap();
     let (code, report) = stack.verify().unwrap();

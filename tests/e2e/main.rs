@@ -170,14 +170,9 @@ async fn approval_run_end_to_end(stack: &Stack) {
 
     // The ledger alone holds the exact history: rebuilt from it, it replays against AgentRun...
     let n = stack.temporal.history(&id).unwrap().len();
-    let out = stack
-        .command()
-        .args(["audit", "replay", &id])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (replayed, text) = stack.replay(&id).unwrap();
     assert!(
-        out.status.success() && text.starts_with(&format!("OK: {n} history events")),
+        replayed && text.starts_with(&format!("OK: {n} history events")),
         "{text}"
     );
     // ...and one whose approval is turned into a rejection does not: the workflow would have
@@ -213,13 +208,8 @@ async fn approval_run_end_to_end(stack: &Stack) {
 
     // The gate's own history replays from the ledger too; and an approval whose outcome is
     // credited to someone else no longer matches the `approval.decided` entry the ledger holds.
-    let out = stack
-        .command()
-        .args(["audit", "replay", &gate])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.starts_with("OK: "), "{text}");
+    let (replayed, text) = stack.replay(&gate).unwrap();
+    assert!(replayed && text.starts_with("OK: "), "{text}");
     let mut events = cogward::audit::replay::history_from_ledger(&ledger, &gate)
         .await
         .unwrap();

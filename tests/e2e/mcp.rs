@@ -458,17 +458,8 @@ async fn mcp_tools_through_the_gateway_scoped_decided_escalated_across_a_restart
         .filter(|(_, t)| t == "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED")
         .count();
     assert!(updates >= 3, "{updates} updates answered");
-    let out = stack
-        .command()
-        .args(["audit", "replay", &id])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (replayed, text) = stack.replay(&id).unwrap();
+    assert!(replayed, "{text}");
 }
 
 /// Malformed JSON-RPC, batches, oversized messages, missing and unknown sessions, forged

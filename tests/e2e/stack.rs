@@ -701,6 +701,34 @@ impl Stack {
         Ok((out.status.code().unwrap_or(-1), v))
     }
 
+    /// `cogward audit replay WORKFLOW_ID`: whether it succeeded, and its output (stdout; stderr
+    /// after it when it failed).
+    pub fn replay(&self, workflow_id: &str) -> Result<(bool, String)> {
+        let out = self
+            .command()
+            .args(["audit", "replay", workflow_id])
+            .output()?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+        Ok((out.status.success(), text))
+    }
+
+    /// `GET /v1/approvals/{id}` as `ci` (200).
+    pub async fn approval(&self, id: &str) -> Result<Value> {
+        let (status, v) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/approvals/{id}"),
+                Some(&self.tokens.ci),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "GET approval {id}: {status} {v}");
+        Ok(v)
+    }
+
     /// The run's directory on disk.
     pub fn run_dir(&self, run_id: &str) -> PathBuf {
         self.state_dir().join("runs").join(run_id)
